@@ -1,0 +1,109 @@
+//! The `tidemark` command line.
+//!
+//! - `serve`: run a node (ingest API, flusher) on the embedded default.
+//! - `keys`: create, list and revoke API keys.
+//! - `sql`: query the tables straight from the store.
+//! - `config`: print an example configuration.
+
+mod keys;
+mod serve;
+mod sql;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(name = "tidemark", version, about = "Self-hosted customer data pipeline")]
+pub struct Cli {
+    /// Config file (default: ./tidemark.toml when it exists).
+    #[arg(long, global = true, env = "TIDEMARK_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the data lives; shared by the commands that touch the store.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DataArgs {
+    /// Storage root: a directory, s3://bucket/prefix or memory:// [default: ./tidemark-data]
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the pipeline: ingest API, write-ahead log, flusher, compaction.
+    Serve(serve::ServeArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Run a read-only SQL query over the tables, straight from the store.
+    Sql(sql::SqlArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print an example tidemark.toml with every setting and its default.
+    Example,
+    /// Print the configuration in effect after all layers.
+    Show(DataArgs),
+}
+
+fn load_config(cli_config: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
+    Ok(Config::load(cli_config, &overrides)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tidemark=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = cli.config.as_deref();
+    match cli.command {
+        Command::Serve(args) => serve::run(file, args),
+        Command::Keys(cmd) => keys::run(file, cmd),
+        Command::Sql(args) => sql::run(file, args),
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", Config::example());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Show(data)) => {
+            let config = load_config(
+                file,
+                Overrides {
+                    data: data.data,
+                    ..Default::default()
+                },
+            )?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

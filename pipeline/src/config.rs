@@ -1,0 +1,303 @@
+//! Configuration: serde structs with explicit defaults, loaded in layers
+//! (built-in defaults -> `tidemark.toml` -> `TIDEMARK_*` environment variables -> CLI flags)
+//! and checked by [`Config::validate`] before any component is built.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// When an ingest request is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the batch is fsynced to the local write-ahead log (group commit).
+    Wal,
+    /// After the batch is committed to the Delta table (no local disk needed).
+    Commit,
+}
+
+/// Size limits applied to every ingest request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Maximum request body size in bytes, both as sent and after gzip decoding.
+    pub max_body_bytes: usize,
+    /// Maximum number of events in one batch.
+    pub max_events_per_batch: usize,
+    /// Maximum size of one event's `properties` object, in bytes of JSON text.
+    pub max_properties_bytes: usize,
+    /// Maximum nesting depth of `properties` (the object itself is depth 1).
+    pub max_properties_depth: usize,
+    /// Maximum length in bytes of `event_id`, `event_name`, `user_id` and `platform`.
+    pub max_string_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_events_per_batch: 10_000,
+            max_properties_bytes: 32 * 1024,
+            max_properties_depth: 16,
+            max_string_len: 512,
+        }
+    }
+}
+
+/// The whole configuration of a tidemark node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Storage root: a local directory or an object-store URL (`s3://bucket/prefix`, `memory://`).
+    pub data: String,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory of the write-ahead log. Default: `<data>/_tidemark/wal` when `data` is a
+    /// local directory, otherwise `./tidemark-wal`.
+    pub wal_dir: Option<PathBuf>,
+    /// When ingest acknowledges a batch.
+    pub ack: AckMode,
+    /// How often the flusher commits the WAL to the `events` table.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Commit early once this many events are waiting.
+    pub flush_rows: usize,
+    /// Ingest answers 503 while more than this many bytes wait to be committed.
+    pub max_pending_bytes: u64,
+    /// A batch retried with the same `event_id`s within this window stores nothing new.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Upper bound on remembered event ids (oldest are forgotten first beyond it).
+    pub dedup_max_entries: usize,
+    /// How often small files of recent partitions of `events` are compacted (0s = never).
+    #[serde(with = "humantime_serde")]
+    pub optimize_interval: Duration,
+    /// Target file size of compaction, in bytes.
+    pub optimize_target_size: u64,
+    /// With `ack = "commit"`, how long a request waits for its commit before a 503.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
+    /// Extra object-store options (e.g. `aws_endpoint`, `aws_region`); `AWS_*` variables
+    /// of the environment are read as well.
+    pub storage: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: "./tidemark-data".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
+            wal_dir: None,
+            ack: AckMode::Wal,
+            flush_interval: Duration::from_secs(1),
+            flush_rows: 500_000,
+            max_pending_bytes: 1 << 30,
+            dedup_window: Duration::from_secs(3600),
+            dedup_max_entries: 20_000_000,
+            optimize_interval: Duration::from_secs(15 * 60),
+            optimize_target_size: 128 * 1024 * 1024,
+            commit_timeout: Duration::from_secs(30),
+            storage: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `TIDEMARK_*` variables that are not settings of this file.
+const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG", "MASTER_KEY"];
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckMode>,
+}
+
+impl Config {
+    /// Loads the layers. `file` is the config file to read; when it is `None`,
+    /// `./tidemark.toml` is read if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(Error::Config(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                fig = fig.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new("tidemark.toml").exists() {
+                    fig = fig.merge(Toml::file_exact("tidemark.toml"));
+                }
+            }
+        }
+        let env = Env::prefixed("TIDEMARK_")
+            .filter(|key| {
+                !NON_CONFIG_ENV
+                    .iter()
+                    .any(|k| key.as_str().eq_ignore_ascii_case(k))
+            })
+            .split("__");
+        let config: Config = fig
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| Error::Config(flatten_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on its own (no other layers), then validates it.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| Error::Config(flatten_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, msg: &str| Err(Error::Config(format!("{field}: {msg}")));
+        if self.data.trim().is_empty() {
+            return fail("data", "must not be empty");
+        }
+        if self.flush_interval.is_zero() {
+            return fail("flush_interval", "must be greater than 0");
+        }
+        if self.flush_rows == 0 {
+            return fail("flush_rows", "must be greater than 0");
+        }
+        if self.commit_timeout.is_zero() {
+            return fail("commit_timeout", "must be greater than 0");
+        }
+        let l = &self.limits;
+        if l.max_body_bytes < 1024 {
+            return fail("limits.max_body_bytes", "must be at least 1024");
+        }
+        if l.max_events_per_batch == 0 {
+            return fail("limits.max_events_per_batch", "must be greater than 0");
+        }
+        if l.max_properties_depth == 0 {
+            return fail("limits.max_properties_depth", "must be greater than 0");
+        }
+        if l.max_string_len < 16 {
+            return fail("limits.max_string_len", "must be at least 16");
+        }
+        if l.max_properties_bytes < 2 {
+            return fail("limits.max_properties_bytes", "must be at least 2");
+        }
+        Ok(())
+    }
+
+    /// An example configuration file with every setting and its default.
+    pub fn example() -> String {
+        EXAMPLE.to_string()
+    }
+}
+
+fn flatten_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let origin = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{origin}", e.kind)
+            } else {
+                format!("{path}: {}{origin}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+const EXAMPLE: &str = r#"# tidemark.toml: every setting with its default.
+# Layers: these defaults -> this file -> TIDEMARK_* environment variables
+# (nested keys with a double underscore, e.g. TIDEMARK_LIMITS__MAX_BODY_BYTES) -> flags.
+
+# Storage root: a local directory, or s3://bucket/prefix, or memory:// (tests).
+data = "./tidemark-data"
+listen = "127.0.0.1:8420"
+# wal_dir = "./tidemark-wal"   # default: <data>/_tidemark/wal when data is local
+
+# "wal": acknowledge after fsync to the local write-ahead log (group commit).
+# "commit": acknowledge only after the Delta commit (no local disk needed).
+ack = "wal"
+flush_interval = "1s"
+flush_rows = 500000
+max_pending_bytes = 1073741824
+dedup_window = "1h"
+dedup_max_entries = 20000000
+optimize_interval = "15m"
+optimize_target_size = 134217728
+commit_timeout = "30s"
+
+[storage]
+# aws_endpoint = "http://127.0.0.1:9000"
+# aws_region = "us-east-1"
+# aws_allow_http = "true"
+
+[limits]
+max_body_bytes = 16777216
+max_events_per_batch = 10000
+max_properties_bytes = 32768
+max_properties_depth = 16
+max_string_len = 512
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_to_the_defaults() {
+        let c = Config::from_toml(&Config::example()).expect("example parses");
+        let d = Config::default();
+        assert_eq!(c.data, d.data);
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.flush_interval, Duration::from_secs(1));
+        assert_eq!(c.dedup_window, Duration::from_secs(3600));
+        assert_eq!(c.limits.max_body_bytes, d.limits.max_body_bytes);
+        assert_eq!(c.ack, AckMode::Wal);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_toml("flush_intervall = \"2s\"").unwrap_err();
+        assert!(err.to_string().contains("flush_intervall"), "{err}");
+        let err = Config::from_toml("[limits]\nmax_bodybytes = 3").unwrap_err();
+        assert!(err.to_string().contains("max_bodybytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = Config::from_toml("flush_interval = \"soon\"").unwrap_err();
+        assert!(err.to_string().contains("flush_interval"), "{err}");
+        let err = Config::from_toml("flush_rows = 0").unwrap_err();
+        assert_eq!(err.to_string(), "config: flush_rows: must be greater than 0");
+        let err = Config::from_toml("ack = \"maybe\"").unwrap_err();
+        assert!(err.to_string().contains("ack"), "{err}");
+    }
+}

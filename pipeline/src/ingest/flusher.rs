@@ -1,0 +1,105 @@
+//! The flusher: every `flush_interval` (or when `flush_rows` are waiting) it seals the
+//! current WAL segment and commits it to `events` as one Delta transaction whose `txn`
+//! version is the segment's sequence number, then deletes the segment file. A segment that
+//! fails to commit stays queued and is retried, in order, on the next tick.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deltalake::DeltaTable;
+use tokio::sync::{Notify, watch};
+
+use super::log::{Log, Segment};
+use super::wal;
+use crate::metrics::Metrics;
+use crate::storage::events_table;
+use crate::{Error, Result};
+
+pub struct Flusher {
+    pub table: DeltaTable,
+    /// The Delta `txn` app id of this node's WAL (`None` with `ack = "commit"`).
+    pub app_id: Option<String>,
+    pub log: Log,
+    pub committed: watch::Sender<u64>,
+    pub metrics: Arc<Metrics>,
+    pub interval: Duration,
+    pub flush_now: Arc<Notify>,
+    pub queue: VecDeque<Segment>,
+}
+
+impl Flusher {
+    /// Runs until `shutdown` turns true, then flushes what is left and returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.flush_now.notified() => {}
+                _ = shutdown.changed() => break,
+            }
+            if let Err(e) = self.flush_once().await {
+                tracing::warn!(error = %e, queued = self.queue.len(), "commit to events failed; will retry");
+            }
+        }
+        // Final flush: everything acknowledged goes to the table before exit.
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..8 {
+            match self.flush_once().await {
+                Ok(()) if self.queue.is_empty() => return Ok(()),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "final flush failed; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Err(Error::Unavailable(format!(
+            "{} segment(s) could not be committed at shutdown; they stay in the WAL and are replayed on the next start",
+            self.queue.len()
+        )))
+    }
+
+    /// Seals the current segment and commits every queued segment in order.
+    pub async fn flush_once(&mut self) -> Result<()> {
+        if let Some(seg) = self.log.rotate().await? {
+            self.queue.push_back(seg);
+        }
+        while let Some(seg) = self.queue.front() {
+            let started = Instant::now();
+            let result = events_table::append(
+                self.table.clone(),
+                seg.batches.clone(),
+                self.app_id.as_deref(),
+                seg.seq as i64,
+            )
+            .await;
+            match result {
+                Ok(table) => {
+                    self.table = table;
+                    self.metrics
+                        .flush_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.commits.inc();
+                    if let Some(path) = &seg.path
+                        && let Err(e) = wal::remove_segment(path)
+                    {
+                        // Harmless: the txn version makes a replay skip it.
+                        tracing::warn!(error = %e, path = %path.display(), "cannot delete committed WAL segment");
+                    }
+                    self.log.committed(seg.bytes);
+                    self.metrics
+                        .wal_pending_bytes
+                        .set(self.log.pending_bytes() as i64);
+                    self.committed.send_replace(seg.seq);
+                    self.queue.pop_front();
+                }
+                Err(e) => {
+                    self.metrics.commit_failures.inc();
+                    // Refresh the handle; the next attempt starts from the newest version.
+                    let _ = self.table.update_state().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}

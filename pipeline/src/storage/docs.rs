@@ -1,0 +1,191 @@
+//! Versioned JSON config documents, written the way the Delta log is: each change is a new
+//! numbered object put with `PutMode::Create`; the newest version wins, and a writer that
+//! loses the race re-reads and retries. Several nodes can share one store this way.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::paths::{Doc, Paths};
+use crate::{Error, Result};
+
+/// Old versions kept behind the newest one (for inspection and slow readers).
+const KEEP_VERSIONS: u64 = 20;
+const MAX_ATTEMPTS: usize = 50;
+
+#[derive(Clone, Debug)]
+pub struct Docs {
+    store: Arc<dyn ObjectStore>,
+    paths: Paths,
+}
+
+impl Docs {
+    pub fn new(store: Arc<dyn ObjectStore>, paths: Paths) -> Docs {
+        Docs { store, paths }
+    }
+
+    async fn latest_version(&self, doc: Doc) -> Result<Option<u64>> {
+        let dir = self.paths.doc_dir(doc);
+        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| Paths::parse_doc_version(&m.location))
+            .max())
+    }
+
+    /// The newest version of `doc` and its number, or `None` if it was never written.
+    pub async fn latest<T: DeserializeOwned>(&self, doc: Doc) -> Result<Option<(u64, T)>> {
+        // A version can vanish between list and get when a writer prunes; list again then.
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(version) = self.latest_version(doc).await? else {
+                return Ok(None);
+            };
+            match self.store.get(&self.paths.doc_version(doc, version)).await {
+                Ok(got) => {
+                    let bytes = got.bytes().await?;
+                    let value = serde_json::from_slice(&bytes)?;
+                    return Ok(Some((version, value)));
+                }
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unavailable(format!("config document {doc:?} keeps changing")))
+    }
+
+    /// Applies `change` to the newest version and writes the result as the next version.
+    /// `change` may run several times when other writers race; it must be a pure function
+    /// of its input. Returns the version written and the new value.
+    pub async fn update<T, F>(&self, doc: Doc, mut change: F) -> Result<(u64, T)>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<T>,
+    {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.latest::<T>(doc).await?;
+            let next_version = current.as_ref().map_or(1, |(v, _)| v + 1);
+            let value = change(current.map(|(_, v)| v))?;
+            let body = serde_json::to_vec_pretty(&value)?;
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            let key = self.paths.doc_version(doc, next_version);
+            match self
+                .store
+                .put_opts(&key, PutPayload::from(body), opts)
+                .await
+            {
+                Ok(_) => {
+                    self.prune(doc, next_version).await;
+                    return Ok((next_version, value));
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "config document {doc:?}: too many concurrent writers"
+        )))
+    }
+
+    /// Deletes versions older than the last [`KEEP_VERSIONS`]; failures are harmless.
+    async fn prune(&self, doc: Doc, newest: u64) {
+        if newest <= KEEP_VERSIONS {
+            return;
+        }
+        let old = newest - KEEP_VERSIONS;
+        // Only the one version that just fell out of the window: each write prunes one.
+        let _ = self.store.delete(&self.paths.doc_version(doc, old)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use url::Url;
+
+    fn docs() -> Docs {
+        Docs::new(
+            Arc::new(InMemory::new()),
+            Paths::new(Url::parse("memory:///t/").unwrap()),
+        )
+    }
+
+    #[tokio::test]
+    async fn updates_create_increasing_versions() {
+        let d = docs();
+        assert!(d.latest::<Vec<u32>>(Doc::ApiKeys).await.unwrap().is_none());
+        let (v1, _) = d
+            .update(Doc::ApiKeys, |cur: Option<Vec<u32>>| {
+                let mut v = cur.unwrap_or_default();
+                v.push(1);
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        let (v2, val) = d
+            .update(Doc::ApiKeys, |cur: Option<Vec<u32>>| {
+                let mut v = cur.unwrap_or_default();
+                v.push(2);
+                Ok(v)
+            })
+            .await
+            .unwrap();
+        assert_eq!((v1, v2), (1, 2));
+        assert_eq!(val, vec![1, 2]);
+        let (v, latest) = d.latest::<Vec<u32>>(Doc::ApiKeys).await.unwrap().unwrap();
+        assert_eq!((v, latest), (2, vec![1, 2]));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_lose_no_update() {
+        let d = docs();
+        let mut tasks = Vec::new();
+        for i in 0..8u32 {
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                d.update(Doc::Environments, move |cur: Option<Vec<u32>>| {
+                    let mut v = cur.unwrap_or_default();
+                    v.push(i);
+                    Ok(v)
+                })
+                .await
+                .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (_, mut all) = d
+            .latest::<Vec<u32>>(Doc::Environments)
+            .await
+            .unwrap()
+            .unwrap();
+        all.sort();
+        assert_eq!(all, (0..8).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn old_versions_are_pruned() {
+        let d = docs();
+        for i in 0..30u32 {
+            d.update(Doc::ApiKeys, move |_: Option<u32>| Ok(i))
+                .await
+                .unwrap();
+        }
+        let (v, val) = d.latest::<u32>(Doc::ApiKeys).await.unwrap().unwrap();
+        assert_eq!((v, val), (30, 29));
+        let n: Vec<_> = d
+            .store
+            .list(Some(&d.paths.doc_dir(Doc::ApiKeys)))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(n.len() as u64, KEEP_VERSIONS);
+    }
+}

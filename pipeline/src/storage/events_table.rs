@@ -1,0 +1,138 @@
+//! The `events` Delta table: its schema, creation, idempotent appends (Delta `txn`), and
+//! compaction of recent partitions.
+
+use std::num::NonZeroU64;
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{FilterOp, FilterValue};
+
+use super::Store;
+use crate::Result;
+
+pub const TABLE: &str = "events";
+pub const PARTITION_COLUMNS: [&str; 2] = ["environment", "received_date"];
+
+/// Column names, in schema order.
+pub mod col {
+    pub const ENVIRONMENT: &str = "environment";
+    pub const EVENT_ID: &str = "event_id";
+    pub const EVENT_NAME: &str = "event_name";
+    pub const CATEGORY: &str = "category";
+    pub const USER_ID: &str = "user_id";
+    pub const OCCURRED_AT: &str = "occurred_at";
+    pub const RECEIVED_AT: &str = "received_at";
+    pub const PLATFORM: &str = "platform";
+    pub const PROPERTIES: &str = "properties";
+    pub const RECEIVED_DATE: &str = "received_date";
+}
+
+/// Timestamps are microseconds since the epoch in UTC, as Delta stores them.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new(col::ENVIRONMENT, DataType::Utf8, false),
+        Field::new(col::EVENT_ID, DataType::Utf8, false),
+        Field::new(col::EVENT_NAME, DataType::Utf8, false),
+        Field::new(col::CATEGORY, DataType::Utf8, false),
+        Field::new(col::USER_ID, DataType::Utf8, false),
+        Field::new(col::OCCURRED_AT, timestamp_type(), false),
+        Field::new(col::RECEIVED_AT, timestamp_type(), false),
+        Field::new(col::PLATFORM, DataType::Utf8, true),
+        Field::new(col::PROPERTIES, DataType::Utf8, true),
+        Field::new(col::RECEIVED_DATE, DataType::Date32, false),
+    ]))
+});
+
+/// The Arrow schema of the batches ingest builds and the flusher appends.
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+fn writer_properties() -> WriterProperties {
+    let zstd = ZstdLevel::try_new(3).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
+    WriterProperties::builder().set_compression(zstd).build()
+}
+
+/// Loads `events`, creating the (empty) table first if it does not exist.
+pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
+    if let Some(table) = store.load_table(TABLE).await? {
+        return Ok(table);
+    }
+    let columns = StructType::try_from_arrow(schema().as_ref())?;
+    let created = store
+        .delta_table(TABLE)?
+        .create()
+        .with_table_name(TABLE)
+        .with_comment("tidemark analytics events")
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_save_mode(SaveMode::Ignore)
+        .await?;
+    let _ = created;
+    // Reload: with `Ignore`, a racing creator may have won.
+    Ok(store
+        .load_table(TABLE)
+        .await?
+        .ok_or_else(|| crate::Error::NotFound("events table vanished after create".into()))?)
+}
+
+/// The last WAL segment that `app_id` committed, from the table's `txn` actions.
+pub async fn committed_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    let log_store = table.log_store();
+    Ok(table
+        .snapshot()?
+        .transaction_version(log_store.as_ref(), app_id)
+        .await?)
+}
+
+/// Appends `batches` in one Delta commit that also records `(app_id, version)` as a `txn`,
+/// so a replay can tell the segment was committed.
+pub async fn append(
+    table: DeltaTable,
+    batches: Vec<RecordBatch>,
+    app_id: Option<&str>,
+    version: i64,
+) -> Result<DeltaTable> {
+    let mut commit = CommitProperties::default();
+    if let Some(app_id) = app_id {
+        commit = commit.with_application_transaction(Transaction::new(app_id, version));
+    }
+    Ok(table
+        .write(batches)
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_writer_properties(writer_properties())
+        .with_commit_properties(commit)
+        .await?)
+}
+
+/// Compacts small files of the partitions received on or after `since` (a date, `YYYY-MM-DD`).
+/// Returns the table and the number of files removed.
+pub async fn optimize_since(
+    table: DeltaTable,
+    since: &str,
+    target_size: u64,
+) -> Result<(DeltaTable, u64)> {
+    let filters = [(col::RECEIVED_DATE, FilterOp::Ge, FilterValue::Scalar(since))];
+    let target = NonZeroU64::new(target_size.max(1024 * 1024)).unwrap_or(NonZeroU64::MIN);
+    let (table, metrics) = table
+        .optimize()
+        .with_filters(&filters)
+        .with_target_size(target)
+        .with_writer_properties(writer_properties())
+        .await?;
+    Ok((table, metrics.num_files_removed))
+}

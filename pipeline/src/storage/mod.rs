@@ -1,0 +1,181 @@
+//! The storage root: one object store that holds every table, config document and cursor.
+//!
+//! - [`paths`]: the only place that builds storage keys and table URLs.
+//! - [`docs`]: versioned JSON config documents written create-only, newest wins.
+//! - [`events_table`]: the `events` Delta table (schema, create, idempotent append, compaction).
+
+pub mod docs;
+pub mod events_table;
+pub mod paths;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use url::Url;
+
+pub use paths::Paths;
+
+use crate::{Error, Result};
+
+/// An opened storage root.
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// The object store, rooted at the bucket (or filesystem) root.
+    root: Arc<dyn ObjectStore>,
+    paths: Paths,
+    /// The local directory when the root is on the local filesystem.
+    local_dir: Option<PathBuf>,
+}
+
+impl Store {
+    /// Opens `data`: a local directory (created if missing), `file://`, `s3://bucket/prefix`
+    /// or `memory://name` (process-local, shared by every open of the same URL).
+    pub fn open(data: &str, options: &BTreeMap<String, String>) -> Result<Store> {
+        let data = data.trim();
+        if data.is_empty() {
+            return Err(Error::Invalid("data: must not be empty".into()));
+        }
+        match data.split_once("://") {
+            None => Self::open_local(PathBuf::from(data)),
+            Some(("file", _)) => {
+                let url = parse_url(data)?;
+                let dir = url
+                    .to_file_path()
+                    .map_err(|_| Error::Invalid(format!("data: {data} is not a valid file URL")))?;
+                Self::open_local(dir)
+            }
+            Some(("memory", _)) => {
+                let url = parse_url(data)?;
+                let key = format!("{}{}", url.host_str().unwrap_or(""), url.path());
+                static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+                let mut stores = STORES
+                    .get_or_init(Default::default)
+                    .lock()
+                    .map_err(|_| Error::Unavailable("memory store registry poisoned".into()))?;
+                let store = stores.entry(key.clone()).or_default().clone();
+                let base = Url::parse(&format!("memory:///{}/", key.trim_matches('/')))
+                    .map_err(|e| Error::Invalid(format!("data: {e}")))?;
+                Ok(Store {
+                    root: store,
+                    paths: Paths::new(base),
+                    local_dir: None,
+                })
+            }
+            Some(("s3" | "s3a", _)) => {
+                let url = parse_url(data)?;
+                let bucket = url
+                    .host_str()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| Error::Invalid(format!("data: {data} has no bucket")))?;
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (k, v) in options {
+                    let key: AmazonS3ConfigKey = k
+                        .parse()
+                        .map_err(|_| Error::Config(format!("storage.{k}: unknown S3 option")))?;
+                    builder = builder.with_config(key, v);
+                }
+                let s3 = builder.build()?;
+                let mut base = url.clone();
+                base.set_scheme("s3")
+                    .map_err(|_| Error::Invalid(format!("data: {data}")))?;
+                if !base.path().ends_with('/') {
+                    let p = format!("{}/", base.path());
+                    base.set_path(&p);
+                }
+                Ok(Store {
+                    root: Arc::new(s3),
+                    paths: Paths::new(base),
+                    local_dir: None,
+                })
+            }
+            Some((scheme, _)) => Err(Error::Invalid(format!(
+                "data: unsupported storage scheme '{scheme}://' (use a directory, file://, s3:// or memory://)"
+            ))),
+        }
+    }
+
+    fn open_local(dir: PathBuf) -> Result<Store> {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::Invalid(format!("data: cannot create directory {}: {e}", dir.display()))
+        })?;
+        let dir = dir.canonicalize()?;
+        let base = Url::from_directory_path(&dir)
+            .map_err(|_| Error::Invalid(format!("data: {} is not absolute", dir.display())))?;
+        Ok(Store {
+            root: Arc::new(LocalFileSystem::new()),
+            paths: Paths::new(base),
+            local_dir: Some(dir),
+        })
+    }
+
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.root.clone()
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// The local directory of the root, when it is on the local filesystem.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
+    }
+
+    /// A handle on the Delta table `name` (not loaded; it may not exist yet).
+    pub fn delta_table(&self, name: &str) -> Result<DeltaTable> {
+        let url = self.paths.table_url(name);
+        let table = DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_backend(self.root.clone(), url)
+            .build()?;
+        Ok(table)
+    }
+
+    /// Opens table `name` at its latest version, or `None` when it does not exist yet.
+    pub async fn load_table(&self, name: &str) -> Result<Option<DeltaTable>> {
+        let mut table = self.delta_table(name)?;
+        match table.load().await {
+            Ok(()) => Ok(Some(table)),
+            Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn parse_url(data: &str) -> Result<Url> {
+    Url::parse(data).map_err(|e| Error::Invalid(format!("data: '{data}' is not a valid URL: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsupported_schemes_are_named() {
+        let err = Store::open("ftp://x/y", &BTreeMap::new()).unwrap_err();
+        assert!(err.to_string().contains("'ftp://'"), "{err}");
+    }
+
+    #[test]
+    fn memory_stores_are_shared_by_url() {
+        let a = Store::open("memory://shared-test", &BTreeMap::new()).unwrap();
+        let b = Store::open("memory://shared-test", &BTreeMap::new()).unwrap();
+        assert!(Arc::ptr_eq(&a.object_store(), &b.object_store()));
+        let c = Store::open("memory://other-test", &BTreeMap::new()).unwrap();
+        assert!(!Arc::ptr_eq(&a.object_store(), &c.object_store()));
+    }
+
+    #[test]
+    fn local_dirs_become_file_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().to_str().unwrap(), &BTreeMap::new()).unwrap();
+        let url = s.paths().table_url("events");
+        assert_eq!(url.scheme(), "file");
+        assert!(url.path().ends_with("/events/"), "{url}");
+    }
+}

@@ -1,0 +1,126 @@
+//! Every storage key and table URL is built here and nowhere else.
+
+use object_store::path::Path;
+use url::Url;
+
+/// Builds keys relative to the storage root.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// The root as a URL with a trailing slash (`file:///…/`, `s3://bucket/prefix/`, `memory:///name/`).
+    base: Url,
+}
+
+/// The config documents kept under `_tidemark/config/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doc {
+    Environments,
+    ApiKeys,
+}
+
+impl Doc {
+    fn dir(self) -> &'static str {
+        match self {
+            Doc::Environments => "environments",
+            Doc::ApiKeys => "api_keys",
+        }
+    }
+}
+
+impl Paths {
+    pub fn new(base: Url) -> Paths {
+        Paths { base }
+    }
+
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    /// The URL of Delta table `name`, with a trailing slash.
+    pub fn table_url(&self, name: &str) -> Url {
+        // `name` is one of our fixed table names; join cannot fail on it.
+        self.base
+            .join(&format!("{name}/"))
+            .unwrap_or_else(|_| self.base.clone())
+    }
+
+    /// The root's path inside the object store.
+    pub fn root(&self) -> Path {
+        Path::from_url_path(self.base.path()).unwrap_or_default()
+    }
+
+    /// Directory holding the versions of a config document.
+    pub fn doc_dir(&self, doc: Doc) -> Path {
+        self.root()
+            .join("_tidemark")
+            .join("config")
+            .join(doc.dir())
+    }
+
+    /// One version of a config document.
+    pub fn doc_version(&self, doc: Doc, version: u64) -> Path {
+        self.doc_dir(doc).join(format!("{version:020}.json"))
+    }
+
+    /// Parses a version back out of a key made by [`Paths::doc_version`].
+    pub fn parse_doc_version(path: &Path) -> Option<u64> {
+        path.filename()?.strip_suffix(".json")?.parse().ok()
+    }
+
+    /// Top-level entries of the root, to discover tables.
+    pub fn table_delta_log(&self, name: &str) -> Path {
+        self.root().join(name).join("_delta_log")
+    }
+}
+
+/// Local write-ahead-log file names.
+pub mod wal {
+    use std::path::{Path, PathBuf};
+
+    /// The local WAL directory when the data root is the local directory `data_dir`.
+    pub fn default_dir_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("_tidemark").join("wal")
+    }
+
+    /// The segment file of sequence number `seq`.
+    pub fn segment(dir: &Path, seq: u64) -> PathBuf {
+        dir.join(format!("{seq:020}.wal"))
+    }
+
+    /// Parses a sequence number out of a segment file name.
+    pub fn parse_segment(name: &str) -> Option<u64> {
+        name.strip_suffix(".wal")?.parse().ok()
+    }
+
+    /// The file holding this node's id (the Delta `txn` app id of its flusher).
+    pub fn node_id_file(dir: &Path) -> PathBuf {
+        dir.join("node-id")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_versions_round_trip() {
+        let p = Paths::new(Url::parse("s3://bucket/prefix/").unwrap());
+        let key = p.doc_version(Doc::ApiKeys, 42);
+        assert_eq!(
+            key.as_ref(),
+            "prefix/_tidemark/config/api_keys/00000000000000000042.json"
+        );
+        assert_eq!(Paths::parse_doc_version(&key), Some(42));
+        assert_eq!(
+            p.table_url("events").as_str(),
+            "s3://bucket/prefix/events/"
+        );
+    }
+
+    #[test]
+    fn wal_segment_names_round_trip() {
+        let f = wal::segment(std::path::Path::new("/w"), 7);
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert_eq!(wal::parse_segment(name), Some(7));
+        assert_eq!(wal::parse_segment("node-id"), None);
+    }
+}

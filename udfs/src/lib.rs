@@ -1,0 +1,1 @@
+//! Reserved for the UDFs the SQL jobs need (issue 3). Intentionally empty.
