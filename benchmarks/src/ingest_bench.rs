@@ -1,1 +1,299 @@
-fn main() {}
+//! Ingest load generator.
+//!
+//! Starts `tidemark serve` (release build) on a fresh data directory, sends realistic
+//! events (~300 bytes, Zipf-distributed user ids, 50 event names) in batches over loopback
+//! HTTP from several connections, and reports events/s and acknowledgement latency p50/p99.
+//! In the same run it measures the in-process ceiling: parse + Arrow build + Parquet (zstd)
+//! encode of the same batches with no HTTP, and prints HTTP throughput as a ratio of it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Events to send over HTTP.
+    #[arg(long, default_value_t = 3_000_000)]
+    events: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Distinct users (Zipf, s = 1.07).
+    #[arg(long, default_value_t = 1_000_000)]
+    users: usize,
+    /// The tidemark binary [default: next to this one].
+    #[arg(long)]
+    tidemark: Option<std::path::PathBuf>,
+    /// `wal` or `commit`.
+    #[arg(long, default_value = "wal")]
+    ack: String,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "benchmarks/results/ingest.json")]
+    out: std::path::PathBuf,
+}
+
+const EVENT_NAMES: usize = 50;
+
+/// Cumulative Zipf weights for ranks 1..=n.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut cdf = Vec::with_capacity(n);
+    let mut acc = 0.0;
+    for k in 1..=n {
+        acc += 1.0 / (k as f64).powf(s);
+        cdf.push(acc);
+    }
+    cdf.iter_mut().for_each(|c| *c /= acc);
+    cdf
+}
+
+fn sample(cdf: &[f64], rng: &mut impl Rng) -> usize {
+    let u: f64 = rng.random();
+    cdf.partition_point(|c| *c < u)
+}
+
+/// Pre-generates `count` JSON batch bodies.
+fn make_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {
+    let cdf = zipf_cdf(args.users, 1.07);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let names: Vec<String> = (0..EVENT_NAMES)
+        .map(|i| {
+            let kinds = ["card", "app", "stream", "push", "session"];
+            let verbs = [
+                "published",
+                "displayed",
+                "completed",
+                "dismissed",
+                "opened",
+                "snoozed",
+                "expired",
+                "clicked",
+                "viewed",
+                "closed",
+            ];
+            format!(
+                "{}-{}",
+                kinds[i % kinds.len()],
+                verbs[i / kinds.len() % verbs.len()]
+            )
+        })
+        .collect();
+    let platforms = ["ios", "android", "web", "server"];
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    (0..count)
+        .map(|_| {
+            let events: Vec<_> = (0..args.batch)
+                .map(|_| {
+                    let user = sample(&cdf, &mut rng);
+                    json!({
+                        "event_name": names[rng.random_range(0..EVENT_NAMES)],
+                        "user_id": format!("user-{user:07}"),
+                        "occurred_at": base + rng.random_range(0..3_600_000i64),
+                        "category": if rng.random_bool(0.7) { "sdk" } else { "custom" },
+                        "platform": platforms[rng.random_range(0..4)],
+                        "properties": {
+                            "card_id": format!("card-{:05}", rng.random_range(0..20_000)),
+                            "stream": "home",
+                            "position": rng.random_range(0..20),
+                            "app_version": "5.12.1"
+                        }
+                    })
+                })
+                .collect();
+            bytes::Bytes::from(serde_json::to_vec(&events).unwrap_or_default())
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// parse + Arrow build + Parquet encode, on `threads` threads, no HTTP. Events/s.
+fn ceiling(batches: &[bytes::Bytes], threads: usize) -> anyhow::Result<f64> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    use tidemark::ingest::event::{BodyFormat, build_batch, parse_batch};
+    let limits = tidemark::config::Limits::default();
+    let chunk = batches.len().div_ceil(threads);
+    let started = Instant::now();
+    let events: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = batches
+            .chunks(chunk)
+            .map(|part| {
+                let limits = limits.clone();
+                s.spawn(move || -> anyhow::Result<usize> {
+                    let props = WriterProperties::builder()
+                        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+                        .build();
+                    let mut out = Vec::new();
+                    let mut w = ArrowWriter::try_new(
+                        &mut out,
+                        tidemark::storage::events_table::schema(),
+                        Some(props),
+                    )?;
+                    let mut n = 0;
+                    let now = chrono::Utc::now().timestamp_micros();
+                    for body in part {
+                        let ev = parse_batch(body, BodyFormat::JsonArray, &limits)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let b = build_batch("default", now, &ev, &vec![true; ev.len()])?;
+                        n += b.num_rows();
+                        w.write(&b)?;
+                    }
+                    w.close()?;
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("thread panicked"))?)
+            .sum::<anyhow::Result<usize>>()
+    })?;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = match &args.tidemark {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .join("tidemark"),
+    };
+    let n_batches = args.events.div_ceil(args.batch);
+    let pool = 400.min(n_batches);
+    eprintln!(
+        "generating {pool} distinct batches of {} events...",
+        args.batch
+    );
+    let batches = Arc::new(make_batches(&args, pool));
+    let avg_bytes =
+        batches.iter().map(|b| b.len()).sum::<usize>() as f64 / (pool * args.batch) as f64;
+
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(&bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ack",
+            &args.ack,
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .env("TIDEMARK_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let (mut addr, mut key) = (None, None);
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(a) = line.strip_prefix("tidemark: listening on http://") {
+            addr = Some(a.trim().to_string());
+        }
+        if let Some(k) = line.trim().strip_prefix("ingest key:") {
+            key = Some(k.trim().to_string());
+        }
+        if line == "tidemark: ready" {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let (Some(addr), Some(key)) = (addr, key) else {
+        bail!("tidemark did not print its address and keys");
+    };
+    let url = format!("http://{addr}/v1/default/events");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+
+    let per_conn = n_batches.div_ceil(args.connections);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, url, key, batches) =
+            (client.clone(), url.clone(), key.clone(), batches.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_conn);
+            let mut sent = 0usize;
+            for i in 0..per_conn {
+                // The events carry no event_id (tidemark assigns UUIDv7s), so re-sending
+                // a pooled body stores new events rather than hitting the dedup fast path.
+                let body = batches[(c * 7919 + i) % batches.len()].clone();
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = r.status();
+                let _ = r.bytes().await?;
+                if status.as_u16() != 202 {
+                    bail!("unexpected status {status}");
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                sent += 1;
+            }
+            Ok::<_, anyhow::Error>((lat, sent))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut sent_batches = 0;
+    for t in tasks {
+        let (l, s) = t.await??;
+        lat.extend(l);
+        sent_batches += s;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let events = sent_batches * args.batch;
+    let http_rate = events as f64 / elapsed;
+
+    let pid = child.id();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = child.wait();
+
+    let ceiling_rate = ceiling(&batches, 2)?;
+    let result = json!({
+        "benchmark": "ingest",
+        "ack": args.ack,
+        "events": events,
+        "batch": args.batch,
+        "connections": args.connections,
+        "avg_event_bytes": avg_bytes,
+        "seconds": elapsed,
+        "events_per_second": http_rate,
+        "ack_latency_ms_p50": percentile(&lat, 0.50),
+        "ack_latency_ms_p99": percentile(&lat, 0.99),
+        "ceiling_events_per_second": ceiling_rate,
+        "ratio_http_to_ceiling": http_rate / ceiling_rate,
+    });
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)?;
+    Ok(())
+}

@@ -192,7 +192,11 @@ impl ApiKeys {
 }
 
 /// Checks that `principal` may act on `environment` with one of `roles`.
-pub fn authorize(principal: &Principal, environment: &str, roles: &[Role]) -> Result<(), AuthError> {
+pub fn authorize(
+    principal: &Principal,
+    environment: &str,
+    roles: &[Role],
+) -> Result<(), AuthError> {
     if principal.environment != environment {
         return Err(AuthError::Forbidden(format!(
             "this key belongs to environment '{}', not '{environment}'",
@@ -302,6 +306,9 @@ pub struct KeyCache {
     min_refresh: Duration,
     /// Verified tokens, so the hash is not recomputed on every request.
     verified: RwLock<HashMap<String, Principal>>,
+    /// Serialises refreshes caused by unknown keys, so a flood of them reads the store at
+    /// most once per `min_refresh`.
+    miss_lock: tokio::sync::Mutex<()>,
 }
 
 impl KeyCache {
@@ -312,6 +319,7 @@ impl KeyCache {
             state: RwLock::new((Arc::new(keys), Instant::now())),
             min_refresh: Duration::from_millis(250),
             verified: RwLock::new(HashMap::new()),
+            miss_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -359,18 +367,29 @@ impl KeyCache {
                 "Authorization header must be 'Bearer <key>'".into(),
             ));
         };
+        let unknown = || AuthError::Unauthenticated("unknown or revoked API key".into());
+        if split_token(token).is_none() {
+            return Err(unknown());
+        }
         if let Ok(v) = self.verified.read()
             && let Some(p) = v.get(token)
         {
             return Ok(p.clone());
         }
-        let (keys, at) = self.snapshot();
-        let mut found = self.check(&keys, token);
-        if found.is_none() && at.elapsed() >= self.min_refresh {
-            // Maybe created since the last refresh.
-            if self.refresh().await.is_ok() {
-                found = self.check(&self.snapshot().0, token);
+        let asked_at = Instant::now();
+        let mut found = self.check(&self.snapshot().0, token);
+        if found.is_none() {
+            // Maybe created since the last refresh: wait for one that starts after this
+            // request arrived (at most `min_refresh` after the previous one).
+            let _guard = self.miss_lock.lock().await;
+            let (_, at) = self.snapshot();
+            if at < asked_at {
+                tokio::time::sleep(self.min_refresh.saturating_sub(at.elapsed())).await;
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!(error = %e, "cannot refresh API keys");
+                }
             }
+            found = self.check(&self.snapshot().0, token);
         }
         match found {
             Some(p) => {
@@ -382,9 +401,7 @@ impl KeyCache {
                 }
                 Ok(p)
             }
-            None => Err(AuthError::Unauthenticated(
-                "unknown or revoked API key".into(),
-            )),
+            None => Err(unknown()),
         }
     }
 }

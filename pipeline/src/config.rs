@@ -296,7 +296,10 @@ mod tests {
         let err = Config::from_toml("flush_interval = \"soon\"").unwrap_err();
         assert!(err.to_string().contains("flush_interval"), "{err}");
         let err = Config::from_toml("flush_rows = 0").unwrap_err();
-        assert_eq!(err.to_string(), "config: flush_rows: must be greater than 0");
+        assert_eq!(
+            err.to_string(),
+            "config: flush_rows: must be greater than 0"
+        );
         let err = Config::from_toml("ack = \"maybe\"").unwrap_err();
         assert!(err.to_string().contains("ack"), "{err}");
     }

@@ -58,7 +58,11 @@ impl Metrics {
             optimize_files_removed: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("events_accepted", "Events stored", m.events_accepted.clone());
+        registry.register(
+            "events_accepted",
+            "Events stored",
+            m.events_accepted.clone(),
+        );
         registry.register(
             "events_rejected",
             "Events in batches refused as invalid",
@@ -79,7 +83,11 @@ impl Metrics {
             "WAL bytes not yet committed to the events table",
             m.wal_pending_bytes.clone(),
         );
-        registry.register("wal_bytes", "Bytes appended to the WAL", m.wal_bytes.clone());
+        registry.register(
+            "wal_bytes",
+            "Bytes appended to the WAL",
+            m.wal_bytes.clone(),
+        );
         registry.register(
             "ack_latency_seconds",
             "Time from request to acknowledgement",
@@ -91,7 +99,11 @@ impl Metrics {
             m.flush_latency.clone(),
         );
         registry.register("commits", "Delta commits of events", m.commits.clone());
-        registry.register("commit_failures", "Failed Delta commits of events", m.commit_failures.clone());
+        registry.register(
+            "commit_failures",
+            "Failed Delta commits of events",
+            m.commit_failures.clone(),
+        );
         registry.register(
             "optimize_files_removed",
             "Small files removed by compaction",
@@ -132,8 +144,14 @@ mod tests {
         m.rejected("invalid", 2);
         m.commits.inc();
         let text = m.render();
-        assert!(text.contains("tidemark_events_accepted_total{environment=\"default\"} 3"), "{text}");
-        assert!(text.contains("tidemark_requests_rejected_total{reason=\"invalid\"} 2"), "{text}");
+        assert!(
+            text.contains("tidemark_events_accepted_total{environment=\"default\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidemark_requests_rejected_total{reason=\"invalid\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("tidemark_commits_total 1"), "{text}");
         assert!(text.contains("tidemark_wal_pending_bytes 0"), "{text}");
     }

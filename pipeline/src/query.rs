@@ -1,7 +1,5 @@
 //! SQL over the store's Delta tables with embedded DataFusion (`tidemark sql`).
 
-use std::sync::Arc;
-
 use arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
@@ -22,7 +20,10 @@ pub enum Format {
 /// Names of the Delta tables under the store root.
 pub async fn table_names(store: &Store) -> Result<Vec<String>> {
     let root = store.paths().root();
-    let listing = store.object_store().list_with_delimiter(Some(&root)).await?;
+    let listing = store
+        .object_store()
+        .list_with_delimiter(Some(&root))
+        .await?;
     let mut names = Vec::new();
     for dir in listing.common_prefixes {
         let Some(name) = dir.filename().map(str::to_string) else {
@@ -118,12 +119,11 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
 }
 
 /// Convenience for tests and tools: one query, its rows as batches.
-pub async fn query(store: &Store, environment: Option<&str>, sql: &str) -> Result<Vec<RecordBatch>> {
+pub async fn query(
+    store: &Store,
+    environment: Option<&str>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
     let ctx = session(store, environment).await?;
     run(&ctx, sql).await
-}
-
-#[allow(dead_code)]
-fn _assert_send(store: Arc<Store>) -> impl Send {
-    async move { query(&store, None, "select 1").await }
 }

@@ -77,7 +77,10 @@ pub fn run(file: Option<&Path>, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
             KeysCommand::List { environment, data } => {
                 let admin = admin(file, data)?;
                 let keys = admin.keys().await?;
-                println!("{:<14} {:<16} {:<8} {:<26} REVOKED", "ID", "ENVIRONMENT", "ROLE", "CREATED");
+                println!(
+                    "{:<14} {:<16} {:<8} {:<26} REVOKED",
+                    "ID", "ENVIRONMENT", "ROLE", "CREATED"
+                );
                 for k in keys
                     .keys
                     .iter()

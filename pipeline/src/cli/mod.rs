@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
-#[command(name = "tidemark", version, about = "Self-hosted customer data pipeline")]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Self-hosted customer data pipeline"
+)]
 pub struct Cli {
     /// Config file (default: ./tidemark.toml when it exists).
     #[arg(long, global = true, env = "TIDEMARK_CONFIG")]
@@ -56,7 +60,10 @@ pub enum ConfigCommand {
     Show(DataArgs),
 }
 
-fn load_config(cli_config: Option<&std::path::Path>, overrides: Overrides) -> anyhow::Result<Config> {
+fn load_config(
+    cli_config: Option<&std::path::Path>,
+    overrides: Overrides,
+) -> anyhow::Result<Config> {
     Ok(Config::load(cli_config, &overrides)?)
 }
 

@@ -86,9 +86,12 @@ impl Dedup {
         let mut inner = self.lock();
         let window = self.window_s;
         let now_s = now_s & !PENDING;
+        let mut mine = std::collections::HashSet::new();
         let fresh: Vec<Seen> = keys
             .iter()
             .map(|k| match inner.seen.get(k) {
+                // Repeated within this very batch: a duplicate, not a concurrent request.
+                Some(_) if mine.contains(k) => Seen::Stored,
                 Some(at) if now_s.saturating_sub(*at & !PENDING) <= window => {
                     if *at & PENDING != 0 {
                         Seen::InFlight
@@ -98,6 +101,7 @@ impl Dedup {
                 }
                 _ => {
                     inner.seen.insert(*k, now_s | PENDING);
+                    mine.insert(*k);
                     Seen::New
                 }
             })
@@ -165,7 +169,7 @@ mod tests {
         let b = key("default", "b");
         assert_eq!(
             d.check_and_insert(&[a, b, a], 100),
-            vec![Seen::New, Seen::New, Seen::InFlight]
+            vec![Seen::New, Seen::New, Seen::Stored]
         );
         assert_eq!(d.check_and_insert(&[a], 101), vec![Seen::InFlight]);
         d.confirm(&[a, b]);
@@ -198,6 +202,9 @@ mod tests {
         }
         assert!(d.len() <= 100, "{}", d.len());
         // The newest keys are still remembered.
-        assert_eq!(d.check_and_insert(&[key("e", "9-0")], 1095), vec![Seen::Stored]);
+        assert_eq!(
+            d.check_and_insert(&[key("e", "9-0")], 1095),
+            vec![Seen::Stored]
+        );
     }
 }

@@ -234,9 +234,7 @@ fn parse_category(raw: &RawValue) -> Result<Category, String> {
         "sdk" => Ok(Category::Sdk),
         "custom" => Ok(Category::Custom),
         "system" => Err("'system' is reserved for events tidemark generates itself".into()),
-        other => Err(format!(
-            "'{other}' is not one of platform, sdk, custom"
-        )),
+        other => Err(format!("'{other}' is not one of platform, sdk, custom")),
     }
 }
 
@@ -328,23 +326,23 @@ fn parse_event<'a>(
             message,
         });
     };
-    let required = |raw: Option<&'a RawValue>, name: &str, problem: &mut dyn FnMut(&str, String)| {
-        match raw.filter(|r| !is_null(r)) {
+    let required =
+        |raw: Option<&'a RawValue>, name: &str, problem: &mut dyn FnMut(&str, String)| match raw
+            .filter(|r| !is_null(r))
+        {
             None => {
                 problem(name, "is required".into());
                 None
             }
-            Some(r) => checked_string(r, limits)
-                .map_err(|m| problem(name, m))
-                .ok(),
-        }
-    };
+            Some(r) => checked_string(r, limits).map_err(|m| problem(name, m)).ok(),
+        };
     let event_name = required(fields.event_name, "event_name", &mut problem);
     let user_id = required(fields.user_id, "user_id", &mut problem);
-    let optional_str = |raw: Option<&'a RawValue>, name: &str, problem: &mut dyn FnMut(&str, String)| {
-        raw.filter(|r| !is_null(r))
-            .and_then(|r| checked_string(r, limits).map_err(|m| problem(name, m)).ok())
-    };
+    let optional_str =
+        |raw: Option<&'a RawValue>, name: &str, problem: &mut dyn FnMut(&str, String)| {
+            raw.filter(|r| !is_null(r))
+                .and_then(|r| checked_string(r, limits).map_err(|m| problem(name, m)).ok())
+        };
     let event_id = optional_str(fields.event_id, "event_id", &mut problem);
     let platform = optional_str(fields.platform, "platform", &mut problem).map(|p| {
         if p.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -353,18 +351,20 @@ fn parse_event<'a>(
             p
         }
     });
-    let occurred_at = fields
-        .occurred_at
-        .filter(|r| !is_null(r))
-        .and_then(|r| parse_occurred_at(r).map_err(|m| problem("occurred_at", m)).ok());
+    let occurred_at = fields.occurred_at.filter(|r| !is_null(r)).and_then(|r| {
+        parse_occurred_at(r)
+            .map_err(|m| problem("occurred_at", m))
+            .ok()
+    });
     let category = match fields.category.filter(|r| !is_null(r)) {
         None => Some(Category::Custom),
         Some(r) => parse_category(r).map_err(|m| problem("category", m)).ok(),
     };
-    let properties = fields
-        .properties
-        .filter(|r| !is_null(r))
-        .and_then(|r| parse_properties(r, limits).map_err(|m| problem("properties", m)).ok());
+    let properties = fields.properties.filter(|r| !is_null(r)).and_then(|r| {
+        parse_properties(r, limits)
+            .map_err(|m| problem("properties", m))
+            .ok()
+    });
     if problems.len() != before {
         return None;
     }
@@ -417,7 +417,10 @@ pub fn parse_batch<'a>(
     limits: &Limits,
 ) -> Result<Vec<Event<'a>>, BatchError> {
     let body = std::str::from_utf8(body).map_err(|e| {
-        BatchError::Malformed(format!("body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        BatchError::Malformed(format!(
+            "body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
     })?;
     let raws = split_body(body, format)?;
     if raws.is_empty() {
@@ -478,7 +481,11 @@ pub fn build_batch(
         env.append_value(environment);
         match &e.event_id {
             Some(v) => id.append_value(v),
-            None => id.append_value(uuid::Uuid::now_v7().hyphenated().encode_lower(&mut uuid_buf)),
+            None => id.append_value(
+                uuid::Uuid::now_v7()
+                    .hyphenated()
+                    .encode_lower(&mut uuid_buf),
+            ),
         }
         name.append_value(&e.event_name);
         category.append_value(e.category.as_str());
@@ -580,7 +587,10 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(p[0].2, "is required");
         assert_eq!(p[1].2, "must not be empty");
-        assert_eq!(p[2].2, "'system' is reserved for events tidemark generates itself");
+        assert_eq!(
+            p[2].2,
+            "'system' is reserved for events tidemark generates itself"
+        );
         assert!(p[3].2.contains("were seconds sent?"), "{}", p[3].2);
         assert_eq!(p[4].2, "must be a JSON object");
         assert!(p[5].2.starts_with("unknown field"), "{}", p[5].2);
@@ -621,10 +631,22 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused_whole() {
         for (body, fmt, want) in [
-            ("{\"event_name\":\"a\"}", BodyFormat::JsonArray, "body must be a JSON array"),
-            ("[{\"event_name\":", BodyFormat::JsonArray, "body is not valid JSON"),
+            (
+                "{\"event_name\":\"a\"}",
+                BodyFormat::JsonArray,
+                "body must be a JSON array",
+            ),
+            (
+                "[{\"event_name\":",
+                BodyFormat::JsonArray,
+                "body is not valid JSON",
+            ),
             ("[]", BodyFormat::JsonArray, "batch contains no events"),
-            ("{\"a\":1}\n{oops\n", BodyFormat::Ndjson, "line 2 is not valid JSON"),
+            (
+                "{\"a\":1}\n{oops\n",
+                BodyFormat::Ndjson,
+                "line 2 is not valid JSON",
+            ),
         ] {
             match parse_batch(body.as_bytes(), fmt, &limits()) {
                 Err(BatchError::Malformed(m)) => assert!(m.starts_with(want), "{m}"),
@@ -655,7 +677,12 @@ mod tests {
             .as_any()
             .downcast_ref::<arrow::array::StringArray>()
             .unwrap();
-        assert_eq!(uuid::Uuid::parse_str(ids.value(0)).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(ids.value(0))
+                .unwrap()
+                .get_version_num(),
+            7
+        );
         assert_eq!(ids.value(1), "x");
         let only_second = build_batch("default", 0, &ev, &[false, true]).unwrap();
         assert_eq!(only_second.num_rows(), 1);

@@ -87,7 +87,11 @@ impl Ingestor {
         let (positions, keys): (Vec<usize>, Vec<u128>) = events
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| e.event_id.as_ref().map(|id| (i, dedup::key(environment, id))))
+            .filter_map(|(i, e)| {
+                e.event_id
+                    .as_ref()
+                    .map(|id| (i, dedup::key(environment, id)))
+            })
             .unzip();
         let seen = self.dedup.check_and_insert(&keys, now_s);
         let mut keep = vec![true; events.len()];
@@ -114,7 +118,9 @@ impl Ingestor {
             accepted,
             duplicates: events.len() - accepted,
         };
-        self.metrics.events_duplicate.inc_by(outcome.duplicates as u64);
+        self.metrics
+            .events_duplicate
+            .inc_by(outcome.duplicates as u64);
         if accepted == 0 {
             return Ok(outcome);
         }

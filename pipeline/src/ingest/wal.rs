@@ -136,10 +136,12 @@ pub fn read_segment(path: &Path) -> Result<ReadSegment> {
     let mut bytes = 0u64;
     for payload in records {
         bytes += payload.len() as u64;
-        batches.extend(
-            decode_batches(payload)
-                .map_err(|e| wal_err(path, format!("record with a valid checksum does not decode: {e}")))?,
-        );
+        batches.extend(decode_batches(payload).map_err(|e| {
+            wal_err(
+                path,
+                format!("record with a valid checksum does not decode: {e}"),
+            )
+        })?);
     }
     Ok(ReadSegment {
         seq,
@@ -154,7 +156,11 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(seq) = entry.file_name().to_str().and_then(wal_paths::parse_segment) {
+        if let Some(seq) = entry
+            .file_name()
+            .to_str()
+            .and_then(wal_paths::parse_segment)
+        {
             out.push((seq, entry.path()));
         }
     }
@@ -183,7 +189,9 @@ mod tests {
 
     fn batch(n: usize) -> RecordBatch {
         let body: String = (0..n)
-            .map(|i| format!("{{\"event_id\":\"e{i}\",\"event_name\":\"n\",\"user_id\":\"u{i}\"}}\n"))
+            .map(|i| {
+                format!("{{\"event_id\":\"e{i}\",\"event_name\":\"n\",\"user_id\":\"u{i}\"}}\n")
+            })
             .collect();
         let ev = parse_batch(body.as_bytes(), BodyFormat::Ndjson, &Default::default()).unwrap();
         build_batch("default", 1_714_564_800_000_000, &ev, &vec![true; n]).unwrap()
@@ -201,7 +209,10 @@ mod tests {
         let seg = read_segment(&path).unwrap();
         assert_eq!(seg.seq, 7);
         assert!(!seg.torn);
-        assert_eq!(seg.batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            seg.batches.iter().map(|b| b.num_rows()).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(seg.batches[1], batch(3));
         assert_eq!(list_segments(dir.path()).unwrap(), vec![(7, path)]);
     }

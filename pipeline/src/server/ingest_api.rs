@@ -24,10 +24,17 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
     let Some(ct) = header_str(headers, header::CONTENT_TYPE) else {
         return Ok(BodyFormat::JsonArray);
     };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "" | "application/json" => Ok(BodyFormat::JsonArray),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
         | "application/x-jsonlines" => Ok(BodyFormat::Ndjson),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -45,7 +52,8 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
             "request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"
         ))
     };
-    if let Some(len) = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
         && len > limit as u64
     {
         return Err(too_large());

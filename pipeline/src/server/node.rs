@@ -96,7 +96,9 @@ pub async fn run(
                 }
                 state.shutting_down.store(true, Ordering::Release);
             };
-            axum::serve(listener, app).with_graceful_shutdown(signal).await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
         })
     };
     println!("tidemark: listening on http://{addr}");
@@ -150,7 +152,11 @@ async fn start_ingest(
     } else {
         (events_table::open_or_create(store).await?, None, 1)
     };
-    let app_id = if config.ack == AckMode::Wal { app_id } else { None };
+    let app_id = if config.ack == AckMode::Wal {
+        app_id
+    } else {
+        None
+    };
 
     let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_max_entries));
     let now = chrono::Utc::now().timestamp_micros();

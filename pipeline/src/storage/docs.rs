@@ -53,7 +53,9 @@ impl Docs {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::Unavailable(format!("config document {doc:?} keeps changing")))
+        Err(Error::Unavailable(format!(
+            "config document {doc:?} keeps changing"
+        )))
     }
 
     /// Applies `change` to the newest version and writes the result as the next version.

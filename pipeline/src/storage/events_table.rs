@@ -8,9 +8,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::StructType;
+use deltalake::kernel::Transaction;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::Transaction;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
@@ -62,7 +62,9 @@ pub fn schema() -> SchemaRef {
 }
 
 fn writer_properties() -> WriterProperties {
-    let zstd = ZstdLevel::try_new(3).map(Compression::ZSTD).unwrap_or(Compression::SNAPPY);
+    let zstd = ZstdLevel::try_new(3)
+        .map(Compression::ZSTD)
+        .unwrap_or(Compression::SNAPPY);
     WriterProperties::builder().set_compression(zstd).build()
 }
 

@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use deltalake::logstore::{
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
+};
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -81,6 +84,7 @@ impl Store {
                     builder = builder.with_config(key, v);
                 }
                 let s3 = builder.build()?;
+                register_s3_logstore();
                 let mut base = url.clone();
                 base.set_scheme("s3")
                     .map_err(|_| Error::Invalid(format!("data: {data}")))?;
@@ -102,7 +106,10 @@ impl Store {
 
     fn open_local(dir: PathBuf) -> Result<Store> {
         std::fs::create_dir_all(&dir).map_err(|e| {
-            Error::Invalid(format!("data: cannot create directory {}: {e}", dir.display()))
+            Error::Invalid(format!(
+                "data: cannot create directory {}: {e}",
+                dir.display()
+            ))
         })?;
         let dir = dir.canonicalize()?;
         let base = Url::from_directory_path(&dir)
@@ -130,6 +137,10 @@ impl Store {
     /// A handle on the Delta table `name` (not loaded; it may not exist yet).
     pub fn delta_table(&self, name: &str) -> Result<DeltaTable> {
         let url = self.paths.table_url(name);
+        if let Some(dir) = &self.local_dir {
+            // The kernel refuses a local table location that does not exist yet.
+            std::fs::create_dir_all(dir.join(name))?;
+        }
         let table = DeltaTableBuilder::from_url(url.clone())?
             .with_storage_backend(self.root.clone(), url)
             .build()?;
@@ -145,6 +156,37 @@ impl Store {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// deltalake resolves a log store by URL scheme even when we hand it the object store;
+/// `s3://` gets the default log store (commits by conditional put, `If-None-Match`), which
+/// needs no DynamoDB lock and no AWS SDK.
+struct S3LogStoreFactory;
+
+impl LogStoreFactory for S3LogStoreFactory {
+    fn with_options(
+        &self,
+        prefixed_store: ObjectStoreRef,
+        root_store: ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_s3_logstore() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if let Ok(scheme) = Url::parse("s3://") {
+            logstore_factories().insert(scheme, Arc::new(S3LogStoreFactory));
+        }
+    });
 }
 
 fn parse_url(data: &str) -> Result<Url> {

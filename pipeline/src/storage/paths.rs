@@ -50,10 +50,7 @@ impl Paths {
 
     /// Directory holding the versions of a config document.
     pub fn doc_dir(&self, doc: Doc) -> Path {
-        self.root()
-            .join("_tidemark")
-            .join("config")
-            .join(doc.dir())
+        self.root().join("_tidemark").join("config").join(doc.dir())
     }
 
     /// One version of a config document.
@@ -110,10 +107,7 @@ mod tests {
             "prefix/_tidemark/config/api_keys/00000000000000000042.json"
         );
         assert_eq!(Paths::parse_doc_version(&key), Some(42));
-        assert_eq!(
-            p.table_url("events").as_str(),
-            "s3://bucket/prefix/events/"
-        );
+        assert_eq!(p.table_url("events").as_str(), "s3://bucket/prefix/events/");
     }
 
     #[test]

@@ -1,0 +1,8 @@
+//! Integration tests: real `tidemark` processes over real HTTP, on the local filesystem and
+//! on a real S3-protocol server (s3s-fs, in-process).
+
+mod harness;
+
+mod cli;
+mod crash;
+mod ingest_api;
