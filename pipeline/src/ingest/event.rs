@@ -380,7 +380,7 @@ fn parse_event<'a>(
 }
 
 /// Splits the body into raw events without validating them.
-fn split_body<'a>(body: &'a str, format: BodyFormat) -> Result<Vec<&'a RawValue>, BatchError> {
+fn split_body(body: &str, format: BodyFormat) -> Result<Vec<&RawValue>, BatchError> {
     match format {
         BodyFormat::JsonArray => {
             let trimmed = body.trim_start();

@@ -64,6 +64,9 @@ pub struct LogOptions {
     pub flush_now: Arc<Notify>,
 }
 
+/// Appends collected for one group commit.
+type Group = [(RecordBatch, Vec<u8>, oneshot::Sender<Result<u64>>)];
+
 struct Current {
     seq: u64,
     file: Option<(File, PathBuf)>,
@@ -208,7 +211,7 @@ fn run(
 fn write_group(
     opts: &LogOptions,
     cur: &mut Current,
-    group: &mut [(RecordBatch, Vec<u8>, oneshot::Sender<Result<u64>>)],
+    group: &mut Group,
     buf: &mut Vec<u8>,
 ) -> Result<u64> {
     let bytes: u64 = group.iter().map(|(_, p, _)| p.len() as u64).sum();

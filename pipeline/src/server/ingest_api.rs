@@ -16,7 +16,7 @@ use crate::auth::{Role, authorize};
 use crate::ingest::IngestError;
 use crate::ingest::event::{BatchError, BodyFormat};
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

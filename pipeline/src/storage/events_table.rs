@@ -85,10 +85,10 @@ pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
         .await?;
     let _ = created;
     // Reload: with `Ignore`, a racing creator may have won.
-    Ok(store
+    store
         .load_table(TABLE)
         .await?
-        .ok_or_else(|| crate::Error::NotFound("events table vanished after create".into()))?)
+        .ok_or_else(|| crate::Error::NotFound("events table vanished after create".into()))
 }
 
 /// The last WAL segment that `app_id` committed, from the table's `txn` actions.
