@@ -6,5 +6,6 @@
 mod harness;
 
 mod cli;
+mod compaction;
 mod crash;
 mod ingest_api;
