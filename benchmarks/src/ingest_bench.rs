@@ -103,7 +103,10 @@ fn make_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {
                             "card_id": format!("card-{:05}", rng.random_range(0..20_000)),
                             "stream": "home",
                             "position": rng.random_range(0..20),
-                            "app_version": "5.12.1"
+                            "app_version": "5.12.1",
+                            "session_id": format!("s-{:016x}", rng.random::<u64>()),
+                            "locale": "en-NZ",
+                            "device": "iPhone15,2"
                         }
                     })
                 })
@@ -268,6 +271,23 @@ async fn main() -> anyhow::Result<()> {
     let events = sent_batches * args.batch;
     let http_rate = events as f64 / elapsed;
 
+    // Sustained means the flusher keeps up: wait until every acknowledged event is
+    // committed to the Delta table (the WAL holds nothing pending).
+    let metrics_url = format!("http://{addr}/metrics");
+    let committed_after = loop {
+        let text = client.get(&metrics_url).send().await?.text().await?;
+        let pending = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tidemark_wal_pending_bytes "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(-1);
+        if pending == 0 {
+            break started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let committed_rate = events as f64 / committed_after;
+
     let pid = child.id();
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -285,10 +305,13 @@ async fn main() -> anyhow::Result<()> {
         "avg_event_bytes": avg_bytes,
         "seconds": elapsed,
         "events_per_second": http_rate,
+        "seconds_until_all_committed": committed_after,
+        "committed_events_per_second": committed_rate,
         "ack_latency_ms_p50": percentile(&lat, 0.50),
         "ack_latency_ms_p99": percentile(&lat, 0.99),
         "ceiling_events_per_second": ceiling_rate,
         "ratio_http_to_ceiling": http_rate / ceiling_rate,
+        "ratio_committed_to_ceiling": committed_rate / ceiling_rate,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(parent) = args.out.parent() {

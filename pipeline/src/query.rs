@@ -4,7 +4,6 @@ use arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use futures::TryStreamExt;
-use object_store::path::Path;
 
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -32,7 +31,7 @@ pub async fn table_names(store: &Store) -> Result<Vec<String>> {
         if name.starts_with('_') || name.starts_with('.') {
             continue;
         }
-        let log = Path::from(format!("{}/_delta_log", dir.as_ref()));
+        let log = store.paths().table_delta_log(&name);
         let has_log = store
             .object_store()
             .list_with_delimiter(Some(&log))

@@ -99,3 +99,11 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
         format!("no route for {}", uri.path()),
     )
 }
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -16,6 +16,9 @@ use crate::auth::{Role, authorize};
 use crate::ingest::IngestError;
 use crate::ingest::event::{BatchError, BodyFormat};
 
+/// A client that sends its body slower than this is cut off (408).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -58,7 +61,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
     {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    let bytes = read.map_err(|e| {
         let is_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
         if is_limit {

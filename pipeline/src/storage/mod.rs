@@ -149,6 +149,16 @@ impl Store {
 
     /// Opens table `name` at its latest version, or `None` when it does not exist yet.
     pub async fn load_table(&self, name: &str) -> Result<Option<DeltaTable>> {
+        let log = self.paths.table_delta_log(name);
+        let mut listing = self.root.list(Some(&log));
+        if futures::StreamExt::next(&mut listing)
+            .await
+            .transpose()?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        drop(listing);
         let mut table = self.delta_table(name)?;
         match table.load().await {
             Ok(()) => Ok(Some(table)),

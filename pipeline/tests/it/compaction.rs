@@ -49,14 +49,7 @@ async fn small_files_are_compacted() {
         .map(|r| r["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["x0", "x1", "x2", "x3", "x4", "x5"]);
-    let metrics = crate::harness::client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     let removed: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tidemark_optimize_files_removed_total "))

@@ -272,6 +272,16 @@ impl Node {
         self.url(&format!("/v1/{env}/events"))
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let resp = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        resp.text().await.expect("metrics body")
+    }
+
     pub fn ingest_key(&self) -> &str {
         self.ingest_key
             .as_deref()
@@ -331,4 +341,21 @@ pub async fn post_json(url: &str, key: Option<&str>, body: &str) -> (u16, Value)
     let text = resp.text().await.expect("body");
     let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, v)
+}
+
+/// POSTs `body` with one extra header; returns the raw response.
+pub async fn post_raw(
+    url: &str,
+    key: &str,
+    header: (&str, &str),
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client()
+        .post(url)
+        .bearer_auth(key)
+        .header(header.0, header.1)
+        .body(body)
+        .send()
+        .await
+        .expect("request")
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestStore, client, post_json};
+use crate::harness::{Backend, TestStore, client, post_json, post_raw};
 
 async fn round_trip(backend: Backend) {
     let store = TestStore::new(backend);
@@ -40,7 +40,7 @@ async fn round_trip(backend: Backend) {
         .body(gz.finish().unwrap())
         .send()
         .await
-        .unwrap();
+        .expect("request");
     assert_eq!(resp.status().as_u16(), 202);
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
@@ -260,52 +260,20 @@ async fn refusals_name_the_problem_and_store_nothing() {
     );
 
     // Unsupported media types and encodings.
-    let resp = client()
-        .post(&url)
-        .bearer_auth(&ingest)
-        .header("content-type", "text/csv")
-        .body("a,b")
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw(&url, &ingest, ("content-type", "text/csv"), "a,b").await;
     assert_eq!(resp.status().as_u16(), 415);
-    let resp = client()
-        .post(&url)
-        .bearer_auth(&ingest)
-        .header("content-encoding", "br")
-        .body(ok)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw(&url, &ingest, ("content-encoding", "br"), ok).await;
     assert_eq!(resp.status().as_u16(), 415);
     let v: Value = resp.json().await.unwrap();
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap()
-            .contains("Content-Encoding 'br'"),
-        "{v}"
-    );
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains("Content-Encoding 'br'"), "{v}");
     // A gzip bomb: small on the wire, over the limit decoded.
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&vec![b' '; 1 << 20]).unwrap();
-    let resp = client()
-        .post(&url)
-        .bearer_auth(&ingest)
-        .header("content-encoding", "gzip")
-        .body(gz.finish().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let gzip = ("content-encoding", "gzip");
+    let resp = post_raw(&url, &ingest, gzip, gz.finish().unwrap()).await;
     assert_eq!(resp.status().as_u16(), 413);
-    let resp = client()
-        .post(&url)
-        .bearer_auth(&ingest)
-        .header("content-encoding", "gzip")
-        .body("not gzip")
-        .send()
-        .await
-        .unwrap();
+    let resp = post_raw(&url, &ingest, gzip, "not gzip").await;
     assert_eq!(resp.status().as_u16(), 400);
 
     // Admin keys may ingest too; then exactly that one event is stored.
@@ -316,14 +284,7 @@ async fn refusals_name_the_problem_and_store_nothing() {
     )
     .await;
     assert_eq!((s, v), (202, json!({"accepted": 1, "duplicates": 0})));
-    let metrics = client()
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains("tidemark_requests_rejected_total{reason=\"unauthorized\"} 3"),
         "{metrics}"
@@ -398,14 +359,7 @@ async fn ops_endpoints() {
     let body = json!([{"event_name": "a", "user_id": "u1"}]).to_string();
     post_json(&node.events_url("default"), Some(node.ingest_key()), &body).await;
     store.sql_until("select * from events", |r| r.len() == 1);
-    let text = c
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     for want in [
         "tidemark_events_accepted_total{environment=\"default\"} 1",
         "tidemark_commits_total 1",
@@ -417,5 +371,10 @@ async fn ops_endpoints() {
     }
     let r = c.get(node.url("/nope")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    let r = c.get(node.events_url("default")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let v = r.json::<Value>().await.unwrap();
+    assert_eq!(v["message"], "GET is not allowed on /v1/default/events");
     assert!(node.terminate().success());
 }
