@@ -139,7 +139,7 @@ fn ceiling(batches: &[bytes::Bytes], threads: usize) -> anyhow::Result<f64> {
                 let limits = limits.clone();
                 s.spawn(move || -> anyhow::Result<usize> {
                     let props = WriterProperties::builder()
-                        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+                        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
                         .build();
                     let mut out = Vec::new();
                     let mut w = ArrowWriter::try_new(

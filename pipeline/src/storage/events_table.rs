@@ -61,8 +61,10 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
-fn writer_properties() -> WriterProperties {
-    let zstd = ZstdLevel::try_new(3)
+/// zstd at `level`: 1 for the flusher's small, frequent files (cheap on the ingest path),
+/// 3 for compaction, which rewrites them once into the long-lived files.
+fn writer_properties(level: i32) -> WriterProperties {
+    let zstd = ZstdLevel::try_new(level)
         .map(Compression::ZSTD)
         .unwrap_or(Compression::SNAPPY);
     WriterProperties::builder().set_compression(zstd).build()
@@ -116,7 +118,7 @@ pub async fn append(
         .write(batches)
         .with_save_mode(SaveMode::Append)
         .with_partition_columns(PARTITION_COLUMNS)
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(writer_properties(1))
         .with_commit_properties(commit)
         .await?)
 }
@@ -134,7 +136,7 @@ pub async fn optimize_since(
         .optimize()
         .with_filters(&filters)
         .with_target_size(target)
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(writer_properties(3))
         .await?;
     Ok((table, metrics.num_files_removed))
 }
