@@ -378,3 +378,48 @@ async fn ops_endpoints() {
     assert_eq!(v["message"], "GET is not allowed on /v1/default/events");
     assert!(node.terminate().success());
 }
+
+/// Past `max_pending_bytes` of uncommitted data, ingest answers 503 with Retry-After and
+/// stores nothing of the refused batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn backpressure_when_commits_fall_behind() {
+    let store = TestStore::new(Backend::Local);
+    let node = store.serve(
+        &[],
+        &[
+            ("TIDEMARK_FLUSH_INTERVAL", "1h"),
+            ("TIDEMARK_MAX_PENDING_BYTES", "1"),
+        ],
+    );
+    let url = node.events_url("default");
+    let first = json!([{"event_id": "p1", "event_name": "a", "user_id": "u"}]).to_string();
+    assert_eq!(
+        post_json(&url, Some(node.ingest_key()), &first).await.0,
+        202
+    );
+    let second = json!([{"event_id": "p2", "event_name": "a", "user_id": "u"}]).to_string();
+    let resp = client()
+        .post(&url)
+        .bearer_auth(node.ingest_key())
+        .header("content-type", "application/json")
+        .body(second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "unavailable");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("waiting to be committed"),
+        "{v}"
+    );
+    assert!(node.terminate().success());
+    assert_eq!(
+        store.sql("select event_id from events"),
+        vec![json!({"event_id": "p1"})]
+    );
+}

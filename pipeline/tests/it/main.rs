@@ -8,4 +8,5 @@ mod harness;
 mod cli;
 mod compaction;
 mod crash;
+mod delta_readers;
 mod ingest_api;
