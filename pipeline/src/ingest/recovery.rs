@@ -20,6 +20,8 @@ use crate::{Error, Result};
 
 /// What recovery found.
 pub struct Recovered {
+    /// Held for the life of the process: one node per WAL directory.
+    pub lock: std::fs::File,
     pub table: DeltaTable,
     /// The WAL's Delta `txn` app id.
     pub app_id: String,
@@ -46,12 +48,32 @@ fn node_id(dir: &Path) -> Result<String> {
     }
 }
 
+/// Takes the WAL directory's lock, so a second process on the same directory stops at once
+/// instead of replaying and deleting segments the first one is writing.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = wal_paths::lock_file(dir);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Wal {
+            path: dir.to_path_buf(),
+            message: "another tidemark process is using this write-ahead log directory (give each node its own --wal-dir)".into(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
 /// Commits every segment in `wal_dir` newer than the table's `txn` version for this node.
 pub async fn replay_wal(store: &Store, wal_dir: &Path) -> Result<Recovered> {
     std::fs::create_dir_all(wal_dir).map_err(|e| Error::Wal {
         path: wal_dir.to_path_buf(),
         message: format!("cannot create WAL directory: {e}"),
     })?;
+    let lock = lock_dir(wal_dir)?;
     let app_id = format!("tidemark-ingest-{}", node_id(wal_dir)?);
     let mut table = events_table::open_or_create(store).await?;
     let last = events_table::committed_version(&table, &app_id)
@@ -79,6 +101,7 @@ pub async fn replay_wal(store: &Store, wal_dir: &Path) -> Result<Recovered> {
         wal::remove_segment(&path)?;
     }
     Ok(Recovered {
+        lock,
         table,
         app_id,
         next_seq: max_seq + 1,

@@ -142,6 +142,8 @@ async fn start_ingest(
     let dir = wal_dir(config, store);
     let (table, app_id, next_seq) = if config.ack == AckMode::Wal || dir.exists() {
         let r = recovery::replay_wal(store, &dir).await?;
+        // The lock lives as long as the process.
+        std::mem::forget(r.lock);
         if r.replayed_segments > 0 {
             println!(
                 "tidemark: replayed {} WAL segment(s), {} event(s)",

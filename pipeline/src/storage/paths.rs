@@ -88,6 +88,11 @@ pub mod wal {
         name.strip_suffix(".wal")?.parse().ok()
     }
 
+    /// The lock file that keeps a second process out of the directory.
+    pub fn lock_file(dir: &Path) -> PathBuf {
+        dir.join("LOCK")
+    }
+
     /// The file holding this node's id (the Delta `txn` app id of its flusher).
     pub fn node_id_file(dir: &Path) -> PathBuf {
         dir.join("node-id")

@@ -196,3 +196,18 @@ fn config_layers_and_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_second_node_on_the_same_wal_is_refused() {
+    let store = TestStore::new(Backend::Local);
+    let node = store.serve(&[], &[]);
+    let wal = store.wal_dir.to_string_lossy().into_owned();
+    let out = store.cli(&["serve", "--listen", "127.0.0.1:0", "--wal-dir", &wal]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another tidemark process is using this write-ahead log directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(node.terminate().success());
+}
