@@ -128,7 +128,8 @@ fn ceiling(batches: &[bytes::Bytes], threads: usize) -> anyhow::Result<f64> {
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::WriterProperties;
-    use tidemark::ingest::event::{BodyFormat, build_batch, parse_batch};
+    use tidemark::ingest::batch::build_batch;
+    use tidemark::ingest::event::{BodyFormat, parse_batch};
     let limits = tidemark::config::Limits::default();
     let chunk = batches.len().div_ceil(threads);
     let started = Instant::now();

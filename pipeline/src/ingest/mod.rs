@@ -1,12 +1,14 @@
 //! Ingest: validate a batch, drop retried events, make it durable, acknowledge.
 //!
-//! - [`event`]: parse and validate a body into events, build the Arrow batch.
+//! - [`event`]: parse and validate a body into events.
+//! - [`batch`]: build the Arrow record batch of validated events.
 //! - [`dedup`]: the index of recently accepted event ids.
 //! - [`wal`]: the on-disk segment format (framing, checksums, torn tails).
 //! - [`log`]: the log thread (group commit, rotation).
 //! - [`flusher`]: commits sealed segments to the `events` Delta table.
 //! - [`recovery`]: WAL replay and dedup rebuild at startup.
 
+pub mod batch;
 pub mod dedup;
 pub mod event;
 pub mod flusher;
@@ -124,7 +126,7 @@ impl Ingestor {
         if accepted == 0 {
             return Ok(outcome);
         }
-        let built = event::build_batch(environment, received_us, &events, &keep)
+        let built = batch::build_batch(environment, received_us, &events, &keep)
             .map_err(|e| IngestError::Internal(format!("building the batch: {e}")))
             .and_then(|batch| {
                 wal::encode_batch(&batch)

@@ -175,7 +175,8 @@ mod tests {
 
     use super::*;
     use crate::config::AckMode;
-    use crate::ingest::event::{BodyFormat, build_batch, parse_batch};
+    use crate::ingest::batch::build_batch;
+    use crate::ingest::event::{BodyFormat, parse_batch};
     use crate::ingest::log::{Log, LogOptions};
 
     fn batch(ids: &[String]) -> arrow::record_batch::RecordBatch {

@@ -184,7 +184,8 @@ pub fn remove_segment(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::event::{BodyFormat, build_batch, parse_batch};
+    use crate::ingest::batch::build_batch;
+    use crate::ingest::event::{BodyFormat, parse_batch};
     use proptest::prelude::*;
 
     fn batch(n: usize) -> RecordBatch {

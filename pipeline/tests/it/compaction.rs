@@ -16,23 +16,28 @@ async fn file_count(store: &TestStore) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn small_files_are_compacted() {
     let store = TestStore::new(Backend::Local);
+    // First without compaction: one file per flush.
     let node = store.serve(
         &[],
         &[
             ("TIDEMARK_FLUSH_INTERVAL", "50ms"),
-            ("TIDEMARK_OPTIMIZE_INTERVAL", "3s"),
+            ("TIDEMARK_OPTIMIZE_INTERVAL", "0s"),
         ],
     );
+    let key = node.ingest_key().to_string();
     let url = node.events_url("default");
     for i in 0..6 {
         let body =
             json!([{"event_id": format!("x{i}"), "event_name": "a", "user_id": "u"}]).to_string();
-        assert_eq!(post_json(&url, Some(node.ingest_key()), &body).await.0, 202);
+        assert_eq!(post_json(&url, Some(&key), &body).await.0, 202);
         // Let each batch become its own commit (its own file).
         store.sql_until("select count(*) as n from events", |r| r[0]["n"] == i + 1);
     }
+    assert!(node.terminate().success());
     let before = file_count(&store).await;
-    assert!(before >= 2, "expected one file per flush, got {before}");
+    assert_eq!(before, 6, "expected one file per flush");
+    // Then with compaction every second.
+    let node = store.serve(&[], &[("TIDEMARK_OPTIMIZE_INTERVAL", "1s")]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut after = before;
     while Instant::now() < deadline {
@@ -55,6 +60,6 @@ async fn small_files_are_compacted() {
         .find_map(|l| l.strip_prefix("tidemark_optimize_files_removed_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("compaction metric");
-    assert!(removed >= 2, "{metrics}");
+    assert_eq!(removed, 6, "{metrics}");
     assert!(node.terminate().success());
 }
