@@ -13,9 +13,8 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn keys_create_list_revoke() {
-    let store = TestStore::new(Backend::Local);
+async fn keys_create_list_revoke(backend: Backend) {
+    let store = TestStore::new(backend);
     let node = store.serve(&[], &[]);
     let key = store.create_key("default", "ingest");
     assert!(key.starts_with("tm_"), "{key}");
@@ -79,6 +78,16 @@ async fn keys_create_list_revoke() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("owner"), "{}", stderr(&out));
     drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_on_local_disk() {
+    keys_create_list_revoke(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_on_s3() {
+    keys_create_list_revoke(Backend::S3).await;
 }
 
 #[test]

@@ -303,9 +303,8 @@ async fn refusals_name_the_problem_and_store_nothing() {
 }
 
 /// SIGTERM commits what the WAL holds, even with a flush interval of an hour.
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_flushes_everything_acknowledged() {
-    let store = TestStore::new(Backend::Local);
+async fn sigterm_flushes_everything_acknowledged(backend: Backend) {
+    let store = TestStore::new(backend);
     let node = store.serve(&[], &[("TIDEMARK_FLUSH_INTERVAL", "1h")]);
     let body = json!([{"event_name": "a", "user_id": "u1"}, {"event_name": "b", "user_id": "u2"}])
         .to_string();
@@ -330,9 +329,8 @@ async fn sigterm_flushes_everything_acknowledged() {
 }
 
 /// With ack = "commit" the events are in the table when the 202 arrives.
-#[tokio::test(flavor = "multi_thread")]
-async fn ack_commit_means_committed() {
-    let store = TestStore::new(Backend::Local);
+async fn ack_commit_means_committed(backend: Backend) {
+    let store = TestStore::new(backend);
     let node = store.serve(&["--ack", "commit"], &[]);
     let body = json!([{"event_id": "c1", "event_name": "a", "user_id": "u1"}]).to_string();
     let (s, v) = post_json(&node.events_url("default"), Some(node.ingest_key()), &body).await;
@@ -422,4 +420,24 @@ async fn backpressure_when_commits_fall_behind() {
         store.sql("select event_id from events"),
         vec![json!({"event_id": "p1"})]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_on_local_disk() {
+    sigterm_flushes_everything_acknowledged(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_on_s3() {
+    sigterm_flushes_everything_acknowledged(Backend::S3).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ack_commit_on_local_disk() {
+    ack_commit_means_committed(Backend::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ack_commit_on_s3() {
+    ack_commit_means_committed(Backend::S3).await;
 }
