@@ -16,8 +16,9 @@ pub enum Format {
     Json,
 }
 
-/// Names of the Delta tables under the store root.
-pub async fn table_names(store: &Store) -> Result<Vec<String>> {
+/// Top-level directories of the store root that may hold tables (the `load_table` of
+/// each tells whether it does).
+pub async fn table_dirs(store: &Store) -> Result<Vec<String>> {
     let root = store.paths().root();
     let listing = store
         .object_store()
@@ -28,17 +29,7 @@ pub async fn table_names(store: &Store) -> Result<Vec<String>> {
         let Some(name) = dir.filename().map(str::to_string) else {
             continue;
         };
-        if name.starts_with('_') || name.starts_with('.') {
-            continue;
-        }
-        let log = store.paths().table_delta_log(&name);
-        let has_log = store
-            .object_store()
-            .list_with_delimiter(Some(&log))
-            .await
-            .map(|l| !l.objects.is_empty())
-            .unwrap_or(false);
-        if has_log {
+        if !name.starts_with('_') && !name.starts_with('.') {
             names.push(name);
         }
     }
@@ -51,7 +42,8 @@ pub async fn table_names(store: &Store) -> Result<Vec<String>> {
 pub async fn session(store: &Store, environment: Option<&str>) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
-    for name in table_names(store).await? {
+    for name in table_dirs(store).await? {
+        // `None`: a directory without a Delta log.
         let Some(table) = store.load_table(&name).await? else {
             continue;
         };

@@ -26,6 +26,8 @@ pub struct Flusher {
     pub interval: Duration,
     pub flush_now: Arc<Notify>,
     pub queue: VecDeque<Segment>,
+    /// The WAL directory's lock, released when the flusher is done with the WAL.
+    pub wal_lock: Option<std::fs::File>,
 }
 
 impl Flusher {

@@ -140,19 +140,17 @@ async fn start_ingest(
     stop_rx: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
     let dir = wal_dir(config, store);
-    let (table, app_id, next_seq) = if config.ack == AckMode::Wal || dir.exists() {
+    let (table, app_id, next_seq, wal_lock) = if config.ack == AckMode::Wal || dir.exists() {
         let r = recovery::replay_wal(store, &dir).await?;
-        // The lock lives as long as the process.
-        std::mem::forget(r.lock);
         if r.replayed_segments > 0 {
             println!(
                 "tidemark: replayed {} WAL segment(s), {} event(s)",
                 r.replayed_segments, r.replayed_rows
             );
         }
-        (r.table, Some(r.app_id), r.next_seq)
+        (r.table, Some(r.app_id), r.next_seq, Some(r.lock))
     } else {
-        (events_table::open_or_create(store).await?, None, 1)
+        (events_table::open_or_create(store).await?, None, 1, None)
     };
     let app_id = if config.ack == AckMode::Wal {
         app_id
@@ -193,6 +191,7 @@ async fn start_ingest(
         interval: config.flush_interval,
         flush_now,
         queue: VecDeque::new(),
+        wal_lock,
     };
     let task = tokio::spawn(flusher.run(stop_rx));
     state

@@ -80,15 +80,7 @@ async fn keys_create_list_revoke(backend: Backend) {
     drop(node);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn keys_on_local_disk() {
-    keys_create_list_revoke(Backend::Local).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn keys_on_s3() {
-    keys_create_list_revoke(Backend::S3).await;
-}
+on_both_backends!(keys_create_list_revoke);
 
 #[test]
 fn sql_formats_and_errors() {

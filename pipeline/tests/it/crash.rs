@@ -116,12 +116,4 @@ async fn crash_and_recover(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_loses_nothing_acknowledged_on_local_disk() {
-    crash_and_recover(Backend::Local).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_loses_nothing_acknowledged_on_s3() {
-    crash_and_recover(Backend::S3).await;
-}
+on_both_backends!(crash_and_recover);

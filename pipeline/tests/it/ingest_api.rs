@@ -116,15 +116,7 @@ async fn round_trip(backend: Backend) {
     assert!(node.terminate().success());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn round_trip_on_local_disk() {
-    round_trip(Backend::Local).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn round_trip_on_s3() {
-    round_trip(Backend::S3).await;
-}
+on_both_backends!(round_trip);
 
 /// Every refusal: status, error code, and a message that names the problem.
 #[tokio::test(flavor = "multi_thread")]
@@ -422,22 +414,6 @@ async fn backpressure_when_commits_fall_behind() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_flushes_on_local_disk() {
-    sigterm_flushes_everything_acknowledged(Backend::Local).await;
-}
+on_both_backends!(sigterm_flushes_everything_acknowledged);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_flushes_on_s3() {
-    sigterm_flushes_everything_acknowledged(Backend::S3).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn ack_commit_on_local_disk() {
-    ack_commit_means_committed(Backend::Local).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn ack_commit_on_s3() {
-    ack_commit_means_committed(Backend::S3).await;
-}
+on_both_backends!(ack_commit_means_committed);

@@ -3,6 +3,26 @@
 
 #![allow(clippy::unwrap_used)]
 
+/// Runs the async test body `$f(backend)` once on local disk and once on S3, as the tests
+/// `$f::local_disk` and `$f::s3`.
+macro_rules! on_both_backends {
+    ($f:ident) => {
+        mod $f {
+            use crate::harness::Backend;
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn local_disk() {
+                super::$f(Backend::Local).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn s3() {
+                super::$f(Backend::S3).await;
+            }
+        }
+    };
+}
+
 mod harness;
 
 mod cli;
