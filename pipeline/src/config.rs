@@ -51,6 +51,37 @@ impl Default for Limits {
     }
 }
 
+/// The SQL jobs that derive `profiles` and `event_stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Run the jobs inside `tidemark serve`.
+    pub enabled: bool,
+    /// Wait this long after a commit before running, so a burst of commits is one run.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+    /// Also run this often, for commits made by other nodes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// An `occurred_at` later than `received_at` plus this is clamped to `received_at`.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew_tolerance: Duration,
+    /// Rewrite a derived table as one row per key once it has more files than this.
+    pub compact_files: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            enabled: true,
+            debounce: Duration::from_millis(500),
+            poll_interval: Duration::from_secs(5),
+            clock_skew_tolerance: Duration::from_secs(300),
+            compact_files: 64,
+        }
+    }
+}
+
 /// The whole configuration of a tidemark node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -88,6 +119,7 @@ pub struct Config {
     /// of the environment are read as well.
     pub storage: BTreeMap<String, String>,
     pub limits: Limits,
+    pub jobs: JobsConfig,
 }
 
 impl Default for Config {
@@ -107,6 +139,7 @@ impl Default for Config {
             commit_timeout: Duration::from_secs(30),
             storage: BTreeMap::new(),
             limits: Limits::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -128,6 +161,16 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The job runner's settings.
+    pub fn job_options(&self) -> crate::jobs::JobOptions {
+        crate::jobs::JobOptions {
+            clock_skew_tolerance: self.jobs.clock_skew_tolerance,
+            dedup_window: self.dedup_window,
+            compact_files: self.jobs.compact_files,
+            ..Default::default()
+        }
+    }
+
     /// Loads the layers. `file` is the config file to read; when it is `None`,
     /// `./tidemark.toml` is read if it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
@@ -188,6 +231,12 @@ impl Config {
         }
         if self.commit_timeout.is_zero() {
             return fail("commit_timeout", "must be greater than 0");
+        }
+        if self.jobs.poll_interval.is_zero() {
+            return fail("jobs.poll_interval", "must be greater than 0");
+        }
+        if self.jobs.compact_files < 2 {
+            return fail("jobs.compact_files", "must be at least 2");
         }
         let l = &self.limits;
         if l.max_body_bytes < 1024 {
@@ -265,6 +314,15 @@ max_events_per_batch = 10000
 max_properties_bytes = 32768
 max_properties_depth = 16
 max_string_len = 512
+
+[jobs]
+# Derive profiles and event_stats inside `tidemark serve`, a moment after each commit.
+enabled = true
+debounce = "500ms"
+poll_interval = "5s"
+# occurred_at later than received_at + this is clamped to received_at.
+clock_skew_tolerance = "5m"
+compact_files = 64
 "#;
 
 #[cfg(test)]
@@ -281,6 +339,8 @@ mod tests {
         assert_eq!(c.dedup_window, Duration::from_secs(3600));
         assert_eq!(c.limits.max_body_bytes, d.limits.max_body_bytes);
         assert_eq!(c.ack, AckMode::Wal);
+        assert_eq!(c.jobs.clock_skew_tolerance, d.jobs.clock_skew_tolerance);
+        assert_eq!(c.jobs.debounce, Duration::from_millis(500));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`auth`]: environments and API keys (hashed at rest, verified in constant time).
 //! - [`ingest`]: event parsing and validation into Arrow, the dedup index, the write-ahead
 //!   log with group commit, and the flusher that commits WAL segments to Delta.
+//! - [`jobs`]: the SQL jobs (`sql/jobs/`) that derive `profiles` and `event_stats`
+//!   incrementally, and the views readers see them through.
 //! - [`server`]: the HTTP API (axum): ingest and ops endpoints.
 //! - [`query`]: DataFusion over the Delta tables, used by `tidemark sql`.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod jobs;
 pub mod metrics;
 pub mod query;
 pub mod server;

@@ -5,6 +5,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use futures::TryStreamExt;
 
+use crate::jobs::{self, Job};
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -41,7 +42,8 @@ pub async fn table_dirs(store: &Store) -> Result<Vec<String>> {
 /// that environment's rows only.
 pub async fn session(store: &Store, environment: Option<&str>) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let mut ctx = SessionContext::new_with_config(config);
+    tidemark_udfs::register_all(&mut ctx)?;
     for name in table_dirs(store).await? {
         // `None`: a directory without a Delta log.
         let Some(table) = store.load_table(&name).await? else {
@@ -49,6 +51,10 @@ pub async fn session(store: &Store, environment: Option<&str>) -> Result<Session
         };
         table.update_datafusion_session(&ctx.state())?;
         let provider = table.table_provider().await?;
+        if let Some(job) = Job::by_name(&name) {
+            jobs::views::register(&ctx, job, provider, environment).await?;
+            continue;
+        }
         match environment {
             Some(env) if provider.schema().field_with_name("environment").is_ok() => {
                 let view = ctx

@@ -1,1 +1,32 @@
-//! Reserved for the UDFs the SQL jobs need (issue 3). Intentionally empty.
+//! Functions the tidemark SQL jobs call, written once as plain Rust and adapted to
+//! DataFusion here (and to Arroyo in `udfs/arroyo/`).
+//!
+//! # Layout
+//!
+//! - [`platform`]: `platform_bucket(text)`, the platform family an event's `platform`
+//!   string belongs to (`ios`, `android`, `web`, `server`), which the profile job uses
+//!   for the `last_seen_<platform>_at` columns.
+//! - [`adapter`]: a generic [`ScalarUDFImpl`](datafusion::logical_expr::ScalarUDFImpl)
+//!   adapter for `fn(&str) -> Option<&str>` functions that accepts `Utf8`, `Utf8View` and
+//!   `LargeUtf8` and passes nulls through.
+//!
+//! [`register_all`] adds every function to a DataFusion session.
+
+pub mod adapter;
+pub mod platform;
+
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::ScalarUDF;
+
+/// Every scalar UDF of this crate, ready for a DataFusion session.
+pub fn all() -> Vec<ScalarUDF> {
+    vec![platform::udf()]
+}
+
+/// Registers every function of this crate with `registry` (a `SessionContext`, say).
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
+    for udf in all() {
+        registry.register_udf(std::sync::Arc::new(udf))?;
+    }
+    Ok(())
+}

@@ -2,9 +2,11 @@
 //!
 //! - `serve`: run a node (ingest API, flusher) on the embedded default.
 //! - `keys`: create, list and revoke API keys.
+//! - `jobs`: run, rebuild and inspect the SQL jobs that derive profiles and event stats.
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
+mod jobs;
 mod keys;
 mod serve;
 mod sql;
@@ -45,6 +47,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Run, rebuild and inspect the SQL jobs (profiles, event_stats).
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// Run a read-only SQL query over the tables, straight from the store.
     Sql(sql::SqlArgs),
     /// Configuration helpers.
@@ -97,6 +102,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(file, args),
         Command::Keys(cmd) => keys::run(file, cmd),
+        Command::Jobs(cmd) => jobs::run(file, cmd),
         Command::Sql(args) => sql::run(file, args),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", Config::example());

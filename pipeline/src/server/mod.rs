@@ -2,6 +2,7 @@
 //!
 //! - [`error`]: JSON error bodies and their status codes.
 //! - [`ingest_api`]: `POST /v1/{env}/events`.
+//! - [`users_api`]: `GET /v1/{env}/users/{id}`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
@@ -9,6 +10,7 @@ pub mod error;
 pub mod ingest_api;
 pub mod node;
 pub mod ops;
+pub mod users_api;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -22,9 +24,11 @@ use crate::auth::KeyCache;
 use crate::config::Limits;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
+use crate::storage::Store;
 
 /// Shared by every request handler.
 pub struct AppState {
+    pub store: Store,
     pub keys: Arc<KeyCache>,
     /// Set once recovery has finished.
     pub ingestor: OnceCell<Arc<Ingestor>>,
@@ -37,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     // Bodies are read with our own limit (for a clear 413); disable axum's default.
     Router::new()
         .route("/v1/{env}/events", post(ingest_api::post_events))
+        .route("/v1/{env}/users/{id}", get(users_api::get_user))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

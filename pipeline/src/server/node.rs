@@ -21,6 +21,8 @@ use crate::ingest::dedup::Dedup;
 use crate::ingest::flusher::Flusher;
 use crate::ingest::log::{Log, LogOptions};
 use crate::ingest::{Ingestor, recovery};
+use crate::jobs::Runner;
+use crate::jobs::service::{self, Schedule};
 use crate::metrics::Metrics;
 use crate::storage::docs::Docs;
 use crate::storage::paths::wal as wal_paths;
@@ -76,6 +78,7 @@ pub async fn run(
     let keys = Arc::new(KeyCache::load(admin).await?);
     let metrics = Arc::new(Metrics::new());
     let state = Arc::new(AppState {
+        store: store.clone(),
         keys: keys.clone(),
         ingestor: OnceCell::new(),
         metrics: metrics.clone(),
@@ -115,6 +118,20 @@ pub async fn run(
     };
     spawn_key_refresh(keys, stop_rx.clone());
     spawn_optimize(&config, store.clone(), metrics, stop_rx.clone());
+    if config.jobs.enabled {
+        let commits = state.ingestor.get().map(|i| i.committed.clone());
+        let runner = Runner::new(store.clone(), config.job_options());
+        let schedule = Schedule {
+            debounce: config.jobs.debounce,
+            poll_interval: config.jobs.poll_interval,
+        };
+        tokio::spawn(service::run_loop(
+            runner,
+            schedule,
+            commits,
+            stop_rx.clone(),
+        ));
+    }
     println!("tidemark: ready");
 
     let served = http

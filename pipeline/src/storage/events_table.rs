@@ -63,7 +63,7 @@ pub fn schema() -> SchemaRef {
 
 /// zstd at `level`: 1 for the flusher's small, frequent files (cheap on the ingest path),
 /// 3 for compaction, which rewrites them once into the long-lived files.
-fn writer_properties(level: i32) -> WriterProperties {
+pub(crate) fn writer_properties(level: i32) -> WriterProperties {
     let zstd = ZstdLevel::try_new(level)
         .map(Compression::ZSTD)
         .unwrap_or(Compression::SNAPPY);

@@ -63,6 +63,15 @@ impl Paths {
         path.filename()?.strip_suffix(".json")?.parse().ok()
     }
 
+    /// The last run report of job `name` (informational; its cursor is a Delta `txn`).
+    pub fn job_state(&self, name: &str) -> Path {
+        self.root()
+            .join("_tidemark")
+            .join("state")
+            .join("jobs")
+            .join(format!("{name}.json"))
+    }
+
     /// Top-level entries of the root, to discover tables.
     pub fn table_delta_log(&self, name: &str) -> Path {
         self.root().join(name).join("_delta_log")

@@ -1,0 +1,139 @@
+//! `tidemark jobs run|rebuild|status`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::DataArgs;
+use crate::config::Overrides;
+use crate::jobs::service::{self, Schedule};
+use crate::jobs::{Runner, status};
+use crate::storage::Store;
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Run the jobs: continuously (polling for new commits) or, with --once, until caught up.
+    Run {
+        #[command(flatten)]
+        data: DataArgs,
+        /// One pass over what is pending, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Recompute every derived table from all of `events`.
+    Rebuild(DataArgs),
+    /// Each job's cursor and its lag behind `events`.
+    Status {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runner(file: Option<&Path>, data: DataArgs) -> anyhow::Result<(Runner, crate::config::Config)> {
+    let config = super::load_config(
+        file,
+        Overrides {
+            data: data.data,
+            ..Default::default()
+        },
+    )?;
+    let store = Store::open(&config.data, &config.storage)?;
+    Ok((Runner::new(store, config.job_options()), config))
+}
+
+fn print_reports(reports: &[crate::jobs::RunReport]) {
+    for r in reports {
+        println!(
+            "{}: {} of events {}..={}: {} event(s), {} row(s) written in {:.2} s{}",
+            r.job,
+            r.kind,
+            r.from_version,
+            r.to_version,
+            r.events_read,
+            r.rows_written,
+            r.seconds,
+            if r.compacted && r.kind != "rebuild" {
+                " (compacted)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    match cmd {
+        JobsCommand::Run { data, once } => {
+            let (runner, config) = runner(file, data)?;
+            rt.block_on(async move {
+                if once {
+                    let mut total = 0;
+                    loop {
+                        let reports = runner.run_once().await?;
+                        if reports.is_empty() {
+                            break;
+                        }
+                        total += reports.len();
+                        print_reports(&reports);
+                    }
+                    if total == 0 {
+                        println!("jobs are up to date");
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    super::serve::shutdown_signal().await;
+                    let _ = stop_tx.send(true);
+                });
+                println!(
+                    "tidemark: running jobs every {:?}",
+                    config.jobs.poll_interval
+                );
+                let schedule = Schedule {
+                    debounce: config.jobs.debounce,
+                    poll_interval: config.jobs.poll_interval,
+                };
+                service::run_loop(runner, schedule, None, stop_rx).await;
+                println!("tidemark: stopped");
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        JobsCommand::Rebuild(data) => {
+            let (runner, _) = runner(file, data)?;
+            let bar = ProgressBar::new(Runner::rebuild_steps());
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let reports = rt.block_on(runner.rebuild(Some(&bar)));
+            bar.finish_and_clear();
+            let reports = reports?;
+            if reports.is_empty() {
+                println!("no events table yet: nothing to rebuild");
+            }
+            print_reports(&reports);
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Status { data, json } => {
+            let (runner, _) = runner(file, data)?;
+            let statuses = rt.block_on(runner.status())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                for s in &statuses {
+                    println!("{}", status::describe(s));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

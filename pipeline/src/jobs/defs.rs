@@ -1,0 +1,131 @@
+//! The derived tables and the SQL that computes them (from `sql/jobs/`, compiled in).
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::storage::events_table::timestamp_type;
+use crate::{Error, Result};
+
+/// Shared by every job: the events a run counts (dedup, clock skew, platform family).
+pub const COUNTED_EVENTS_SQL: &str = include_str!("../../../sql/jobs/counted_events.sql");
+
+/// One SQL job and the Delta table it maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Profiles,
+    EventStats,
+}
+
+pub const ALL: [Job; 2] = [Job::Profiles, Job::EventStats];
+
+impl Job {
+    /// The Delta table (and the name readers query, through the merge view).
+    pub fn table(self) -> &'static str {
+        match self {
+            Job::Profiles => "profiles",
+            Job::EventStats => "event_stats",
+        }
+    }
+
+    /// The name the merge SQL reads the raw (partial) rows under.
+    pub fn parts(self) -> &'static str {
+        match self {
+            Job::Profiles => "profile_parts",
+            Job::EventStats => "event_stats_parts",
+        }
+    }
+
+    /// Aggregates `counted_events` into partial rows.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Job::Profiles => include_str!("../../../sql/jobs/profiles.sql"),
+            Job::EventStats => include_str!("../../../sql/jobs/event_stats.sql"),
+        }
+    }
+
+    /// Folds partial rows into one row per key.
+    pub fn merge_sql(self) -> &'static str {
+        match self {
+            Job::Profiles => include_str!("../../../sql/jobs/profiles_merge.sql"),
+            Job::EventStats => include_str!("../../../sql/jobs/event_stats_merge.sql"),
+        }
+    }
+
+    /// The Delta `txn` app id that holds the job's cursor, committed with its rows.
+    pub fn app_id(self) -> &'static str {
+        match self {
+            Job::Profiles => "tidemark-job-profiles",
+            Job::EventStats => "tidemark-job-event_stats",
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Job::Profiles => PROFILES.clone(),
+            Job::EventStats => EVENT_STATS.clone(),
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Job> {
+        ALL.into_iter().find(|j| j.table() == name)
+    }
+}
+
+/// Every derived table is partitioned by environment.
+pub const PARTITION_COLUMNS: [&str; 1] = ["environment"];
+
+static PROFILES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let ts = |name: &str| Field::new(name, timestamp_type(), true);
+    Arc::new(Schema::new(vec![
+        Field::new("environment", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, false),
+        ts("created_at"),
+        ts("first_seen_at"),
+        ts("last_seen_at"),
+        ts("last_seen_ios_at"),
+        ts("last_seen_android_at"),
+        ts("last_seen_web_at"),
+        ts("last_seen_server_at"),
+        Field::new("event_count", DataType::Int64, false),
+        Field::new("last_event_name", DataType::Utf8, true),
+        ts("last_event_at"),
+        ts("updated_at"),
+    ]))
+});
+
+static EVENT_STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("environment", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("event_name", DataType::Utf8, false),
+        Field::new("first_at", timestamp_type(), true),
+        Field::new("last_at", timestamp_type(), true),
+        Field::new("count", DataType::Int64, false),
+    ]))
+});
+
+/// Brings a query's batch to the table's declared schema (column order, types,
+/// nullability), so every writer of the table agrees on it.
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = batch.column_by_name(field.name()).ok_or_else(|| {
+            Error::Invalid(format!("job output has no column '{}'", field.name()))
+        })?;
+        let column = if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            arrow::compute::cast(column, field.data_type())?
+        };
+        if !field.is_nullable() && column.null_count() > 0 {
+            return Err(Error::Invalid(format!(
+                "job output column '{}' has nulls but the table declares it NOT NULL",
+                field.name()
+            )));
+        }
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}

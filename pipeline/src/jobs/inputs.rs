@@ -1,0 +1,165 @@
+//! Reading `events` for a run: the commits after a cursor, and the three inputs the job
+//! SQL reads (`new_events`, `prior_events`, `job_params`).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::MemTable;
+use datafusion::common::ScalarValue;
+use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use deltalake::DeltaTable;
+use deltalake::kernel::Add;
+use deltalake::logstore::get_actions;
+
+use super::plan::Commit;
+use crate::storage::events_table::{self, col as ev};
+use crate::{Error, Result};
+
+/// Tuning that the job SQL reads from `job_params`.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    pub clock_skew_tolerance_us: i64,
+    pub dedup_window_us: i64,
+}
+
+/// A DataFusion session with tidemark's UDFs registered.
+pub fn session(target_partitions: Option<usize>) -> Result<SessionContext> {
+    let mut config = SessionConfig::new();
+    if let Some(n) = target_partitions {
+        config = config.with_target_partitions(n);
+    }
+    let mut ctx = SessionContext::new_with_config(config);
+    tidemark_udfs::register_all(&mut ctx)?;
+    Ok(ctx)
+}
+
+/// The commits `from..=to` of `events`, in order.
+pub async fn read_commits(events: &DeltaTable, from: i64, to: i64) -> Result<Vec<Commit>> {
+    let log_store = events.log_store();
+    let mut commits = Vec::new();
+    for version in from..=to {
+        let bytes = log_store.read_commit_entry(version as u64).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "the events log no longer holds version {version} (log retention); run `tidemark jobs rebuild`"
+            ))
+        })?;
+        commits.push(Commit {
+            version,
+            actions: get_actions(version as u64, &bytes)?,
+        });
+    }
+    Ok(commits)
+}
+
+/// The newest version of `table` (-1 before its first commit).
+pub fn head_version(table: &DeltaTable) -> i64 {
+    table.version().map_or(-1, |v| v as i64)
+}
+
+/// `events` as of `version`.
+pub async fn events_at(events: &DeltaTable, version: i64) -> Result<DeltaTable> {
+    let mut table = events.clone();
+    table.load_version(version as u64).await?;
+    Ok(table)
+}
+
+/// Registers `job_params`.
+pub fn register_params(ctx: &SessionContext, params: Params) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("clock_skew_tolerance_us", DataType::Int64, false),
+        Field::new("dedup_window_us", DataType::Int64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![params.clock_skew_tolerance_us])),
+            Arc::new(Int64Array::from(vec![params.dedup_window_us])),
+        ],
+    )?;
+    ctx.register_batch("job_params", batch)?;
+    Ok(())
+}
+
+/// Registers `new_events` as the rows of `adds` (live in `snapshot`), or as every row of
+/// `snapshot` when `adds` is `None` (a rebuild).
+pub async fn register_new_events(
+    ctx: &SessionContext,
+    snapshot: &DeltaTable,
+    adds: Option<Vec<Add>>,
+) -> Result<()> {
+    snapshot.update_datafusion_session(&ctx.state())?;
+    let builder = snapshot.table_provider();
+    let provider = match adds {
+        Some(adds) => builder.with_adds(adds).await?,
+        None => builder.await?,
+    };
+    ctx.register_table("new_events", provider)?;
+    Ok(())
+}
+
+/// Registers `prior_events`: rows of `prior` (the table at the cursor) received within
+/// the dedup window before the earliest new row; an empty table when `prior` is `None`.
+pub async fn register_prior_events(
+    ctx: &SessionContext,
+    prior: Option<&DeltaTable>,
+    dedup_window_us: i64,
+) -> Result<()> {
+    let earliest = match prior {
+        None => None,
+        Some(_) => {
+            let batches = ctx
+                .sql("SELECT CAST(min(received_at) AS BIGINT) FROM new_events")
+                .await?
+                .collect()
+                .await?;
+            batches.first().and_then(|b| {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>()?;
+                (!a.is_null(0)).then(|| a.value(0))
+            })
+        }
+    };
+    match (prior, earliest) {
+        (Some(prior), Some(earliest)) => {
+            prior.update_datafusion_session(&ctx.state())?;
+            let from_us = earliest.saturating_sub(dedup_window_us);
+            let from_day = i32::try_from(from_us.div_euclid(86_400_000_000)).unwrap_or(i32::MIN);
+            let provider = prior.table_provider().await?;
+            let view = ctx
+                .read_table(provider)?
+                .filter(
+                    col(ev::RECEIVED_DATE)
+                        .gt_eq(lit(ScalarValue::Date32(Some(from_day))))
+                        .and(
+                            col(ev::RECEIVED_AT).gt_eq(lit(ScalarValue::TimestampMicrosecond(
+                                Some(from_us),
+                                Some("UTC".into()),
+                            ))),
+                        ),
+                )?
+                .into_view();
+            ctx.register_table("prior_events", view)?;
+        }
+        _ => {
+            let empty = MemTable::try_new(events_table::schema(), vec![vec![]])?;
+            ctx.register_table("prior_events", Arc::new(empty))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `sql` and keeps its result in memory as table `name`, split into `partitions`
+/// for parallel reads.
+pub async fn materialize(ctx: &SessionContext, sql: &str, name: &str) -> Result<usize> {
+    let df = ctx.sql(sql).await?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let n = ctx.state().config().target_partitions().max(1);
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    for (i, b) in batches.into_iter().enumerate() {
+        parts[i % n].push(b);
+    }
+    ctx.register_table(name, Arc::new(MemTable::try_new(schema, parts)?))?;
+    Ok(rows)
+}

@@ -1,0 +1,76 @@
+//! The job loop: inside `tidemark serve` it runs after each `events` commit (debounced),
+//! and every `poll_interval` to pick up commits of other nodes; `tidemark jobs run` polls.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::runner::Runner;
+
+/// When the loop runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Wait this long after a commit before running, so a burst of commits is one run.
+    pub debounce: Duration,
+    pub poll_interval: Duration,
+}
+
+/// Runs jobs until `stop` turns true. `commits` changes after each local commit.
+pub async fn run_loop(
+    runner: Runner,
+    schedule: Schedule,
+    mut commits: Option<watch::Receiver<u64>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        run_until_caught_up(&runner, &mut failures).await;
+        let backoff = Duration::from_millis(500 * u64::from(failures.min(6)).pow(2));
+        let changed = async {
+            match commits.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ok = changed => {
+                if !ok {
+                    commits = None;
+                }
+                tokio::time::sleep(schedule.debounce.max(backoff)).await;
+            }
+            _ = tokio::time::sleep(schedule.poll_interval.max(backoff)) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Runs until a run has nothing left to do (a long lag takes several bounded runs).
+async fn run_until_caught_up(runner: &Runner, failures: &mut u32) {
+    loop {
+        match runner.run_once().await {
+            Ok(reports) if reports.is_empty() => {
+                *failures = 0;
+                return;
+            }
+            Ok(reports) => {
+                *failures = 0;
+                for r in &reports {
+                    tracing::info!(
+                        job = %r.job, kind = %r.kind, to_version = r.to_version,
+                        events = r.events_read, rows = r.rows_written, seconds = r.seconds,
+                        "job run"
+                    );
+                }
+            }
+            Err(e) => {
+                *failures += 1;
+                tracing::warn!(error = %e, failures = *failures, "job run failed; will retry");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! `tidemark jobs status`: each job's cursor and how far behind `events` it is.
+
+use deltalake::kernel::Action;
+use serde::Serialize;
+
+use super::defs;
+use super::inputs;
+use super::runner::{RunReport, Runner};
+use crate::Result;
+use crate::storage::events_table;
+
+/// Lag beyond this many versions is reported without counting its rows.
+const MAX_COUNTED_VERSIONS: i64 = 1000;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job: String,
+    /// The last `events` version the job covers (`None`: never ran).
+    pub cursor: Option<i64>,
+    /// The newest `events` version.
+    pub head: i64,
+    pub lag_versions: i64,
+    /// Rows appended to `events` after the cursor (`None` when the lag is too long to count).
+    pub lag_rows: Option<i64>,
+    /// Age of the oldest commit the job has not covered (0 when caught up).
+    pub lag_seconds: f64,
+    pub last_run: Option<RunReport>,
+}
+
+impl Runner {
+    pub async fn status(&self) -> Result<Vec<JobStatus>> {
+        let events = self.store().load_table(events_table::TABLE).await?;
+        let head = events.as_ref().map_or(-1, inputs::head_version);
+        let mut out = Vec::new();
+        for job in defs::ALL {
+            let cursor = self.cursor(job).await?;
+            let from = cursor.unwrap_or(-1) + 1;
+            let (mut lag_rows, mut lag_seconds) = (Some(0), 0.0);
+            if let Some(events) = &events
+                && from <= head
+            {
+                if head - from < MAX_COUNTED_VERSIONS {
+                    let commits = inputs::read_commits(events, from, head).await?;
+                    lag_rows = Some(
+                        commits
+                            .iter()
+                            .flat_map(|c| &c.actions)
+                            .filter_map(|a| match a {
+                                Action::Add(add) if add.data_change => {
+                                    add.get_stats().ok().flatten()
+                                }
+                                _ => None,
+                            })
+                            .map(|s| s.num_records)
+                            .sum(),
+                    );
+                    let oldest = commits.first().and_then(|c| {
+                        c.actions.iter().find_map(|a| match a {
+                            Action::CommitInfo(ci) => ci.timestamp,
+                            _ => None,
+                        })
+                    });
+                    if let Some(ms) = oldest {
+                        let age = chrono::Utc::now().timestamp_millis() - ms;
+                        lag_seconds = age.max(0) as f64 / 1000.0;
+                    }
+                } else {
+                    lag_rows = None;
+                }
+            }
+            out.push(JobStatus {
+                job: job.table().into(),
+                cursor,
+                head,
+                lag_versions: (head - cursor.unwrap_or(-1)).max(0),
+                lag_rows,
+                lag_seconds,
+                last_run: self.last_report(job).await?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Unused jobs are still listed: a fresh store shows every job as "never ran".
+pub fn describe(status: &JobStatus) -> String {
+    let cursor = status
+        .cursor
+        .map_or_else(|| "never ran".to_string(), |c| format!("version {c}"));
+    let rows = status
+        .lag_rows
+        .map_or_else(|| "many".to_string(), |r| r.to_string());
+    let mut line = format!(
+        "{:<12} cursor {cursor:<14} events head {:<6} lag {} version(s), {rows} row(s), {:.1} s",
+        status.job, status.head, status.lag_versions, status.lag_seconds
+    );
+    if let Some(r) = &status.last_run {
+        line.push_str(&format!(
+            "\n{:<12} last run: {} {}..={}, {} event(s), {} row(s) written in {:.2} s{}",
+            "",
+            r.kind,
+            r.from_version,
+            r.to_version,
+            r.events_read,
+            r.rows_written,
+            r.seconds,
+            if r.compacted { ", compacted" } else { "" }
+        ));
+    }
+    line
+}
