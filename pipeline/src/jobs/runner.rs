@@ -348,6 +348,12 @@ async fn write(
 ) -> Result<DeltaTable> {
     let commit = CommitProperties::default()
         .with_application_transaction(Transaction::new(job.app_id(), cursor));
+    // deltalake refuses a write without batches; an empty batch still commits the cursor.
+    let rows = if rows.is_empty() {
+        vec![RecordBatch::new_empty(job.schema())]
+    } else {
+        rows
+    };
     Ok(table
         .write(rows)
         .with_save_mode(mode)

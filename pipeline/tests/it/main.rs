@@ -30,3 +30,5 @@ mod compaction;
 mod crash;
 mod delta_readers;
 mod ingest_api;
+mod jobs;
+mod jobs_model;
