@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use tidemark_benchmarks::zipf::{sample, zipf_cdf};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -42,23 +43,6 @@ struct Args {
 }
 
 const EVENT_NAMES: usize = 50;
-
-/// Cumulative Zipf weights for ranks 1..=n.
-fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
-    let mut cdf = Vec::with_capacity(n);
-    let mut acc = 0.0;
-    for k in 1..=n {
-        acc += 1.0 / (k as f64).powf(s);
-        cdf.push(acc);
-    }
-    cdf.iter_mut().for_each(|c| *c /= acc);
-    cdf
-}
-
-fn sample(cdf: &[f64], rng: &mut impl Rng) -> usize {
-    let u: f64 = rng.random();
-    cdf.partition_point(|c| *c < u)
-}
 
 /// Pre-generates `count` JSON batch bodies.
 fn make_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {

@@ -229,14 +229,29 @@ impl Runner {
         inputs::register_prior_events(&ctx, None, 0).await?;
         step(format!("reading and deduplicating events (version {head})"));
         let counted = inputs::materialize(&ctx, COUNTED_EVENTS_SQL, "counted_events").await?;
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            counted,
+            "rebuild: counted events"
+        );
         let mut reports = Vec::new();
         for &job in jobs {
             step(format!("computing {} from {counted} events", job.table()));
             let rows = job_rows(&ctx, job).await?;
             let written = rows.iter().map(RecordBatch::num_rows).sum();
+            tracing::debug!(
+                seconds = started.elapsed().as_secs_f64(),
+                job = job.table(),
+                "rebuild: aggregated"
+            );
             step(format!("writing {written} rows of {}", job.table()));
             let table = self.derived_table(job).await?;
             write(table, job, rows, head, SaveMode::Overwrite).await?;
+            tracing::debug!(
+                seconds = started.elapsed().as_secs_f64(),
+                job = job.table(),
+                "rebuild: written"
+            );
             reports.push(RunReport {
                 job: job.table().into(),
                 kind: "rebuild".into(),
