@@ -49,27 +49,28 @@ COUNTED = {
                     THEN received_at ELSE occurred_at END AS "at"
         FROM fresh
     """,
-    # The plan of sql/jobs/counted_events.sql: the window only over ids with several copies.
+    # The plan of sql/jobs/counted_events.sql: the window only over ids with several copies,
+    # found by grouping a 64-bit hash (DuckDB's hash() for tidemark's event_key()).
     "repeated": """
-        WITH new_events AS (SELECT * FROM read_parquet('{files}', hive_partitioning = true)),
+        WITH keyed AS (
+            SELECT *, hash(environment, event_id) AS id_key
+            FROM read_parquet('{files}', hive_partitioning = true)
+        ),
         repeated AS (
-            SELECT environment, event_id, count(*) AS copies FROM new_events
-            GROUP BY environment, event_id HAVING count(*) > 1
+            SELECT id_key, count(*) AS copies FROM keyed GROUP BY id_key HAVING count(*) > 1
         ),
         copies AS (
             SELECT e.*, lag(e.received_at) OVER (
                        PARTITION BY e.environment, e.event_id
                        ORDER BY e.received_at, e.user_id, e.event_name, e.occurred_at
                    ) AS previous_copy_at
-            FROM repeated r JOIN new_events e
-              ON e.environment = r.environment AND e.event_id = r.event_id
+            FROM repeated r JOIN keyed e ON e.id_key = r.id_key
         ),
         fresh AS (
             SELECT e.environment, e.event_id, e.event_name, e.category, e.user_id, e.platform,
                    e.occurred_at, e.received_at
-            FROM new_events e
-            WHERE NOT EXISTS (SELECT 1 FROM repeated r
-                              WHERE r.environment = e.environment AND r.event_id = e.event_id)
+            FROM keyed e
+            WHERE NOT EXISTS (SELECT 1 FROM repeated r WHERE r.id_key = e.id_key)
             UNION ALL
             SELECT environment, event_id, event_name, category, user_id, platform,
                    occurred_at, received_at

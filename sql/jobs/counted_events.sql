@@ -17,18 +17,25 @@
 -- occurred_at later than received_at + clock_skew_tolerance is replaced by received_at.
 -- Late events (an old occurred_at, received now) keep their occurred_at.
 --
--- Plan notes (measured on 1M events, DataFusion 55): a window over every event_id costs
--- ~4 s (one tiny partition per id), so only ids with several copies in this run go through
--- LAG; the rest pass through a hash join against that small set, built on the small side
--- (`repeated` on the left). The one-row job_params is on the left of each CROSS JOIN: the
--- left side is buffered and a large left side made it 10x slower. `copies IS NULL` (not
--- the join key) tests the outer join: DataFusion 55 turned `r.event_id IS NULL` there into
--- an empty result.
-WITH repeated AS (
-    -- ids with several copies among the new rows (few)
-    SELECT environment, event_id, count(*) AS copies
-    FROM new_events
-    GROUP BY environment, event_id
+-- Plan notes (measured with DataFusion 55): a window over every event_id costs ~4 s per
+-- million events (one tiny partition per id), so only ids with several copies in this run
+-- go through LAG; they are found by grouping a 64-bit `event_key` rather than strings.
+-- Joins keep the small side on the left, which DataFusion builds its hash table from
+-- (`repeated`, `prior_events`, the one-row `job_params` of each CROSS JOIN; a large
+-- buffered left side made a cross join 10x slower). Outer joins are tested with
+-- `IS NULL` on a column that is not a join key: DataFusion 55 turned
+-- `r.event_id IS NULL` after `RIGHT JOIN ... ON e.event_id = r.event_id` into an empty
+-- result.
+WITH keyed AS (
+    SELECT e.*, event_key(e.environment, e.event_id) AS id_key
+    FROM new_events e
+),
+repeated AS (
+    -- ids with several copies among the new rows (few); a hash collision only sends a
+    -- unique event through the exact comparison below
+    SELECT id_key, count(*) AS copies
+    FROM keyed
+    GROUP BY id_key
     HAVING count(*) > 1
 ),
 copies AS (
@@ -40,13 +47,13 @@ copies AS (
             ORDER BY e.received_at, e.user_id, e.event_name, e.occurred_at
         ) AS previous_copy_at
     FROM repeated r
-    JOIN new_events e ON e.environment = r.environment AND e.event_id = r.event_id
+    JOIN keyed e ON e.id_key = r.id_key
 ),
 fresh AS (
     SELECT e.environment, e.event_id, e.event_name, e.category, e.user_id, e.platform,
            e.occurred_at, e.received_at
     FROM repeated r
-    RIGHT JOIN new_events e ON e.environment = r.environment AND e.event_id = r.event_id
+    RIGHT JOIN keyed e ON e.id_key = r.id_key
     WHERE r.copies IS NULL
     UNION ALL
     SELECT c.environment, c.event_id, c.event_name, c.category, c.user_id, c.platform,
@@ -74,11 +81,12 @@ SELECT
     platform_bucket(t.platform) AS platform,
     t.received_at,
     t.at
-FROM timed t
-WHERE NOT EXISTS (
-    SELECT 1
-    FROM prior_events q
-    WHERE q.environment = t.environment
-      AND q.event_id = t.event_id
-      AND CAST(q.received_at AS BIGINT) >= t.dedup_from_us
-)
+FROM (
+    SELECT environment, event_id, CAST(received_at AS BIGINT) AS received_us
+    FROM prior_events
+) q
+RIGHT JOIN timed t
+    ON q.environment = t.environment
+   AND q.event_id = t.event_id
+   AND q.received_us >= t.dedup_from_us
+WHERE q.received_us IS NULL

@@ -6,6 +6,8 @@
 //! - [`platform`]: `platform_bucket(text)`, the platform family an event's `platform`
 //!   string belongs to (`ios`, `android`, `web`, `server`), which the profile job uses
 //!   for the `last_seen_<platform>_at` columns.
+//! - [`event_key`]: `event_key(environment, event_id)`, a 64-bit hash of an event's
+//!   identity, so the dedup step groups integers instead of strings.
 //! - [`adapter`]: a generic [`ScalarUDFImpl`](datafusion::logical_expr::ScalarUDFImpl)
 //!   adapter for `fn(&str) -> Option<&str>` functions that accepts `Utf8`, `Utf8View` and
 //!   `LargeUtf8` and passes nulls through.
@@ -13,6 +15,7 @@
 //! [`register_all`] adds every function to a DataFusion session.
 
 pub mod adapter;
+pub mod event_key;
 pub mod platform;
 
 use datafusion::execution::FunctionRegistry;
@@ -20,7 +23,7 @@ use datafusion::logical_expr::ScalarUDF;
 
 /// Every scalar UDF of this crate, ready for a DataFusion session.
 pub fn all() -> Vec<ScalarUDF> {
-    vec![platform::udf()]
+    vec![platform::udf(), event_key::udf()]
 }
 
 /// Registers every function of this crate with `registry` (a `SessionContext`, say).

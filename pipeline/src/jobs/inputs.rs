@@ -81,21 +81,34 @@ pub fn register_params(ctx: &SessionContext, params: Params) -> Result<()> {
     Ok(())
 }
 
+/// The `events` columns the job SQL reads.
+const JOB_COLUMNS: &str = "environment, event_id, event_name, category, user_id, platform, \
+     occurred_at, received_at, received_date";
+
 /// Registers `new_events` as the rows of `adds` (live in `snapshot`), or as every row of
-/// `snapshot` when `adds` is `None` (a rebuild).
+/// `snapshot` when `adds` is `None` (a rebuild). The rows are read once into memory (the
+/// columns the jobs use): the job SQL reads `new_events` three times, and decoding the
+/// Parquet files once instead of three times halves a rebuild's dedup step.
 pub async fn register_new_events(
     ctx: &SessionContext,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
-) -> Result<()> {
+) -> Result<usize> {
     snapshot.update_datafusion_session(&ctx.state())?;
     let builder = snapshot.table_provider();
     let provider = match adds {
         Some(adds) => builder.with_adds(adds).await?,
         None => builder.await?,
     };
-    ctx.register_table("new_events", provider)?;
-    Ok(())
+    ctx.register_table("events_scan", provider)?;
+    let rows = materialize(
+        ctx,
+        &format!("SELECT {JOB_COLUMNS} FROM events_scan"),
+        "new_events",
+    )
+    .await?;
+    ctx.deregister_table("events_scan")?;
+    Ok(rows)
 }
 
 /// Registers `prior_events`: rows of `prior` (the table at the cursor) received within
