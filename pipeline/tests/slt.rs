@@ -120,13 +120,11 @@ impl sqllogictest::AsyncDB for DataFusion {
     }
 }
 
-fn connect() -> impl std::future::Future<Output = Result<DataFusion, DataFusionError>> {
-    async {
-        let config = SessionConfig::new().with_target_partitions(2);
-        let mut ctx = SessionContext::new_with_config(config);
-        tidemark_udfs::register_all(&mut ctx)?;
-        Ok(DataFusion { ctx })
-    }
+async fn connect() -> Result<DataFusion, DataFusionError> {
+    let config = SessionConfig::new().with_target_partitions(2);
+    let mut ctx = SessionContext::new_with_config(config);
+    tidemark_udfs::register_all(&mut ctx)?;
+    Ok(DataFusion { ctx })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +139,7 @@ async fn main() {
     assert!(!files.is_empty(), "no .slt files in sql/tests");
     let mut failed = 0;
     for file in &files {
-        let mut runner = sqllogictest::Runner::new(|| connect());
+        let mut runner = sqllogictest::Runner::new(connect);
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         if complete {
             runner
