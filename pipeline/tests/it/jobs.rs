@@ -200,9 +200,8 @@ async fn runner_killed_mid_run_recovers_exactly() {
 }
 
 /// Events posted to a running node show up in the profile API within seconds.
-#[tokio::test(flavor = "multi_thread")]
-async fn profiles_follow_ingest_and_the_users_api_reads_them() {
-    let ts = TestStore::new(Backend::Local);
+async fn profiles_follow_ingest(backend: Backend) {
+    let ts = TestStore::new(backend);
     let node = ts.serve(
         &["--ack", "commit"],
         &[("TIDEMARK_JOBS__DEBOUNCE", "100ms")],
@@ -340,6 +339,8 @@ async fn profiles_follow_ingest_and_the_users_api_reads_them() {
     );
     node.terminate();
 }
+
+on_both_backends!(profiles_follow_ingest);
 
 /// A rebuild of a store without events says so; a bad --data fails with a message.
 #[test]
