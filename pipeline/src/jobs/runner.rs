@@ -162,9 +162,15 @@ impl Runner {
             }
         };
         if plan.adds.is_empty() {
-            // Only rewrites (OPTIMIZE) since the cursor: nothing to count. The cursor moves
-            // with the next run that has rows.
-            return Ok(Vec::new());
+            // Only rewrites (OPTIMIZE) or skipped deletes since the cursor: nothing to
+            // count, but move the cursor past them so the lag reads 0.
+            let mut reports = Vec::new();
+            for &job in jobs {
+                let table = self.derived_table(job).await?;
+                write(table, job, Vec::new(), plan.to_version, SaveMode::Append).await?;
+                reports.push(self.report(job, "incremental", &plan, 0, 0, false, started));
+            }
+            return Ok(reports);
         }
         let ctx = self.session()?;
         let snapshot = inputs::events_at(events, plan.to_version).await?;
@@ -183,19 +189,41 @@ impl Runner {
             let table = self.derived_table(job).await?;
             let table = write(table, job, rows, plan.to_version, SaveMode::Append).await?;
             let compacted = self.compact_if_needed(table, job, plan.to_version).await?;
-            reports.push(RunReport {
-                job: job.table().into(),
-                kind: "incremental".into(),
-                from_version: plan.from_version,
-                to_version: plan.to_version,
-                events_read: counted,
-                rows_written: written,
+            reports.push(self.report(
+                job,
+                "incremental",
+                &plan,
+                counted,
+                written,
                 compacted,
-                seconds: started.elapsed().as_secs_f64(),
-                finished_at_ms: chrono::Utc::now().timestamp_millis(),
-            });
+                started,
+            ));
         }
         Ok(reports)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        job: Job,
+        kind: &str,
+        plan: &plan::RunPlan,
+        events_read: usize,
+        rows_written: usize,
+        compacted: bool,
+        started: Instant,
+    ) -> RunReport {
+        RunReport {
+            job: job.table().into(),
+            kind: kind.into(),
+            from_version: plan.from_version,
+            to_version: plan.to_version,
+            events_read,
+            rows_written,
+            compacted,
+            seconds: started.elapsed().as_secs_f64(),
+            finished_at_ms: chrono::Utc::now().timestamp_millis(),
+        }
     }
 
     /// Recomputes every job from all of `events` and replaces the derived tables.
