@@ -154,8 +154,14 @@ pub async fn register_prior_events(
             ctx.register_table("prior_events", view)?;
         }
         _ => {
+            // An always-false filter makes the planner see an empty relation and drop the
+            // anti-join against it (a rebuild saves a pass over every event).
             let empty = MemTable::try_new(events_table::schema(), vec![vec![]])?;
-            ctx.register_table("prior_events", Arc::new(empty))?;
+            let view = ctx
+                .read_table(Arc::new(empty))?
+                .filter(lit(false))?
+                .into_view();
+            ctx.register_table("prior_events", view)?;
         }
     }
     Ok(())
