@@ -65,6 +65,9 @@ enum Step {
     Query {
         #[arg(long)]
         data: String,
+        /// DataFusion settings, e.g. `--set datafusion.execution.batch_size=32768`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
         sql: String,
     },
 }
@@ -248,13 +251,22 @@ async fn step(step: Step) -> anyhow::Result<serde_json::Value> {
             }
             json!({"step": "incremental", "reports": reports})
         }
-        Step::Query { data, sql } => {
+        Step::Query {
+            data,
+            settings,
+            sql,
+        } => {
             let store = Store::open(&data, &Default::default())?;
             let table = store
                 .load_table(events_table::TABLE)
                 .await?
                 .context("no events table")?;
             let ctx = tidemark::jobs::inputs::session(Some(2))?;
+            for kv in &settings {
+                let (k, v) = kv.split_once('=').context("--set takes KEY=VALUE")?;
+                ctx.sql(&format!("SET {k} = {v}")).await?.collect().await?;
+            }
+            let started = Instant::now();
             tidemark::jobs::inputs::register_params(
                 &ctx,
                 tidemark::jobs::inputs::Params {
@@ -275,7 +287,7 @@ async fn step(step: Step) -> anyhow::Result<serde_json::Value> {
             let t = Instant::now();
             let batches = ctx.sql(&sql).await?.collect().await?;
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            json!({"step": "query", "rows": rows, "counted_seconds": counted_seconds, "query_seconds": t.elapsed().as_secs_f64()})
+            json!({"step": "query", "rows": rows, "counted_seconds": counted_seconds, "query_seconds": t.elapsed().as_secs_f64(), "total_seconds": started.elapsed().as_secs_f64()})
         }
     };
     out["seconds"] = json!(started.elapsed().as_secs_f64());
