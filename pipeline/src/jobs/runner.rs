@@ -263,6 +263,7 @@ impl Runner {
             "rebuild: counted events"
         );
         let mut reports = Vec::new();
+        let mut writes = Vec::new();
         for &job in jobs {
             step(format!("computing {} from {counted} events", job.table()));
             let rows = job_rows(&ctx, job).await?;
@@ -274,7 +275,17 @@ impl Runner {
             );
             step(format!("writing {written} rows of {}", job.table()));
             let table = self.derived_table(job).await?;
-            write(table, job, rows, head, SaveMode::Overwrite).await?;
+            // Written in the background while the next job aggregates: Parquet encoding
+            // and the next aggregation overlap.
+            writes.push((
+                job,
+                written,
+                tokio::spawn(write(table, job, rows, head, SaveMode::Overwrite)),
+            ));
+        }
+        for (job, written, task) in writes {
+            task.await
+                .map_err(|e| Error::Unavailable(format!("writing {}: {e}", job.table())))??;
             tracing::debug!(
                 seconds = started.elapsed().as_secs_f64(),
                 job = job.table(),
