@@ -7,10 +7,8 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DataArgs;
-use crate::config::Overrides;
 use crate::jobs::service::{self, Schedule};
 use crate::jobs::{Runner, status};
-use crate::storage::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
@@ -35,34 +33,13 @@ pub enum JobsCommand {
 }
 
 fn runner(file: Option<&Path>, data: DataArgs) -> anyhow::Result<(Runner, crate::config::Config)> {
-    let config = super::load_config(
-        file,
-        Overrides {
-            data: data.data,
-            ..Default::default()
-        },
-    )?;
-    let store = Store::open(&config.data, &config.storage)?;
+    let (config, store) = super::open_store(file, data)?;
     Ok((Runner::new(store, config.job_options()), config))
 }
 
 fn print_reports(reports: &[crate::jobs::RunReport]) {
     for r in reports {
-        println!(
-            "{}: {} of events {}..={}: {} event(s), {} row(s) written in {:.2} s{}",
-            r.job,
-            r.kind,
-            r.from_version,
-            r.to_version,
-            r.events_read,
-            r.rows_written,
-            r.seconds,
-            if r.compacted && r.kind != "rebuild" {
-                " (compacted)"
-            } else {
-                ""
-            }
-        );
+        println!("{}: {}", r.job, r.summary());
     }
 }
 

@@ -7,8 +7,6 @@ use clap::Subcommand;
 
 use super::DataArgs;
 use crate::auth::{KeyAdmin, Role};
-use crate::config::Overrides;
-use crate::storage::Store;
 use crate::storage::docs::Docs;
 
 #[derive(Subcommand, Debug)]
@@ -42,14 +40,7 @@ pub enum KeysCommand {
 }
 
 fn admin(file: Option<&Path>, data: DataArgs) -> anyhow::Result<KeyAdmin> {
-    let config = super::load_config(
-        file,
-        Overrides {
-            data: data.data,
-            ..Default::default()
-        },
-    )?;
-    let store = Store::open(&config.data, &config.storage)?;
+    let (_, store) = super::open_store(file, data)?;
     Ok(KeyAdmin::new(Docs::new(
         store.object_store(),
         store.paths().clone(),

@@ -72,6 +72,22 @@ fn load_config(
     Ok(Config::load(cli_config, &overrides)?)
 }
 
+/// The configuration (with `--data` applied) and the store it names.
+fn open_store(
+    cli_config: Option<&std::path::Path>,
+    data: DataArgs,
+) -> anyhow::Result<(Config, crate::storage::Store)> {
+    let config = load_config(
+        cli_config,
+        Overrides {
+            data: data.data,
+            ..Default::default()
+        },
+    )?;
+    let store = crate::storage::Store::open(&config.data, &config.storage)?;
+    Ok((config, store))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()

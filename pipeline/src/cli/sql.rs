@@ -3,9 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Overrides;
 use crate::query::{self, Format};
-use crate::storage::Store;
 
 #[derive(clap::Args, Debug)]
 pub struct SqlArgs {
@@ -23,19 +21,12 @@ pub struct SqlArgs {
 }
 
 pub fn run(file: Option<&Path>, args: SqlArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(
-        file,
-        Overrides {
-            data: args.data,
-            ..Default::default()
-        },
-    )?;
+    let (_, store) = super::open_store(file, super::DataArgs { data: args.data })?;
     if let Some(env) = &args.environment {
         crate::auth::validate_environment(env)?;
     }
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let store = Store::open(&config.data, &config.storage)?;
         let ctx = query::session(&store, args.environment.as_deref()).await?;
         let batches = query::run(&ctx, &args.sql).await?;
         println!("{}", query::render(&batches, args.format)?);

@@ -67,6 +67,27 @@ pub struct RunReport {
     pub finished_at_ms: i64,
 }
 
+impl RunReport {
+    /// One line: what the run covered, read and wrote.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} of events {}..={}: {} event(s), {} row(s) written in {:.2} s{}",
+            self.kind,
+            self.from_version,
+            self.to_version,
+            self.events_read,
+            self.rows_written,
+            self.seconds,
+            // A rebuild always writes one row per key; say so only for incremental runs.
+            if self.compacted && self.kind != "rebuild" {
+                ", compacted"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 /// The job runner of one store.
 pub struct Runner {
     store: Store,

@@ -82,7 +82,7 @@ impl Runner {
     }
 }
 
-/// Unused jobs are still listed: a fresh store shows every job as "never ran".
+/// The text form of one job's status (`tidemark jobs status`).
 pub fn describe(status: &JobStatus) -> String {
     let cursor = status
         .cursor
@@ -95,17 +95,7 @@ pub fn describe(status: &JobStatus) -> String {
         status.job, status.head, status.lag_versions, status.lag_seconds
     );
     if let Some(r) = &status.last_run {
-        line.push_str(&format!(
-            "\n{:<12} last run: {} {}..={}, {} event(s), {} row(s) written in {:.2} s{}",
-            "",
-            r.kind,
-            r.from_version,
-            r.to_version,
-            r.events_read,
-            r.rows_written,
-            r.seconds,
-            if r.compacted { ", compacted" } else { "" }
-        ));
+        line.push_str(&format!("\n{:<12} last run: {}", "", r.summary()));
     }
     line
 }

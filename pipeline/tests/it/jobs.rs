@@ -210,6 +210,11 @@ async fn runner_killed_mid_run_recovers_exactly() {
     }
 }
 
+/// `GET url` with a bearer key.
+async fn get_as(url: impl reqwest::IntoUrl, key: &str) -> reqwest::Response {
+    client().get(url).bearer_auth(key).send().await.unwrap()
+}
+
 /// Events posted to a running node show up in the profile API within seconds.
 async fn profiles_follow_ingest(backend: Backend) {
     let ts = TestStore::new(backend);
@@ -237,12 +242,7 @@ async fn profiles_follow_ingest(backend: Backend) {
 
     let url = node.url("/v1/default/users/ann");
     let profile = loop {
-        let r = client()
-            .get(&url)
-            .bearer_auth(&read_key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_as(&url, &read_key).await;
         if r.status() == 200 {
             break r.json::<serde_json::Value>().await.unwrap();
         }
@@ -285,12 +285,7 @@ async fn profiles_follow_ingest(backend: Backend) {
 
     // Bob's clock is 3 h ahead: his activity is clamped to the time it was received.
     let bob = loop {
-        let r = client()
-            .get(node.url("/v1/default/users/bob"))
-            .bearer_auth(&read_key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_as(node.url("/v1/default/users/bob"), &read_key).await;
         if r.status() == 200 {
             break r.json::<serde_json::Value>().await.unwrap();
         }
@@ -302,12 +297,7 @@ async fn profiles_follow_ingest(backend: Backend) {
     );
     assert_eq!(bob["last_seen_at"], bob["created_at"]);
 
-    let r = client()
-        .get(node.url("/v1/default/users/nobody"))
-        .bearer_auth(&read_key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(node.url("/v1/default/users/nobody"), &read_key).await;
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
@@ -316,19 +306,9 @@ async fn profiles_follow_ingest(backend: Backend) {
         "{body}"
     );
 
-    let r = client()
-        .get(&url)
-        .bearer_auth(&ingest)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&url, &ingest).await;
     assert_eq!(r.status(), 403, "an ingest key cannot read profiles");
-    let r = client()
-        .get(node.url("/v1/staging/users/ann"))
-        .bearer_auth(&read_key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(node.url("/v1/staging/users/ann"), &read_key).await;
     assert_eq!(r.status(), 403, "a key of another environment");
     let r = client().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
