@@ -277,16 +277,14 @@ async fn step(step: Step) -> anyhow::Result<serde_json::Value> {
             tidemark::jobs::inputs::register_new_events(&ctx, &table, None).await?;
             tidemark::jobs::inputs::register_prior_events(&ctx, None, 0).await?;
             let counted_started = Instant::now();
-            tidemark::jobs::inputs::materialize(
-                &ctx,
-                tidemark::jobs::defs::COUNTED_EVENTS_SQL,
-                "counted_events",
-            )
-            .await?;
+            tidemark::jobs::inputs::register_counted_events(&ctx).await?;
             let counted_seconds = counted_started.elapsed().as_secs_f64();
             let t = Instant::now();
             let batches = ctx.sql(&sql).await?.collect().await?;
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            if sql.trim_start().to_ascii_lowercase().starts_with("explain") {
+                eprintln!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            }
             json!({"step": "query", "rows": rows, "counted_seconds": counted_seconds, "query_seconds": t.elapsed().as_secs_f64(), "total_seconds": started.elapsed().as_secs_f64()})
         }
     };

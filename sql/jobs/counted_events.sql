@@ -2,11 +2,12 @@
 -- duplicate, with its effective time.
 --
 -- Inputs registered by the runner:
---   new_events    rows of the `events` files added since the job's cursor (on a rebuild,
---                 every row of `events`)
---   prior_events  rows committed at or before the cursor whose received_at is within the
---                 dedup window before the earliest new row (empty on a rebuild)
---   job_params    one row: clock_skew_tolerance_us, dedup_window_us
+--   new_events       rows of the `events` files added since the job's cursor (on a rebuild,
+--                    every row of `events`), plus id_key = event_key(environment, event_id)
+--   repeated_events  repeated_events.sql over new_events (ids with several copies)
+--   prior_events     rows committed at or before the cursor whose received_at is within
+--                    the dedup window before the earliest new row (empty on a rebuild)
+--   job_params       one row: clock_skew_tolerance_us, dedup_window_us
 --
 -- Duplicates: a copy of (environment, event_id) is not counted when another copy was
 -- received at most dedup_window before it (an earlier copy in this run, or any copy
@@ -18,27 +19,14 @@
 -- Late events (an old occurred_at, received now) keep their occurred_at.
 --
 -- Plan notes (measured with DataFusion 55): a window over every event_id costs ~4 s per
--- million events (one tiny partition per id), so only ids with several copies in this run
--- go through LAG; they are found by grouping a 64-bit `event_key` rather than strings.
--- Joins keep the small side on the left, which DataFusion builds its hash table from
--- (`repeated`, `prior_events`, the one-row `job_params` of each CROSS JOIN; a large
--- buffered left side made a cross join 10x slower). Outer joins are tested with
--- `IS NULL` on a column that is not a join key: DataFusion 55 turned
+-- million events (one tiny partition per id), so only the ids of repeated_events go
+-- through LAG. Joins keep the small side on the left, which DataFusion builds its hash
+-- table from (`repeated_events`, `prior_events`, the one-row `job_params` of each CROSS
+-- JOIN; a large buffered left side made a cross join 10x slower). Outer joins are tested
+-- with `IS NULL` on a column that is not a join key: DataFusion 55 turned
 -- `r.event_id IS NULL` after `RIGHT JOIN ... ON e.event_id = r.event_id` into an empty
 -- result.
-WITH keyed AS (
-    SELECT e.*, event_key(e.environment, e.event_id) AS id_key
-    FROM new_events e
-),
-repeated AS (
-    -- ids with several copies among the new rows (few); a hash collision only sends a
-    -- unique event through the exact comparison below
-    SELECT id_key, count(*) AS copies
-    FROM keyed
-    GROUP BY id_key
-    HAVING count(*) > 1
-),
-copies AS (
+WITH copies AS (
     SELECT
         e.environment, e.event_id, e.event_name, e.category, e.user_id, e.platform,
         e.occurred_at, e.received_at,
@@ -46,14 +34,14 @@ copies AS (
             PARTITION BY e.environment, e.event_id
             ORDER BY e.received_at, e.user_id, e.event_name, e.occurred_at
         ) AS previous_copy_at
-    FROM repeated r
-    JOIN keyed e ON e.id_key = r.id_key
+    FROM repeated_events r
+    JOIN new_events e ON e.id_key = r.id_key
 ),
 fresh AS (
     SELECT e.environment, e.event_id, e.event_name, e.category, e.user_id, e.platform,
            e.occurred_at, e.received_at
-    FROM repeated r
-    RIGHT JOIN keyed e ON e.id_key = r.id_key
+    FROM repeated_events r
+    RIGHT JOIN new_events e ON e.id_key = r.id_key
     WHERE r.copies IS NULL
     UNION ALL
     SELECT c.environment, c.event_id, c.event_name, c.category, c.user_id, c.platform,

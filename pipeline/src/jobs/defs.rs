@@ -10,6 +10,7 @@ use crate::{Error, Result};
 
 /// Shared by every job: the events a run counts (dedup, clock skew, platform family).
 pub const COUNTED_EVENTS_SQL: &str = include_str!("../../../sql/jobs/counted_events.sql");
+pub const REPEATED_EVENTS_SQL: &str = include_str!("../../../sql/jobs/repeated_events.sql");
 
 /// One SQL job and the Delta table it maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

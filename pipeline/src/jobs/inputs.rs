@@ -12,6 +12,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Add;
 use deltalake::logstore::get_actions;
 
+use super::defs::{COUNTED_EVENTS_SQL, REPEATED_EVENTS_SQL};
 use super::plan::Commit;
 use crate::storage::events_table::{self, col as ev};
 use crate::{Error, Result};
@@ -86,9 +87,10 @@ const JOB_COLUMNS: &str = "environment, event_id, event_name, category, user_id,
      occurred_at, received_at, received_date";
 
 /// Registers `new_events` as the rows of `adds` (live in `snapshot`), or as every row of
-/// `snapshot` when `adds` is `None` (a rebuild). The rows are read once into memory (the
-/// columns the jobs use): the job SQL reads `new_events` three times, and decoding the
-/// Parquet files once instead of three times halves a rebuild's dedup step.
+/// `snapshot` when `adds` is `None` (a rebuild), plus `id_key` (`event_key(environment,
+/// event_id)`, hashed once here for the dedup joins). The rows are read once into memory
+/// (the columns the jobs use): the job SQL reads `new_events` three times, and decoding
+/// the Parquet files once instead of three times halves a rebuild's dedup step.
 pub async fn register_new_events(
     ctx: &SessionContext,
     snapshot: &DeltaTable,
@@ -103,7 +105,9 @@ pub async fn register_new_events(
     ctx.register_table("events_scan", provider)?;
     let rows = materialize(
         ctx,
-        &format!("SELECT {JOB_COLUMNS} FROM events_scan"),
+        &format!(
+            "SELECT {JOB_COLUMNS}, event_key(environment, event_id) AS id_key FROM events_scan"
+        ),
         "new_events",
     )
     .await?;
@@ -165,6 +169,13 @@ pub async fn register_prior_events(
         }
     }
     Ok(())
+}
+
+/// Materializes `repeated_events` and then `counted_events` from the registered inputs;
+/// returns the number of counted events.
+pub async fn register_counted_events(ctx: &SessionContext) -> Result<usize> {
+    materialize(ctx, REPEATED_EVENTS_SQL, "repeated_events").await?;
+    materialize(ctx, COUNTED_EVENTS_SQL, "counted_events").await
 }
 
 /// Runs `sql` and keeps its result in memory as table `name`, split into `partitions`

@@ -18,7 +18,7 @@ use deltalake::protocol::SaveMode;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::defs::{self, COUNTED_EVENTS_SQL, Job};
+use super::defs::{self, Job};
 use super::inputs::{self, Params};
 use super::plan::{self, PlanError};
 use crate::storage::{Store, events_table};
@@ -202,7 +202,7 @@ impl Runner {
             None
         };
         inputs::register_prior_events(&ctx, prior.as_ref(), self.params().dedup_window_us).await?;
-        let counted = inputs::materialize(&ctx, COUNTED_EVENTS_SQL, "counted_events").await?;
+        let counted = inputs::register_counted_events(&ctx).await?;
         let mut reports = Vec::new();
         for &job in jobs {
             let rows = job_rows(&ctx, job).await?;
@@ -277,7 +277,7 @@ impl Runner {
         inputs::register_new_events(&ctx, events, None).await?;
         inputs::register_prior_events(&ctx, None, 0).await?;
         step(format!("reading and deduplicating events (version {head})"));
-        let counted = inputs::materialize(&ctx, COUNTED_EVENTS_SQL, "counted_events").await?;
+        let counted = inputs::register_counted_events(&ctx).await?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             counted,
