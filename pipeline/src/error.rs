@@ -18,6 +18,10 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
 
+    /// Something named already exists.
+    #[error("{0}")]
+    Conflict(String),
+
     /// The WAL is corrupt beyond its torn tail, or cannot be written.
     #[error("wal {path}: {message}")]
     Wal { path: PathBuf, message: String },

@@ -11,7 +11,8 @@
 //!   log with group commit, and the flusher that commits WAL segments to Delta.
 //! - [`jobs`]: the SQL jobs (`sql/jobs/`) that derive `profiles` and `event_stats`
 //!   incrementally, and the views readers see them through.
-//! - [`server`]: the HTTP API (axum): ingest and ops endpoints.
+//! - [`users`]: custom fields, profile writes (`profile_changes`), profile reads.
+//! - [`server`]: the HTTP API (axum): ingest, users, fields and ops endpoints.
 //! - [`query`]: DataFusion over the Delta tables, used by `tidemark sql`.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`cli`]: the `tidemark` command line.
@@ -26,5 +27,6 @@ pub mod metrics;
 pub mod query;
 pub mod server;
 pub mod storage;
+pub mod users;
 
 pub use error::{Error, Result};

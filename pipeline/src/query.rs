@@ -45,16 +45,16 @@ pub async fn session(store: &Store, environment: Option<&str>) -> Result<Session
     let mut ctx = SessionContext::new_with_config(config);
     tidemark_udfs::register_all(&mut ctx)?;
     for name in table_dirs(store).await? {
+        if Job::by_name(&name).is_some() {
+            // registered below as merged views
+            continue;
+        }
         // `None`: a directory without a Delta log.
         let Some(table) = store.load_table(&name).await? else {
             continue;
         };
         table.update_datafusion_session(&ctx.state())?;
         let provider = table.table_provider().await?;
-        if let Some(job) = Job::by_name(&name) {
-            jobs::views::register(&ctx, job, provider, environment).await?;
-            continue;
-        }
         match environment {
             Some(env) if provider.schema().field_with_name("environment").is_ok() => {
                 let view = ctx
@@ -68,6 +68,7 @@ pub async fn session(store: &Store, environment: Option<&str>) -> Result<Session
             }
         }
     }
+    jobs::views::register_all(&ctx, store, environment).await?;
     Ok(ctx)
 }
 

@@ -77,7 +77,7 @@ pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                     debounce: config.jobs.debounce,
                     poll_interval: config.jobs.poll_interval,
                 };
-                service::run_loop(runner, schedule, None, stop_rx).await;
+                service::run_loop(runner, schedule, None, Default::default(), stop_rx).await;
                 println!("tidemark: stopped");
                 Ok(ExitCode::SUCCESS)
             })

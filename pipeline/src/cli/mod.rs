@@ -3,9 +3,11 @@
 //! - `serve`: run a node (ingest API, flusher) on the embedded default.
 //! - `keys`: create, list and revoke API keys.
 //! - `jobs`: run, rebuild and inspect the SQL jobs that derive profiles and event stats.
+//! - `fields`: the custom field registry.
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
+mod fields;
 mod jobs;
 mod keys;
 mod serve;
@@ -50,6 +52,9 @@ pub enum Command {
     /// Run, rebuild and inspect the SQL jobs (profiles, event_stats).
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Declare, list and delete custom profile fields.
+    #[command(subcommand)]
+    Fields(fields::FieldsCommand),
     /// Run a read-only SQL query over the tables, straight from the store.
     Sql(sql::SqlArgs),
     /// Configuration helpers.
@@ -119,6 +124,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(file, args),
         Command::Keys(cmd) => keys::run(file, cmd),
         Command::Jobs(cmd) => jobs::run(file, cmd),
+        Command::Fields(cmd) => fields::run(file, cmd),
         Command::Sql(args) => sql::run(file, args),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", Config::example());

@@ -12,21 +12,86 @@ use crate::{Error, Result};
 pub const COUNTED_EVENTS_SQL: &str = include_str!("../../../sql/jobs/counted_events.sql");
 pub const REPEATED_EVENTS_SQL: &str = include_str!("../../../sql/jobs/repeated_events.sql");
 
+/// What readers see as `profiles`: activity from events joined with written attributes.
+pub const PROFILES_VIEW_SQL: &str = include_str!("../../../sql/jobs/profiles_view.sql");
+
+/// The table a job follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `events`: the job reads `counted_events` (deduplicated, clock skew clamped).
+    Events,
+    /// `profile_changes`: the job reads `new_changes`.
+    ProfileChanges,
+}
+
+impl Source {
+    pub fn table(self) -> &'static str {
+        match self {
+            Source::Events => crate::storage::events_table::TABLE,
+            Source::ProfileChanges => crate::users::changes::TABLE,
+        }
+    }
+
+    /// The SQL input holding the rows added since the cursor.
+    pub fn input(self) -> &'static str {
+        match self {
+            Source::Events => "new_events",
+            Source::ProfileChanges => "new_changes",
+        }
+    }
+}
+
+pub const SOURCES: [Source; 2] = [Source::Events, Source::ProfileChanges];
+
 /// One SQL job and the Delta table it maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Job {
     Profiles,
     EventStats,
+    Attributes,
 }
 
-pub const ALL: [Job; 2] = [Job::Profiles, Job::EventStats];
+pub const ALL: [Job; 3] = [Job::Profiles, Job::EventStats, Job::Attributes];
 
 impl Job {
+    pub fn source(self) -> Source {
+        match self {
+            Job::Profiles | Job::EventStats => Source::Events,
+            Job::Attributes => Source::ProfileChanges,
+        }
+    }
+
+    /// The jobs that follow `source`.
+    pub fn of(source: Source) -> Vec<Job> {
+        ALL.into_iter().filter(|j| j.source() == source).collect()
+    }
+
+    /// The name readers see the merged rows under. `profiles` itself is
+    /// [`PROFILES_VIEW_SQL`] over `profile_activity` and `profile_attributes`.
+    pub fn view(self) -> &'static str {
+        match self {
+            Job::Profiles => "profile_activity",
+            Job::EventStats => "event_stats",
+            Job::Attributes => "profile_attributes",
+        }
+    }
+
+    /// The columns whose min/max the Delta log keeps (for file skipping). Never user ids
+    /// or values: the log outlives an erasure's VACUUM.
+    pub fn stats_columns(self) -> &'static str {
+        match self {
+            Job::Profiles => "created_at,updated_at",
+            Job::EventStats => "event_name,first_at,last_at",
+            Job::Attributes => "kind,created_at,updated_at",
+        }
+    }
+
     /// The Delta table (and the name readers query, through the merge view).
     pub fn table(self) -> &'static str {
         match self {
             Job::Profiles => "profiles",
             Job::EventStats => "event_stats",
+            Job::Attributes => "profile_attributes",
         }
     }
 
@@ -35,14 +100,16 @@ impl Job {
         match self {
             Job::Profiles => "profile_parts",
             Job::EventStats => "event_stats_parts",
+            Job::Attributes => "profile_attribute_parts",
         }
     }
 
-    /// Aggregates `counted_events` into partial rows.
+    /// Aggregates `counted_events` (or `new_changes`) into partial rows.
     pub fn sql(self) -> &'static str {
         match self {
             Job::Profiles => include_str!("../../../sql/jobs/profiles.sql"),
             Job::EventStats => include_str!("../../../sql/jobs/event_stats.sql"),
+            Job::Attributes => include_str!("../../../sql/jobs/profile_attributes.sql"),
         }
     }
 
@@ -51,6 +118,7 @@ impl Job {
         match self {
             Job::Profiles => include_str!("../../../sql/jobs/profiles_merge.sql"),
             Job::EventStats => include_str!("../../../sql/jobs/event_stats_merge.sql"),
+            Job::Attributes => include_str!("../../../sql/jobs/profile_attributes_merge.sql"),
         }
     }
 
@@ -59,6 +127,7 @@ impl Job {
         match self {
             Job::Profiles => "tidemark-job-profiles",
             Job::EventStats => "tidemark-job-event_stats",
+            Job::Attributes => "tidemark-job-profile_attributes",
         }
     }
 
@@ -66,6 +135,7 @@ impl Job {
         match self {
             Job::Profiles => PROFILES.clone(),
             Job::EventStats => EVENT_STATS.clone(),
+            Job::Attributes => PROFILE_ATTRIBUTES.clone(),
         }
     }
 
@@ -104,6 +174,21 @@ static EVENT_STATS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("first_at", timestamp_type(), true),
         Field::new("last_at", timestamp_type(), true),
         Field::new("count", DataType::Int64, false),
+    ]))
+});
+
+static PROFILE_ATTRIBUTES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);
+    Arc::new(Schema::new(vec![
+        text("environment", false),
+        text("user_id", false),
+        text("kind", false),
+        text("name", false),
+        text("first_set_id", true),
+        text("first_once", true),
+        text("last_write", true),
+        Field::new("created_at", timestamp_type(), true),
+        Field::new("updated_at", timestamp_type(), true),
     ]))
 });
 

@@ -115,6 +115,30 @@ pub async fn register_new_events(
     Ok(rows)
 }
 
+/// Registers `new_changes`: the rows of `adds` of `profile_changes` (every row when
+/// `None`), read once into memory.
+pub async fn register_new_changes(
+    ctx: &SessionContext,
+    snapshot: &DeltaTable,
+    adds: Option<Vec<Add>>,
+) -> Result<usize> {
+    snapshot.update_datafusion_session(&ctx.state())?;
+    let builder = snapshot.table_provider();
+    let provider = match adds {
+        Some(adds) => builder.with_adds(adds).await?,
+        None => builder.await?,
+    };
+    ctx.register_table("changes_scan", provider)?;
+    let rows = materialize(
+        ctx,
+        "SELECT environment, user_id, change_id, at, op, name, value FROM changes_scan",
+        "new_changes",
+    )
+    .await?;
+    ctx.deregister_table("changes_scan")?;
+    Ok(rows)
+}
+
 /// Registers `prior_events`: rows of `prior` (the table at the cursor) received within
 /// the dedup window before the earliest new row; an empty table when `prior` is `None`.
 pub async fn register_prior_events(

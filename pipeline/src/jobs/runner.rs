@@ -18,7 +18,7 @@ use deltalake::protocol::SaveMode;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::defs::{self, Job};
+use super::defs::{self, Job, Source};
 use super::inputs::{self, Params};
 use super::plan::{self, PlanError};
 use crate::storage::{Store, events_table};
@@ -71,7 +71,7 @@ impl RunReport {
     /// One line: what the run covered, read and wrote.
     pub fn summary(&self) -> String {
         format!(
-            "{} of events {}..={}: {} event(s), {} row(s) written in {:.2} s{}",
+            "{} of versions {}..={}: {} row(s) read, {} row(s) written in {:.2} s{}",
             self.kind,
             self.from_version,
             self.to_version,
@@ -128,34 +128,37 @@ impl Runner {
         }
     }
 
-    /// One incremental run of every job: reads the `events` commits after each cursor
-    /// (jobs at the same cursor share the read) and appends partial rows. A job that never
-    /// ran is rebuilt instead. Returns a report per job that did work.
+    /// One incremental run of every job: reads the commits of each job's source table
+    /// (`events` or `profile_changes`) after its cursor (jobs at the same cursor share the
+    /// read) and appends partial rows. A job that never ran is rebuilt instead. Returns a
+    /// report per job that did work.
     pub async fn run_once(&self) -> Result<Vec<RunReport>> {
-        let Some(events) = self.store.load_table(events_table::TABLE).await? else {
-            return Ok(Vec::new());
-        };
-        let head = inputs::head_version(&events);
         let mut reports = Vec::new();
-        let mut pending: Vec<(i64, Job)> = Vec::new();
-        for job in defs::ALL {
-            match self.cursor(job).await? {
-                None => reports.extend(self.rebuild_jobs(&events, &[job], None).await?),
-                Some(c) if c < head => pending.push((c, job)),
-                Some(_) => {}
+        for source in defs::SOURCES {
+            let Some(table) = self.store.load_table(source.table()).await? else {
+                continue;
+            };
+            let head = inputs::head_version(&table);
+            let mut pending: Vec<(i64, Job)> = Vec::new();
+            for job in Job::of(source) {
+                match self.cursor(job).await? {
+                    None => reports.extend(self.rebuild_jobs(&table, &[job], None).await?),
+                    Some(c) if c < head => pending.push((c, job)),
+                    Some(_) => {}
+                }
             }
-        }
-        pending.sort_by_key(|(c, _)| *c);
-        let mut i = 0;
-        while i < pending.len() {
-            let cursor = pending[i].0;
-            let jobs: Vec<Job> = pending[i..]
-                .iter()
-                .take_while(|(c, _)| *c == cursor)
-                .map(|(_, j)| *j)
-                .collect();
-            i += jobs.len();
-            reports.extend(self.incremental(&events, cursor, head, &jobs).await?);
+            pending.sort_by_key(|(c, _)| *c);
+            let mut i = 0;
+            while i < pending.len() {
+                let cursor = pending[i].0;
+                let jobs: Vec<Job> = pending[i..]
+                    .iter()
+                    .take_while(|(c, _)| *c == cursor)
+                    .map(|(_, j)| *j)
+                    .collect();
+                i += jobs.len();
+                reports.extend(self.incremental(&table, cursor, head, &jobs).await?);
+            }
         }
         for r in &reports {
             self.save_report(r).await;
@@ -163,22 +166,45 @@ impl Runner {
         Ok(reports)
     }
 
+    /// Registers the inputs of `source`'s jobs for the rows of `adds` of `snapshot` (all
+    /// rows when `None`); `prior` is the source at the cursor (dedup of events). Returns
+    /// the rows the jobs read (counted events, or changes).
+    async fn register_inputs(
+        &self,
+        ctx: &SessionContext,
+        source: Source,
+        snapshot: &DeltaTable,
+        adds: Option<Vec<deltalake::kernel::Add>>,
+        prior: Option<&DeltaTable>,
+    ) -> Result<usize> {
+        match source {
+            Source::Events => {
+                inputs::register_new_events(ctx, snapshot, adds).await?;
+                inputs::register_prior_events(ctx, prior, self.params().dedup_window_us).await?;
+                inputs::register_counted_events(ctx).await
+            }
+            Source::ProfileChanges => inputs::register_new_changes(ctx, snapshot, adds).await,
+        }
+    }
+
     async fn incremental(
         &self,
-        events: &DeltaTable,
+        source_table: &DeltaTable,
         cursor: i64,
         head: i64,
         jobs: &[Job],
     ) -> Result<Vec<RunReport>> {
         let started = Instant::now();
+        let source = jobs.first().map_or(Source::Events, |j| j.source());
         let to = head.min(cursor + self.opts.max_versions_per_run);
-        let commits = inputs::read_commits(events, cursor + 1, to).await?;
+        let commits = inputs::read_commits(source_table, cursor + 1, to).await?;
         let plan = match plan::plan(cursor, &commits) {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(Vec::new()),
             Err(PlanError::NeedsRebuild { version, operation }) => {
                 return Err(Error::Invalid(format!(
-                    "events version {version} ({operation}) removed rows the jobs already counted; run `tidemark jobs rebuild`"
+                    "{} version {version} ({operation}) removed rows the jobs already counted; run `tidemark jobs rebuild`",
+                    source.table()
                 )));
             }
         };
@@ -194,15 +220,21 @@ impl Runner {
             return Ok(reports);
         }
         let ctx = self.session()?;
-        let snapshot = inputs::events_at(events, plan.to_version).await?;
-        inputs::register_new_events(&ctx, &snapshot, Some(plan.adds.clone())).await?;
-        let prior = if cursor >= 0 {
-            Some(inputs::events_at(events, cursor).await?)
+        let snapshot = inputs::events_at(source_table, plan.to_version).await?;
+        let prior = if cursor >= 0 && source == Source::Events {
+            Some(inputs::events_at(source_table, cursor).await?)
         } else {
             None
         };
-        inputs::register_prior_events(&ctx, prior.as_ref(), self.params().dedup_window_us).await?;
-        let counted = inputs::register_counted_events(&ctx).await?;
+        let counted = self
+            .register_inputs(
+                &ctx,
+                source,
+                &snapshot,
+                Some(plan.adds.clone()),
+                prior.as_ref(),
+            )
+            .await?;
         let mut reports = Vec::new();
         for &job in jobs {
             let rows = job_rows(&ctx, job).await?;
@@ -247,12 +279,18 @@ impl Runner {
         }
     }
 
-    /// Recomputes every job from all of `events` and replaces the derived tables.
+    /// Recomputes every job from all of its source table and replaces the derived tables.
     pub async fn rebuild(&self, progress: Option<&ProgressBar>) -> Result<Vec<RunReport>> {
-        let Some(events) = self.store.load_table(events_table::TABLE).await? else {
-            return Ok(Vec::new());
-        };
-        let reports = self.rebuild_jobs(&events, &defs::ALL, progress).await?;
+        let mut reports = Vec::new();
+        for source in defs::SOURCES {
+            let Some(table) = self.store.load_table(source.table()).await? else {
+                continue;
+            };
+            reports.extend(
+                self.rebuild_jobs(&table, &Job::of(source), progress)
+                    .await?,
+            );
+        }
         for r in &reports {
             self.save_report(r).await;
         }
@@ -261,12 +299,13 @@ impl Runner {
 
     async fn rebuild_jobs(
         &self,
-        events: &DeltaTable,
+        source_table: &DeltaTable,
         jobs: &[Job],
         progress: Option<&ProgressBar>,
     ) -> Result<Vec<RunReport>> {
         let started = Instant::now();
-        let head = inputs::head_version(events);
+        let head = inputs::head_version(source_table);
+        let source = jobs.first().map_or(Source::Events, |j| j.source());
         let step = |msg: String| {
             if let Some(p) = progress {
                 p.set_message(msg);
@@ -274,19 +313,19 @@ impl Runner {
             }
         };
         let ctx = self.session()?;
-        inputs::register_new_events(&ctx, events, None).await?;
-        inputs::register_prior_events(&ctx, None, 0).await?;
-        step(format!("reading and deduplicating events (version {head})"));
-        let counted = inputs::register_counted_events(&ctx).await?;
+        step(format!("reading {} (version {head})", source.table()));
+        let counted = self
+            .register_inputs(&ctx, source, source_table, None, None)
+            .await?;
         tracing::debug!(
             seconds = started.elapsed().as_secs_f64(),
             counted,
-            "rebuild: counted events"
+            "rebuild: inputs read"
         );
         let mut reports = Vec::new();
         let mut writes = Vec::new();
         for &job in jobs {
-            step(format!("computing {} from {counted} events", job.table()));
+            step(format!("computing {} from {counted} rows", job.table()));
             let rows = job_rows(&ctx, job).await?;
             let written = rows.iter().map(RecordBatch::num_rows).sum();
             tracing::debug!(
@@ -329,7 +368,7 @@ impl Runner {
 
     /// Steps a rebuild reports to a progress bar.
     pub fn rebuild_steps() -> u64 {
-        1 + 2 * defs::ALL.len() as u64
+        (defs::SOURCES.len() + 2 * defs::ALL.len()) as u64
     }
 
     /// Rewrites `job`'s table as one row per key when it has too many files.
@@ -364,6 +403,10 @@ impl Runner {
             .with_table_name(job.table())
             .with_columns(columns.fields().cloned())
             .with_partition_columns(defs::PARTITION_COLUMNS)
+            .with_configuration_property(
+                deltalake::TableProperty::DataSkippingStatsColumns,
+                Some(job.stats_columns()),
+            )
             .with_save_mode(SaveMode::Ignore)
             .await?;
         self.store

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
 
 use super::runner::Runner;
 
@@ -15,11 +17,13 @@ pub struct Schedule {
     pub poll_interval: Duration,
 }
 
-/// Runs jobs until `stop` turns true. `commits` changes after each local commit.
+/// Runs jobs until `stop` turns true. `commits` changes after each local `events`
+/// commit; `writes` is notified after each profile write of this node.
 pub async fn run_loop(
     runner: Runner,
     schedule: Schedule,
     mut commits: Option<watch::Receiver<u64>>,
+    writes: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
@@ -37,6 +41,9 @@ pub async fn run_loop(
                 if !ok {
                     commits = None;
                 }
+                tokio::time::sleep(schedule.debounce.max(backoff)).await;
+            }
+            _ = writes.notified() => {
                 tokio::time::sleep(schedule.debounce.max(backoff)).await;
             }
             _ = tokio::time::sleep(schedule.poll_interval.max(backoff)) => {}

@@ -1,4 +1,4 @@
-//! `tidemark jobs status`: each job's cursor and how far behind `events` it is.
+//! `tidemark jobs status`: each job's cursor and how far behind its source table it is.
 
 use deltalake::kernel::Action;
 use serde::Serialize;
@@ -7,7 +7,6 @@ use super::defs;
 use super::inputs;
 use super::runner::{RunReport, Runner};
 use crate::Result;
-use crate::storage::events_table;
 
 /// Lag beyond this many versions is reported without counting its rows.
 const MAX_COUNTED_VERSIONS: i64 = 1000;
@@ -15,9 +14,11 @@ const MAX_COUNTED_VERSIONS: i64 = 1000;
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub job: String,
-    /// The last `events` version the job covers (`None`: never ran).
+    /// The table the job follows (`events` or `profile_changes`).
+    pub source: String,
+    /// The last source version the job covers (`None`: never ran).
     pub cursor: Option<i64>,
-    /// The newest `events` version.
+    /// The newest source version.
     pub head: i64,
     pub lag_versions: i64,
     /// Rows appended to `events` after the cursor (`None` when the lag is too long to count).
@@ -29,10 +30,10 @@ pub struct JobStatus {
 
 impl Runner {
     pub async fn status(&self) -> Result<Vec<JobStatus>> {
-        let events = self.store().load_table(events_table::TABLE).await?;
-        let head = events.as_ref().map_or(-1, inputs::head_version);
         let mut out = Vec::new();
         for job in defs::ALL {
+            let events = self.store().load_table(job.source().table()).await?;
+            let head = events.as_ref().map_or(-1, inputs::head_version);
             let cursor = self.cursor(job).await?;
             let from = cursor.unwrap_or(-1) + 1;
             let (mut lag_rows, mut lag_seconds) = (Some(0), 0.0);
@@ -70,6 +71,7 @@ impl Runner {
             }
             out.push(JobStatus {
                 job: job.table().into(),
+                source: job.source().table().into(),
                 cursor,
                 head,
                 lag_versions: (head - cursor.unwrap_or(-1)).max(0),
@@ -91,11 +93,11 @@ pub fn describe(status: &JobStatus) -> String {
         .lag_rows
         .map_or_else(|| "many".to_string(), |r| r.to_string());
     let mut line = format!(
-        "{:<12} cursor {cursor:<14} events head {:<6} lag {} version(s), {rows} row(s), {:.1} s",
-        status.job, status.head, status.lag_versions, status.lag_seconds
+        "{:<18} cursor {cursor:<14} {} head {:<6} lag {} version(s), {rows} row(s), {:.1} s",
+        status.job, status.source, status.head, status.lag_versions, status.lag_seconds
     );
     if let Some(r) = &status.last_run {
-        line.push_str(&format!("\n{:<12} last run: {}", "", r.summary()));
+        line.push_str(&format!("\n{:<18} last run: {}", "", r.summary()));
     }
     line
 }

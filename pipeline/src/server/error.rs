@@ -77,6 +77,25 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error;
+        match e {
+            Error::Invalid(m) => ApiError::bad_request(m),
+            Error::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            Error::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e if e.is_retryable() => {
+                tracing::warn!(error = %e, "request failed on storage");
+                ApiError::unavailable(e.to_string())
+            }
+            e => {
+                tracing::error!(error = %e, "request failed");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body)).into_response();

@@ -2,11 +2,13 @@
 //!
 //! - [`error`]: JSON error bodies and their status codes.
 //! - [`ingest_api`]: `POST /v1/{env}/events`.
-//! - [`users_api`]: `GET /v1/{env}/users/{id}`.
+//! - [`users_api`]: profile reads and writes under `/v1/{env}/users`.
+//! - [`fields_api`]: the custom field registry, `/v1/{env}/fields`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
 pub mod error;
+pub mod fields_api;
 pub mod ingest_api;
 pub mod node;
 pub mod ops;
@@ -17,10 +19,11 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::{HeaderMap, header};
+use axum::routing::{delete, get, post};
 use tokio::sync::OnceCell;
 
-use crate::auth::KeyCache;
+use crate::auth::{KeyCache, Principal, Role, authorize};
 use crate::config::Limits;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
@@ -35,13 +38,41 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub shutting_down: AtomicBool,
+    /// Notified after each profile write, so the jobs fold it in soon.
+    pub profile_writes: Arc<tokio::sync::Notify>,
+}
+
+impl AppState {
+    /// Authenticates the request's key and checks it may act on `env` with one of `roles`.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        env: &str,
+        roles: &[Role],
+    ) -> Result<Principal, error::ApiError> {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let principal = self.keys.authenticate(auth).await?;
+        authorize(&principal, env, roles)?;
+        Ok(principal)
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     // Bodies are read with our own limit (for a clear 413); disable axum's default.
     Router::new()
         .route("/v1/{env}/events", post(ingest_api::post_events))
-        .route("/v1/{env}/users/{id}", get(users_api::get_user))
+        .route(
+            "/v1/{env}/users/{id}",
+            get(users_api::get_user).put(users_api::put_user),
+        )
+        .route("/v1/{env}/users:batch", post(users_api::post_batch))
+        .route(
+            "/v1/{env}/fields",
+            get(fields_api::get_fields).post(fields_api::post_field),
+        )
+        .route("/v1/{env}/fields/{name}", delete(fields_api::delete_field))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

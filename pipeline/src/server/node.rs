@@ -84,6 +84,7 @@ pub async fn run(
         metrics: metrics.clone(),
         limits: config.limits.clone(),
         shutting_down: AtomicBool::new(false),
+        profile_writes: Arc::new(Notify::new()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -129,6 +130,7 @@ pub async fn run(
             runner,
             schedule,
             commits,
+            state.profile_writes.clone(),
             stop_rx.clone(),
         ));
     }

@@ -1,41 +1,187 @@
-//! `GET /v1/{env}/users/{id}`: a profile with its event stats (read or admin key).
+//! The users API: `GET/PUT/DELETE /v1/{env}/users/{id}`, `POST /v1/{env}/users:batch`,
+//! `GET /v1/{env}/users` (filters, paging).
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use serde_json::Value;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::{Role, authorize};
-use crate::jobs::views;
+use super::ingest_api::read_body;
+use crate::auth::Role;
+use crate::ingest::event::{MAX_PROBLEMS, Problem};
+use crate::users::changes::{self, BatchItem, Update};
+use crate::users::fields::Registry;
+use crate::users::read;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserQuery {
+    /// The last N events of the user (at most 1000).
+    #[serde(default)]
+    events: Option<String>,
+}
 
 pub async fn get_user(
     State(state): State<Arc<AppState>>,
     Path((env, id)): Path<(String, String)>,
+    Query(q): Query<UserQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let principal = state.keys.authenticate(auth).await?;
-    authorize(&principal, &env, &[Role::Read, Role::Admin])?;
-    let found = views::read_user(&state.store, &env, &id)
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    let events = match q.events.as_deref() {
+        None => 0,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n <= read::MAX_EVENTS => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "events: '{n}' must be a whole number from 0 to {}",
+                    read::MAX_EVENTS
+                )));
+            }
+        },
+    };
+    let found = read::user(&state.store, &env, &id, events)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "profile read failed");
-            ApiError::internal(format!("cannot read the profile: {e}"))
-        })?;
+        .map_err(|e| internal("cannot read the profile", e))?;
     match found {
         Some(profile) => Ok(Json(profile)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
-                "no user with id '{id}' in environment '{env}' (profiles appear a few seconds after the user's first event)"
+                "no user with id '{id}' in environment '{env}' (profiles appear a few seconds after the user's first event or write)"
             ),
         )),
     }
+}
+
+fn internal(what: &str, e: crate::Error) -> ApiError {
+    tracing::error!(error = %e, "{what}");
+    if e.is_retryable() {
+        ApiError::unavailable(format!("{what}: {e}"))
+    } else {
+        ApiError::internal(format!("{what}: {e}"))
+    }
+}
+
+fn invalid(problems: Vec<Problem>) -> ApiError {
+    let total = problems.len();
+    let mut problems = problems;
+    problems.truncate(MAX_PROBLEMS);
+    let mut e = ApiError::invalid(
+        format!("{total} problem(s); nothing was written"),
+        problems,
+        total,
+    );
+    e.body.error = "invalid_update";
+    e
+}
+
+/// Validates `items` (index, user id, update) and appends them in one commit.
+async fn write_updates(
+    state: &AppState,
+    env: &str,
+    items: Vec<(String, Update)>,
+) -> Result<usize, ApiError> {
+    let fields = Registry::new(state.store.clone())
+        .list(env)
+        .await
+        .map_err(|e| internal("cannot read the field registry", e))?;
+    let mut problems = Vec::new();
+    let mut ops = Vec::new();
+    for (i, (id, update)) in items.iter().enumerate() {
+        ops.extend(changes::validate(
+            i,
+            id,
+            update,
+            &fields,
+            state.limits.max_string_len,
+            &mut problems,
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    let batch = changes::rows(env, &ops, "api").map_err(|e| internal("cannot build rows", e))?;
+    changes::append(&state.store, vec![batch])
+        .await
+        .map_err(|e| internal("cannot store the update", e))?;
+    state.profile_writes.notify_one();
+    Ok(ops.len())
+}
+
+pub async fn put_user(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
+        .await?;
+    let body = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let update: Update = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be an object with set, set_once, unset and tags: {e}"
+        ))
+    })?;
+    let n = write_updates(&state, &env, vec![(id.clone(), update)]).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "changes": n}))))
+}
+
+pub async fn post_batch(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
+        .await?;
+    let body = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "body must be a JSON array of updates ({{\"id\": .., \"set\": ..}}): {e}"
+        ))
+    })?;
+    if raw.is_empty() {
+        return Err(ApiError::bad_request("the batch is empty"));
+    }
+    if raw.len() > changes::MAX_BATCH {
+        return Err(ApiError::too_large(format!(
+            "the batch has {} updates, more than {}",
+            raw.len(),
+            changes::MAX_BATCH
+        )));
+    }
+    let mut items = Vec::new();
+    let mut problems = Vec::new();
+    for (index, r) in raw.iter().enumerate() {
+        match serde_json::from_str::<BatchItem>(r.get()) {
+            Ok(item) => items.push((item.id, item.update)),
+            Err(e) => problems.push(Problem {
+                index,
+                field: None,
+                message: format!("not a valid update: {e}"),
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(invalid(problems));
+    }
+    let users = items.len();
+    let n = write_updates(&state, &env, items).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"users": users, "changes": n})),
+    ))
 }

@@ -125,6 +125,11 @@ impl Store {
         self.root.clone()
     }
 
+    /// The config documents of this store.
+    pub fn docs(&self) -> docs::Docs {
+        docs::Docs::new(self.root.clone(), self.paths.clone())
+    }
+
     pub fn paths(&self) -> &Paths {
         &self.paths
     }

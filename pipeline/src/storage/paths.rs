@@ -15,6 +15,10 @@ pub struct Paths {
 pub enum Doc {
     Environments,
     ApiKeys,
+    /// Custom field definitions of every environment.
+    Fields,
+    /// Erasure audit entries (no personal data).
+    Erasures,
 }
 
 impl Doc {
@@ -22,6 +26,8 @@ impl Doc {
         match self {
             Doc::Environments => "environments",
             Doc::ApiKeys => "api_keys",
+            Doc::Fields => "fields",
+            Doc::Erasures => "erasures",
         }
     }
 }

@@ -32,3 +32,4 @@ mod delta_readers;
 mod ingest_api;
 mod jobs;
 mod jobs_model;
+mod users_api;

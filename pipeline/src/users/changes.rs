@@ -1,0 +1,428 @@
+//! Profile writes: the `profile_changes` Delta table, the update document of
+//! `PUT /v1/{env}/users/{id}` (and of each item of `users:batch` and each CSV row), its
+//! validation against the field registry, and the appends.
+//!
+//! Each operation on one field or tag is one row, ordered by `change_id`: 16 hex digits of
+//! the write's time in microseconds (made strictly increasing within a process) and 16 of
+//! a random node/sequence part, so text order is time order and ids never repeat.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use chrono::{DateTime, Utc};
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::protocol::SaveMode;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::fields::FieldDef;
+use crate::ingest::event::Problem;
+use crate::storage::Store;
+use crate::storage::events_table::{timestamp_type, writer_properties};
+use crate::{Error, Result};
+
+pub const TABLE: &str = "profile_changes";
+pub const PARTITION_COLUMNS: [&str; 1] = ["environment"];
+/// Most updates in one `users:batch` request.
+pub const MAX_BATCH: usize = 1000;
+/// Longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 256;
+
+/// The operations a change row records.
+pub mod op {
+    pub const SET: &str = "set";
+    pub const SET_ONCE: &str = "set_once";
+    pub const UNSET: &str = "unset";
+    pub const TAG: &str = "tag";
+    pub const UNTAG: &str = "untag";
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("environment", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("change_id", DataType::Utf8, false),
+        Field::new("at", timestamp_type(), false),
+        Field::new("op", DataType::Utf8, false),
+        // the custom field or the tag
+        Field::new("name", DataType::Utf8, false),
+        // JSON text of the value (`set`, `set_once`); null otherwise
+        Field::new("value", DataType::Utf8, true),
+        // `api` or `import`
+        Field::new("source", DataType::Utf8, false),
+    ]))
+});
+
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// The smallest change id at time `t`: changes before a field's declaration sort below it.
+pub fn change_id_floor(t: DateTime<Utc>) -> String {
+    format!("{:016x}{:016x}", t.timestamp_micros().max(0), 0)
+}
+
+/// Strictly increasing microseconds within this process.
+fn next_micros() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp_micros();
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+/// A change id and its time.
+pub fn next_change_id() -> (String, i64) {
+    static NODE: LazyLock<u32> = LazyLock::new(rand::random);
+    let us = next_micros();
+    (
+        format!("{us:016x}{:08x}{:08x}", *NODE, rand::random::<u32>()),
+        us,
+    )
+}
+
+/// The body of `PUT /v1/{env}/users/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    #[serde(default)]
+    pub set: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub set_once: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub unset: Vec<String>,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tags {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One item of `users:batch`: the user id and its update.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    pub id: String,
+    #[serde(flatten)]
+    pub update: Update,
+}
+
+/// One validated operation, before it gets its change id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    pub user_id: String,
+    pub op: &'static str,
+    pub name: String,
+    pub value: Option<String>,
+}
+
+/// Checks a user id the way ingest does: non-empty, at most `max_len` bytes, no control
+/// characters.
+pub fn validate_user_id(id: &str, max_len: usize) -> std::result::Result<(), String> {
+    if id.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > max_len {
+        return Err(format!(
+            "is {} bytes long, more than the limit of {max_len}",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+/// Validates `update` of `user_id` against `fields`; problems carry `index` and the
+/// field path (e.g. `set.plan`, `tags.add[2]`).
+pub fn validate(
+    index: usize,
+    user_id: &str,
+    update: &Update,
+    fields: &BTreeMap<String, FieldDef>,
+    max_id_len: usize,
+    problems: &mut Vec<Problem>,
+) -> Vec<Op> {
+    let start = problems.len();
+    let mut problem = |field: String, message: String| {
+        problems.push(Problem {
+            index,
+            field: Some(field),
+            message,
+        })
+    };
+    let mut ops = Vec::new();
+    if let Err(e) = validate_user_id(user_id, max_id_len) {
+        problem("id".into(), format!("user id {e}"));
+        return ops;
+    }
+    let unknown = |name: &str| {
+        format!(
+            "unknown field '{name}'; declare it first (POST /v1/{{env}}/fields or `tidemark fields add`){}",
+            if fields.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; known fields: {}",
+                    fields.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        )
+    };
+    for (section, map, kind) in [
+        ("set", &update.set, op::SET),
+        ("set_once", &update.set_once, op::SET_ONCE),
+    ] {
+        for (name, value) in map {
+            let path = format!("{section}.{name}");
+            let Some(def) = fields.get(name) else {
+                problem(path, unknown(name));
+                continue;
+            };
+            match def.field_type.validate(value) {
+                Ok(v) => ops.push(Op {
+                    user_id: user_id.into(),
+                    op: kind,
+                    name: name.clone(),
+                    value: Some(v),
+                }),
+                Err(e) => problem(path, e),
+            }
+        }
+    }
+    for (i, name) in update.unset.iter().enumerate() {
+        if !fields.contains_key(name) {
+            problem(format!("unset[{i}]"), unknown(name));
+        } else if update.set.contains_key(name) || update.set_once.contains_key(name) {
+            problem(
+                format!("unset[{i}]"),
+                format!("field '{name}' is both set and unset in one update"),
+            );
+        } else {
+            ops.push(Op {
+                user_id: user_id.into(),
+                op: op::UNSET,
+                name: name.clone(),
+                value: None,
+            });
+        }
+    }
+    for (section, list, kind) in [
+        ("tags.add", &update.tags.add, op::TAG),
+        ("tags.remove", &update.tags.remove, op::UNTAG),
+    ] {
+        for (i, tag) in list.iter().enumerate() {
+            let path = format!("{section}[{i}]");
+            if tag.trim().is_empty() {
+                problem(path, "tag must not be empty".into());
+            } else if tag.len() > MAX_TAG_BYTES {
+                problem(path, format!("tag is longer than {MAX_TAG_BYTES} bytes"));
+            } else if tag.chars().any(char::is_control) {
+                problem(path, "tag must not contain control characters".into());
+            } else if kind == op::UNTAG && update.tags.add.contains(tag) {
+                problem(path, format!("tag '{tag}' is both added and removed"));
+            } else {
+                ops.push(Op {
+                    user_id: user_id.into(),
+                    op: kind,
+                    name: tag.clone(),
+                    value: None,
+                });
+            }
+        }
+    }
+    if ops.is_empty() && problems.len() == start {
+        problems.push(Problem {
+            index,
+            field: None,
+            message: "the update changes nothing: give set, set_once, unset or tags".into(),
+        });
+    }
+    ops
+}
+
+/// Builds the rows of `ops` in `environment`, in order, each with a fresh change id.
+pub fn rows(environment: &str, ops: &[Op], source: &str) -> Result<RecordBatch> {
+    let n = ops.len();
+    let mut env = StringBuilder::with_capacity(n, n * environment.len());
+    let mut user = StringBuilder::with_capacity(n, n * 16);
+    let mut id = StringBuilder::with_capacity(n, n * 32);
+    let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut kind = StringBuilder::with_capacity(n, n * 4);
+    let mut name = StringBuilder::with_capacity(n, n * 8);
+    let mut value = StringBuilder::with_capacity(n, n * 8);
+    let mut src = StringBuilder::with_capacity(n, n * source.len());
+    for o in ops {
+        let (cid, us) = next_change_id();
+        env.append_value(environment);
+        user.append_value(&o.user_id);
+        id.append_value(cid);
+        at.append_value(us);
+        kind.append_value(o.op);
+        name.append_value(&o.name);
+        value.append_option(o.value.as_deref());
+        src.append_value(source);
+    }
+    Ok(RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(env.finish()),
+            Arc::new(user.finish()),
+            Arc::new(id.finish()),
+            Arc::new(at.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(name.finish()),
+            Arc::new(value.finish()),
+            Arc::new(src.finish()),
+        ],
+    )?)
+}
+
+/// Loads `profile_changes`, creating it (empty) first if needed. Column statistics are
+/// kept for `at` only: min/max of user ids or values in the Delta log would outlive an
+/// erasure.
+pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
+    if let Some(t) = store.load_table(TABLE).await? {
+        return Ok(t);
+    }
+    let columns = StructType::try_from_arrow(schema().as_ref())?;
+    store
+        .delta_table(TABLE)?
+        .create()
+        .with_table_name(TABLE)
+        .with_comment("tidemark profile writes (users API, importer)")
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_configuration_property(
+            deltalake::TableProperty::DataSkippingStatsColumns,
+            Some("at"),
+        )
+        .with_save_mode(SaveMode::Ignore)
+        .await?;
+    store
+        .load_table(TABLE)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{TABLE} vanished after create")))
+}
+
+/// Appends `batches` to `profile_changes` in one Delta commit (all or nothing).
+pub async fn append(store: &Store, batches: Vec<RecordBatch>) -> Result<DeltaTable> {
+    let table = open_or_create(store).await?;
+    Ok(table
+        .write(batches)
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_writer_properties(writer_properties(1))
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::fields::FieldType;
+    use serde_json::json;
+
+    fn fields() -> BTreeMap<String, FieldDef> {
+        let mut m = BTreeMap::new();
+        for (n, t) in [("plan", FieldType::Text), ("score", FieldType::Number)] {
+            m.insert(
+                n.to_string(),
+                FieldDef {
+                    name: n.into(),
+                    field_type: t,
+                    label: None,
+                    created_at: Utc::now(),
+                    since_change_id: change_id_floor(Utc::now()),
+                },
+            );
+        }
+        m
+    }
+
+    fn check(body: serde_json::Value) -> (Vec<Op>, Vec<(Option<String>, String)>) {
+        let u: Update = serde_json::from_value(body).unwrap();
+        let mut problems = Vec::new();
+        let ops = validate(3, "ann", &u, &fields(), 512, &mut problems);
+        (
+            ops,
+            problems
+                .into_iter()
+                .map(|p| {
+                    assert_eq!(p.index, 3);
+                    (p.field, p.message)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_valid_update_becomes_ops() {
+        let (ops, problems) = check(json!({
+            "set": {"plan": "gold"}, "set_once": {"score": 3},
+            "unset": [], "tags": {"add": ["vip"], "remove": ["trial"]}
+        }));
+        assert!(problems.is_empty(), "{problems:?}");
+        let got: Vec<_> = ops
+            .iter()
+            .map(|o| (o.op, o.name.as_str(), o.value.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("set", "plan", Some("\"gold\"")),
+                ("set_once", "score", Some("3")),
+                ("tag", "vip", None),
+                ("untag", "trial", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let (_, problems) = check(json!({
+            "set": {"plan": 5, "nope": 1}, "unset": ["plan", "zzz"],
+            "tags": {"add": ["", "x"], "remove": ["x"]}
+        }));
+        let fields: Vec<_> = problems.iter().map(|(f, _)| f.clone().unwrap()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "set.nope",
+                "set.plan",
+                "unset[0]",
+                "unset[1]",
+                "tags.add[0]",
+                "tags.remove[0]"
+            ]
+        );
+        assert!(problems[0].1.contains("unknown field 'nope'"));
+        assert!(problems[1].1.contains("expected a string"));
+        let (_, empty) = check(json!({}));
+        assert!(empty[0].1.contains("changes nothing"));
+    }
+
+    #[test]
+    fn change_ids_increase() {
+        let ids: Vec<_> = (0..1000).map(|_| next_change_id().0).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(ids.iter().all(|i| i.len() == 32));
+        assert!(change_id_floor(Utc::now()) < next_change_id().0);
+    }
+}
