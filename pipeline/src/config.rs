@@ -82,6 +82,44 @@ impl Default for JobsConfig {
     }
 }
 
+/// Retention of events and physical deletion of removed files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Events received more than this many days ago are deleted.
+    pub events_days: u32,
+    /// Per-environment overrides of `events_days`.
+    pub environments: BTreeMap<String, u32>,
+    /// How often `tidemark serve` applies retention and VACUUM (0s = never).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// VACUUM deletes files that left a table (DELETE, compaction) longer ago than this;
+    /// until then time travel can read them, and erased rows stay in them.
+    #[serde(with = "humantime_serde")]
+    pub vacuum_after: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            events_days: 365,
+            environments: BTreeMap::new(),
+            interval: Duration::from_secs(3600),
+            vacuum_after: Duration::from_secs(7 * 86400),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The event retention of `environment`, in days.
+    pub fn days(&self, environment: &str) -> u32 {
+        self.environments
+            .get(environment)
+            .copied()
+            .unwrap_or(self.events_days)
+    }
+}
+
 /// The whole configuration of a tidemark node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +158,7 @@ pub struct Config {
     pub storage: BTreeMap<String, String>,
     pub limits: Limits,
     pub jobs: JobsConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -140,6 +179,7 @@ impl Default for Config {
             storage: BTreeMap::new(),
             limits: Limits::default(),
             jobs: JobsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -238,6 +278,15 @@ impl Config {
         if self.jobs.compact_files < 2 {
             return fail("jobs.compact_files", "must be at least 2");
         }
+        if self.retention.events_days == 0 {
+            return fail("retention.events_days", "must be at least 1");
+        }
+        if let Some((env, _)) = self.retention.environments.iter().find(|(_, d)| **d == 0) {
+            return fail(
+                &format!("retention.environments.{env}"),
+                "must be at least 1 day",
+            );
+        }
         let l = &self.limits;
         if l.max_body_bytes < 1024 {
             return fail("limits.max_body_bytes", "must be at least 1024");
@@ -323,6 +372,17 @@ poll_interval = "5s"
 # occurred_at later than received_at + this is clamped to received_at.
 clock_skew_tolerance = "5m"
 compact_files = 64
+
+[retention]
+# Events received more than this many days ago are deleted (per environment below).
+events_days = 365
+# environments = { staging = 30 }
+environments = {}
+# How often serve applies retention and VACUUM (0s = never).
+interval = "1h"
+# VACUUM deletes files removed from tables longer ago than this (erased rows live in them
+# until then; `tidemark users erasures` says when none is left).
+vacuum_after = "7d"
 "#;
 
 #[cfg(test)]

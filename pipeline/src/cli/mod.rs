@@ -4,6 +4,7 @@
 //! - `keys`: create, list and revoke API keys.
 //! - `jobs`: run, rebuild and inspect the SQL jobs that derive profiles and event stats.
 //! - `fields`: the custom field registry.
+//! - `users`: erase a user, list erasures; `vacuum` and `retention` housekeeping.
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
@@ -12,6 +13,7 @@ mod jobs;
 mod keys;
 mod serve;
 mod sql;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +57,19 @@ pub enum Command {
     /// Declare, list and delete custom profile fields.
     #[command(subcommand)]
     Fields(fields::FieldsCommand),
+    /// Erase users and follow erasures.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
+    /// Delete files that left their tables (DELETE, compaction) long enough ago.
+    Vacuum {
+        /// Files that left a table more than this long ago [default: retention.vacuum_after]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Delete events older than each environment's retention (retention.events_days).
+    Retention(DataArgs),
     /// Run a read-only SQL query over the tables, straight from the store.
     Sql(sql::SqlArgs),
     /// Configuration helpers.
@@ -125,6 +140,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(cmd) => keys::run(file, cmd),
         Command::Jobs(cmd) => jobs::run(file, cmd),
         Command::Fields(cmd) => fields::run(file, cmd),
+        Command::Users(cmd) => users::run(file, cmd),
+        Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
+        Command::Retention(data) => users::retention(file, data),
         Command::Sql(args) => sql::run(file, args),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", Config::example());

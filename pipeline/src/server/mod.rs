@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub shutting_down: AtomicBool,
+    /// The job runner's settings (erasure runs the jobs).
+    pub job_options: crate::jobs::JobOptions,
     /// Notified after each profile write, so the jobs fold it in soon.
     pub profile_writes: Arc<tokio::sync::Notify>,
 }
@@ -65,7 +67,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/{env}/events", post(ingest_api::post_events))
         .route(
             "/v1/{env}/users/{id}",
-            get(users_api::get_user).put(users_api::put_user),
+            get(users_api::get_user)
+                .put(users_api::put_user)
+                .delete(users_api::delete_user),
         )
         .route("/v1/{env}/users:batch", post(users_api::post_batch))
         .route(

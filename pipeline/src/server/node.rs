@@ -85,6 +85,7 @@ pub async fn run(
         limits: config.limits.clone(),
         shutting_down: AtomicBool::new(false),
         profile_writes: Arc::new(Notify::new()),
+        job_options: config.job_options(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -119,6 +120,7 @@ pub async fn run(
     };
     spawn_key_refresh(keys, stop_rx.clone());
     spawn_optimize(&config, store.clone(), metrics, stop_rx.clone());
+    spawn_maintenance(&config, store.clone(), stop_rx.clone());
     if config.jobs.enabled {
         let commits = state.ingestor.get().map(|i| i.committed.clone());
         let runner = Runner::new(store.clone(), config.job_options());
@@ -268,6 +270,40 @@ fn spawn_optimize(
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "compaction of events failed"),
+            }
+        }
+    });
+}
+
+/// Every `retention.interval`: deletes events past their environment's retention, then
+/// VACUUMs every table (files that left it more than `retention.vacuum_after` ago).
+fn spawn_maintenance(config: &Config, store: Store, mut stop: watch::Receiver<bool>) {
+    let retention = config.retention.clone();
+    if retention.interval.is_zero() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(retention.interval) => {}
+                _ = stop.changed() => return,
+            }
+            match crate::users::erase::apply_retention(&store, &retention).await {
+                Ok(deleted) => {
+                    for (env, rows) in deleted {
+                        tracing::info!(environment = %env, ?rows, "retention deleted old events");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+            match crate::users::erase::vacuum_all(&store, retention.vacuum_after).await {
+                Ok(deleted) => {
+                    let n: usize = deleted.values().sum();
+                    if n > 0 {
+                        tracing::info!(files = n, "vacuum deleted old files");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "vacuum failed"),
             }
         }
     });

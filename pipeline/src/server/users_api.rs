@@ -185,3 +185,23 @@ pub async fn post_batch(
         Json(json!({"users": users, "changes": n})),
     ))
 }
+
+/// Erases the user everywhere (admin key): profile, changes, events, event stats.
+pub async fn delete_user(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = state.authorize(&headers, &env, &[Role::Admin]).await?;
+    if let Err(e) = changes::validate_user_id(&id, state.limits.max_string_len) {
+        return Err(ApiError::bad_request(format!("id: user id {e}")));
+    }
+    let runner = crate::jobs::Runner::new(state.store.clone(), state.job_options.clone());
+    let erasure = crate::users::erase::erase(&runner, &env, &id, &principal.key_id)
+        .await
+        .map_err(|e| internal("the erasure failed; retry it (it is idempotent)", e))?;
+    Ok(Json(json!({
+        "erasure": erasure,
+        "note": "old files that held the rows are deleted by VACUUM after retention.vacuum_after; `tidemark users erasures` shows when none is left"
+    })))
+}

@@ -21,6 +21,8 @@ use crate::Result;
 
 pub const TABLE: &str = "events";
 pub const PARTITION_COLUMNS: [&str; 2] = ["environment", "received_date"];
+/// The columns whose min/max the Delta log keeps (file skipping by time and name).
+pub const STATS_COLUMNS: &str = "event_name,category,occurred_at,received_at";
 
 /// Column names, in schema order.
 pub mod col {
@@ -83,6 +85,12 @@ pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
         .with_comment("tidemark analytics events")
         .with_columns(columns.fields().cloned())
         .with_partition_columns(PARTITION_COLUMNS)
+        // No min/max of user ids, event ids or properties in the Delta log: the log
+        // outlives an erasure's VACUUM.
+        .with_configuration_property(
+            deltalake::TableProperty::DataSkippingStatsColumns,
+            Some(STATS_COLUMNS),
+        )
         .with_save_mode(SaveMode::Ignore)
         .await?;
     let _ = created;

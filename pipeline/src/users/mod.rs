@@ -12,5 +12,6 @@
 //! in `profiles` (`sql/jobs/profiles_view.sql`).
 
 pub mod changes;
+pub mod erase;
 pub mod fields;
 pub mod read;

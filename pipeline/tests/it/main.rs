@@ -29,6 +29,7 @@ mod cli;
 mod compaction;
 mod crash;
 mod delta_readers;
+mod erasure;
 mod ingest_api;
 mod jobs;
 mod jobs_model;

@@ -1,0 +1,291 @@
+//! Erasure of a user everywhere, its audit trail, event retention and VACUUM.
+//!
+//! An erasure deletes the user's rows (Delta DELETE) from the source tables (`events`,
+//! `profile_changes`), brings the jobs past those deletes, then deletes the user's rows
+//! from every derived table. Catching the jobs up first matters: a job run that read the
+//! events before the DELETE could otherwise append the user's rows again afterwards. Once
+//! a job's cursor is past the DELETE, later runs only read newer files.
+//!
+//! The DELETE predicate names the user by the SHA-256 of the id, so the Delta log (which
+//! records each predicate) never holds the id; tables keep column statistics only for
+//! columns without personal data. Old files stay until VACUUM removes them
+//! (`retention.vacuum_after`); [`status`] tells whether any file that may hold erased rows
+//! is left. The audit entry (config document `erasures`) holds no personal data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use datafusion::functions::crypto::expr_fn::sha256;
+use datafusion::functions::encoding::expr_fn::encode;
+use datafusion::prelude::{Expr, col, lit};
+use deltalake::DeltaTable;
+use deltalake::operations::vacuum::VacuumMode;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::jobs::{Runner, defs};
+use crate::storage::Store;
+use crate::storage::paths::Doc;
+use crate::{Error, Result};
+
+/// Audit entries kept (oldest dropped beyond this).
+const MAX_AUDIT_ENTRIES: usize = 100_000;
+
+/// One erasure, as recorded (no user id, no hash of it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Erasure {
+    pub id: String,
+    pub environment: String,
+    pub requested_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+    /// The API key (or `cli`) that asked.
+    pub requested_by: String,
+    /// Rows deleted per table (`null`: deleted, count unknown).
+    pub rows_deleted: BTreeMap<String, Option<usize>>,
+    /// Per table, the version its DELETE committed (files older than it may hold rows).
+    pub versions: BTreeMap<String, u64>,
+}
+
+/// The `erasures` config document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Erasures {
+    pub erasures: Vec<Erasure>,
+}
+
+/// Whether files holding an erasure's rows are still in the store.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErasureStatus {
+    pub erasure: Erasure,
+    /// Files no longer in their table that were written before the erasure: VACUUM
+    /// deletes them once they are older than `retention.vacuum_after`.
+    pub files_pending: usize,
+    /// When the last of them becomes old enough for VACUUM (`None` when none is left).
+    pub vacuum_eligible_at: Option<DateTime<Utc>>,
+    pub complete: bool,
+}
+
+fn user_predicate(environment: &str, user_id: &str) -> Expr {
+    let digest = hex::encode(sha2::Sha256::digest(user_id.as_bytes()));
+    col("environment")
+        .eq(lit(environment))
+        .and(encode(sha256(col("user_id")), lit("hex")).eq(lit(digest)))
+}
+
+/// Deletes `environment`'s rows of `user_id` from table `name` (if it exists).
+async fn delete_from(
+    store: &Store,
+    name: &str,
+    environment: &str,
+    user_id: &str,
+) -> Result<Option<(Option<usize>, u64)>> {
+    let Some(table) = store.load_table(name).await? else {
+        return Ok(None);
+    };
+    let (table, metrics) = table
+        .delete()
+        .with_predicate(user_predicate(environment, user_id))
+        .await?;
+    let version = table.version().unwrap_or_default();
+    Ok(Some((metrics.num_deleted_rows, version)))
+}
+
+/// Runs the jobs until every cursor is at its source's head (retrying when another
+/// runner wins a race on the same cursor).
+async fn catch_up(runner: &Runner) -> Result<()> {
+    let mut last_err = None;
+    for attempt in 0..10u32 {
+        match runner.run_once().await {
+            Ok(r) if r.is_empty() => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "erasure: job run failed, retrying");
+                last_err = Some(e);
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::Unavailable("the jobs did not catch up".into())))
+}
+
+/// Erases `user_id` of `environment` from every table and records the audit entry.
+pub async fn erase(
+    runner: &Runner,
+    environment: &str,
+    user_id: &str,
+    requested_by: &str,
+) -> Result<Erasure> {
+    let store = runner.store();
+    let requested_at = Utc::now();
+    let mut rows_deleted = BTreeMap::new();
+    let mut versions = BTreeMap::new();
+    let sources: Vec<&str> = defs::SOURCES.iter().map(|s| s.table()).collect();
+    for name in &sources {
+        if let Some((rows, v)) = delete_from(store, name, environment, user_id).await? {
+            rows_deleted.insert(name.to_string(), rows);
+            versions.insert(name.to_string(), v);
+        }
+    }
+    catch_up(runner).await?;
+    for job in defs::ALL {
+        if let Some((rows, v)) = delete_from(store, job.table(), environment, user_id).await? {
+            rows_deleted.insert(job.table().to_string(), rows);
+            versions.insert(job.table().to_string(), v);
+        }
+    }
+    let erasure = Erasure {
+        id: uuid::Uuid::now_v7().to_string(),
+        environment: environment.to_string(),
+        requested_at,
+        completed_at: Utc::now(),
+        requested_by: requested_by.to_string(),
+        rows_deleted,
+        versions,
+    };
+    let entry = erasure.clone();
+    store
+        .docs()
+        .update(Doc::Erasures, move |doc: Option<Erasures>| {
+            let mut doc = doc.unwrap_or_default();
+            doc.erasures.push(entry.clone());
+            let excess = doc.erasures.len().saturating_sub(MAX_AUDIT_ENTRIES);
+            doc.erasures.drain(..excess);
+            Ok(doc)
+        })
+        .await?;
+    Ok(erasure)
+}
+
+/// The recorded erasures, oldest first (of `environment` when given).
+pub async fn list(store: &Store, environment: Option<&str>) -> Result<Vec<Erasure>> {
+    let all = store
+        .docs()
+        .latest::<Erasures>(Doc::Erasures)
+        .await?
+        .map(|(_, d)| d.erasures)
+        .unwrap_or_default();
+    Ok(all
+        .into_iter()
+        .filter(|e| environment.is_none_or(|env| e.environment == env))
+        .collect())
+}
+
+/// Data files under `table`'s directory that are not live in its current snapshot, with
+/// their last-modified times.
+async fn dead_files(store: &Store, table: &DeltaTable) -> Result<Vec<DateTime<Utc>>> {
+    let live: std::collections::HashSet<String> = table
+        .get_file_uris()?
+        .map(|u| u.rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    let root = object_store::path::Path::from_url_path(table.table_url().path())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let listed: Vec<_> = store.object_store().list(Some(&root)).try_collect().await?;
+    Ok(listed
+        .into_iter()
+        .filter(|m| {
+            let name = m.location.filename().unwrap_or_default();
+            name.ends_with(".parquet")
+                && !m.location.as_ref().contains("_delta_log")
+                && !live.contains(name)
+        })
+        .map(|m| m.last_modified)
+        .collect())
+}
+
+/// Whether files that may hold `erasure`'s rows are left, and when VACUUM may delete them.
+pub async fn status(
+    store: &Store,
+    erasure: &Erasure,
+    vacuum_after: Duration,
+) -> Result<ErasureStatus> {
+    let mut pending = 0;
+    let mut newest: Option<DateTime<Utc>> = None;
+    for name in erasure.versions.keys() {
+        let Some(table) = store.load_table(name).await? else {
+            continue;
+        };
+        for modified in dead_files(store, &table).await? {
+            if modified <= erasure.completed_at {
+                pending += 1;
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    let after = chrono::Duration::from_std(vacuum_after).unwrap_or(chrono::Duration::MAX);
+    Ok(ErasureStatus {
+        erasure: erasure.clone(),
+        files_pending: pending,
+        // a file leaves its table at the erasure at the latest
+        vacuum_eligible_at: (pending > 0).then(|| erasure.completed_at + after),
+        complete: pending == 0,
+    })
+}
+
+/// Deletes the events of each environment older than its retention (whole days by
+/// `received_date`, a metadata-only delete of partitions). Returns rows deleted.
+pub async fn apply_retention(
+    store: &Store,
+    config: &crate::config::RetentionConfig,
+) -> Result<BTreeMap<String, Option<usize>>> {
+    let mut out = BTreeMap::new();
+    let Some(events) = store
+        .load_table(crate::storage::events_table::TABLE)
+        .await?
+    else {
+        return Ok(out);
+    };
+    let envs = environments_of(&events).await?;
+    let mut table = events;
+    for env in envs {
+        let days = config.days(&env);
+        let cutoff = (Utc::now() - chrono::Duration::days(i64::from(days))).date_naive();
+        let predicate = col("environment")
+            .eq(lit(env.as_str()))
+            .and(
+                col("received_date").lt(lit(datafusion::common::ScalarValue::Date32(Some(
+                    (cutoff - chrono::NaiveDate::default()).num_days() as i32,
+                )))),
+            );
+        let (t, metrics) = table.delete().with_predicate(predicate).await?;
+        table = t;
+        if metrics.num_removed_files > 0 {
+            out.insert(env, metrics.num_deleted_rows);
+        }
+    }
+    Ok(out)
+}
+
+/// The environments with files in `events` (from partition values).
+async fn environments_of(events: &DeltaTable) -> Result<Vec<String>> {
+    let mut envs: Vec<String> = events
+        .get_file_uris()?
+        .filter_map(|u| {
+            u.split('/')
+                .find_map(|seg| seg.strip_prefix("environment=").map(str::to_string))
+        })
+        .collect();
+    envs.sort();
+    envs.dedup();
+    Ok(envs)
+}
+
+/// VACUUM (full: also orphaned files of crashed writers) of every table, deleting files
+/// that left their table more than `retention` ago. Returns files deleted per table.
+pub async fn vacuum_all(store: &Store, retention: Duration) -> Result<BTreeMap<String, usize>> {
+    let mut out = BTreeMap::new();
+    for name in crate::query::table_dirs(store).await? {
+        let Some(table) = store.load_table(&name).await? else {
+            continue;
+        };
+        let period = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(period)
+            .with_enforce_retention_duration(false)
+            .with_mode(VacuumMode::Full)
+            .await?;
+        out.insert(name, metrics.files_deleted.len());
+    }
+    Ok(out)
+}
