@@ -194,3 +194,56 @@ async fn erased_users_leave_no_trace_after_vacuum() {
     let events = ts.sql("SELECT count(*) AS n FROM events");
     assert_eq!(events[0]["n"], 9);
 }
+
+/// Retention deletes whole days of events past each environment's setting, through the
+/// CLI with the settings from the environment, and leaves the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_deletes_old_events_per_environment() {
+    use crate::jobs_model::{Ev, commit};
+    let ts = TestStore::new(Backend::Local);
+    let store = tidemark::storage::Store::open(&ts.data, &Default::default()).unwrap();
+    let now = chrono::Utc::now().timestamp_micros();
+    let day = 86_400_000_000i64;
+    let ev = |env: &str, id: &str, age_days: i64| Ev {
+        env: env.into(),
+        id: id.into(),
+        name: "open".into(),
+        category: "custom".into(),
+        user: "u".into(),
+        occurred: now - age_days * day,
+        received: now - age_days * day,
+        platform: None,
+    };
+    commit(
+        &store,
+        &[
+            ev("default", "d400", 400),
+            ev("default", "d40", 40),
+            ev("default", "d1", 1),
+            ev("staging", "s40", 40),
+            ev("staging", "s1", 1),
+        ],
+    )
+    .await;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    let out = cmd
+        .args(["retention", "--data", &ts.data])
+        .env("TIDEMARK_RETENTION__ENVIRONMENTS", "{staging=30}")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("default: deleted 1 event(s) older than 365 days"), "{text}");
+    assert!(text.contains("staging: deleted 1 event(s) older than 30 days"), "{text}");
+    let rows = ts.sql("SELECT event_id FROM events ORDER BY event_id");
+    let ids: Vec<_> = rows.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["d1", "d40", "s1"]);
+    // a bad setting is refused with its name
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["retention", "--data", &ts.data])
+        .env("TIDEMARK_RETENTION__EVENTS_DAYS", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retention.events_days"));
+}
