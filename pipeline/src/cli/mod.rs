@@ -3,12 +3,13 @@
 //! - `serve`: run a node (ingest API, flusher) on the embedded default.
 //! - `keys`: create, list and revoke API keys.
 //! - `jobs`: run, rebuild and inspect the SQL jobs that derive profiles and event stats.
-//! - `fields`: the custom field registry.
+//! - `fields`: the custom field registry; `import`: bulk CSV import of profiles.
 //! - `users`: erase a user, list erasures; `vacuum` and `retention` housekeeping.
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
 mod fields;
+mod import;
 mod jobs;
 mod keys;
 mod serve;
@@ -57,6 +58,8 @@ pub enum Command {
     /// Declare, list and delete custom profile fields.
     #[command(subcommand)]
     Fields(fields::FieldsCommand),
+    /// Import profiles from a CSV file (exit 2 when some rows failed).
+    Import(import::ImportArgs),
     /// Erase users and follow erasures.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -140,6 +143,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(cmd) => keys::run(file, cmd),
         Command::Jobs(cmd) => jobs::run(file, cmd),
         Command::Fields(cmd) => fields::run(file, cmd),
+        Command::Import(args) => import::run(file, args),
         Command::Users(cmd) => users::run(file, cmd),
         Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
         Command::Retention(data) => users::retention(file, data),

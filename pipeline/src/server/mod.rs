@@ -72,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(users_api::delete_user),
         )
         .route("/v1/{env}/users:batch", post(users_api::post_batch))
+        .route("/v1/{env}/imports", post(users_api::post_import))
         .route(
             "/v1/{env}/fields",
             get(fields_api::get_fields).post(fields_api::post_field),

@@ -99,7 +99,7 @@ async fn write_updates(
     let mut problems = Vec::new();
     let mut ops = Vec::new();
     for (i, (id, update)) in items.iter().enumerate() {
-        ops.extend(changes::validate(
+        ops.push(changes::validate(
             i,
             id,
             update,
@@ -116,7 +116,7 @@ async fn write_updates(
         .await
         .map_err(|e| internal("cannot store the update", e))?;
     state.profile_writes.notify_one();
-    Ok(ops.len())
+    Ok(ops.iter().map(Vec::len).sum())
 }
 
 pub async fn put_user(
@@ -204,4 +204,60 @@ pub async fn delete_user(
         "erasure": erasure,
         "note": "old files that held the rows are deleted by VACUUM after retention.vacuum_after; `tidemark users erasures` shows when none is left"
     })))
+}
+
+/// `POST /v1/{env}/imports?dry_run=true&map=column=field`: a CSV body (ingest or admin
+/// key). 200 with the report; `failed` counts the rows that were skipped.
+pub async fn post_import(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
+        .await?;
+    let mut opts = crate::users::import::ImportOptions {
+        max_id_len: state.limits.max_string_len,
+        ..Default::default()
+    };
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "dry_run" => {
+                opts.dry_run = match v.as_ref() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "dry_run: '{other}' is not true or false"
+                        )));
+                    }
+                }
+            }
+            "map" => match v.split_once('=') {
+                Some((c, f)) if !c.is_empty() && !f.is_empty() => {
+                    opts.map.insert(c.to_string(), f.to_string());
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "map: '{v}' is not column=field"
+                    )));
+                }
+            },
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}'; known: dry_run, map"
+                )));
+            }
+        }
+    }
+    let limit = crate::users::import::MAX_BYTES as usize;
+    let body = read_body(&headers, body, limit).await?;
+    let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(body));
+    let report = crate::users::import::import(&state.store, &env, reader, opts).await?;
+    if report.commits > 0 {
+        state.profile_writes.notify_one();
+    }
+    Ok(Json(json!(report)))
 }

@@ -2,9 +2,11 @@
 //! `PUT /v1/{env}/users/{id}` (and of each item of `users:batch` and each CSV row), its
 //! validation against the field registry, and the appends.
 //!
-//! Each operation on one field or tag is one row, ordered by `change_id`: 16 hex digits of
-//! the write's time in microseconds (made strictly increasing within a process) and 16 of
-//! a random node/sequence part, so text order is time order and ids never repeat.
+//! Each operation on one field or tag is one row. The ops of one update (a PUT, one item
+//! of a batch, one CSV row) share a `change_id`: 16 hex digits of the write's time in
+//! microseconds (strictly increasing within a process) and 16 of a random node and
+//! sequence part, so text order is write order and ids never repeat. Within one update a
+//! `set` beats a `set_once` of the same field.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -258,41 +260,100 @@ pub fn validate(
     ops
 }
 
-/// Builds the rows of `ops` in `environment`, in order, each with a fresh change id.
-pub fn rows(environment: &str, ops: &[Op], source: &str) -> Result<RecordBatch> {
-    let n = ops.len();
-    let mut env = StringBuilder::with_capacity(n, n * environment.len());
-    let mut user = StringBuilder::with_capacity(n, n * 16);
-    let mut id = StringBuilder::with_capacity(n, n * 32);
-    let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut kind = StringBuilder::with_capacity(n, n * 4);
-    let mut name = StringBuilder::with_capacity(n, n * 8);
-    let mut value = StringBuilder::with_capacity(n, n * 8);
-    let mut src = StringBuilder::with_capacity(n, n * source.len());
-    for o in ops {
-        let (cid, us) = next_change_id();
-        env.append_value(environment);
-        user.append_value(&o.user_id);
-        id.append_value(cid);
-        at.append_value(us);
-        kind.append_value(o.op);
-        name.append_value(&o.name);
-        value.append_option(o.value.as_deref());
-        src.append_value(source);
+/// Builds `profile_changes` rows: [`ChangeBuilder::begin`] starts one change (one
+/// update: every op of it shares a change id), [`ChangeBuilder::push`] adds its ops.
+pub struct ChangeBuilder {
+    environment: String,
+    source: String,
+    change_id: String,
+    at: i64,
+    env: StringBuilder,
+    user: StringBuilder,
+    id: StringBuilder,
+    time: TimestampMicrosecondBuilder,
+    kind: StringBuilder,
+    name: StringBuilder,
+    value: StringBuilder,
+    src: StringBuilder,
+    rows: usize,
+}
+
+impl ChangeBuilder {
+    pub fn new(environment: &str, source: &str) -> ChangeBuilder {
+        ChangeBuilder {
+            environment: environment.to_string(),
+            source: source.to_string(),
+            change_id: String::new(),
+            at: 0,
+            env: StringBuilder::new(),
+            user: StringBuilder::new(),
+            id: StringBuilder::new(),
+            time: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            kind: StringBuilder::new(),
+            name: StringBuilder::new(),
+            value: StringBuilder::new(),
+            src: StringBuilder::new(),
+            rows: 0,
+        }
     }
-    Ok(RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(env.finish()),
-            Arc::new(user.finish()),
-            Arc::new(id.finish()),
-            Arc::new(at.finish()),
-            Arc::new(kind.finish()),
-            Arc::new(name.finish()),
-            Arc::new(value.finish()),
-            Arc::new(src.finish()),
-        ],
-    )?)
+
+    /// Starts a new change: the ops pushed next share its id and time.
+    pub fn begin(&mut self) {
+        let (id, at) = next_change_id();
+        self.change_id = id;
+        self.at = at;
+    }
+
+    pub fn push(&mut self, user_id: &str, op: &str, name: &str, value: Option<&str>) {
+        self.env.append_value(&self.environment);
+        self.user.append_value(user_id);
+        self.id.append_value(&self.change_id);
+        self.time.append_value(self.at);
+        self.kind.append_value(op);
+        self.name.append_value(name);
+        self.value.append_option(value);
+        self.src.append_value(&self.source);
+        self.rows += 1;
+    }
+
+    /// Ops pushed since the last [`ChangeBuilder::finish`].
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows pushed so far as one batch; the builder starts empty again.
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        self.rows = 0;
+        Ok(RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(self.env.finish()),
+                Arc::new(self.user.finish()),
+                Arc::new(self.id.finish()),
+                Arc::new(self.time.finish()),
+                Arc::new(self.kind.finish()),
+                Arc::new(self.name.finish()),
+                Arc::new(self.value.finish()),
+                Arc::new(self.src.finish()),
+            ],
+        )?)
+    }
+}
+
+/// The rows of validated updates (each inner list is one update, one change id).
+pub fn rows(environment: &str, updates: &[Vec<Op>], source: &str) -> Result<RecordBatch> {
+    let mut b = ChangeBuilder::new(environment, source);
+    for ops in updates {
+        b.begin();
+        for o in ops {
+            b.push(&o.user_id, o.op, &o.name, o.value.as_deref());
+        }
+    }
+    b.finish()
 }
 
 /// Loads `profile_changes`, creating it (empty) first if needed. Column statistics are

@@ -14,4 +14,5 @@
 pub mod changes;
 pub mod erase;
 pub mod fields;
+pub mod import;
 pub mod read;

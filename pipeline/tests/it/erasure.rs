@@ -232,11 +232,24 @@ async fn retention_deletes_old_events_per_environment() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("default: deleted 1 event(s) older than 365 days"), "{text}");
-    assert!(text.contains("staging: deleted 1 event(s) older than 30 days"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("default: deleted 1 event(s) older than 365 days"),
+        "{text}"
+    );
+    assert!(
+        text.contains("staging: deleted 1 event(s) older than 30 days"),
+        "{text}"
+    );
     let rows = ts.sql("SELECT event_id FROM events ORDER BY event_id");
-    let ids: Vec<_> = rows.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    let ids: Vec<_> = rows
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["d1", "d40", "s1"]);
     // a bad setting is refused with its name
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
