@@ -8,6 +8,8 @@
 //!   for the `last_seen_<platform>_at` columns.
 //! - [`event_key`]: `event_key(environment, event_id)`, a 64-bit hash of an event's
 //!   identity, so the dedup step groups integers instead of strings.
+//! - [`json`]: `json_get(json, key)` and `json_list_contains(json, item)` over the
+//!   `fields` JSON of `profiles`.
 //! - [`adapter`]: a generic [`ScalarUDFImpl`](datafusion::logical_expr::ScalarUDFImpl)
 //!   adapter for `fn(&str) -> Option<&str>` functions that accepts `Utf8`, `Utf8View` and
 //!   `LargeUtf8` and passes nulls through.
@@ -16,6 +18,7 @@
 
 pub mod adapter;
 pub mod event_key;
+pub mod json;
 pub mod platform;
 
 use datafusion::execution::FunctionRegistry;
@@ -23,7 +26,12 @@ use datafusion::logical_expr::ScalarUDF;
 
 /// Every scalar UDF of this crate, ready for a DataFusion session.
 pub fn all() -> Vec<ScalarUDF> {
-    vec![platform::udf(), event_key::udf()]
+    vec![
+        platform::udf(),
+        event_key::udf(),
+        json::get_udf(),
+        json::list_contains_udf(),
+    ]
 }
 
 /// Registers every function of this crate with `registry` (a `SessionContext`, say).

@@ -71,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(users_api::put_user)
                 .delete(users_api::delete_user),
         )
+        .route("/v1/{env}/users", get(users_api::list_users))
         .route("/v1/{env}/users:batch", post(users_api::post_batch))
         .route("/v1/{env}/imports", post(users_api::post_import))
         .route(

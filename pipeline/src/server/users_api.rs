@@ -261,3 +261,55 @@ pub async fn post_import(
     }
     Ok(Json(json!(report)))
 }
+
+/// `GET /v1/{env}/users?tag=..&field.NAME=..&seen_after=..&limit=..&cursor=..` (read or
+/// admin key): profiles matching every filter, ordered by id, one page at a time.
+pub async fn list_users(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    let mut q = read::ListQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "tag" => q.tags.push(v.into_owned()),
+            "seen_after" => {
+                let t = chrono::DateTime::parse_from_rfc3339(&v).map_err(|e| {
+                    ApiError::bad_request(format!("seen_after: '{v}' is not an RFC 3339 time: {e}"))
+                })?;
+                q.seen_after = Some(t.with_timezone(&chrono::Utc));
+            }
+            "limit" => {
+                q.limit = match v.parse::<usize>() {
+                    Ok(n) if (1..=read::MAX_LIMIT).contains(&n) => n,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "limit: '{v}' must be a whole number from 1 to {}",
+                            read::MAX_LIMIT
+                        )));
+                    }
+                }
+            }
+            "cursor" => q.cursor = Some(v.into_owned()),
+            other => match other.strip_prefix("field.") {
+                Some(name) if !name.is_empty() => {
+                    q.fields.push((name.to_string(), v.into_owned()));
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter '{other}'; known: tag, field.NAME, seen_after, limit, cursor"
+                    )));
+                }
+            },
+        }
+    }
+    let page = read::list(&state.store, &env, &q).await?;
+    Ok(Json(json!(page)))
+}

@@ -326,3 +326,140 @@ async fn fields_writes_and_reads() {
     assert_eq!(users, ["ann", "bob", "cy"]);
     assert_eq!(rows[2]["fields"], "{\"score\":1}");
 }
+
+/// `GET /v1/{env}/users`: every filter, paging with a stable cursor, and each bad
+/// parameter named in a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_filters_and_pages() {
+    let ts = TestStore::new(Backend::Local);
+    let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_JOBS__DEBOUNCE", "50ms")]);
+    let admin = node.admin_key.clone().unwrap();
+    let ingest = node.ingest_key().to_string();
+    let read = ts.create_key("default", "read");
+    for (name, ty) in [("plan", "text"), ("score", "number"), ("langs", "list")] {
+        let (s, b) = call(
+            "POST",
+            &node.url("/v1/default/fields"),
+            &admin,
+            Some(json!({"name": name, "type": ty})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let updates: Vec<Value> = (0..7)
+        .map(|i| {
+            json!({"id": format!("u{i:02}"),
+                   "set": {"plan": if i % 2 == 0 { "gold" } else { "free" }, "score": i,
+                           "langs": if i < 3 { vec!["en", "fr"] } else { vec!["de"] }},
+                   "tags": {"add": if i % 3 == 0 { vec!["vip"] } else { vec!["std"] }}})
+        })
+        .collect();
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/users:batch"),
+        &ingest,
+        Some(Value::Array(updates)),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    // u01 and u04 are seen
+    let events = json!([
+        {"event_id": "x1", "event_name": "open", "user_id": "u01"},
+        {"event_id": "x2", "event_name": "open", "user_id": "u04"}
+    ]);
+    let before_events = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let (s, b) = crate::harness::post_json(
+        &node.events_url("default"),
+        Some(&ingest),
+        &events.to_string(),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let url = |q: &str| node.url(&format!("/v1/default/users?{q}"));
+    let all = read_until(&url("limit=1000"), &read, |b| {
+        b["users"].as_array().unwrap().len() == 7
+            && b["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|u| u["event_count"] == 1)
+                .count()
+                == 2
+    })
+    .await;
+    assert_eq!(ids(&all), ["u00", "u01", "u02", "u03", "u04", "u05", "u06"]);
+    assert!(all["next_cursor"].is_null());
+    assert_eq!(
+        all["users"][0]["fields"]["plan"],
+        json!({"type": "text", "value": "gold"})
+    );
+
+    for (q, want) in [
+        ("tag=vip", vec!["u00", "u03", "u06"]),
+        ("tag=vip&tag=std", vec![]),
+        ("field.plan=gold", vec!["u00", "u02", "u04", "u06"]),
+        ("field.plan=gold&tag=vip", vec!["u00", "u06"]),
+        ("field.score=3", vec!["u03"]),
+        ("field.score=3.0", vec!["u03"]),
+        ("field.langs=fr", vec!["u00", "u01", "u02"]),
+        ("field.plan=gold%2C%20%22x%22", vec![]),
+    ] {
+        let (s, b) = call("GET", &url(q), &read, None).await;
+        assert_eq!(s, 200, "{q}: {b}");
+        assert_eq!(ids(&b), want, "{q}");
+    }
+    let since = before_events.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (s, b) = call(
+        "GET",
+        &url(&format!("seen_after={}", since.replace('+', "%2B"))),
+        &read,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(ids(&b), ["u01", "u04"]);
+
+    // pages of 3 with the cursor: every user once, in order
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let q = match &cursor {
+            Some(c) => format!("limit=3&cursor={c}"),
+            None => "limit=3".to_string(),
+        };
+        let (s, b) = call("GET", &url(&q), &read, None).await;
+        assert_eq!(s, 200, "{b}");
+        seen.extend(ids(&b));
+        cursor = b["next_cursor"].as_str().map(str::to_string);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ids(&all));
+
+    for (q, msg) in [
+        ("limit=0", "limit:"),
+        ("limit=abc", "limit:"),
+        ("limit=1001", "limit:"),
+        ("field.nope=1", "field.nope: unknown field"),
+        ("field.score=abc", "field.score: 'abc' is not a number"),
+        ("seen_after=yesterday", "seen_after:"),
+        ("cursor=%25%25", "cursor:"),
+        ("color=red", "unknown query parameter 'color'"),
+    ] {
+        let (s, b) = call("GET", &url(q), &read, None).await;
+        assert_eq!(s, 400, "{q}: {b}");
+        assert!(b["message"].as_str().unwrap().contains(msg), "{q}: {b}");
+    }
+    let (s, _) = call("GET", &url(""), &ingest, None).await;
+    assert_eq!(s, 403);
+}

@@ -1,0 +1,173 @@
+//! JSON helpers for the `fields` column of `profiles` (a JSON object of typed values):
+//!
+//! - `json_get(json, key)`: the JSON text of the top-level `key` (`NULL` when the text is
+//!   not an object, or has no such key, or either argument is `NULL`), e.g.
+//!   `json_get(fields, 'plan') = '"gold"'`.
+//! - `json_list_contains(json, item)`: whether the JSON array `json` holds the string
+//!   `item` (`NULL` when `json` is not an array), e.g.
+//!   `json_list_contains(json_get(fields, 'langs'), 'en')`.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::datatypes::DataType;
+use datafusion::common::{exec_err, plan_err};
+use datafusion::error::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use serde_json::Value;
+
+/// The JSON text of `key` in the object `json`.
+pub fn json_get(json: &str, key: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(json).ok()? {
+        Value::Object(mut m) => m.remove(key).map(|v| v.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether the array `json` holds the string `item`.
+pub fn json_list_contains(json: &str, item: &str) -> Option<bool> {
+    match serde_json::from_str::<Value>(json).ok()? {
+        Value::Array(a) => Some(a.iter().any(|v| v.as_str() == Some(item))),
+        _ => None,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum Kind {
+    Get,
+    ListContains,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonUdf {
+    kind: Kind,
+    signature: Signature,
+}
+
+pub fn get_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(JsonUdf {
+        kind: Kind::Get,
+        signature: Signature::string(2, Volatility::Immutable),
+    })
+}
+
+pub fn list_contains_udf() -> ScalarUDF {
+    ScalarUDF::new_from_impl(JsonUdf {
+        kind: Kind::ListContains,
+        signature: Signature::string(2, Volatility::Immutable),
+    })
+}
+
+fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
+    if array.is_null(i) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Some(array.as_string::<i32>().value(i)),
+        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i)),
+        DataType::Utf8View => Some(array.as_string_view().value(i)),
+        _ => None,
+    }
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+    )
+}
+
+impl ScalarUDFImpl for JsonUdf {
+    fn name(&self) -> &str {
+        match self.kind {
+            Kind::Get => "json_get",
+            Kind::ListContains => "json_list_contains",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [a, b] if is_string(a) && is_string(b) => Ok(match self.kind {
+                Kind::Get => DataType::Utf8,
+                Kind::ListContains => DataType::Boolean,
+            }),
+            other => plan_err!("{} takes two string arguments, got {other:?}", self.name()),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [a, b] = args.args.as_slice() else {
+            return exec_err!("{} takes two arguments", self.name());
+        };
+        let n = args.number_rows;
+        let (a, b) = (a.to_array(n)?, b.to_array(n)?);
+        if !is_string(a.data_type()) || !is_string(b.data_type()) {
+            return exec_err!("{}: expected string arguments", self.name());
+        }
+        let pairs = (0..n).map(|i| string_at(&a, i).zip(string_at(&b, i)));
+        let out: ArrayRef = match self.kind {
+            Kind::Get => Arc::new(
+                pairs
+                    .map(|p| p.and_then(|(j, k)| json_get(j, k)))
+                    .collect::<StringArray>(),
+            ),
+            Kind::ListContains => Arc::new(
+                pairs
+                    .map(|p| p.and_then(|(j, k)| json_list_contains(j, k)))
+                    .collect::<BooleanArray>(),
+            ),
+        };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    #[test]
+    fn plain_functions() {
+        let j = r#"{"plan":"gold","langs":["en","x\"en"],"n":1.5}"#;
+        assert_eq!(json_get(j, "plan").as_deref(), Some("\"gold\""));
+        assert_eq!(json_get(j, "n").as_deref(), Some("1.5"));
+        assert_eq!(json_get(j, "nope"), None);
+        assert_eq!(json_get("not json", "plan"), None);
+        assert_eq!(json_get("[1]", "plan"), None);
+        let langs = json_get(j, "langs").unwrap();
+        assert_eq!(json_list_contains(&langs, "en"), Some(true));
+        assert_eq!(json_list_contains(&langs, "x\"en"), Some(true));
+        assert_eq!(json_list_contains(&langs, "fr"), Some(false));
+        assert_eq!(json_list_contains("\"en\"", "en"), None);
+    }
+
+    #[tokio::test]
+    async fn in_sql_with_every_string_type_and_nulls() {
+        let ctx = SessionContext::new();
+        ctx.register_udf(get_udf());
+        ctx.register_udf(list_contains_udf());
+        let out = ctx
+            .sql(
+                r#"SELECT json_get(arrow_cast(f, 'Utf8View'), 'plan') AS p,
+                          json_list_contains(json_get(arrow_cast(f, 'LargeUtf8'), 'langs'), 'en') AS l
+                   FROM (VALUES ('{"plan":"gold","langs":["en"]}'), (NULL), ('{}')) AS t(f)"#,
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let p = out[0].column(0).as_string::<i32>();
+        let l = out[0].column(1).as_boolean();
+        assert_eq!(p.value(0), "\"gold\"");
+        assert!(l.value(0));
+        assert!(p.is_null(1) && l.is_null(1));
+        assert!(p.is_null(2) && l.is_null(2));
+    }
+}
