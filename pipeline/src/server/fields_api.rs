@@ -33,7 +33,7 @@ pub async fn post_field(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let body = read_body(&headers, body, 64 * 1024).await?;
+    let body = read_body(&headers, body, 64 * 1024, "64 KiB for a field").await?;
     let new: NewField = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "body must be {{\"name\": .., \"type\": .., \"label\"?: ..}}: {e}"

@@ -49,14 +49,17 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
     }
 }
 
+/// The request body (gzip decoded), at most `limit` bytes; `limit_name` says where the
+/// limit comes from in the 413 message (e.g. `limits.max_body_bytes`).
 pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    limit_name: &str,
 ) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::too_large(format!(
-            "request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"
+            "request body is larger than the limit of {limit} bytes ({limit_name})"
         ))
     };
     if let Some(len) =
@@ -97,7 +100,7 @@ pub(super) async fn read_body(
                 .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
             if out.len() > limit {
                 return Err(ApiError::too_large(format!(
-                    "decompressed request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"
+                    "decompressed request body is larger than the limit of {limit} bytes ({limit_name})"
                 )));
             }
             Ok(out)
@@ -152,7 +155,13 @@ async fn handle(
         ));
     };
     let format = body_format(headers)?;
-    let body = read_body(headers, body, state.limits.max_body_bytes).await?;
+    let body = read_body(
+        headers,
+        body,
+        state.limits.max_body_bytes,
+        "limits.max_body_bytes",
+    )
+    .await?;
     match ingestor.ingest(env, &body, format).await {
         Ok(o) => Ok((
             StatusCode::ACCEPTED,

@@ -128,7 +128,13 @@ pub async fn put_user(
     state
         .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
         .await?;
-    let body = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let body = read_body(
+        &headers,
+        body,
+        state.limits.max_body_bytes,
+        "limits.max_body_bytes",
+    )
+    .await?;
     let update: Update = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "body must be an object with set, set_once, unset and tags: {e}"
@@ -147,7 +153,13 @@ pub async fn post_batch(
     state
         .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
         .await?;
-    let body = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let body = read_body(
+        &headers,
+        body,
+        state.limits.max_body_bytes,
+        "limits.max_body_bytes",
+    )
+    .await?;
     let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "body must be a JSON array of updates ({{\"id\": .., \"set\": ..}}): {e}"
@@ -253,7 +265,7 @@ pub async fn post_import(
         }
     }
     let limit = crate::users::import::MAX_BYTES as usize;
-    let body = read_body(&headers, body, limit).await?;
+    let body = read_body(&headers, body, limit, "the importer's 128 MB").await?;
     let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(body));
     let report = crate::users::import::import(&state.store, &env, reader, opts).await?;
     if report.commits > 0 {
