@@ -241,12 +241,17 @@ async fn profiles_follow_ingest(backend: Backend) {
     assert_eq!(status, 202, "{reply}");
 
     let url = node.url("/v1/default/users/ann");
+    // profiles and event_stats are separate Delta commits: wait until both have the events
     let profile = loop {
         let r = get_as(&url, &read_key).await;
         if r.status() == 200 {
-            break r.json::<serde_json::Value>().await.unwrap();
+            let p = r.json::<serde_json::Value>().await.unwrap();
+            if p["event_stats"].as_array().is_some_and(|s| s.len() == 2) {
+                break p;
+            }
+        } else {
+            assert_eq!(r.status(), 404);
         }
-        assert_eq!(r.status(), 404);
         assert!(
             posted.elapsed() < Duration::from_secs(30),
             "profile did not appear"
