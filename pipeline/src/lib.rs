@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod query;
+pub mod segments;
 pub mod server;
 pub mod storage;
 pub mod users;

@@ -6,10 +6,13 @@
 //! - `json_list_contains(json, item)`: whether the JSON array `json` holds the string
 //!   `item` (`NULL` when `json` is not an array), e.g.
 //!   `json_list_contains(json_get(fields, 'langs'), 'en')`.
+//! - `json_get_str(json, key)`, `json_get_num(json, key)`, `json_get_bool(json, key)`: the
+//!   value of `key` as text (unescaped), `DOUBLE` or `BOOLEAN`; `NULL` when it is missing
+//!   or of another JSON type. Segment conditions on custom fields compile to these.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::{exec_err, plan_err};
 use datafusion::error::Result;
@@ -26,6 +29,31 @@ pub fn json_get(json: &str, key: &str) -> Option<String> {
     }
 }
 
+fn get(json: &str, key: &str) -> Option<Value> {
+    match serde_json::from_str::<Value>(json).ok()? {
+        Value::Object(mut m) => m.remove(key),
+        _ => None,
+    }
+}
+
+/// The string value of `key` (unescaped).
+pub fn json_get_str(json: &str, key: &str) -> Option<String> {
+    match get(json, key)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The number value of `key`.
+pub fn json_get_num(json: &str, key: &str) -> Option<f64> {
+    get(json, key)?.as_f64()
+}
+
+/// The boolean value of `key`.
+pub fn json_get_bool(json: &str, key: &str) -> Option<bool> {
+    get(json, key)?.as_bool()
+}
+
 /// Whether the array `json` holds the string `item`.
 pub fn json_list_contains(json: &str, item: &str) -> Option<bool> {
     match serde_json::from_str::<Value>(json).ok()? {
@@ -38,6 +66,28 @@ pub fn json_list_contains(json: &str, item: &str) -> Option<bool> {
 enum Kind {
     Get,
     ListContains,
+    Str,
+    Num,
+    Bool,
+}
+
+fn udf(kind: Kind) -> ScalarUDF {
+    ScalarUDF::new_from_impl(JsonUdf {
+        kind,
+        signature: Signature::string(2, Volatility::Immutable),
+    })
+}
+
+pub fn get_str_udf() -> ScalarUDF {
+    udf(Kind::Str)
+}
+
+pub fn get_num_udf() -> ScalarUDF {
+    udf(Kind::Num)
+}
+
+pub fn get_bool_udf() -> ScalarUDF {
+    udf(Kind::Bool)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -47,17 +97,11 @@ struct JsonUdf {
 }
 
 pub fn get_udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(JsonUdf {
-        kind: Kind::Get,
-        signature: Signature::string(2, Volatility::Immutable),
-    })
+    udf(Kind::Get)
 }
 
 pub fn list_contains_udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(JsonUdf {
-        kind: Kind::ListContains,
-        signature: Signature::string(2, Volatility::Immutable),
-    })
+    udf(Kind::ListContains)
 }
 
 fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
@@ -84,6 +128,9 @@ impl ScalarUDFImpl for JsonUdf {
         match self.kind {
             Kind::Get => "json_get",
             Kind::ListContains => "json_list_contains",
+            Kind::Str => "json_get_str",
+            Kind::Num => "json_get_num",
+            Kind::Bool => "json_get_bool",
         }
     }
 
@@ -94,8 +141,9 @@ impl ScalarUDFImpl for JsonUdf {
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args {
             [a, b] if is_string(a) && is_string(b) => Ok(match self.kind {
-                Kind::Get => DataType::Utf8,
-                Kind::ListContains => DataType::Boolean,
+                Kind::Get | Kind::Str => DataType::Utf8,
+                Kind::ListContains | Kind::Bool => DataType::Boolean,
+                Kind::Num => DataType::Float64,
             }),
             other => plan_err!("{} takes two string arguments, got {other:?}", self.name()),
         }
@@ -122,6 +170,21 @@ impl ScalarUDFImpl for JsonUdf {
                     .map(|p| p.and_then(|(j, k)| json_list_contains(j, k)))
                     .collect::<BooleanArray>(),
             ),
+            Kind::Str => Arc::new(
+                pairs
+                    .map(|p| p.and_then(|(j, k)| json_get_str(j, k)))
+                    .collect::<StringArray>(),
+            ),
+            Kind::Num => Arc::new(
+                pairs
+                    .map(|p| p.and_then(|(j, k)| json_get_num(j, k)))
+                    .collect::<Float64Array>(),
+            ),
+            Kind::Bool => Arc::new(
+                pairs
+                    .map(|p| p.and_then(|(j, k)| json_get_bool(j, k)))
+                    .collect::<BooleanArray>(),
+            ),
         };
         Ok(ColumnarValue::Array(out))
     }
@@ -145,6 +208,12 @@ mod tests {
         assert_eq!(json_list_contains(&langs, "x\"en"), Some(true));
         assert_eq!(json_list_contains(&langs, "fr"), Some(false));
         assert_eq!(json_list_contains("\"en\"", "en"), None);
+        assert_eq!(json_get_str(j, "plan").as_deref(), Some("gold"));
+        assert_eq!(json_get_str(j, "n"), None);
+        assert_eq!(json_get_num(j, "n"), Some(1.5));
+        assert_eq!(json_get_num(j, "plan"), None);
+        assert_eq!(json_get_bool(r#"{"b":true}"#, "b"), Some(true));
+        assert_eq!(json_get_bool(j, "plan"), None);
     }
 
     #[tokio::test]

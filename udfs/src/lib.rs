@@ -31,6 +31,9 @@ pub fn all() -> Vec<ScalarUDF> {
         event_key::udf(),
         json::get_udf(),
         json::list_contains_udf(),
+        json::get_str_udf(),
+        json::get_num_udf(),
+        json::get_bool_udf(),
     ]
 }
 
