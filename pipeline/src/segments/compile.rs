@@ -137,7 +137,13 @@ impl Builder {
         }
     }
 
-    fn field_condition(&mut self, f: &FieldRef, t: FieldType, op: FieldOp, value: &Operand) -> String {
+    fn field_condition(
+        &mut self,
+        f: &FieldRef,
+        t: FieldType,
+        op: FieldOp,
+        value: &Operand,
+    ) -> String {
         let is_tags = *f == FieldRef::Builtin("tags");
         let x = if is_tags {
             "p.\"tags\"".to_string()
@@ -216,7 +222,9 @@ pub fn compile(segment: &Segment, environment: &str, now_us: i64) -> Compiled {
         conditions: segment.conditions.clone(),
     });
     Compiled {
-        sql: format!("SELECT p.\"user_id\" FROM profiles p WHERE p.\"environment\" = {env} AND {body}"),
+        sql: format!(
+            "SELECT p.\"user_id\" FROM profiles p WHERE p.\"environment\" = {env} AND {body}"
+        ),
         params: b.params,
     }
 }

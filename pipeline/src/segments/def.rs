@@ -223,7 +223,8 @@ impl Segment {
 pub fn valid_id(id: &str) -> bool {
     let mut c = id.chars();
     id.len() <= 64
-        && c.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && c.next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && c.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
@@ -239,13 +240,19 @@ pub fn parse_time(s: &str) -> Result<Time, String> {
             "h" => 3_600_000_000,
             "d" => 86_400_000_000,
             "w" => 7 * 86_400_000_000,
-            _ => return Err(format!("'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time")),
+            _ => {
+                return Err(format!(
+                    "'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time"
+                ));
+            }
         };
         let n: i64 = num
             .parse()
             .ok()
             .filter(|n| (0..=36_500 * 86_400).contains(n))
-            .ok_or_else(|| format!("'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time"))?;
+            .ok_or_else(|| {
+                format!("'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time")
+            })?;
         return Ok(Time::Relative(sign * n * unit_us));
     }
     chrono::DateTime::parse_from_rfc3339(s)
@@ -364,14 +371,22 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
     };
     for k in o.keys() {
         if !known.contains(&k.as_str()) {
-            ctx.problem(&format!("{path}.{k}"), format!("unknown key; this condition takes {}", known.join(", ")));
+            ctx.problem(
+                &format!("{path}.{k}"),
+                format!("unknown key; this condition takes {}", known.join(", ")),
+            );
         }
     }
     let op = text(o, "op");
     match kinds[0] {
         "conditions" => {
             let any = parse_match(ctx, o.get("match"), &format!("{path}.match"));
-            let conditions = parse_list(ctx, o.get("conditions"), &format!("{path}.conditions"), depth + 1);
+            let conditions = parse_list(
+                ctx,
+                o.get("conditions"),
+                &format!("{path}.conditions"),
+                depth + 1,
+            );
             Some(Condition::Group { any, conditions })
         }
         "tag" => {
@@ -488,7 +503,9 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
         _ => {
             let name = text(o, "field").unwrap_or_default();
             let p = format!("{path}.field");
-            let (field, field_type) = if let Some((col, t)) = BUILTIN.iter().find(|(c, _)| *c == name) {
+            let (field, field_type) = if let Some((col, t)) =
+                BUILTIN.iter().find(|(c, _)| *c == name)
+            {
                 (FieldRef::Builtin(col), *t)
             } else if let Some(def) = ctx.fields.get(name) {
                 (FieldRef::Custom(name.to_string()), def.field_type)
@@ -496,7 +513,10 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
                 ctx.problem(&p, format!("unknown field '{name}'; a built-in profile field or a declared custom field"));
                 return None;
             };
-            let Some(op) = op.and_then(|s| FIELD_OPS.iter().find(|(n, _)| *n == s)).map(|(_, o)| *o) else {
+            let Some(op) = op
+                .and_then(|s| FIELD_OPS.iter().find(|(n, _)| *n == s))
+                .map(|(_, o)| *o)
+            else {
                 ctx.problem(
                     &format!("{path}.op"),
                     format!("must be one of {}", FIELD_OPS.map(|(n, _)| n).join(", ")),
@@ -506,7 +526,14 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
             if !allowed(field_type, op) {
                 ctx.problem(
                     &format!("{path}.op"),
-                    format!("'{}' does not apply to a {} field", FIELD_OPS.iter().find(|(_, o)| *o == op).map_or("", |(n, _)| n), field_type.as_str()),
+                    format!(
+                        "'{}' does not apply to a {} field",
+                        FIELD_OPS
+                            .iter()
+                            .find(|(_, o)| *o == op)
+                            .map_or("", |(n, _)| n),
+                        field_type.as_str()
+                    ),
                 );
                 return None;
             }
@@ -521,7 +548,9 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
                     ctx.problem(&vp, "is required");
                     return None;
                 }
-                (FieldOp::In, Some(Value::Array(items))) if !items.is_empty() && items.len() <= 1000 => {
+                (FieldOp::In, Some(Value::Array(items)))
+                    if !items.is_empty() && items.len() <= 1000 =>
+                {
                     let mut out = Vec::new();
                     for (i, item) in items.iter().enumerate() {
                         out.push(operand(ctx, field_type, item, &format!("{vp}[{i}]"))?);
@@ -535,7 +564,10 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
                 (FieldOp::Within, Some(Value::String(s))) => match parse_time(s) {
                     Ok(Time::Relative(d)) if d < 0 => Operand::Time(Time::Relative(d)),
                     _ => {
-                        ctx.problem(&vp, "within takes a time in the past relative to now, like -7d");
+                        ctx.problem(
+                            &vp,
+                            "within takes a time in the past relative to now, like -7d",
+                        );
                         return None;
                     }
                 },
@@ -553,7 +585,10 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
 
 /// Parses and validates a definition document against `fields`. Problems name their
 /// path (`conditions[2].op`).
-pub fn parse(doc: &Value, fields: &BTreeMap<String, FieldDef>) -> Result<(Definition, Segment), Vec<Problem>> {
+pub fn parse(
+    doc: &Value,
+    fields: &BTreeMap<String, FieldDef>,
+) -> Result<(Definition, Segment), Vec<Problem>> {
     let mut ctx = Ctx {
         fields,
         problems: Vec::new(),
@@ -574,7 +609,10 @@ pub fn parse(doc: &Value, fields: &BTreeMap<String, FieldDef>) -> Result<(Defini
     }
     let name = text(o, "name").unwrap_or_default().to_string();
     if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-        ctx.problem("name", "must be 1 to 200 bytes of text without control characters");
+        ctx.problem(
+            "name",
+            "must be 1 to 200 bytes of text without control characters",
+        );
     }
     let any = parse_match(&mut ctx, o.get("match"), "match");
     let conditions = parse_list(&mut ctx, o.get("conditions"), "conditions", 1);
@@ -585,7 +623,19 @@ pub fn parse(doc: &Value, fields: &BTreeMap<String, FieldDef>) -> Result<(Defini
         id: id.clone(),
         name: name.clone(),
         match_mode: if any { "any" } else { "all" }.into(),
-        conditions: o.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default(),
+        conditions: o
+            .get("conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
     };
-    Ok((def, Segment { id, name, any, conditions }))
+    Ok((
+        def,
+        Segment {
+            id,
+            name,
+            any,
+            conditions,
+        },
+    ))
 }

@@ -34,4 +34,5 @@ mod import;
 mod ingest_api;
 mod jobs;
 mod jobs_model;
+mod segments;
 mod users_api;
