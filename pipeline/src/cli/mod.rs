@@ -5,6 +5,7 @@
 //! - `jobs`: run, rebuild and inspect the SQL jobs that derive profiles and event stats.
 //! - `fields`: the custom field registry; `import`: bulk CSV import of profiles.
 //! - `users`: erase a user, list erasures; `vacuum` and `retention` housekeeping.
+//! - `segments`: segment definitions, previews and their SQL.
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
@@ -12,6 +13,7 @@ mod fields;
 mod import;
 mod jobs;
 mod keys;
+mod segments;
 mod serve;
 mod sql;
 mod users;
@@ -60,6 +62,9 @@ pub enum Command {
     Fields(fields::FieldsCommand),
     /// Import profiles from a CSV file (exit 2 when some rows failed).
     Import(import::ImportArgs),
+    /// Define, preview and explain segments.
+    #[command(subcommand)]
+    Segments(segments::SegmentsCommand),
     /// Erase users and follow erasures.
     #[command(subcommand)]
     Users(users::UsersCommand),
@@ -144,6 +149,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(cmd) => jobs::run(file, cmd),
         Command::Fields(cmd) => fields::run(file, cmd),
         Command::Import(args) => import::run(file, args),
+        Command::Segments(cmd) => segments::run(file, cmd),
         Command::Users(cmd) => users::run(file, cmd),
         Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
         Command::Retention(data) => users::retention(file, data),

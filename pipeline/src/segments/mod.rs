@@ -1,9 +1,11 @@
 //! Dynamic segments: definitions validated against the field registry ([`def`]), compiled
 //! to parameterized DataFusion SQL over `profiles` and `event_stats` ([`compile`]), and
-//! evaluated for previews ([`preview`]).
+//! evaluated for previews ([`preview`]); definitions are stored in the config document
+//! `segments` ([`store`]).
 
 pub mod compile;
 pub mod def;
+pub mod store;
 
 use datafusion::prelude::SessionContext;
 

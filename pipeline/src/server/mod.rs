@@ -4,6 +4,7 @@
 //! - [`ingest_api`]: `POST /v1/{env}/events`.
 //! - [`users_api`]: profile reads and writes under `/v1/{env}/users`.
 //! - [`fields_api`]: the custom field registry, `/v1/{env}/fields`.
+//! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
@@ -12,6 +13,7 @@ pub mod fields_api;
 pub mod ingest_api;
 pub mod node;
 pub mod ops;
+pub mod segments_api;
 pub mod users_api;
 
 use std::sync::Arc;
@@ -79,6 +81,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(fields_api::get_fields).post(fields_api::post_field),
         )
         .route("/v1/{env}/fields/{name}", delete(fields_api::delete_field))
+        .route(
+            "/v1/{env}/segments",
+            get(segments_api::list).post(segments_api::create),
+        )
+        .route(
+            "/v1/{env}/segments:preview",
+            post(segments_api::preview_segment),
+        )
+        .route(
+            "/v1/{env}/segments/{id}",
+            get(segments_api::get_one)
+                .put(segments_api::update)
+                .delete(segments_api::delete),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

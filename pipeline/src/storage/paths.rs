@@ -19,6 +19,8 @@ pub enum Doc {
     Fields,
     /// Erasure audit entries (no personal data).
     Erasures,
+    /// Segment definitions of every environment.
+    Segments,
 }
 
 impl Doc {
@@ -28,6 +30,7 @@ impl Doc {
             Doc::ApiKeys => "api_keys",
             Doc::Fields => "fields",
             Doc::Erasures => "erasures",
+            Doc::Segments => "segments",
         }
     }
 }

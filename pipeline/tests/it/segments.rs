@@ -580,3 +580,189 @@ async fn hostile_values_match_literally_and_bad_names_are_refused() {
         );
     }
 }
+
+/// The segments API and CLI over a running node: CRUD, preview, explain, every refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn segments_api_and_cli() {
+    use crate::harness::{Backend, TestStore, call};
+    let ts = TestStore::new(Backend::Local);
+    let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_JOBS__DEBOUNCE", "50ms")]);
+    let admin = node.admin_key.clone().unwrap();
+    let ingest = node.ingest_key().to_string();
+    let read = ts.create_key("default", "read");
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/fields"),
+        &admin,
+        Some(json!({"name": "plan", "type": "text"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/users:batch"),
+        &ingest,
+        Some(json!([
+            {"id": "ann", "set": {"plan": "gold"}, "tags": {"add": ["vip"]}},
+            {"id": "bob", "set": {"plan": "free"}}
+        ])),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let events = json!([{"event_id": "e1", "event_name": "card-opened", "user_id": "ann"}]);
+    let (s, _) = crate::harness::post_json(
+        &node.events_url("default"),
+        Some(&ingest),
+        &events.to_string(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let preview_url = node.url("/v1/default/segments:preview");
+    let gold_opened = json!({"match": "all", "conditions": [
+        {"field": "plan", "op": "eq", "value": "gold"},
+        {"event": "card-opened", "op": "did", "within": "-7d"}]});
+    // wait until the jobs folded the writes and the event in
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let b = loop {
+        let (s, b) = call("POST", &preview_url, &read, Some(gold_opened.clone())).await;
+        assert_eq!(s, 200, "{b}");
+        if b["count"] == 1 {
+            break b;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(b["sample"], json!(["ann"]));
+    assert!(
+        b["explain"]["sql"]
+            .as_str()
+            .unwrap()
+            .contains("FROM profiles p")
+    );
+    let (s, b) = call(
+        "POST",
+        &preview_url,
+        &read,
+        Some(json!({"match": "any", "conditions": [{"tag": "vip", "op": "has_not"}]})),
+    )
+    .await;
+    assert_eq!((s, b["sample"].clone()), (200, json!(["bob"])), "{b}");
+    let (s, b) = call(
+        "POST",
+        &preview_url,
+        &read,
+        Some(json!({"match": "all", "conditions": [{"field": "nope", "op": "exists"}]})),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"], "invalid_segment");
+    assert_eq!(b["problems"][0]["field"], "conditions[0].field");
+
+    // create, duplicate, invalid, wrong role
+    let seg_url = node.url("/v1/default/segments");
+    let mut def = gold_opened.clone();
+    def["id"] = json!("gold-active");
+    def["name"] = json!("Gold, active");
+    let (s, b) = call("POST", &seg_url, &admin, Some(def.clone())).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["version"], 1);
+    let (s, _) = call("POST", &seg_url, &admin, Some(def.clone())).await;
+    assert_eq!(s, 409);
+    let (s, _) = call("POST", &seg_url, &read, Some(def.clone())).await;
+    assert_eq!(s, 403);
+    let (s, b) = call("POST", &seg_url, &admin, Some(json!({"id": "Bad Id", "name": "", "match": "most", "conditions": [{"tag": "x", "op": "maybe"}]}))).await;
+    assert_eq!(s, 400, "{b}");
+    let paths: Vec<_> = b["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["id", "name", "match", "conditions[0].op"], "{b}");
+
+    // read, explain, update, list, delete
+    let one = node.url("/v1/default/segments/gold-active");
+    let (s, b) = call("GET", &one, &read, None).await;
+    assert_eq!(s, 200, "{b}");
+    let params: Vec<_> = b["explain"]["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        params.contains(&"gold".to_string()) && params.contains(&"card-opened".to_string()),
+        "{params:?}"
+    );
+    let sql = b["explain"]["sql"].as_str().unwrap();
+    assert!(
+        !sql.contains("gold") && !sql.contains("card-opened"),
+        "{sql}"
+    );
+    let mut changed = def.clone();
+    changed["conditions"] = json!([{"field": "plan", "op": "eq", "value": "free"}]);
+    let (s, b) = call("PUT", &one, &admin, Some(changed)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["version"], 2);
+    let (s, b) = call(
+        "PUT",
+        &node.url("/v1/default/segments/other"),
+        &admin,
+        Some(def.clone()),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = call("GET", &seg_url, &read, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["segments"].as_array().unwrap().len(), 1);
+    let (s, _) = call("DELETE", &one, &admin, None).await;
+    assert_eq!(s, 200);
+    let (s, _) = call("GET", &one, &read, None).await;
+    assert_eq!(s, 404);
+
+    // the CLI: YAML definitions, explain, preview, and a refusal naming the path
+    let yaml = ts.tmp.path().join("vip.yaml");
+    std::fs::write(
+        &yaml,
+        "id: vips\nname: VIPs\nmatch: all\nconditions:\n  - tag: vip\n    op: has\n",
+    )
+    .unwrap();
+    let out = ts.cli(&[
+        "segments",
+        "add",
+        yaml.to_str().unwrap(),
+        "--env",
+        "default",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ts.cli(&["segments", "explain", "vips", "--env", "default"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("array_has(p.\"tags\", CAST($2 AS VARCHAR))") && text.contains("-- $2 = vip"),
+        "{text}"
+    );
+    let out = ts.cli(&[
+        "segments",
+        "preview",
+        yaml.to_str().unwrap(),
+        "--env",
+        "default",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("1 member(s)\n  ann"), "{text}");
+    let bad = ts.tmp.path().join("bad.json");
+    std::fs::write(&bad, r#"{"id": "b", "name": "b", "match": "all", "conditions": [{"event": "x", "op": "did", "count": {"op": "gte"}}]}"#).unwrap();
+    let out = ts.cli(&["segments", "add", bad.to_str().unwrap(), "--env", "default"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("conditions[0].count:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ts.cli(&["segments", "list", "--env", "default"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vips"));
+}

@@ -1,0 +1,188 @@
+//! `tidemark segments add|list|preview|explain|delete` (definitions as JSON or YAML files).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::DataArgs;
+use crate::auth::validate_environment;
+use crate::ingest::event::Problem;
+use crate::segments::store::{Segments, WriteError};
+use crate::segments::{compile, preview};
+
+#[derive(Subcommand, Debug)]
+pub enum SegmentsCommand {
+    /// Store a definition (a .json, .yaml or .yml file); --replace updates an existing one.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// The definitions of an environment.
+    List {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Count the members of an unsaved definition and show 20 of them.
+    Preview {
+        file: PathBuf,
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// The SQL a stored definition compiles to, with its bound values.
+    Explain {
+        id: String,
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Delete a definition.
+    Delete {
+        id: String,
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+/// Reads a definition: YAML for `.yaml`/`.yml`, JSON otherwise.
+fn read_definition(path: &Path) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let yaml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if yaml {
+        serde_yaml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not valid YAML: {e}", path.display()))
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", path.display()))
+    }
+}
+
+fn problems_error(path: &Path, problems: &[Problem]) -> anyhow::Error {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "  {}: {}",
+                p.field.as_deref().unwrap_or("(segment)"),
+                p.message
+            )
+        })
+        .collect();
+    anyhow::anyhow!(
+        "{}: the definition has {} problem(s):\n{}",
+        path.display(),
+        problems.len(),
+        lines.join("\n")
+    )
+}
+
+pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        match cmd {
+            SegmentsCommand::Add {
+                file: def_file,
+                env,
+                replace,
+                data,
+            } => {
+                validate_environment(&env)?;
+                let doc = read_definition(&def_file)?;
+                let (_, store) = super::open_store(file, data)?;
+                match Segments::new(store).put(&env, doc, replace).await {
+                    Ok(s) => println!(
+                        "{} segment {} (version {})",
+                        if replace { "updated" } else { "added" },
+                        s.definition["id"].as_str().unwrap_or_default(),
+                        s.version
+                    ),
+                    Err(WriteError::Invalid(p)) => return Err(problems_error(&def_file, &p)),
+                    Err(WriteError::Other(e)) => return Err(e.into()),
+                }
+            }
+            SegmentsCommand::List { env, json, data } => {
+                validate_environment(&env)?;
+                let (_, store) = super::open_store(file, data)?;
+                let all = Segments::new(store).list(&env).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                } else if all.is_empty() {
+                    println!("no segments in environment {env}");
+                } else {
+                    for (id, s) in &all {
+                        println!(
+                            "{id:<32} v{:<4} {}",
+                            s.version,
+                            s.definition["name"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            SegmentsCommand::Preview {
+                file: def_file,
+                env,
+                data,
+            } => {
+                validate_environment(&env)?;
+                let mut doc = read_definition(&def_file)?;
+                if let Some(o) = doc.as_object_mut() {
+                    o.entry("id").or_insert_with(|| "preview".into());
+                    o.entry("name").or_insert_with(|| "preview".into());
+                }
+                let (_, store) = super::open_store(file, data)?;
+                let segment = Segments::new(store.clone())
+                    .validate(&env, &doc)
+                    .await?
+                    .map_err(|p| problems_error(&def_file, &p))?;
+                let compiled =
+                    compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
+                let ctx = crate::query::session(&store, Some(&env)).await?;
+                let (count, sample) = preview(&ctx, &compiled, 20).await?;
+                println!("{count} member(s)");
+                for id in sample {
+                    println!("  {id}");
+                }
+            }
+            SegmentsCommand::Explain { id, env, data } => {
+                validate_environment(&env)?;
+                let (_, store) = super::open_store(file, data)?;
+                let segments = Segments::new(store);
+                let stored = segments.get(&env, &id).await?;
+                let segment = segments
+                    .validate(&env, &stored.definition)
+                    .await?
+                    .map_err(|p| problems_error(Path::new(&id), &p))?;
+                let c = compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
+                println!("{}", c.sql);
+                for (i, p) in c.params.iter().enumerate() {
+                    println!("-- ${} = {p}", i + 1);
+                }
+            }
+            SegmentsCommand::Delete { id, env, data } => {
+                validate_environment(&env)?;
+                let (_, store) = super::open_store(file, data)?;
+                Segments::new(store).delete(&env, &id).await?;
+                println!("deleted segment {id}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

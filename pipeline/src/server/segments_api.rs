@@ -1,0 +1,180 @@
+//! Segments: `POST/GET /v1/{env}/segments`, `GET/PUT/DELETE /v1/{env}/segments/{id}`,
+//! `POST /v1/{env}/segments:preview` (admin to write, read or admin to read).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::ingest_api::read_body;
+use crate::auth::Role;
+use crate::ingest::event::Problem;
+use crate::segments::store::{Segments, Stored, WriteError};
+use crate::segments::{compile, def, preview};
+
+/// Sample ids a preview returns.
+const SAMPLE: usize = 20;
+
+fn invalid(problems: Vec<Problem>) -> ApiError {
+    let total = problems.len();
+    let mut e = ApiError::invalid(
+        format!("the segment definition has {total} problem(s)"),
+        problems,
+        total,
+    );
+    e.body.error = "invalid_segment";
+    e
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Invalid(p) => invalid(p),
+            WriteError::Other(e) => e.into(),
+        }
+    }
+}
+
+async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let bytes = read_body(headers, body, 1024 * 1024, "1 MiB for a segment").await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("body must be a JSON segment definition: {e}")))
+}
+
+/// The compiled SQL and its bound values, for explain.
+fn explain(segment: &def::Segment, env: &str) -> Value {
+    let c = compile::compile(segment, env, chrono::Utc::now().timestamp_micros());
+    json!({
+        "sql": c.sql,
+        "params": c.params.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+fn stored_json(id: &str, s: &Stored) -> Value {
+    json!({
+        "id": id,
+        "version": s.version,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "definition": s.definition,
+    })
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let doc = json_body(&headers, body).await?;
+    let id = doc["id"].as_str().unwrap_or_default().to_string();
+    let stored = Segments::new(state.store.clone())
+        .put(&env, doc, false)
+        .await?;
+    Ok((StatusCode::CREATED, Json(stored_json(&id, &stored))))
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let mut doc = json_body(&headers, body).await?;
+    match doc.get("id").and_then(Value::as_str) {
+        None => {
+            if let Some(o) = doc.as_object_mut() {
+                o.insert("id".into(), Value::String(id.clone()));
+            }
+        }
+        Some(other) if other != id => {
+            return Err(ApiError::bad_request(format!(
+                "id: the body says '{other}' but the path says '{id}'"
+            )));
+        }
+        Some(_) => {}
+    }
+    let stored = Segments::new(state.store.clone())
+        .put(&env, doc, true)
+        .await?;
+    Ok(Json(stored_json(&id, &stored)))
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    let all = Segments::new(state.store.clone()).list(&env).await?;
+    let items: Vec<Value> = all.iter().map(|(id, s)| stored_json(id, s)).collect();
+    Ok(Json(json!({"segments": items})))
+}
+
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    let segments = Segments::new(state.store.clone());
+    let stored = segments.get(&env, &id).await?;
+    let mut out = stored_json(&id, &stored);
+    // the fields may have changed since the definition was stored
+    match segments.validate(&env, &stored.definition).await? {
+        Ok(seg) => out["explain"] = explain(&seg, &env),
+        Err(p) => out["problems"] = json!(p),
+    }
+    Ok(Json(out))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let stored = Segments::new(state.store.clone()).delete(&env, &id).await?;
+    Ok(Json(json!({"deleted": stored_json(&id, &stored)})))
+}
+
+/// An unsaved definition's member count and first [`SAMPLE`] user ids (by id).
+pub async fn preview_segment(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    let mut doc = json_body(&headers, body).await?;
+    if let Some(o) = doc.as_object_mut() {
+        o.entry("id").or_insert_with(|| json!("preview"));
+        o.entry("name").or_insert_with(|| json!("preview"));
+    }
+    let segment = match Segments::new(state.store.clone())
+        .validate(&env, &doc)
+        .await?
+    {
+        Ok(s) => s,
+        Err(p) => return Err(invalid(p)),
+    };
+    let compiled = compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
+    let ctx = crate::query::session(&state.store, Some(&env)).await?;
+    let (count, sample) = preview(&ctx, &compiled, SAMPLE).await?;
+    Ok(Json(
+        json!({"count": count, "sample": sample, "explain": explain(&segment, &env)}),
+    ))
+}
