@@ -41,7 +41,7 @@ impl Builder {
         self.time(Time::Relative(0))
     }
 
-    fn operand(&mut self, t: FieldType, o: &Operand) -> String {
+    fn operand(&mut self, o: &Operand) -> String {
         match o {
             Operand::Text(s) => self.text(s),
             Operand::Number(n) => self.bind(ScalarValue::Float64(Some(*n)), "DOUBLE"),
@@ -49,7 +49,7 @@ impl Builder {
             Operand::Time(x) => self.time(*x),
             Operand::Many(v) => v
                 .iter()
-                .map(|o| self.operand(t, o))
+                .map(|o| self.operand(o))
                 .collect::<Vec<_>>()
                 .join(", "),
             Operand::None => "NULL".into(),
@@ -156,7 +156,7 @@ impl Builder {
             format!("{x} IS NOT NULL")
         };
         let cmp = |b: &mut Builder, sym: &str| {
-            let v = b.operand(t, value);
+            let v = b.operand(value);
             format!("coalesce({x} {sym} {v}, false)")
         };
         match op {
@@ -164,7 +164,7 @@ impl Builder {
             FieldOp::NotExists => format!("NOT ({exists})"),
             FieldOp::Eq => cmp(self, "="),
             FieldOp::Neq => {
-                let v = self.operand(t, value);
+                let v = self.operand(value);
                 format!("({x} IS DISTINCT FROM {v})")
             }
             FieldOp::Gt | FieldOp::After => cmp(self, ">"),
@@ -172,15 +172,15 @@ impl Builder {
             FieldOp::Lt | FieldOp::Before => cmp(self, "<"),
             FieldOp::Lte => cmp(self, "<="),
             FieldOp::In => {
-                let v = self.operand(t, value);
+                let v = self.operand(value);
                 format!("coalesce({x} IN ({v}), false)")
             }
             FieldOp::StartsWith => {
-                let v = self.operand(t, value);
+                let v = self.operand(value);
                 format!("coalesce(starts_with({x}, {v}), false)")
             }
             FieldOp::Contains => {
-                let v = self.operand(t, value);
+                let v = self.operand(value);
                 if is_tags {
                     format!("coalesce(array_has({x}, {v}), false)")
                 } else if t == FieldType::List {
@@ -190,7 +190,7 @@ impl Builder {
                 }
             }
             FieldOp::Within => {
-                let v = self.operand(t, value);
+                let v = self.operand(value);
                 let now = self.now();
                 format!("coalesce({x} >= {v} AND {x} <= {now}, false)")
             }

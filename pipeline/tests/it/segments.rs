@@ -337,19 +337,19 @@ fn eval(c: &Value, p: &Profile, stats: &[Stat]) -> bool {
             .iter()
             .filter(|s| s.user == p.user && s.event == e.as_str().unwrap());
         let ok = |s: &&Stat| {
-            if let Some(c) = o.get("count") {
-                if !cmp_f(
+            if let Some(c) = o.get("count")
+                && !cmp_f(
                     c["op"].as_str().unwrap(),
                     s.count as f64,
                     c["value"].as_f64().unwrap(),
-                ) {
-                    return false;
-                }
+                )
+            {
+                return false;
             }
-            if let Some(w) = o.get("within") {
-                if s.last < time(w.as_str().unwrap()) {
-                    return false;
-                }
+            if let Some(w) = o.get("within")
+                && s.last < time(w.as_str().unwrap())
+            {
+                return false;
             }
             for (k, at) in [("first", s.first), ("last", s.last)] {
                 if let Some(x) = o.get(k) {
