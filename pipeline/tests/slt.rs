@@ -2,7 +2,10 @@
 //! with tidemark's UDFs, each file in its own session with 2 target partitions.
 //!
 //! `{{name}}` in a statement is replaced by the text of `sql/jobs/name.sql`, so the files
-//! test the job SQL the runner executes, not a copy of it.
+//! test the job SQL the runner executes, not a copy of it. `{{segment:ID}}` is replaced by
+//! the compiled SQL of the definition `sql/tests/segments/ID.json` (fields declared in
+//! `sql/tests/segments/fields.json`, environment `prod`, now = 2026-01-10T00:00:00Z), with
+//! its bound values written as escaped literals.
 //!
 //! `cargo test --test slt -- --complete` rewrites the expected results in place.
 
@@ -33,9 +36,14 @@ fn expand(sql: &str) -> Result<String, DataFusionError> {
             .find("}}")
             .ok_or_else(|| DataFusionError::Plan("unclosed {{".into()))?;
         let name = &rest[start + 2..start + end];
-        let path = sql_dir().join("jobs").join(format!("{name}.sql"));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| DataFusionError::Plan(format!("{}: {e}", path.display())))?;
+        let text = match name.strip_prefix("segment:") {
+            Some(id) => segment_sql(id)?,
+            None => {
+                let path = sql_dir().join("jobs").join(format!("{name}.sql"));
+                std::fs::read_to_string(&path)
+                    .map_err(|e| DataFusionError::Plan(format!("{}: {e}", path.display())))?
+            }
+        };
         out.push_str(&rest[..start]);
         out.push_str(&text);
         out.push('\n');
@@ -43,6 +51,43 @@ fn expand(sql: &str) -> Result<String, DataFusionError> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// 2026-01-10T00:00:00Z, the "now" of segment definitions in the golden files.
+const SEGMENT_NOW_US: i64 = 1_768_003_200_000_000;
+
+fn segment_sql(id: &str) -> Result<String, DataFusionError> {
+    use tidemark::segments::{compile, def};
+    use tidemark::users::fields::{FieldDef, FieldType};
+    let dir = sql_dir().join("tests").join("segments");
+    let read = |name: &str| -> Result<serde_json::Value, DataFusionError> {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| DataFusionError::Plan(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map_err(|e| DataFusionError::Plan(format!("{}: {e}", path.display())))
+    };
+    let types = read("fields.json")?;
+    let fields = types
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, t)| {
+            let field_type = FieldType::parse(t.as_str().unwrap_or_default()).unwrap();
+            let def = FieldDef {
+                name: name.clone(),
+                field_type,
+                label: None,
+                created_at: chrono::Utc::now(),
+                since_change_id: String::new(),
+            };
+            (name.clone(), def)
+        })
+        .collect();
+    let doc = read(&format!("{id}.json"))?;
+    let (_, segment) = def::parse(&doc, &fields)
+        .map_err(|p| DataFusionError::Plan(format!("segment {id}: {p:?}")))?;
+    Ok(compile::compile(&segment, "prod", SEGMENT_NOW_US).inline())
 }
 
 fn column_type(t: &DataType) -> DefaultColumnType {

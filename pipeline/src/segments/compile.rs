@@ -18,6 +18,30 @@ pub struct Compiled {
     pub params: Vec<ScalarValue>,
 }
 
+impl Compiled {
+    /// The SQL with every parameter written as an escaped literal (text in single quotes,
+    /// quotes doubled), for engines or tools that cannot bind values (sqllogictest files,
+    /// DuckDB). Only this module's own text holds `$`, so replacing placeholders is exact.
+    pub fn inline(&self) -> String {
+        let mut sql = self.sql.clone();
+        // from the highest index down, so `$12` is not read as `$1` followed by `2`
+        for (i, p) in self.params.iter().enumerate().rev() {
+            sql = sql.replace(&format!("${}", i + 1), &literal(p));
+        }
+        sql
+    }
+}
+
+fn literal(v: &ScalarValue) -> String {
+    match v {
+        ScalarValue::Utf8(Some(s)) => format!("'{}'", s.replace('\'', "''")),
+        ScalarValue::Int64(Some(n)) => n.to_string(),
+        ScalarValue::Float64(Some(f)) if f.is_finite() => format!("{f:?}"),
+        ScalarValue::Boolean(Some(b)) => if *b { "TRUE" } else { "FALSE" }.into(),
+        _ => "NULL".into(),
+    }
+}
+
 struct Builder {
     params: Vec<ScalarValue>,
     now_us: i64,
