@@ -82,6 +82,24 @@ impl Default for JobsConfig {
     }
 }
 
+/// The segment job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentsConfig {
+    /// How often `serve` evaluates every segment (also picks up new profiles and, for
+    /// relative time conditions, the passing of time); 0s = never.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for SegmentsConfig {
+    fn default() -> Self {
+        SegmentsConfig {
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Retention of events and physical deletion of removed files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +177,7 @@ pub struct Config {
     pub limits: Limits,
     pub jobs: JobsConfig,
     pub retention: RetentionConfig,
+    pub segments: SegmentsConfig,
 }
 
 impl Default for Config {
@@ -180,12 +199,13 @@ impl Default for Config {
             limits: Limits::default(),
             jobs: JobsConfig::default(),
             retention: RetentionConfig::default(),
+            segments: SegmentsConfig::default(),
         }
     }
 }
 
 /// `TIDEMARK_*` variables that are not settings of this file.
-const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG", "MASTER_KEY"];
+const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG", "MASTER_KEY", "CRASH_AFTER"];
 
 /// Values given on the command line; `None` means "not given".
 #[derive(Debug, Default, Clone, Serialize)]
@@ -383,6 +403,10 @@ interval = "1h"
 # VACUUM deletes files removed from tables longer ago than this (erased rows live in them
 # until then; `tidemark users erasures` says when none is left).
 vacuum_after = "7d"
+
+[segments]
+# How often serve evaluates every segment (0s = never).
+interval = "60s"
 "#;
 
 #[cfg(test)]

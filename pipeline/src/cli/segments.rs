@@ -49,6 +49,22 @@ pub enum SegmentsCommand {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Evaluate every segment once and record who entered and exited.
+    Run {
+        /// Evaluate as of this time (RFC 3339) instead of now.
+        #[arg(long)]
+        now: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// The members of a segment (after the last evaluation).
+    Members {
+        id: String,
+        #[arg(long)]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Delete a definition.
     Delete {
         id: String,
@@ -174,6 +190,38 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 println!("{}", c.sql);
                 for (i, p) in c.params.iter().enumerate() {
                     println!("-- ${} = {p}", i + 1);
+                }
+            }
+            SegmentsCommand::Run { now, data } => {
+                let now = match now {
+                    None => chrono::Utc::now().timestamp_micros(),
+                    Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
+                        .map_err(|e| anyhow::anyhow!("--now: '{t}' is not an RFC 3339 time: {e}"))?
+                        .timestamp_micros(),
+                };
+                let (_, store) = super::open_store(file, data)?;
+                for r in crate::segments::job::run_all(&store, now).await? {
+                    println!(
+                        "{}: run {}, {} segment(s), {} entered, {} exited{}",
+                        r.environment,
+                        r.run,
+                        r.segments,
+                        r.entered,
+                        r.exited,
+                        if r.repaired > 0 {
+                            format!(", {} change(s) of an interrupted run completed", r.repaired)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+            SegmentsCommand::Members { id, env, data } => {
+                validate_environment(&env)?;
+                let (_, store) = super::open_store(file, data)?;
+                let page = crate::segments::members(&store, &env, &id, 1000, None).await?;
+                for m in page.members {
+                    println!("{}", m["user_id"].as_str().unwrap_or_default());
                 }
             }
             SegmentsCommand::Delete { id, env, data } => {

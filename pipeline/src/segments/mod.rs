@@ -5,6 +5,7 @@
 
 pub mod compile;
 pub mod def;
+pub mod job;
 pub mod store;
 
 use datafusion::prelude::SessionContext;
@@ -33,4 +34,78 @@ pub async fn preview(
         .filter_map(|r| r["user_id"].as_str().map(str::to_string))
         .collect();
     Ok((count, ids))
+}
+
+/// One page of a segment's members.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MembersPage {
+    /// `{user_id, entered_at}`, ordered by user id.
+    pub members: Vec<serde_json::Value>,
+    pub next_cursor: Option<String>,
+}
+
+/// Members of `segment_id` after the last evaluation, ordered by user id, after `cursor`
+/// (the last user id of the previous page).
+pub async fn members(
+    store: &crate::storage::Store,
+    environment: &str,
+    segment_id: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<MembersPage> {
+    use datafusion::prelude::{col, lit};
+    let ctx = crate::query::session(store, Some(environment)).await?;
+    if !ctx.table_exist(job::MEMBERS)? {
+        return Ok(MembersPage {
+            members: Vec::new(),
+            next_cursor: None,
+        });
+    }
+    let mut df = ctx
+        .table(job::MEMBERS)
+        .await?
+        .filter(col("segment_id").eq(lit(segment_id)))?;
+    if let Some(c) = cursor {
+        df = df.filter(col("user_id").gt(lit(c)))?;
+    }
+    let batches = df
+        .select_columns(&["user_id", "entered_at"])?
+        .sort(vec![col("user_id").sort(true, false)])?
+        .limit(0, Some(limit + 1))?
+        .collect()
+        .await?;
+    let mut members = to_json_rows(&batches)?;
+    let more = members.len() > limit;
+    members.truncate(limit);
+    let next_cursor = more
+        .then(|| {
+            members
+                .last()
+                .and_then(|m| m["user_id"].as_str().map(str::to_string))
+        })
+        .flatten();
+    Ok(MembersPage {
+        members,
+        next_cursor,
+    })
+}
+
+/// The segments `user_id` is a member of (after the last evaluation).
+pub async fn of_user(ctx: &SessionContext, user_id: &str) -> Result<Vec<String>> {
+    use datafusion::prelude::{col, lit};
+    if !ctx.table_exist(job::MEMBERS)? {
+        return Ok(Vec::new());
+    }
+    let batches = ctx
+        .table(job::MEMBERS)
+        .await?
+        .filter(col("user_id").eq(lit(user_id)))?
+        .select_columns(&["segment_id"])?
+        .sort(vec![col("segment_id").sort(true, false)])?
+        .collect()
+        .await?;
+    Ok(to_json_rows(&batches)?
+        .into_iter()
+        .filter_map(|r| r["segment_id"].as_str().map(str::to_string))
+        .collect())
 }

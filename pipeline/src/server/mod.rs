@@ -95,6 +95,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .put(segments_api::update)
                 .delete(segments_api::delete),
         )
+        .route(
+            "/v1/{env}/segments/{id}/members",
+            get(segments_api::members),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

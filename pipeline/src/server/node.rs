@@ -121,6 +121,7 @@ pub async fn run(
     spawn_key_refresh(keys, stop_rx.clone());
     spawn_optimize(&config, store.clone(), metrics, stop_rx.clone());
     spawn_maintenance(&config, store.clone(), stop_rx.clone());
+    spawn_segments(&config, store.clone(), stop_rx.clone());
     if config.jobs.enabled {
         let commits = state.ingestor.get().map(|i| i.committed.clone());
         let runner = Runner::new(store.clone(), config.job_options());
@@ -304,6 +305,35 @@ fn spawn_maintenance(config: &Config, store: Store, mut stop: watch::Receiver<bo
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "vacuum failed"),
+            }
+        }
+    });
+}
+
+/// Every `segments.interval`: evaluates every segment and records enter/exit changes.
+fn spawn_segments(config: &Config, store: Store, mut stop: watch::Receiver<bool>) {
+    let interval = config.segments.interval;
+    if interval.is_zero() || !config.jobs.enabled {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+            let now = chrono::Utc::now().timestamp_micros();
+            match crate::segments::job::run_all(&store, now).await {
+                Ok(runs) => {
+                    for r in runs
+                        .iter()
+                        .filter(|r| r.entered + r.exited + r.repaired > 0)
+                    {
+                        tracing::info!(environment = %r.environment, run = r.run, entered = r.entered,
+                            exited = r.exited, repaired = r.repaired, "segments evaluated");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "segment evaluation failed; will retry"),
             }
         }
     });

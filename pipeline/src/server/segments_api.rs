@@ -178,3 +178,40 @@ pub async fn preview_segment(
         json!({"count": count, "sample": sample, "explain": explain(&segment, &env)}),
     ))
 }
+
+/// `GET /v1/{env}/segments/{id}/members?limit=&cursor=` (read or admin key).
+pub async fn members(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    Segments::new(state.store.clone()).get(&env, &id).await?;
+    let (mut limit, mut cursor) = (100usize, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit: '{v}' must be a whole number from 1 to 1000"
+                        ))
+                    })?
+            }
+            "cursor" => cursor = Some(v.into_owned()),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter '{other}'; known: limit, cursor"
+                )));
+            }
+        }
+    }
+    let page = crate::segments::members(&state.store, &env, &id, limit, cursor.as_deref()).await?;
+    Ok(Json(json!(page)))
+}

@@ -128,10 +128,14 @@ pub async fn erase(
         }
     }
     catch_up(runner).await?;
-    for job in defs::ALL {
-        if let Some((rows, v)) = delete_from(store, job.table(), environment, user_id).await? {
-            rows_deleted.insert(job.table().to_string(), rows);
-            versions.insert(job.table().to_string(), v);
+    let derived = defs::ALL
+        .iter()
+        .map(|j| j.table())
+        .chain([crate::segments::job::MEMBERS, crate::segments::job::CHANGES]);
+    for name in derived {
+        if let Some((rows, v)) = delete_from(store, name, environment, user_id).await? {
+            rows_deleted.insert(name.to_string(), rows);
+            versions.insert(name.to_string(), v);
         }
     }
     let erasure = Erasure {

@@ -76,6 +76,11 @@ pub async fn user(
         .collect()
         .await?;
     profile.insert("event_stats".into(), Value::Array(to_json_rows(&stats)?));
+    let segments = crate::segments::of_user(&ctx, user_id).await?;
+    profile.insert(
+        "segments".into(),
+        Value::Array(segments.into_iter().map(Value::String).collect()),
+    );
     if events > 0 {
         profile.insert(
             "events".into(),

@@ -766,3 +766,146 @@ async fn segments_api_and_cli() {
     let out = ts.cli(&["segments", "list", "--env", "default"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("vips"));
 }
+
+/// Events flow in, a user enters a segment (the `segment-entered` event is in `events`, the
+/// profile lists the segment, the members API pages it); time passes (an injected clock:
+/// `segments run --now`) and the user exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_enter_and_exit_with_events() {
+    use crate::harness::{Backend, TestStore, call};
+    let ts = TestStore::new(Backend::Local);
+    let node = ts.serve(
+        &["--ack", "commit"],
+        &[
+            ("TIDEMARK_JOBS__DEBOUNCE", "50ms"),
+            ("TIDEMARK_SEGMENTS__INTERVAL", "0s"),
+        ],
+    );
+    let admin = node.admin_key.clone().unwrap();
+    let ingest = node.ingest_key().to_string();
+    let def = json!({"id": "recent-openers", "name": "Opened a card today", "match": "all",
+                     "conditions": [{"event": "card-opened", "op": "did", "within": "-1d"}]});
+    let (s, b) = call("POST", &node.url("/v1/default/segments"), &admin, Some(def)).await;
+    assert_eq!(s, 201, "{b}");
+    let events = json!([
+        {"event_id": "o1", "event_name": "card-opened", "user_id": "ann", "platform": "ios"},
+        {"event_id": "o2", "event_name": "open", "user_id": "bob"}
+    ]);
+    let (s, _) = crate::harness::post_json(
+        &node.events_url("default"),
+        Some(&ingest),
+        &events.to_string(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let ann_url = node.url("/v1/default/users/ann");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen = loop {
+        let (s, p) = call("GET", &ann_url, &admin, None).await;
+        if s == 200 && p["event_stats"].as_array().is_some_and(|a| a.len() == 1) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s} {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let last_seen = seen["last_seen_at"].clone();
+    let run = |now: chrono::DateTime<chrono::Utc>| {
+        let out = ts.cli(&["segments", "run", "--now", &now.to_rfc3339()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let now = chrono::Utc::now();
+    let out = run(now);
+    assert!(
+        out.contains("default: run 1, 1 segment(s), 1 entered, 0 exited"),
+        "{out}"
+    );
+    let (s, b) = call(
+        "GET",
+        &node.url("/v1/default/segments/recent-openers/members"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["members"].as_array().unwrap().len(), 1);
+    assert_eq!(b["members"][0]["user_id"], "ann");
+    // the entered event is a system event in `events`; it never makes ann "seen"
+    let rows = ts.sql(
+        "SELECT event_name, category, user_id, properties FROM events WHERE category = 'system'",
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["event_name"], "segment-entered");
+    let props: Value = serde_json::from_str(rows[0]["properties"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        props,
+        json!({"segment_id": "recent-openers", "segment_name": "Opened a card today"})
+    );
+    let p = loop {
+        let (_, p) = call("GET", &ann_url, &admin, None).await;
+        if p["event_count"] == 2 {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "{p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(p["last_seen_at"], last_seen);
+    assert_eq!(p["segments"], json!(["recent-openers"]));
+    // the same time again: nothing changes
+    assert!(run(now).contains("0 entered, 0 exited"));
+    // two days later ann has not opened a card for a day: she exits. The first attempt
+    // crashes after committing its changes (before the events and the members); the next
+    // run completes it, so the exit is recorded and emitted exactly once.
+    let later = (now + chrono::Duration::days(2)).to_rfc3339();
+    let mut crash = std::process::Command::new(crate::harness::BIN);
+    crash
+        .args(["segments", "run", "--now", &later, "--data", &ts.data])
+        .env("TIDEMARK_CRASH_AFTER", "segment-changes");
+    let out = crash.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("crashing after segment-changes"),
+        "the injected crash did not happen: {err}"
+    );
+    let out = run(now + chrono::Duration::days(2));
+    assert!(
+        out.contains("1 change(s) of an interrupted run completed"),
+        "{out}"
+    );
+    assert!(out.contains("0 entered, 0 exited"), "{out}");
+    let (_, b) = call(
+        "GET",
+        &node.url("/v1/default/segments/recent-openers/members"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(b["members"], json!([]));
+    let rows =
+        ts.sql("SELECT event_name FROM events WHERE category = 'system' ORDER BY event_name");
+    let names: Vec<_> = rows
+        .iter()
+        .map(|r| r["event_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["segment-entered", "segment-exited"]);
+    let rows = ts.sql("SELECT change, user_id FROM segment_changes ORDER BY run");
+    assert_eq!(
+        rows,
+        vec![
+            json!({"change": "entered", "user_id": "ann"}),
+            json!({"change": "exited", "user_id": "ann"})
+        ]
+    );
+    let (s, _) = call(
+        "GET",
+        &node.url("/v1/default/segments/nope/members"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
