@@ -23,16 +23,70 @@ use serde_json::Value;
 
 /// The JSON text of `key` in the object `json`.
 pub fn json_get(json: &str, key: &str) -> Option<String> {
-    match serde_json::from_str::<Value>(json).ok()? {
-        Value::Object(mut m) => m.remove(key).map(|v| v.to_string()),
-        _ => None,
+    get(json, key).map(|v| v.to_string())
+}
+
+/// The value of top-level `key` in the object `json`, without building the other values
+/// (they are skipped; keys are compared in place). `None` for other JSON or bad text.
+fn get(json: &str, key: &str) -> Option<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let found = Find(key).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// Finds one key of a JSON object.
+struct Find<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Find<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
     }
 }
 
-fn get(json: &str, key: &str) -> Option<Value> {
-    match serde_json::from_str::<Value>(json).ok()? {
-        Value::Object(mut m) => m.remove(key),
-        _ => None,
+impl<'de> serde::de::Visitor<'de> for Find<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_key) = map.next_key_seed(KeyIs(self.0))? {
+            if is_key && found.is_none() {
+                found = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Deserializes a map key as "is it this key?", without allocating.
+struct KeyIs<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
     }
 }
 

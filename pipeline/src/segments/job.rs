@@ -426,6 +426,7 @@ pub async fn run_environment(store: &Store, environment: &str, now_us: i64) -> R
         m = c;
     }
     let run = m + 1;
+    super::materialize_inputs(&ctx).await?;
     let mut changes = Vec::new();
     let mut next: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     for seg in &parsed {

@@ -13,6 +13,30 @@ use datafusion::prelude::SessionContext;
 use crate::Result;
 use crate::jobs::views::to_json_rows;
 
+/// Replaces `profiles` and `event_stats` in `ctx` by in-memory copies, so evaluating many
+/// segments reads (and, for the Delta views, merges) them once instead of once per segment.
+pub async fn materialize_inputs(ctx: &SessionContext) -> Result<()> {
+    for name in ["profiles", "event_stats"] {
+        if !ctx.table_exist(name)? {
+            continue;
+        }
+        let df = ctx.table(name).await?;
+        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        let n = ctx.state().config().target_partitions().max(1);
+        let mut parts = vec![Vec::new(); n];
+        for (i, b) in batches.into_iter().enumerate() {
+            parts[i % n].push(b);
+        }
+        ctx.deregister_table(name)?;
+        ctx.register_table(
+            name,
+            std::sync::Arc::new(datafusion::catalog::MemTable::try_new(schema, parts)?),
+        )?;
+    }
+    Ok(())
+}
+
 /// Members of a compiled segment: the count and up to `sample` user ids (sorted).
 pub async fn preview(
     ctx: &SessionContext,
