@@ -86,8 +86,9 @@ impl Default for JobsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SegmentsConfig {
-    /// How often `serve` evaluates every segment (also picks up new profiles and, for
-    /// relative time conditions, the passing of time); 0s = never.
+    /// How often `serve` evaluates every segment (for relative time conditions, the passing
+    /// of time); the job loop also evaluates them after each pass that changed profiles.
+    /// 0s = never (neither).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
 }
@@ -227,6 +228,7 @@ impl Config {
             clock_skew_tolerance: self.jobs.clock_skew_tolerance,
             dedup_window: self.dedup_window,
             compact_files: self.jobs.compact_files,
+            evaluate_segments: !self.segments.interval.is_zero(),
             ..Default::default()
         }
     }
@@ -405,7 +407,8 @@ interval = "1h"
 vacuum_after = "7d"
 
 [segments]
-# How often serve evaluates every segment (0s = never).
+# How often serve evaluates every segment, besides right after profiles change
+# (0s = never: evaluate with `tidemark segments run`).
 interval = "60s"
 "#;
 

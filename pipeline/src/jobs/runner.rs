@@ -35,6 +35,8 @@ pub struct JobOptions {
     pub max_versions_per_run: i64,
     /// DataFusion partitions (`None`: one per core).
     pub target_partitions: Option<usize>,
+    /// Evaluate the segments after a pass that changed profiles (the job loop).
+    pub evaluate_segments: bool,
 }
 
 impl Default for JobOptions {
@@ -45,6 +47,7 @@ impl Default for JobOptions {
             compact_files: 64,
             max_versions_per_run: 500,
             target_partitions: None,
+            evaluate_segments: true,
         }
     }
 }
@@ -105,6 +108,10 @@ impl Runner {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn options(&self) -> &JobOptions {
+        &self.opts
     }
 
     fn params(&self) -> Params {

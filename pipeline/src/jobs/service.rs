@@ -1,5 +1,7 @@
 //! The job loop: inside `tidemark serve` it runs after each `events` commit (debounced),
 //! and every `poll_interval` to pick up commits of other nodes; `tidemark jobs run` polls.
+//! When a pass changed the profiles, the segments are evaluated right after it (and
+//! `serve` also evaluates them every `segments.interval`, for relative time conditions).
 
 use std::time::Duration;
 
@@ -55,16 +57,22 @@ pub async fn run_loop(
     }
 }
 
-/// Runs until a run has nothing left to do (a long lag takes several bounded runs).
+/// Runs until a run has nothing left to do (a long lag takes several bounded runs); then,
+/// when profiles changed, evaluates the segments (they read the profiles).
 async fn run_until_caught_up(runner: &Runner, failures: &mut u32) {
+    let mut changed = false;
     loop {
         match runner.run_once().await {
             Ok(reports) if reports.is_empty() => {
                 *failures = 0;
+                if changed && runner.options().evaluate_segments {
+                    evaluate_segments(runner).await;
+                }
                 return;
             }
             Ok(reports) => {
                 *failures = 0;
+                changed = true;
                 for r in &reports {
                     tracing::info!(
                         job = %r.job, kind = %r.kind, to_version = r.to_version,
@@ -79,5 +87,22 @@ async fn run_until_caught_up(runner: &Runner, failures: &mut u32) {
                 return;
             }
         }
+    }
+}
+
+/// Evaluates every segment after the profile jobs changed the profiles.
+async fn evaluate_segments(runner: &Runner) {
+    let now = chrono::Utc::now().timestamp_micros();
+    match crate::segments::job::run_all(runner.store(), now).await {
+        Ok(runs) => {
+            for r in runs
+                .iter()
+                .filter(|r| r.entered + r.exited + r.repaired > 0)
+            {
+                tracing::info!(environment = %r.environment, run = r.run, entered = r.entered,
+                    exited = r.exited, repaired = r.repaired, "segments evaluated");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "segment evaluation failed; the next run retries"),
     }
 }

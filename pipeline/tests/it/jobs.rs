@@ -22,6 +22,7 @@ fn options() -> JobOptions {
         compact_files: 3,
         max_versions_per_run: 4,
         target_partitions: Some(2),
+        evaluate_segments: false,
     }
 }
 

@@ -765,6 +765,33 @@ async fn segments_api_and_cli() {
     );
     let out = ts.cli(&["segments", "list", "--env", "default"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("vips"));
+
+    // inside serve, the segments are evaluated right after the profile job changes profiles
+    let events = json!([{"event_id": "e2", "event_name": "open", "user_id": "ann"}]);
+    let (s, _) = crate::harness::post_json(
+        &node.events_url("default"),
+        Some(&ingest),
+        &events.to_string(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let members = node.url("/v1/default/segments/vips/members");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, b) = call("GET", &members, &read, None).await;
+        assert_eq!(s, 200, "{b}");
+        let ids: Vec<_> = b["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].clone())
+            .collect();
+        if ids == [json!("ann")] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{b}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Events flow in, a user enters a segment (the `segment-entered` event is in `events`, the
@@ -899,6 +926,29 @@ async fn users_enter_and_exit_with_events() {
             json!({"change": "entered", "user_id": "ann"}),
             json!({"change": "exited", "user_id": "ann"})
         ]
+    );
+    // a changed definition is re-evaluated: with a 3-day window ann is back in
+    let wider = json!({"name": "Opened a card lately", "match": "all",
+                       "conditions": [{"event": "card-opened", "op": "did", "within": "-3d"}]});
+    let (s, b) = call(
+        "PUT",
+        &node.url("/v1/default/segments/recent-openers"),
+        &admin,
+        Some(wider),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let out = run(now + chrono::Duration::days(2));
+    assert!(out.contains("1 entered, 0 exited"), "{out}");
+    let rows = ts.sql(
+        "SELECT properties FROM events WHERE event_name = 'segment-entered' ORDER BY received_at",
+    );
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[1]["properties"]
+            .as_str()
+            .unwrap()
+            .contains("Opened a card lately")
     );
     let (s, _) = call(
         "GET",
