@@ -408,9 +408,15 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
             })
         }
         "event" => {
-            let event = text(o, "event").filter(|t| !t.trim().is_empty());
+            // the names ingest accepts (limits.max_string_len defaults to 512)
+            let event = text(o, "event").filter(|t| {
+                !t.trim().is_empty() && t.len() <= 512 && !t.chars().any(char::is_control)
+            });
             if event.is_none() {
-                ctx.problem(&format!("{path}.event"), "must be a non-empty event name");
+                ctx.problem(
+                    &format!("{path}.event"),
+                    "must be an event name: 1 to 512 bytes of text without control characters",
+                );
             }
             let did = match op {
                 Some("did") => Some(true),

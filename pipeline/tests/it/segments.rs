@@ -572,6 +572,10 @@ async fn hostile_values_match_literally_and_bad_names_are_refused() {
             json!({"id": "x", "name": "n", "match": "all", "conditions": []}),
             "conditions",
         ),
+        (
+            json!({"id": "x", "name": "n", "match": "all", "conditions": [{"event": "a\nb", "op": "did"}]}),
+            "conditions[0].event",
+        ),
     ] {
         let problems = def::parse(&doc, &registry()).unwrap_err();
         assert!(
