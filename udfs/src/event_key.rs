@@ -39,7 +39,7 @@ struct EventKeyUdf {
 }
 
 /// Reads row `i` of any string array (`Utf8`, `Utf8View`, `LargeUtf8`).
-fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
+pub(crate) fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
     if array.is_null(i) {
         return None;
     }

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray};
 use arrow::datatypes::DataType;
 use datafusion::common::{exec_err, plan_err};
 use datafusion::error::Result;
@@ -20,6 +20,8 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use serde_json::Value;
+
+use crate::event_key::string_at;
 
 /// The JSON text of `key` in the object `json`.
 pub fn json_get(json: &str, key: &str) -> Option<String> {
@@ -158,18 +160,6 @@ pub fn list_contains_udf() -> ScalarUDF {
     udf(Kind::ListContains)
 }
 
-fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
-    if array.is_null(i) {
-        return None;
-    }
-    match array.data_type() {
-        DataType::Utf8 => Some(array.as_string::<i32>().value(i)),
-        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i)),
-        DataType::Utf8View => Some(array.as_string_view().value(i)),
-        _ => None,
-    }
-}
-
 fn is_string(t: &DataType) -> bool {
     matches!(
         t,
@@ -247,6 +237,7 @@ impl ScalarUDFImpl for JsonUdf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Array, AsArray};
     use datafusion::prelude::SessionContext;
 
     #[test]

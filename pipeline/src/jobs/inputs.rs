@@ -96,23 +96,9 @@ pub async fn register_new_events(
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
 ) -> Result<usize> {
-    snapshot.update_datafusion_session(&ctx.state())?;
-    let builder = snapshot.table_provider();
-    let provider = match adds {
-        Some(adds) => builder.with_adds(adds).await?,
-        None => builder.await?,
-    };
-    ctx.register_table("events_scan", provider)?;
-    let rows = materialize(
-        ctx,
-        &format!(
-            "SELECT {JOB_COLUMNS}, event_key(environment, event_id) AS id_key FROM events_scan"
-        ),
-        "new_events",
-    )
-    .await?;
-    ctx.deregister_table("events_scan")?;
-    Ok(rows)
+    let select =
+        format!("SELECT {JOB_COLUMNS}, event_key(environment, event_id) AS id_key FROM scan");
+    register_new_rows(ctx, snapshot, adds, &select, "new_events").await
 }
 
 /// Registers `new_changes`: the rows of `adds` of `profile_changes` (every row when
@@ -122,21 +108,29 @@ pub async fn register_new_changes(
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
 ) -> Result<usize> {
+    let select = "SELECT environment, user_id, change_id, at, op, name, value FROM scan";
+    register_new_rows(ctx, snapshot, adds, select, "new_changes").await
+}
+
+/// Registers `name` as `select` (which reads `scan`) over the rows of `adds` of
+/// `snapshot` (every row when `None`), kept in memory.
+async fn register_new_rows(
+    ctx: &SessionContext,
+    snapshot: &DeltaTable,
+    adds: Option<Vec<Add>>,
+    select: &str,
+    name: &str,
+) -> Result<usize> {
     snapshot.update_datafusion_session(&ctx.state())?;
     let builder = snapshot.table_provider();
     let provider = match adds {
         Some(adds) => builder.with_adds(adds).await?,
         None => builder.await?,
     };
-    ctx.register_table("changes_scan", provider)?;
-    let rows = materialize(
-        ctx,
-        "SELECT environment, user_id, change_id, at, op, name, value FROM changes_scan",
-        "new_changes",
-    )
-    .await?;
-    ctx.deregister_table("changes_scan")?;
-    Ok(rows)
+    ctx.register_table("scan", provider)?;
+    let rows = materialize(ctx, select, name).await;
+    ctx.deregister_table("scan")?;
+    rows
 }
 
 /// Registers `prior_events`: rows of `prior` (the table at the cursor) received within
@@ -205,7 +199,17 @@ pub async fn register_counted_events(ctx: &SessionContext) -> Result<usize> {
 /// Runs `sql` and keeps its result in memory as table `name`, split into `partitions`
 /// for parallel reads.
 pub async fn materialize(ctx: &SessionContext, sql: &str, name: &str) -> Result<usize> {
-    let df = ctx.sql(sql).await?;
+    let (table, rows) = in_memory(ctx, ctx.sql(sql).await?).await?;
+    ctx.register_table(name, table)?;
+    Ok(rows)
+}
+
+/// Runs `df` and keeps its rows as a table split into the session's partitions; also
+/// returns the row count.
+pub async fn in_memory(
+    ctx: &SessionContext,
+    df: datafusion::dataframe::DataFrame,
+) -> Result<(Arc<MemTable>, usize)> {
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
     let rows = batches.iter().map(RecordBatch::num_rows).sum();
@@ -214,6 +218,5 @@ pub async fn materialize(ctx: &SessionContext, sql: &str, name: &str) -> Result<
     for (i, b) in batches.into_iter().enumerate() {
         parts[i % n].push(b);
     }
-    ctx.register_table(name, Arc::new(MemTable::try_new(schema, parts)?))?;
-    Ok(rows)
+    Ok((Arc::new(MemTable::try_new(schema, parts)?), rows))
 }

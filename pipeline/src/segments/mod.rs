@@ -20,19 +20,9 @@ pub async fn materialize_inputs(ctx: &SessionContext) -> Result<()> {
         if !ctx.table_exist(name)? {
             continue;
         }
-        let df = ctx.table(name).await?;
-        let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
-        let batches = df.collect().await?;
-        let n = ctx.state().config().target_partitions().max(1);
-        let mut parts = vec![Vec::new(); n];
-        for (i, b) in batches.into_iter().enumerate() {
-            parts[i % n].push(b);
-        }
+        let (table, _) = crate::jobs::inputs::in_memory(ctx, ctx.table(name).await?).await?;
         ctx.deregister_table(name)?;
-        ctx.register_table(
-            name,
-            std::sync::Arc::new(datafusion::catalog::MemTable::try_new(schema, parts)?),
-        )?;
+        ctx.register_table(name, table)?;
     }
     Ok(())
 }
