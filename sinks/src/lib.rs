@@ -1,1 +1,44 @@
-//! Reserved for webhook delivery and bulk export (issues 6, 7). Intentionally empty.
+//! Delivery of tidemark's data to other systems, independent of how tidemark stores it
+//! (this crate never depends on `tidemark` itself):
+//!
+//! - [`sign`]: Standard Webhooks v1 secrets and signatures;
+//! - [`crypto`]: encryption of secrets at rest under a master key;
+//! - [`client`]: the HTTP client that refuses private destinations at connect time;
+//! - [`retry`]: the retry schedule and how a response is judged;
+//! - [`filter`]: event-name globs;
+//! - [`clock`]: wall time, injectable so tests can drive a paused clock;
+//! - [`endpoint`]: one subscription's delivery task (concurrency, rate limit, retries,
+//!   auto-pause).
+
+pub mod client;
+pub mod clock;
+pub mod crypto;
+pub mod endpoint;
+pub mod filter;
+pub mod retry;
+pub mod sign;
+
+/// Errors of this crate, each naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value given by the user (secret, URL, header, key) is not acceptable.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// A destination resolves to an address that is not allowed.
+    #[error("destination refused: {0}")]
+    Blocked(String),
+    /// Decrypting a stored secret failed (wrong master key or damaged data).
+    #[error("cannot decrypt: {0}")]
+    Crypto(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,457 @@
+//! One subscription's delivery task: its own queue, in-flight limit and rate limit, so
+//! a slow or dead endpoint only ever holds up its own messages.
+//!
+//! Every attempt is signed afresh (the `webhook-timestamp` is the attempt's time; the
+//! `webhook-id` is the message's, the same on every attempt) and reported, whatever its
+//! outcome, to the caller, which logs it and decides when a message is done for good.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use url::Url;
+
+use crate::client::SafeClient;
+use crate::clock::SharedClock;
+use crate::retry::{RetryPolicy, Verdict, judge, judge_failure};
+use crate::sign::{Secret, signature_header};
+
+/// A message to deliver.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// `webhook-id`: the same on every attempt and after restarts.
+    pub id: String,
+    /// The exact bytes sent and signed.
+    pub body: Bytes,
+    /// Attempts already made (0 for a new message).
+    pub attempts: u32,
+    /// The earliest time of the next attempt (a retry restored after a restart).
+    pub not_before: Option<DateTime<Utc>>,
+    /// The caller's handle (e.g. which stored chunk holds the message).
+    pub tag: u64,
+}
+
+/// Where and how to deliver; replaced while running by [`Endpoint::update`].
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: Url,
+    pub method: reqwest::Method,
+    pub headers: Vec<(String, String)>,
+    /// Signing secrets, newest first (several during a rotation).
+    pub secrets: Vec<Secret>,
+    pub max_in_flight: usize,
+    /// Attempts started per second at most (None = unlimited).
+    pub rate_per_sec: Option<u32>,
+    pub paused: bool,
+}
+
+/// The task's fixed settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: RetryPolicy,
+    /// Pause the endpoint after failing continuously for this long.
+    pub pause_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// 2xx: done.
+    Delivered,
+    /// Failed; another attempt is scheduled at `next_attempt_at`.
+    Retrying,
+    /// Failed on the last attempt of the schedule: done, kept for recovery.
+    Failed,
+    /// 410 Gone: the endpoint is paused; the message waits for a resume.
+    Gone,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Delivered => "delivered",
+            Status::Retrying => "retrying",
+            Status::Failed => "failed",
+            Status::Gone => "gone",
+        }
+    }
+}
+
+/// One attempt, as the delivery log records it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub endpoint: String,
+    pub message_id: String,
+    pub tag: u64,
+    /// 1-based.
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub status: Status,
+    pub http_status: Option<u16>,
+    pub latency: Duration,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the endpoint's current run of failures began (None after a success).
+    pub failing_since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Report {
+    Attempt(Attempt),
+    /// The endpoint paused itself (410 Gone, or failing for `pause_after`).
+    Paused { endpoint: String, reason: String },
+}
+
+/// Handle of a running endpoint task; dropping it stops the task.
+#[derive(Debug)]
+pub struct Endpoint {
+    messages: mpsc::UnboundedSender<Message>,
+    target: watch::Sender<Target>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Endpoint {
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        id: String,
+        target: Target,
+        settings: Settings,
+        client: SafeClient,
+        clock: SharedClock,
+        reports: mpsc::UnboundedSender<Report>,
+        failing_since: Option<DateTime<Utc>>,
+    ) -> Endpoint {
+        let (messages, inbox) = mpsc::unbounded_channel();
+        let (target, targets) = watch::channel(target);
+        let worker = Worker {
+            id,
+            settings,
+            client,
+            clock,
+            reports,
+            failing_since,
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            seq: 0,
+            bucket: None,
+        };
+        let task = tokio::spawn(worker.run(inbox, targets));
+        Endpoint {
+            messages,
+            target,
+            task,
+        }
+    }
+
+    pub fn send(&self, message: Message) {
+        let _ = self.messages.send(message);
+    }
+
+    pub fn update(&self, target: Target) {
+        let _ = self.target.send(target);
+    }
+}
+
+struct Waiting {
+    at: DateTime<Utc>,
+    seq: u64,
+    message: Message,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    // Reversed: BinaryHeap is a max-heap and the earliest must come out first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// A token bucket of one second's worth of attempts.
+struct Bucket {
+    rate: u32,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let rate = f64::from(self.rate);
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+struct Worker {
+    id: String,
+    settings: Settings,
+    client: SafeClient,
+    clock: SharedClock,
+    reports: mpsc::UnboundedSender<Report>,
+    failing_since: Option<DateTime<Utc>>,
+    ready: VecDeque<Message>,
+    waiting: BinaryHeap<Waiting>,
+    seq: u64,
+    bucket: Option<Bucket>,
+}
+
+/// What an attempt task hands back.
+struct Done {
+    message: Message,
+    at: DateTime<Utc>,
+    verdict: Verdict,
+    http_status: Option<u16>,
+    latency: Duration,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Message>,
+        mut targets: watch::Receiver<Target>,
+    ) {
+        let mut in_flight: JoinSet<Done> = JoinSet::new();
+        let mut inbox_open = true;
+        loop {
+            let target = targets.borrow_and_update().clone();
+            self.sync_bucket(target.rate_per_sec);
+            let now = self.clock.now();
+            while self.waiting.peek().is_some_and(|w| w.at <= now) {
+                if let Some(w) = self.waiting.pop() {
+                    self.ready.push_back(w.message);
+                }
+            }
+            // Start as many attempts as the limits allow.
+            let mut rate_wait = None;
+            while !target.paused && in_flight.len() < target.max_in_flight.max(1) {
+                if self.ready.is_empty() {
+                    break;
+                }
+                if let Some(bucket) = &mut self.bucket
+                    && let Err(wait) = bucket.take()
+                {
+                    rate_wait = Some(wait);
+                    break;
+                }
+                if let Some(message) = self.ready.pop_front() {
+                    in_flight.spawn(attempt(
+                        self.client.clone(),
+                        self.clock.clone(),
+                        target.clone(),
+                        message,
+                    ));
+                }
+            }
+            let next_timer = self.waiting.peek().map(|w| w.at);
+            tokio::select! {
+                got = inbox.recv(), if inbox_open => match got {
+                    Some(message) => self.enqueue(message),
+                    None => inbox_open = false,
+                },
+                changed = targets.changed() => {
+                    if changed.is_err() && !inbox_open && in_flight.is_empty() {
+                        return;
+                    }
+                }
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok(done) = done {
+                        self.settle(done, &target);
+                    }
+                }
+                () = sleep_until_opt(&self.clock, next_timer), if next_timer.is_some() => {}
+                () = tokio::time::sleep(rate_wait.unwrap_or_default()), if rate_wait.is_some() => {}
+            }
+        }
+    }
+
+    fn sync_bucket(&mut self, rate: Option<u32>) {
+        match (rate.filter(|r| *r > 0), &self.bucket) {
+            (None, _) => self.bucket = None,
+            (Some(r), Some(b)) if b.rate == r => {}
+            (Some(r), _) => {
+                self.bucket = Some(Bucket {
+                    rate: r,
+                    tokens: f64::from(r),
+                    at: Instant::now(),
+                })
+            }
+        }
+    }
+
+    fn enqueue(&mut self, message: Message) {
+        match message.not_before {
+            Some(at) if at > self.clock.now() => self.wait(at, message),
+            _ => self.ready.push_back(message),
+        }
+    }
+
+    fn wait(&mut self, at: DateTime<Utc>, message: Message) {
+        self.seq += 1;
+        self.waiting.push(Waiting {
+            at,
+            seq: self.seq,
+            message,
+        });
+    }
+
+    fn settle(&mut self, done: Done, target: &Target) {
+        let Done {
+            mut message,
+            at,
+            verdict,
+            http_status,
+            latency,
+        } = done;
+        message.attempts += 1;
+        let mut report = Attempt {
+            endpoint: self.id.clone(),
+            message_id: message.id.clone(),
+            tag: message.tag,
+            attempt: message.attempts,
+            at,
+            status: Status::Delivered,
+            http_status,
+            latency,
+            error: None,
+            next_attempt_at: None,
+            failing_since: None,
+        };
+        let mut pause = None;
+        match verdict {
+            Verdict::Delivered => self.failing_since = None,
+            Verdict::Gone => {
+                self.failing_since.get_or_insert(at);
+                report.status = Status::Gone;
+                report.error = Some("HTTP 410 Gone: the endpoint asked to stop".into());
+                pause = Some(format!(
+                    "the endpoint answered 410 Gone at {}",
+                    at.to_rfc3339()
+                ));
+                // Kept: delivered after a resume.
+                self.ready.push_front(message.clone());
+            }
+            Verdict::Retry { error, after } => {
+                let since = *self.failing_since.get_or_insert(at);
+                report.error = Some(error);
+                let next = self.settings.policy.delay_before(message.attempts + 1);
+                match next {
+                    Some(delay) => {
+                        let delay = after.unwrap_or(delay);
+                        let next_at = at
+                            + chrono::Duration::from_std(delay)
+                                .unwrap_or(chrono::Duration::MAX);
+                        report.status = Status::Retrying;
+                        report.next_attempt_at = Some(next_at);
+                        self.wait(next_at, message.clone());
+                    }
+                    None => report.status = Status::Failed,
+                }
+                let failing_for = (at - since).to_std().unwrap_or_default();
+                if !target.paused && failing_for >= self.settings.pause_after {
+                    pause = Some(format!(
+                        "failing continuously since {} (for {})",
+                        since.to_rfc3339(),
+                        humanize(failing_for)
+                    ));
+                }
+            }
+        }
+        report.failing_since = self.failing_since;
+        let _ = self.reports.send(Report::Attempt(report));
+        if let Some(reason) = pause
+            && !target.paused
+        {
+            let _ = self.reports.send(Report::Paused {
+                endpoint: self.id.clone(),
+                reason,
+            });
+        }
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+async fn sleep_until_opt(clock: &SharedClock, at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => clock.sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Signs and sends one attempt.
+async fn attempt(
+    client: SafeClient,
+    clock: SharedClock,
+    target: Target,
+    message: Message,
+) -> Done {
+    let at = clock.now();
+    let timestamp = at.timestamp();
+    let mut headers = target.headers.clone();
+    headers.push(("content-type".into(), "application/json".into()));
+    headers.push(("webhook-id".into(), message.id.clone()));
+    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
+    headers.push((
+        "webhook-signature".into(),
+        signature_header(&target.secrets, &message.id, timestamp, &message.body),
+    ));
+    let sent = client
+        .send(
+            target.method.clone(),
+            &target.url,
+            &headers,
+            message.body.clone(),
+        )
+        .await;
+    let (verdict, http_status, latency) = match sent {
+        Ok(response) => (judge(&response, at), Some(response.status), response.latency),
+        Err(failure) => (judge_failure(&failure), None, failure.latency),
+    };
+    Done {
+        message,
+        at,
+        verdict,
+        http_status,
+        latency,
+    }
+}
+
+/// Shared handle type for callers that keep endpoints in a map.
+pub type SharedEndpoint = Arc<Endpoint>;
