@@ -101,6 +101,63 @@ impl Default for SegmentsConfig {
     }
 }
 
+/// Webhook delivery (`tidemark serve` and `tidemark sinks run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Whether `tidemark serve` runs the delivery worker (turn off when `tidemark sinks
+    /// run` does it on another machine; run one worker per store).
+    pub enabled: bool,
+    /// Delays before each attempt: the first try, then the retries.
+    #[serde(with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Random spread of each retry delay (0.2 = ±20%).
+    pub jitter: f64,
+    /// A subscription failing continuously for this long is paused.
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
+    /// CIDR ranges that may be delivered to although they are private, loopback, etc.
+    pub allow_networks: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The whole request, response body included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How much of a response body is read (the rest is dropped).
+    pub max_response_bytes: usize,
+    /// How often the worker looks for new `events` versions and subscription changes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often the delivery log is committed to the `deliveries` table.
+    #[serde(with = "humantime_serde")]
+    pub log_interval: Duration,
+    /// How long a rotated-out secret still signs.
+    #[serde(with = "humantime_serde")]
+    pub rotation_grace: Duration,
+    /// The generated master-key file, when `TIDEMARK_MASTER_KEY` is not set
+    /// (default: `<data>/_tidemark/master.key` on a local data directory).
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            enabled: true,
+            retry_schedule: tidemark_sinks::retry::RetryPolicy::default().schedule,
+            jitter: 0.2,
+            pause_after: Duration::from_secs(24 * 3600),
+            allow_networks: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+            max_response_bytes: 64 * 1024,
+            poll_interval: Duration::from_millis(200),
+            log_interval: Duration::from_millis(500),
+            rotation_grace: Duration::from_secs(24 * 3600),
+            master_key_file: None,
+        }
+    }
+}
+
 /// Retention of events and physical deletion of removed files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -179,6 +236,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub retention: RetentionConfig,
     pub segments: SegmentsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 impl Default for Config {
@@ -201,6 +259,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             retention: RetentionConfig::default(),
             segments: SegmentsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -309,6 +368,29 @@ impl Config {
                 "must be at least 1 day",
             );
         }
+        let w = &self.webhooks;
+        if w.retry_schedule.is_empty() || w.retry_schedule.len() > 20 {
+            return fail("webhooks.retry_schedule", "must list 1 to 20 delays");
+        }
+        if !(0.0..=1.0).contains(&w.jitter) {
+            return fail("webhooks.jitter", "must be between 0 and 1");
+        }
+        if let Err(e) = tidemark_sinks::client::AddressPolicy::parse_allow(
+            &w.allow_networks,
+            "webhooks.allow_networks",
+        ) {
+            return Err(Error::Config(e.to_string()));
+        }
+        for (name, d) in [
+            ("webhooks.connect_timeout", w.connect_timeout),
+            ("webhooks.timeout", w.timeout),
+            ("webhooks.poll_interval", w.poll_interval),
+            ("webhooks.log_interval", w.log_interval),
+        ] {
+            if d.is_zero() {
+                return fail(name, "must be greater than 0");
+            }
+        }
         let l = &self.limits;
         if l.max_body_bytes < 1024 {
             return fail("limits.max_body_bytes", "must be at least 1024");
@@ -331,6 +413,27 @@ impl Config {
     /// An example configuration file with every setting and its default.
     pub fn example() -> String {
         EXAMPLE.to_string()
+    }
+}
+
+/// A list of humantime durations (`["0s", "5s", "5m"]`).
+mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|d| humantime::format_duration(*d).to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .map_err(|e| D::Error::custom(format!("{t:?} is not a duration: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -394,6 +497,25 @@ poll_interval = "5s"
 # occurred_at later than received_at + this is clamped to received_at.
 clock_skew_tolerance = "5m"
 compact_files = 64
+
+[webhooks]
+# Delivery worker inside serve (false when `tidemark sinks run` runs elsewhere; one per store).
+enabled = true
+# Delay before each attempt (first try, then retries), each retry delay spread by ±jitter.
+retry_schedule = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+jitter = 0.2
+# A subscription failing continuously this long is paused (resume with `tidemark webhooks resume`).
+pause_after = "24h"
+# Private/loopback/link-local destinations are refused unless inside one of these ranges.
+allow_networks = []   # e.g. ["10.20.0.0/16"]
+connect_timeout = "5s"
+timeout = "15s"
+max_response_bytes = 65536
+poll_interval = "200ms"
+log_interval = "500ms"
+rotation_grace = "24h"
+# Secrets are encrypted with TIDEMARK_MASTER_KEY (base64 of 32 bytes) or this generated file.
+# master_key_file = "./tidemark-data/_tidemark/master.key"
 
 [retention]
 # Events received more than this many days ago are deleted (per environment below).

@@ -29,5 +29,6 @@ pub mod segments;
 pub mod server;
 pub mod storage;
 pub mod users;
+pub mod webhooks;
 
 pub use error::{Error, Result};

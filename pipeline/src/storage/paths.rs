@@ -21,6 +21,8 @@ pub enum Doc {
     Erasures,
     /// Segment definitions of every environment.
     Segments,
+    /// Webhook subscriptions of every environment (secrets encrypted).
+    Webhooks,
 }
 
 impl Doc {
@@ -31,6 +33,7 @@ impl Doc {
             Doc::Fields => "fields",
             Doc::Erasures => "erasures",
             Doc::Segments => "segments",
+            Doc::Webhooks => "webhooks",
         }
     }
 }
@@ -79,6 +82,23 @@ impl Paths {
             .join("state")
             .join("jobs")
             .join(format!("{name}.json"))
+    }
+
+    /// The delivery state of one webhook subscription: `cursor.json`, `chunks/`, `failed/`.
+    pub fn webhook_state(&self, environment: &str, subscription: &str) -> Path {
+        self.root()
+            .join("_tidemark")
+            .join("state")
+            .join("webhooks")
+            .join(environment)
+            .join(subscription)
+    }
+
+    /// A file of a Delta table, from an `add` action's relative path (a URI path,
+    /// percent-encoded).
+    pub fn table_file(&self, table: &str, relative: &str) -> Path {
+        let full = format!("{}/{table}/{relative}", self.root());
+        Path::from_url_path(&full).unwrap_or_else(|_| Path::from(full))
     }
 
     /// Top-level entries of the root, to discover tables.

@@ -1,0 +1,242 @@
+//! The delivery log: Delta table `deliveries`, one row per attempt. It is also the record
+//! the worker recovers from: a message whose newest row says `delivered` or `failed` is
+//! done; any other stored message is sent again (with the same `webhook-id`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    Array, Int32Array, Int64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::{SessionContext, col, lit};
+use deltalake::DeltaTable;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::protocol::SaveMode;
+use serde_json::Value;
+
+use crate::storage::Store;
+use crate::storage::events_table::{timestamp_type, writer_properties};
+use crate::{Error, Result};
+
+pub const TABLE: &str = "deliveries";
+const PARTITION_COLUMNS: [&str; 1] = ["environment"];
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("environment", DataType::Utf8, false),
+        Field::new("subscription_id", DataType::Utf8, false),
+        Field::new("message_id", DataType::Utf8, false),
+        Field::new(
+            "event_ids",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        ),
+        Field::new("attempt", DataType::Int32, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("http_status", DataType::Int32, true),
+        Field::new("latency_ms", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("at", timestamp_type(), false),
+        Field::new("next_attempt_at", timestamp_type(), true),
+    ]))
+});
+
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// One attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub environment: String,
+    pub subscription_id: String,
+    pub message_id: String,
+    pub event_ids: Vec<String>,
+    pub attempt: i32,
+    /// `delivered`, `retrying`, `failed`, `gone`.
+    pub status: String,
+    pub http_status: Option<i32>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub at_us: i64,
+    pub next_attempt_at_us: Option<i64>,
+}
+
+fn batch(rows: &[Row]) -> Result<RecordBatch> {
+    let s = |f: fn(&Row) -> &str| StringArray::from_iter_values(rows.iter().map(f));
+    let mut ids = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for id in &r.event_ids {
+            ids.values().append_value(id);
+        }
+        ids.append(true);
+    }
+    let utc = |a: TimestampMicrosecondArray| a.with_timezone("UTC");
+    Ok(RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(s(|r| &r.environment)),
+            Arc::new(s(|r| &r.subscription_id)),
+            Arc::new(s(|r| &r.message_id)),
+            Arc::new(ids.finish()),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.attempt))),
+            Arc::new(s(|r| &r.status)),
+            Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.http_status))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.latency_ms))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.as_deref()))),
+            Arc::new(utc(TimestampMicrosecondArray::from_iter_values(
+                rows.iter().map(|r| r.at_us),
+            ))),
+            Arc::new(utc(TimestampMicrosecondArray::from_iter(
+                rows.iter().map(|r| r.next_attempt_at_us),
+            ))),
+        ],
+    )?)
+}
+
+/// Loads `deliveries`, creating it (empty) first if needed.
+pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
+    if let Some(t) = store.load_table(TABLE).await? {
+        return Ok(t);
+    }
+    let columns = StructType::try_from_arrow(schema().as_ref())?;
+    store
+        .delta_table(TABLE)?
+        .create()
+        .with_table_name(TABLE)
+        .with_comment("tidemark webhook delivery attempts")
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_configuration_property(
+            deltalake::TableProperty::DataSkippingStatsColumns,
+            Some("subscription_id,status,at"),
+        )
+        .with_save_mode(SaveMode::Ignore)
+        .await?;
+    store
+        .load_table(TABLE)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("{TABLE} vanished after create")))
+}
+
+/// Appends `rows` in one commit; returns the table after it.
+pub async fn append(table: DeltaTable, rows: &[Row]) -> Result<DeltaTable> {
+    Ok(table
+        .write(vec![batch(rows)?])
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(PARTITION_COLUMNS)
+        .with_writer_properties(writer_properties(1))
+        .await?)
+}
+
+/// The newest row of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Last {
+    pub attempt: i32,
+    pub status: String,
+    pub at_us: i64,
+    pub next_attempt_at_us: Option<i64>,
+}
+
+/// The newest row of each message of subscription `id` logged at or after `since_us`.
+pub async fn last_rows(
+    store: &Store,
+    environment: &str,
+    id: &str,
+    since_us: i64,
+) -> Result<HashMap<String, Last>> {
+    let Some(table) = store.load_table(TABLE).await? else {
+        return Ok(HashMap::new());
+    };
+    let ctx = SessionContext::new();
+    let batches = ctx
+        .read_table(table.table_provider().await?)?
+        .filter(
+            col("environment")
+                .eq(lit(environment))
+                .and(col("subscription_id").eq(lit(id)))
+                .and(col("at").gt_eq(lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(
+                    Some(since_us),
+                    Some("UTC".into()),
+                )))),
+        )?
+        .select_columns(&["message_id", "attempt", "status", "at", "next_attempt_at"])?
+        .collect()
+        .await?;
+    let mut last: HashMap<String, Last> = HashMap::new();
+    for b in &batches {
+        let ids = string_col(b, 0)?;
+        let attempts = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .ok_or_else(|| Error::Invalid("deliveries.attempt is not int".into()))?;
+        let statuses = string_col(b, 2)?;
+        let ats = ts_col(b, 3)?;
+        let nexts = ts_col(b, 4)?;
+        for i in 0..b.num_rows() {
+            let row = Last {
+                attempt: attempts.value(i),
+                status: statuses.value(i).to_string(),
+                at_us: ats.value(i),
+                next_attempt_at_us: (!nexts.is_null(i)).then(|| nexts.value(i)),
+            };
+            let newer = last
+                .get(ids.value(i))
+                .is_none_or(|l| (row.at_us, row.attempt) > (l.at_us, l.attempt));
+            if newer {
+                last.insert(ids.value(i).to_string(), row);
+            }
+        }
+    }
+    Ok(last)
+}
+
+fn string_col(b: &RecordBatch, i: usize) -> Result<&StringArray> {
+    b.column(i)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::Invalid(format!("deliveries column {i} is not text")))
+}
+
+fn ts_col(b: &RecordBatch, i: usize) -> Result<&TimestampMicrosecondArray> {
+    b.column(i)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| Error::Invalid(format!("deliveries column {i} is not a timestamp")))
+}
+
+/// The newest `limit` attempts of subscription `id` (optionally one status), newest first.
+pub async fn recent(
+    store: &Store,
+    environment: &str,
+    id: &str,
+    status: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Value>> {
+    let Some(table) = store.load_table(TABLE).await? else {
+        return Ok(Vec::new());
+    };
+    let ctx = SessionContext::new();
+    let mut filter = col("environment")
+        .eq(lit(environment))
+        .and(col("subscription_id").eq(lit(id)));
+    if let Some(s) = status {
+        filter = filter.and(col("status").eq(lit(s)));
+    }
+    let batches = ctx
+        .read_table(table.table_provider().await?)?
+        .filter(filter)?
+        .sort(vec![
+            col("at").sort(false, true),
+            col("attempt").sort(false, true),
+        ])?
+        .limit(0, Some(limit))?
+        .drop_columns(&["environment"])?
+        .collect()
+        .await?;
+    crate::jobs::views::to_json_rows(&batches)
+}

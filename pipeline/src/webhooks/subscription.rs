@@ -1,0 +1,638 @@
+//! Webhook subscriptions in the config document `webhooks` (environment -> id ->
+//! subscription): validation of what users send, with the path of every problem, and the
+//! encrypted signing secrets.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tidemark_sinks::crypto::MasterKey;
+use tidemark_sinks::filter::glob_match;
+use tidemark_sinks::sign::Secret;
+
+use crate::ingest::event::Problem;
+use crate::storage::Store;
+use crate::storage::paths::Doc;
+use crate::{Error, Result};
+
+/// Event categories a filter can name.
+pub const CATEGORIES: &[&str] = &["platform", "sdk", "custom", "system"];
+
+/// The names ingest accepts (limits.max_string_len defaults to 512).
+fn check_event_name(name: &str) -> std::result::Result<(), String> {
+    if name.trim().is_empty() || name.len() > 512 || name.chars().any(char::is_control) {
+        return Err("must be an event name: 1 to 512 bytes of text without control characters".into());
+    }
+    Ok(())
+}
+
+pub const MAX_EVENTS_LIMIT: u32 = 1000;
+pub const MAX_WAIT_LIMIT_MS: u64 = 300_000;
+pub const MAX_HEADERS: usize = 20;
+pub const MAX_IN_FLIGHT_LIMIT: u32 = 64;
+const DEFAULT_IN_FLIGHT: u32 = 8;
+/// Headers tidemark sets itself.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// Which events a subscription receives. Empty lists mean "all".
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Filter {
+    /// Event-name globs (`*` matches anything).
+    pub events: Vec<String>,
+    /// `platform`, `sdk`, `custom`, `system` (segment entered/exited).
+    pub categories: Vec<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, name: &str, category: &str) -> bool {
+        (self.categories.is_empty() || self.categories.iter().any(|c| c == category))
+            && (self.events.is_empty() || self.events.iter().any(|p| glob_match(p, name)))
+    }
+}
+
+/// A signing secret at rest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredSecret {
+    /// `base64(nonce || AES-256-GCM(key bytes))` under the master key.
+    pub encrypted: String,
+    pub created_at: DateTime<Utc>,
+    /// Set when a rotation replaced it: it still signs until then.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A request to re-send failed messages (the worker acts on a new `seq`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recover {
+    pub since: DateTime<Utc>,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Subscription {
+    pub id: String,
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub filter: Filter,
+    pub max_events: u32,
+    pub max_wait_ms: u64,
+    pub include_profile: bool,
+    /// Attempts per second at most.
+    pub rate_limit: Option<u32>,
+    pub max_in_flight: u32,
+    pub paused: bool,
+    pub paused_reason: Option<String>,
+    pub description: Option<String>,
+    /// Newest first.
+    pub secrets: Vec<StoredSecret>,
+    /// Events committed after this `events` version are delivered.
+    pub start_version: i64,
+    pub recover: Option<Recover>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    /// The subscription as the API shows it (never a secret).
+    pub fn public(&self) -> Value {
+        json!({
+            "id": self.id,
+            "url": self.url,
+            "method": self.method,
+            "headers": self.headers,
+            "filter": self.filter,
+            "max_events": self.max_events,
+            "max_wait_ms": self.max_wait_ms,
+            "include_profile": self.include_profile,
+            "rate_limit": self.rate_limit,
+            "max_in_flight": self.max_in_flight,
+            "enabled": !self.paused,
+            "paused_reason": self.paused_reason,
+            "description": self.description,
+            "secrets": self.secrets.iter().map(|s| json!({
+                "created_at": s.created_at, "expires_at": s.expires_at,
+            })).collect::<Vec<_>>(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+
+    /// The secrets that sign at `now`, newest first.
+    pub fn signing_secrets(&self, key: &MasterKey, now: DateTime<Utc>) -> Result<Vec<Secret>> {
+        self.secrets
+            .iter()
+            .filter(|s| s.expires_at.is_none_or(|t| t > now))
+            .map(|s| {
+                key.decrypt(&s.encrypted)
+                    .map(Secret::from_bytes)
+                    .map_err(|e| Error::Invalid(format!("webhook {}: secret: {e}", self.id)))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WebhooksDoc {
+    pub environments: BTreeMap<String, BTreeMap<String, Subscription>>,
+}
+
+/// Why a write was refused.
+#[derive(Debug)]
+pub enum WriteError {
+    Invalid(Vec<Problem>),
+    Other(Error),
+}
+
+impl From<Error> for WriteError {
+    fn from(e: Error) -> Self {
+        WriteError::Other(e)
+    }
+}
+
+fn problem(field: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        index: 0,
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+/// The settable fields of a subscription (create or update).
+const FIELDS: &[&str] = &[
+    "url",
+    "method",
+    "headers",
+    "filter",
+    "max_events",
+    "max_wait_ms",
+    "include_profile",
+    "rate_limit",
+    "max_in_flight",
+    "enabled",
+    "description",
+    "secret",
+];
+
+/// Applies the fields present in `input` to `sub`, collecting every problem. `check_url`
+/// judges the URL's destination (the address policy of the deployment).
+pub fn apply(
+    sub: &mut Subscription,
+    input: &Value,
+    creating: bool,
+    check_url: &dyn Fn(&url::Url) -> std::result::Result<(), String>,
+) -> std::result::Result<Option<Secret>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let Some(obj) = input.as_object() else {
+        return Err(vec![problem("(body)", "must be a JSON object")]);
+    };
+    for key in obj.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            problems.push(problem(
+                key,
+                format!("unknown field; expected one of {}", FIELDS.join(", ")),
+            ));
+        }
+    }
+    if creating && !obj.contains_key("url") {
+        problems.push(problem("url", "is required"));
+    }
+    if let Some(v) = obj.get("url") {
+        match v.as_str().map(url::Url::parse) {
+            None => problems.push(problem("url", "must be a string")),
+            Some(Err(e)) => problems.push(problem("url", format!("not a valid URL: {e}"))),
+            Some(Ok(u)) => {
+                if !matches!(u.scheme(), "http" | "https") {
+                    problems.push(problem("url", "must be an http:// or https:// URL"));
+                } else if u.host().is_none() {
+                    problems.push(problem("url", "must name a host"));
+                } else if !u.username().is_empty() || u.password().is_some() {
+                    problems.push(problem(
+                        "url",
+                        "must not contain credentials; send them in a custom header",
+                    ));
+                } else if v.as_str().is_some_and(|s| s.len() > 2048) {
+                    problems.push(problem("url", "must be at most 2048 characters"));
+                } else if let Err(reason) = check_url(&u) {
+                    problems.push(problem("url", format!("destination refused: {reason}")));
+                } else {
+                    sub.url = u.to_string();
+                }
+            }
+        }
+    }
+    if let Some(v) = obj.get("method") {
+        match v.as_str().map(str::to_ascii_uppercase).as_deref() {
+            Some(m @ ("POST" | "PUT")) => sub.method = m.to_string(),
+            _ => problems.push(problem("method", "must be POST or PUT")),
+        }
+    }
+    if let Some(v) = obj.get("headers") {
+        match v.as_object() {
+            None => problems.push(problem("headers", "must be an object of name: value")),
+            Some(h) if h.len() > MAX_HEADERS => problems.push(problem(
+                "headers",
+                format!("at most {MAX_HEADERS} headers"),
+            )),
+            Some(h) => {
+                let mut headers = BTreeMap::new();
+                for (name, value) in h {
+                    let path = format!("headers.{name}");
+                    let lower = name.to_ascii_lowercase();
+                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        problems.push(problem(&path, "is not a valid header name"));
+                    } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+                        problems.push(problem(&path, "is set by tidemark and cannot be overridden"));
+                    } else {
+                        match value.as_str() {
+                            Some(s) if reqwest::header::HeaderValue::from_str(s).is_ok() && s.len() <= 4096 => {
+                                headers.insert(lower, s.to_string());
+                            }
+                            _ => problems.push(problem(
+                                &path,
+                                "must be a string of visible ASCII characters, at most 4096",
+                            )),
+                        }
+                    }
+                }
+                sub.headers = headers;
+            }
+        }
+    }
+    if let Some(v) = obj.get("filter") {
+        match parse_filter(v) {
+            Ok(f) => sub.filter = f,
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    let int = |name: &str, min: u64, max: u64, problems: &mut Vec<Problem>| -> Option<u64> {
+        let v = obj.get(name)?;
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                problems.push(problem(name, format!("must be an integer from {min} to {max}")));
+                None
+            }
+        }
+    };
+    if let Some(n) = int("max_events", 1, MAX_EVENTS_LIMIT.into(), &mut problems) {
+        sub.max_events = n as u32;
+    }
+    if let Some(n) = int("max_wait_ms", 0, MAX_WAIT_LIMIT_MS, &mut problems) {
+        sub.max_wait_ms = n;
+    }
+    if let Some(n) = int("max_in_flight", 1, MAX_IN_FLIGHT_LIMIT.into(), &mut problems) {
+        sub.max_in_flight = n as u32;
+    }
+    match obj.get("rate_limit") {
+        None => {}
+        Some(Value::Null) => sub.rate_limit = None,
+        Some(_) => {
+            if let Some(n) = int("rate_limit", 1, 100_000, &mut problems) {
+                sub.rate_limit = Some(n as u32);
+            }
+        }
+    }
+    for name in ["include_profile", "enabled"] {
+        if let Some(v) = obj.get(name) {
+            match v.as_bool() {
+                Some(b) if name == "include_profile" => sub.include_profile = b,
+                Some(b) => {
+                    sub.paused = !b;
+                    if b {
+                        sub.paused_reason = None;
+                    } else if sub.paused_reason.is_none() {
+                        sub.paused_reason = Some("paused by a user".into());
+                    }
+                }
+                None => problems.push(problem(name, "must be true or false")),
+            }
+        }
+    }
+    match obj.get("description") {
+        None => {}
+        Some(Value::Null) => sub.description = None,
+        Some(Value::String(s)) if s.len() <= 1024 => sub.description = Some(s.clone()),
+        Some(_) => problems.push(problem("description", "must be a string of at most 1024 bytes")),
+    }
+    let mut secret = None;
+    if let Some(v) = obj.get("secret") {
+        if !creating {
+            problems.push(problem("secret", "is set on creation or with rotate-secret"));
+        } else {
+            match v.as_str().map(Secret::parse) {
+                Some(Ok(s)) => secret = Some(s),
+                Some(Err(e)) => problems.push(problem("secret", e.to_string().trim_start_matches("secret: ").to_string())),
+                None => problems.push(problem("secret", "must be a string whsec_<base64>")),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(secret)
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let Some(obj) = v.as_object() else {
+        return Err(vec![problem("filter", "must be an object {events, categories}")]);
+    };
+    let mut filter = Filter::default();
+    for key in obj.keys() {
+        if key != "events" && key != "categories" {
+            problems.push(problem(&format!("filter.{key}"), "unknown field; expected events or categories"));
+        }
+    }
+    let list = |name: &str, problems: &mut Vec<Problem>| -> Vec<String> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.len() <= 100 => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| match item.as_str() {
+                    Some(s) => Some(s.to_string()),
+                    None => {
+                        problems.push(problem(&format!("filter.{name}[{i}]"), "must be a string"));
+                        None
+                    }
+                })
+                .collect(),
+            Some(_) => {
+                problems.push(problem(&format!("filter.{name}"), "must be a list of at most 100 strings"));
+                Vec::new()
+            }
+        }
+    };
+    filter.events = list("events", &mut problems);
+    filter.categories = list("categories", &mut problems);
+    for (i, pattern) in filter.events.iter().enumerate() {
+        // A glob is an event name with `*` standing for any run of characters.
+        if let Err(msg) = check_event_name(&pattern.replace('*', "x")) {
+            problems.push(problem(&format!("filter.events[{i}]"), msg));
+        }
+    }
+    for (i, c) in filter.categories.iter().enumerate() {
+        if !CATEGORIES.contains(&c.as_str()) {
+            problems.push(problem(
+                &format!("filter.categories[{i}]"),
+                format!("must be one of {}", CATEGORIES.join(", ")),
+            ));
+        }
+    }
+    if problems.is_empty() { Ok(filter) } else { Err(problems) }
+}
+
+/// The subscriptions of a store.
+#[derive(Clone, Debug)]
+pub struct Subscriptions {
+    store: Store,
+}
+
+impl Subscriptions {
+    pub fn new(store: Store) -> Subscriptions {
+        Subscriptions { store }
+    }
+
+    pub async fn all(&self) -> Result<WebhooksDoc> {
+        Ok(self
+            .store
+            .docs()
+            .latest::<WebhooksDoc>(Doc::Webhooks)
+            .await?
+            .map(|(_, d)| d)
+            .unwrap_or_default())
+    }
+
+    pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Subscription>> {
+        Ok(self.all().await?.environments.remove(environment).unwrap_or_default())
+    }
+
+    pub async fn get(&self, environment: &str, id: &str) -> Result<Subscription> {
+        self.list(environment).await?.remove(id).ok_or_else(|| not_found(environment, id))
+    }
+
+    /// Creates a subscription from `input`; returns it and its secret (shown once).
+    pub async fn create(
+        &self,
+        environment: &str,
+        input: &Value,
+        key: &MasterKey,
+        start_version: i64,
+        check_url: &dyn Fn(&url::Url) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(Subscription, Secret), WriteError> {
+        let now = Utc::now();
+        let mut sub = Subscription {
+            id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
+            url: String::new(),
+            method: "POST".into(),
+            headers: BTreeMap::new(),
+            filter: Filter::default(),
+            max_events: 1,
+            max_wait_ms: 1000,
+            include_profile: false,
+            rate_limit: None,
+            max_in_flight: DEFAULT_IN_FLIGHT,
+            paused: false,
+            paused_reason: None,
+            description: None,
+            secrets: Vec::new(),
+            start_version,
+            recover: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let supplied = apply(&mut sub, input, true, check_url).map_err(WriteError::Invalid)?;
+        let secret = supplied.unwrap_or_else(Secret::generate);
+        sub.secrets.push(StoredSecret {
+            encrypted: key.encrypt(secret.as_bytes()),
+            created_at: now,
+            expires_at: None,
+        });
+        let stored = sub.clone();
+        self.store
+            .docs()
+            .update(Doc::Webhooks, |d: Option<WebhooksDoc>| {
+                let mut d = d.unwrap_or_default();
+                d.environments
+                    .entry(environment.to_string())
+                    .or_default()
+                    .insert(stored.id.clone(), stored.clone());
+                Ok(d)
+            })
+            .await?;
+        Ok((sub, secret))
+    }
+
+    /// Applies `change` to subscription `id` and stores the result.
+    pub async fn modify<F>(
+        &self,
+        environment: &str,
+        id: &str,
+        mut change: F,
+    ) -> std::result::Result<Subscription, WriteError>
+    where
+        F: FnMut(&mut Subscription) -> std::result::Result<(), WriteError>,
+    {
+        let mut invalid = None;
+        let mut result = None;
+        let written = self
+            .store
+            .docs()
+            .update(Doc::Webhooks, |d: Option<WebhooksDoc>| {
+                let mut d = d.unwrap_or_default();
+                let sub = d
+                    .environments
+                    .get_mut(environment)
+                    .and_then(|e| e.get_mut(id))
+                    .ok_or_else(|| not_found(environment, id))?;
+                match change(sub) {
+                    Ok(()) => {}
+                    Err(WriteError::Invalid(p)) => {
+                        invalid = Some(p);
+                        return Err(Error::Invalid("invalid".into()));
+                    }
+                    Err(WriteError::Other(e)) => return Err(e),
+                }
+                sub.updated_at = Utc::now();
+                result = Some(sub.clone());
+                Ok(d)
+            })
+            .await;
+        if let Some(p) = invalid {
+            return Err(WriteError::Invalid(p));
+        }
+        written?;
+        result.ok_or_else(|| WriteError::Other(not_found(environment, id)))
+    }
+
+    pub async fn delete(&self, environment: &str, id: &str) -> Result<()> {
+        self.store
+            .docs()
+            .update(Doc::Webhooks, |d: Option<WebhooksDoc>| {
+                let mut d = d.unwrap_or_default();
+                d.environments
+                    .get_mut(environment)
+                    .and_then(|e| e.remove(id))
+                    .ok_or_else(|| not_found(environment, id))?;
+                Ok(d)
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn not_found(environment: &str, id: &str) -> Error {
+    Error::NotFound(format!("no webhook '{id}' in environment '{environment}'"))
+}
+
+/// Rotates the signing secret: the new one signs from now; the old ones keep signing
+/// until `now + grace`.
+pub fn rotate(sub: &mut Subscription, key: &MasterKey, new: &Secret, grace: chrono::Duration) {
+    let now = Utc::now();
+    for old in &mut sub.secrets {
+        let until = now + grace;
+        old.expires_at = Some(old.expires_at.map_or(until, |t| t.min(until)));
+    }
+    sub.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
+    sub.secrets.insert(
+        0,
+        StoredSecret {
+            encrypted: key.encrypt(new.as_bytes()),
+            created_at: now,
+            expires_at: None,
+        },
+    );
+}
+
+/// A subscription's fields as a JSON object a user could send (for `update` from flags).
+pub fn object(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank() -> Subscription {
+        let now = Utc::now();
+        Subscription {
+            id: "wh_1".into(),
+            url: String::new(),
+            method: "POST".into(),
+            headers: BTreeMap::new(),
+            filter: Filter::default(),
+            max_events: 1,
+            max_wait_ms: 1000,
+            include_profile: false,
+            rate_limit: None,
+            max_in_flight: 8,
+            paused: false,
+            paused_reason: None,
+            description: None,
+            secrets: Vec::new(),
+            start_version: 0,
+            recover: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let input = json!({
+            "url": "ftp://x.example/", "method": "GET", "headers": {"Webhook-Id": "x", "bad header": "v", "ok": 1},
+            "filter": {"events": ["", "order-*"], "categories": ["system", "bogus"], "extra": 1},
+            "max_events": 0, "max_wait_ms": 999999, "rate_limit": -1, "include_profile": "yes",
+            "surprise": true, "secret": "nope"
+        });
+        let problems = apply(&mut blank(), &input, true, &|_| Ok(())).unwrap_err();
+        let fields: Vec<&str> = problems.iter().filter_map(|p| p.field.as_deref()).collect();
+        for f in [
+            "url", "method", "headers.Webhook-Id", "headers.bad header", "headers.ok",
+            "filter.events[0]", "filter.categories[1]", "filter.extra", "max_events",
+            "max_wait_ms", "rate_limit", "include_profile", "surprise", "secret",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+        let refused = apply(&mut blank(), &json!({"url": "http://10.0.0.1/"}), true, &|_| Err("10.0.0.1 is a private address".into())).unwrap_err();
+        assert_eq!(refused[0].message, "destination refused: 10.0.0.1 is a private address");
+        let missing = apply(&mut blank(), &json!({}), true, &|_| Ok(())).unwrap_err();
+        assert_eq!((missing[0].field.as_deref(), missing[0].message.as_str()), (Some("url"), "is required"));
+    }
+
+    #[test]
+    fn filters_match_globs_and_categories() {
+        let f = Filter { events: vec!["segment-*".into(), "signup".into()], categories: vec!["system".into(), "custom".into()] };
+        assert!(f.matches("segment-entered", "system"));
+        assert!(f.matches("signup", "custom"));
+        assert!(!f.matches("signup", "sdk"));
+        assert!(!f.matches("login", "custom"));
+        assert!(Filter::default().matches("anything", "platform"));
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_secret_for_the_grace_period() {
+        let key = MasterKey::parse(&base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 32]), "k").unwrap();
+        let mut sub = blank();
+        let first = Secret::generate();
+        sub.secrets.push(StoredSecret { encrypted: key.encrypt(first.as_bytes()), created_at: Utc::now(), expires_at: None });
+        let second = Secret::generate();
+        rotate(&mut sub, &key, &second, chrono::Duration::hours(24));
+        let now = Utc::now();
+        assert_eq!(sub.signing_secrets(&key, now).unwrap(), vec![second.clone(), first]);
+        assert_eq!(sub.signing_secrets(&key, now + chrono::Duration::hours(25)).unwrap(), vec![second]);
+    }
+}

@@ -1,0 +1,617 @@
+//! The delivery worker: one task that follows `events`, cuts each subscription's
+//! matching events into messages (stored before they are sent), feeds one
+//! [`Endpoint`] task per subscription, and commits every attempt to `deliveries`.
+//!
+//! A message is done when its final attempt (delivered, or failed after the whole
+//! schedule) is committed to the log; a chunk whose messages are all done is deleted
+//! (its failed messages move to `failed/` for `recover`). After a crash, the chunks
+//! still stored are sent again except the messages the log says are done, each with its
+//! stored `webhook-id`: at least once, and a duplicate is recognisable.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use datafusion::prelude::{col, lit};
+use deltalake::DeltaTable;
+use serde_json::Value;
+use tidemark_sinks::client::SafeClient;
+use tidemark_sinks::clock::SharedClock;
+use tidemark_sinks::crypto::MasterKey;
+use tidemark_sinks::endpoint::{Endpoint, Message, Report, Settings, Status, Target};
+use tokio::sync::{mpsc, watch};
+
+use super::follow::{Follower, NewEvent};
+use super::log::{self as dlog, Row};
+use super::state::{Chunk, StoredMessage, SubState};
+use super::subscription::{Subscription, Subscriptions};
+use crate::config::WebhooksConfig;
+use crate::storage::Store;
+use crate::{Error, Result};
+
+/// Commits read per pass at most (a long backlog is worked through pass by pass).
+const MAX_COMMITS_PER_PASS: i64 = 200;
+/// An idle subscription's cursor is written at most this often.
+const IDLE_CURSOR_EVERY: Duration = Duration::from_secs(10);
+
+type Key = (String, String);
+
+struct ChunkProgress {
+    messages: HashMap<String, StoredMessage>,
+    pending: HashSet<String>,
+    failed: Vec<StoredMessage>,
+}
+
+struct Sub {
+    env: String,
+    sub: Subscription,
+    endpoint: Endpoint,
+    state: SubState,
+    /// Durable: every event of versions <= cursor is in a chunk (or matched nothing).
+    cursor: i64,
+    cursor_written: Option<(i64, Instant)>,
+    /// Events of versions <= read_to are in `open` or in chunks.
+    read_to: i64,
+    open: Vec<NewEvent>,
+    open_since: Option<Instant>,
+    chunks: BTreeMap<i64, ChunkProgress>,
+    recover_seq: u64,
+}
+
+/// Counters the benchmark and tests read.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub delivered: u64,
+    pub failed: u64,
+    pub attempts: u64,
+}
+
+pub struct Worker {
+    store: Store,
+    config: WebhooksConfig,
+    key: MasterKey,
+    client: SafeClient,
+    clock: SharedClock,
+    follower: Follower,
+    subs: HashMap<Key, Sub>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports_rx: mpsc::UnboundedReceiver<Report>,
+    rows: Vec<Row>,
+    /// Final outcomes waiting for their log commit: (key, chunk, message, failed).
+    settled: Vec<(Key, i64, String, bool)>,
+    deliveries: Option<DeltaTable>,
+    doc_seen: Option<String>,
+    stats: watch::Sender<Stats>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        config: WebhooksConfig,
+        key: MasterKey,
+        client: SafeClient,
+        clock: SharedClock,
+    ) -> Result<Worker> {
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        Ok(Worker {
+            follower: Follower::new(store.clone())?,
+            store,
+            config,
+            key,
+            client,
+            clock,
+            subs: HashMap::new(),
+            reports_tx,
+            reports_rx,
+            rows: Vec::new(),
+            settled: Vec::new(),
+            deliveries: None,
+            doc_seen: None,
+            stats: watch::Sender::new(Stats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> watch::Receiver<Stats> {
+        self.stats.subscribe()
+    }
+
+    /// Runs until `stop` turns true, then commits the log it holds.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(self.config.log_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if let Err(e) = self.pass().await {
+                        tracing::warn!(error = %e, "webhooks: pass failed; retrying");
+                    }
+                }
+                Some(report) = self.reports_rx.recv() => {
+                    self.on_report(report).await;
+                    while let Ok(r) = self.reports_rx.try_recv() {
+                        self.on_report(r).await;
+                    }
+                }
+                _ = flush.tick() => {
+                    if let Err(e) = self.flush_log().await {
+                        tracing::warn!(error = %e, "webhooks: cannot commit the delivery log; retrying");
+                    }
+                }
+                _ = stop.changed() => {
+                    // Stop the endpoints first: no new attempts.
+                    let keys: Vec<Key> = self.subs.keys().cloned().collect();
+                    while let Ok(r) = self.reports_rx.try_recv() {
+                        self.on_report(r).await;
+                    }
+                    self.flush_log().await?;
+                    for k in keys {
+                        if let Some(s) = self.subs.get(&k) {
+                            let _ = s.state.write_cursor(s.cursor).await;
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One pass: subscription changes, new events, messages cut and sent.
+    pub async fn pass(&mut self) -> Result<()> {
+        self.sync_subscriptions().await?;
+        if self.subs.is_empty() {
+            return Ok(());
+        }
+        let from = self.subs.values().map(|s| s.read_to).min().unwrap_or(0);
+        let head = self.follower.head(from).await?;
+        if head > from {
+            let envs: HashSet<String> = self.subs.keys().map(|(e, _)| e.clone()).collect();
+            let (last, events) = self
+                .follower
+                .read(from, head, MAX_COMMITS_PER_PASS, &envs)
+                .await?;
+            for s in self.subs.values_mut() {
+                if s.read_to >= last {
+                    continue;
+                }
+                for e in &events {
+                    if e.version > s.read_to
+                        && e.environment == s.sub_env()
+                        && s.sub.filter.matches(&e.event_name, &e.category)
+                    {
+                        if s.open.is_empty() {
+                            s.open_since = Some(Instant::now());
+                        }
+                        s.open.push(e.clone());
+                    }
+                }
+                s.read_to = last;
+            }
+        }
+        let keys: Vec<Key> = self.subs.keys().cloned().collect();
+        for key in keys {
+            self.cut(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Turns `open` events into a stored chunk when a batch is full or has waited long
+    /// enough, and advances the cursor.
+    async fn cut(&mut self, key: &Key) -> Result<()> {
+        let Some(s) = self.subs.get_mut(key) else {
+            return Ok(());
+        };
+        let max = s.sub.max_events.max(1) as usize;
+        let waited = s
+            .open_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(s.sub.max_wait_ms));
+        if !s.open.is_empty() && (s.open.len() >= max || waited) {
+            let profiles = if s.sub.include_profile {
+                let users: Vec<String> = s.open.iter().map(|e| e.user_id.clone()).collect();
+                profiles(&self.store, &key.0, users).await?
+            } else {
+                HashMap::new()
+            };
+            let messages: Vec<StoredMessage> = s
+                .open
+                .chunks(max)
+                .map(|batch| StoredMessage {
+                    id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                    event_ids: batch.iter().map(|e| e.event_id.clone()).collect(),
+                    body: body(&key.0, &s.sub.id, batch, &profiles),
+                    failed_at: None,
+                })
+                .collect();
+            let chunk = Chunk {
+                to_version: s.read_to,
+                written_at: self.clock.now(),
+                messages,
+            };
+            s.state.write_chunk(&chunk).await?;
+            s.open.clear();
+            s.open_since = None;
+            s.cursor = s.read_to;
+            s.cursor_written = Some((s.cursor, Instant::now()));
+            s.start_chunk(chunk, &HashMap::new());
+        } else if s.open.is_empty() && s.read_to > s.cursor {
+            s.cursor = s.read_to;
+        }
+        let due = s
+            .cursor_written
+            .is_none_or(|(v, at)| v != s.cursor && at.elapsed() >= IDLE_CURSOR_EVERY);
+        if due && s.cursor_written.is_none_or(|(v, _)| v != s.cursor) {
+            s.state.write_cursor(s.cursor).await?;
+            s.cursor_written = Some((s.cursor, Instant::now()));
+        }
+        Ok(())
+    }
+
+    /// Starts, updates and stops endpoint tasks to match the `webhooks` document.
+    async fn sync_subscriptions(&mut self) -> Result<()> {
+        let doc = Subscriptions::new(self.store.clone()).all().await?;
+        let fingerprint = serde_json::to_string(&doc.environments)?;
+        if self.doc_seen.as_deref() == Some(fingerprint.as_str()) {
+            return Ok(());
+        }
+        let mut wanted: HashSet<Key> = HashSet::new();
+        for (env, subs) in &doc.environments {
+            for (id, sub) in subs {
+                let key = (env.clone(), id.clone());
+                wanted.insert(key.clone());
+                let target = match self.target(sub) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(webhook = %id, error = %e, "webhooks: cannot use subscription");
+                        continue;
+                    }
+                };
+                if let Some(s) = self.subs.get_mut(&key) {
+                    s.endpoint.update(target);
+                    let recover = sub.recover.clone();
+                    s.sub = sub.clone();
+                    if let Some(r) = recover
+                        && r.seq > s.recover_seq
+                    {
+                        s.recover_seq = r.seq;
+                        s.recover(r.since, self.clock.now()).await?;
+                    }
+                } else {
+                    let s = self.start(env, sub, target).await?;
+                    self.subs.insert(key, s);
+                }
+            }
+        }
+        let gone: Vec<Key> = self
+            .subs
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(s) = self.subs.remove(&key) {
+                drop(s.endpoint);
+                s.state.delete_all().await?;
+            }
+        }
+        self.doc_seen = Some(fingerprint);
+        Ok(())
+    }
+
+    fn target(&self, sub: &Subscription) -> Result<Target> {
+        Ok(Target {
+            url: url::Url::parse(&sub.url).map_err(|e| Error::Invalid(format!("url: {e}")))?,
+            method: reqwest::Method::from_bytes(sub.method.as_bytes())
+                .map_err(|e| Error::Invalid(format!("method: {e}")))?,
+            headers: sub.headers.clone().into_iter().collect(),
+            secrets: sub.signing_secrets(&self.key, self.clock.now())?,
+            max_in_flight: sub.max_in_flight as usize,
+            rate_per_sec: sub.rate_limit,
+            paused: sub.paused,
+        })
+    }
+
+    /// Loads a subscription's state and restores its unfinished messages.
+    async fn start(&self, env: &str, sub: &Subscription, target: Target) -> Result<Sub> {
+        let state = SubState::new(&self.store, env, &sub.id);
+        let chunks = state.chunks().await?;
+        let cursor = state.cursor(&chunks).await?.unwrap_or(sub.start_version);
+        let since = chunks.iter().map(|c| c.written_at).min();
+        let last = match since {
+            Some(t) => dlog::last_rows(&self.store, env, &sub.id, t.timestamp_micros()).await?,
+            None => HashMap::new(),
+        };
+        let endpoint = Endpoint::spawn(
+            sub.id.clone(),
+            target,
+            Settings {
+                policy: super::retry_policy(&self.config),
+                pause_after: self.config.pause_after,
+            },
+            self.client.clone(),
+            self.clock.clone(),
+            self.reports_tx.clone(),
+            None,
+        );
+        let mut s = Sub {
+            env: env.to_string(),
+            sub: sub.clone(),
+            endpoint,
+            state,
+            cursor,
+            cursor_written: Some((cursor, Instant::now())),
+            read_to: cursor,
+            open: Vec::new(),
+            open_since: None,
+            chunks: BTreeMap::new(),
+            // A request seen before a restart finds nothing left to move: harmless.
+            recover_seq: 0,
+        };
+        for chunk in chunks {
+            s.start_chunk(chunk, &last);
+        }
+        if let Some(r) = sub.recover.clone() {
+            s.recover_seq = r.seq;
+            s.recover(r.since, self.clock.now()).await?;
+        }
+        Ok(s)
+    }
+
+    async fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Attempt(a) => {
+                let Some((key, s)) = self
+                    .subs
+                    .iter()
+                    .find(|(k, _)| k.1 == a.endpoint)
+                    .map(|(k, s)| (k.clone(), s))
+                else {
+                    return;
+                };
+                let to = a.tag as i64;
+                let event_ids = s
+                    .chunks
+                    .get(&to)
+                    .and_then(|c| c.messages.get(&a.message_id))
+                    .map(|m| m.event_ids.clone())
+                    .unwrap_or_default();
+                self.rows.push(Row {
+                    environment: key.0.clone(),
+                    subscription_id: key.1.clone(),
+                    message_id: a.message_id.clone(),
+                    event_ids,
+                    attempt: a.attempt as i32,
+                    status: a.status.as_str().to_string(),
+                    http_status: a.http_status.map(i32::from),
+                    latency_ms: a.latency.as_millis() as i64,
+                    error: a.error.clone(),
+                    at_us: a.at.timestamp_micros(),
+                    next_attempt_at_us: a.next_attempt_at.map(|t| t.timestamp_micros()),
+                });
+                self.stats.send_modify(|st| {
+                    st.attempts += 1;
+                    match a.status {
+                        Status::Delivered => st.delivered += 1,
+                        Status::Failed => st.failed += 1,
+                        _ => {}
+                    }
+                });
+                match a.status {
+                    Status::Delivered => self.settled.push((key, to, a.message_id, false)),
+                    Status::Failed => self.settled.push((key, to, a.message_id, true)),
+                    Status::Retrying | Status::Gone => {}
+                }
+            }
+            Report::Paused { endpoint, reason } => {
+                let Some(key) = self.subs.keys().find(|k| k.1 == endpoint).cloned() else {
+                    return;
+                };
+                tracing::warn!(webhook = %endpoint, %reason, "webhooks: subscription paused");
+                let written = Subscriptions::new(self.store.clone())
+                    .modify(&key.0, &key.1, |sub| {
+                        sub.paused = true;
+                        sub.paused_reason = Some(reason.clone());
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = written {
+                    tracing::warn!(webhook = %endpoint, error = ?e, "webhooks: cannot store the pause");
+                }
+            }
+        }
+    }
+
+    /// Commits the attempts logged so far, then retires what they finished.
+    pub async fn flush_log(&mut self) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let table = match self.deliveries.take() {
+            Some(t) => t,
+            None => dlog::open_or_create(&self.store).await?,
+        };
+        match dlog::append(table, &self.rows).await {
+            Ok(t) => self.deliveries = Some(t),
+            Err(e) => {
+                // Reload next time: the handle may be behind another writer.
+                return Err(e);
+            }
+        }
+        self.rows.clear();
+        let settled = std::mem::take(&mut self.settled);
+        let now = self.clock.now();
+        let mut touched: HashSet<(Key, i64)> = HashSet::new();
+        for (key, to, id, failed) in settled {
+            let Some(s) = self.subs.get_mut(&key) else { continue };
+            let Some(c) = s.chunks.get_mut(&to) else { continue };
+            if c.pending.remove(&id)
+                && failed
+                && let Some(mut m) = c.messages.get(&id).cloned()
+            {
+                m.failed_at = Some(now);
+                c.failed.push(m);
+            }
+            touched.insert((key, to));
+        }
+        for (key, to) in touched {
+            let Some(s) = self.subs.get_mut(&key) else { continue };
+            let done = s.chunks.get(&to).is_some_and(|c| c.pending.is_empty());
+            if done && let Some(c) = s.chunks.remove(&to) {
+                if !c.failed.is_empty() {
+                    s.state.add_failed(to, c.failed).await?;
+                }
+                s.state.delete_chunk(to).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sub {
+    fn sub_env(&self) -> &str {
+        // The key's environment; kept on the state path too.
+        self.env.as_str()
+    }
+
+    /// Tracks a stored chunk and hands its unfinished messages to the endpoint.
+    fn start_chunk(&mut self, chunk: Chunk, last: &HashMap<String, dlog::Last>) {
+        let written_us = chunk.written_at.timestamp_micros();
+        let mut progress = ChunkProgress {
+            messages: HashMap::new(),
+            pending: HashSet::new(),
+            failed: Vec::new(),
+        };
+        for m in chunk.messages {
+            let prior = last.get(&m.id).filter(|l| l.at_us >= written_us);
+            match prior.map(|l| l.status.as_str()) {
+                Some("delivered") => {}
+                Some("failed") => {
+                    let mut m = m.clone();
+                    m.failed_at = prior.and_then(|l| DateTime::from_timestamp_micros(l.at_us));
+                    progress.failed.push(m);
+                }
+                _ => {
+                    self.endpoint.send(Message {
+                        id: m.id.clone(),
+                        body: Bytes::from(m.body.clone()),
+                        attempts: prior.map_or(0, |l| l.attempt.max(0) as u32),
+                        not_before: prior
+                            .and_then(|l| l.next_attempt_at_us)
+                            .and_then(DateTime::from_timestamp_micros),
+                        tag: chunk.to_version as u64,
+                    });
+                    progress.pending.insert(m.id.clone());
+                }
+            }
+            progress.messages.insert(m.id.clone(), m);
+        }
+        self.chunks.insert(chunk.to_version, progress);
+    }
+
+    /// Moves failed messages that failed at or after `since` back into delivery.
+    async fn recover(&mut self, since: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+        for failed in self.state.failed().await? {
+            let (again, keep): (Vec<_>, Vec<_>) = failed
+                .messages
+                .into_iter()
+                .partition(|m| m.failed_at.is_none_or(|t| t >= since));
+            if again.is_empty() {
+                continue;
+            }
+            let to = failed.to_version;
+            if self.chunks.contains_key(&to) {
+                continue; // still being delivered from an earlier recovery
+            }
+            let chunk = Chunk {
+                to_version: to,
+                written_at: now,
+                messages: again
+                    .into_iter()
+                    .map(|mut m| {
+                        m.failed_at = None;
+                        m
+                    })
+                    .collect(),
+            };
+            self.state.write_chunk(&chunk).await?;
+            self.state.set_failed(to, keep).await?;
+            self.start_chunk(chunk, &HashMap::new());
+        }
+        Ok(())
+    }
+}
+
+/// The JSON body of one message: the exact bytes that are signed and sent.
+fn body(env: &str, sub_id: &str, events: &[NewEvent], profiles: &HashMap<String, Value>) -> String {
+    let mut out = String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+    out.push_str(r#"{"type":"events","environment":"#);
+    out.push_str(&Value::from(env).to_string());
+    out.push_str(r#","subscription_id":"#);
+    out.push_str(&Value::from(sub_id).to_string());
+    out.push_str(r#","events":["#);
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match profiles.get(&e.user_id) {
+            Some(p) => {
+                // `{…}` -> `{…,"profile":{…}}`
+                out.push_str(&e.json[..e.json.len() - 1]);
+                out.push_str(r#","profile":"#);
+                out.push_str(&p.to_string());
+                out.push('}');
+            }
+            None => out.push_str(&e.json),
+        }
+    }
+    out.push_str("]}");
+    out
+}
+
+/// The current profile (tags, typed fields, activity) of each of `users`.
+async fn profiles(store: &Store, env: &str, mut users: Vec<String>) -> Result<HashMap<String, Value>> {
+    users.sort();
+    users.dedup();
+    let ctx = crate::query::session(store, Some(env)).await?;
+    let list: Vec<_> = users.iter().map(|u| lit(u.as_str())).collect();
+    let batches = ctx
+        .table("profiles")
+        .await?
+        .filter(col("user_id").in_list(list, false))?
+        .collect()
+        .await?;
+    let mut out = HashMap::new();
+    for mut row in crate::jobs::views::to_json_rows(&batches)? {
+        let Some(obj) = row.as_object_mut() else { continue };
+        obj.remove("environment");
+        if let Some(Value::String(fields)) = obj.get("fields")
+            && let Ok(parsed) = serde_json::from_str::<Value>(fields)
+        {
+            obj.insert("fields".into(), parsed);
+        }
+        if let Some(Value::String(user)) = obj.remove("user_id") {
+            out.insert(user, row);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a worker with the system clock until `stop`.
+pub async fn run(
+    store: Store,
+    config: WebhooksConfig,
+    key: MasterKey,
+    client: SafeClient,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let worker = Worker::new(
+        store,
+        config,
+        key,
+        client,
+        Arc::new(tidemark_sinks::clock::SystemClock),
+    )?;
+    worker.run(stop).await
+}
