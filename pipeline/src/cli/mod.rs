@@ -6,6 +6,7 @@
 //! - `fields`: the custom field registry; `import`: bulk CSV import of profiles.
 //! - `users`: erase a user, list erasures; `vacuum` and `retention` housekeeping.
 //! - `segments`: segment definitions, previews and their SQL.
+//! - `webhooks`: webhook subscriptions; `sinks run`: the delivery worker on its own.
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
@@ -17,6 +18,7 @@ mod segments;
 mod serve;
 mod sql;
 mod users;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +70,13 @@ pub enum Command {
     /// Erase users and follow erasures.
     #[command(subcommand)]
     Users(users::UsersCommand),
+    /// Webhook subscriptions: add, list, update, pause, resume, delete, test, deliveries,
+    /// recover, rotate-secret.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
+    /// Run the sinks (webhook delivery) without the rest of the node.
+    #[command(subcommand)]
+    Sinks(webhooks::SinksCommand),
     /// Delete files that left their tables (DELETE, compaction) long enough ago.
     Vacuum {
         /// Files that left a table more than this long ago [default: retention.vacuum_after]
@@ -151,6 +160,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import(args) => import::run(file, args),
         Command::Segments(cmd) => segments::run(file, cmd),
         Command::Users(cmd) => users::run(file, cmd),
+        Command::Webhooks(cmd) => webhooks::run(file, cmd),
+        Command::Sinks(cmd) => webhooks::sinks(file, cmd),
         Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
         Command::Retention(data) => users::retention(file, data),
         Command::Sql(args) => sql::run(file, args),

@@ -15,6 +15,7 @@ pub mod node;
 pub mod ops;
 pub mod segments_api;
 pub mod users_api;
+pub mod webhooks_api;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub job_options: crate::jobs::JobOptions,
     /// Notified after each profile write, so the jobs fold it in soon.
     pub profile_writes: Arc<tokio::sync::Notify>,
+    /// Master key, HTTP client and settings of webhook subscriptions.
+    pub webhooks: crate::webhooks::Context,
 }
 
 impl AppState {
@@ -98,6 +101,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/{env}/segments/{id}/members",
             get(segments_api::members),
+        )
+        .route(
+            "/v1/{env}/webhooks",
+            get(webhooks_api::list).post(webhooks_api::create),
+        )
+        .route(
+            "/v1/{env}/webhooks/{id}",
+            get(webhooks_api::get_one)
+                .patch(webhooks_api::update)
+                .delete(webhooks_api::delete),
+        )
+        .route("/v1/{env}/webhooks/{id}/pause", post(webhooks_api::pause))
+        .route("/v1/{env}/webhooks/{id}/resume", post(webhooks_api::resume))
+        .route("/v1/{env}/webhooks/{id}/test", post(webhooks_api::test))
+        .route("/v1/{env}/webhooks/{id}/recover", post(webhooks_api::recover))
+        .route(
+            "/v1/{env}/webhooks/{id}/rotate-secret",
+            post(webhooks_api::rotate_secret),
+        )
+        .route(
+            "/v1/{env}/webhooks/{id}/deliveries",
+            get(webhooks_api::deliveries),
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

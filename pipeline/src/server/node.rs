@@ -77,6 +77,10 @@ pub async fn run(
     bootstrap(&admin, addr).await?;
     let keys = Arc::new(KeyCache::load(admin).await?);
     let metrics = Arc::new(Metrics::new());
+    let webhooks = crate::webhooks::Context::new(&config, &store)?;
+    if let Err(e) = &webhooks.key {
+        tracing::warn!(error = %e, "webhooks are unavailable");
+    }
     let state = Arc::new(AppState {
         store: store.clone(),
         keys: keys.clone(),
@@ -86,6 +90,7 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         profile_writes: Arc::new(Notify::new()),
         job_options: config.job_options(),
+        webhooks: webhooks.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -122,6 +127,11 @@ pub async fn run(
     spawn_optimize(&config, store.clone(), metrics, stop_rx.clone());
     spawn_maintenance(&config, store.clone(), stop_rx.clone());
     spawn_segments(&config, store.clone(), stop_rx.clone());
+    if config.webhooks.enabled
+        && let Ok(key) = webhooks.key.clone()
+    {
+        spawn_webhooks(&config, store.clone(), key, webhooks.client.clone(), stop_rx.clone());
+    }
     if config.jobs.enabled {
         let commits = state.ingestor.get().map(|i| i.committed.clone());
         let runner = Runner::new(store.clone(), config.job_options());
@@ -221,6 +231,36 @@ async fn start_ingest(
         .set(ingestor)
         .map_err(|_| Error::Unavailable("ingest started twice".into()))?;
     Ok(task)
+}
+
+/// The webhook delivery worker; restarted after an error.
+pub fn spawn_webhooks(
+    config: &Config,
+    store: Store,
+    key: tidemark_sinks::crypto::MasterKey,
+    client: tidemark_sinks::client::SafeClient,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let config = config.webhooks.clone();
+    tokio::spawn(async move {
+        loop {
+            let run = crate::webhooks::worker::run(
+                store.clone(),
+                config.clone(),
+                key.clone(),
+                client.clone(),
+                stop.clone(),
+            );
+            match run.await {
+                Ok(()) => return,
+                Err(e) => tracing::error!(error = %e, "webhooks: worker stopped; restarting"),
+            }
+            if *stop.borrow() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
 }
 
 fn spawn_key_refresh(keys: Arc<KeyCache>, mut stop: watch::Receiver<bool>) {

@@ -144,3 +144,16 @@ pub async fn send_test(
         }),
     })
 }
+
+/// A time given by a user: RFC 3339, or a duration ago (`24h`, `3d`).
+pub fn parse_time(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.to_utc());
+    }
+    match humantime::parse_duration(text) {
+        Ok(d) => Ok(chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?),
+        Err(_) => Err(format!(
+            "{text:?} is neither an RFC 3339 time nor a duration such as 24h"
+        )),
+    }
+}

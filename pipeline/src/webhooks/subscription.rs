@@ -431,7 +431,7 @@ impl Subscriptions {
         input: &Value,
         key: &MasterKey,
         start_version: i64,
-        check_url: &dyn Fn(&url::Url) -> std::result::Result<(), String>,
+        check_url: &(dyn Fn(&url::Url) -> std::result::Result<(), String> + Sync),
     ) -> std::result::Result<(Subscription, Secret), WriteError> {
         let now = Utc::now();
         let mut sub = Subscription {
