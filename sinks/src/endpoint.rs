@@ -145,6 +145,7 @@ impl Endpoint {
             waiting: BinaryHeap::new(),
             seq: 0,
             bucket: None,
+            self_paused: false,
         };
         let task = tokio::spawn(worker.run(inbox, targets));
         Endpoint {
@@ -221,6 +222,9 @@ struct Worker {
     waiting: BinaryHeap<Waiting>,
     seq: u64,
     bucket: Option<Bucket>,
+    /// Paused by this task (410, failing too long) until the target says paused too:
+    /// from then on the target decides (a resume clears both).
+    self_paused: bool,
 }
 
 /// What an attempt task hands back.
@@ -241,7 +245,11 @@ impl Worker {
         let mut in_flight: JoinSet<Done> = JoinSet::new();
         let mut inbox_open = true;
         loop {
-            let target = targets.borrow_and_update().clone();
+            let mut target = targets.borrow_and_update().clone();
+            if target.paused {
+                self.self_paused = false;
+            }
+            target.paused |= self.self_paused;
             self.sync_bucket(target.rate_per_sec);
             let now = self.clock.now();
             while self.waiting.peek().is_some_and(|w| w.at <= now) {
@@ -388,7 +396,9 @@ impl Worker {
         let _ = self.reports.send(Report::Attempt(report));
         if let Some(reason) = pause
             && !target.paused
+            && !self.self_paused
         {
+            self.self_paused = true;
             let _ = self.reports.send(Report::Paused {
                 endpoint: self.id.clone(),
                 reason,

@@ -36,3 +36,4 @@ mod jobs;
 mod jobs_model;
 mod segments;
 mod users_api;
+mod webhooks;

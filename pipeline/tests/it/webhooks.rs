@@ -1,0 +1,377 @@
+//! Webhooks end to end: a real `tidemark serve` (and `tidemark sinks run`) delivering to a
+//! local receiver with scripted faults; signatures checked with the `standardwebhooks`
+//! crate; the delivery log; crash recovery; the retry schedule under a paused clock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, TestStore, call, post_json};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    pub path: String,
+    pub id: String,
+    pub timestamp: i64,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Receipt {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn event_ids(&self) -> Vec<String> {
+        self.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// A local webhook receiver. Paths script the answer:
+/// `ok` 204; `flaky` 500 on a message's first two attempts, then 200; `redirect` 302;
+/// `gone` 410; `busy` 429 + `Retry-After: <busy_after>` once per message, then 200;
+/// `down` 500; `slow` 200 after 100 ms; `blackhole` never answers.
+#[derive(Clone)]
+pub struct Receiver {
+    pub port: u16,
+    pub got: Arc<Mutex<Vec<Receipt>>>,
+}
+
+impl Receiver {
+    pub async fn start(busy_after: u64) -> Receiver {
+        let got: Arc<Mutex<Vec<Receipt>>> = Arc::default();
+        let g = got.clone();
+        let app = Router::new().route(
+            "/{path}",
+            any(move |Path(path): Path<String>, headers: HeaderMap, body: Bytes| {
+                let g = g.clone();
+                async move { answer(g, path, headers, body, busy_after).await }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { port, got }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    pub fn at(&self, path: &str) -> Vec<Receipt> {
+        self.got.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+    }
+
+    /// Event ids received on `path` (with repeats).
+    pub fn events_at(&self, path: &str) -> Vec<String> {
+        self.at(path).iter().flat_map(Receipt::event_ids).collect()
+    }
+
+    /// Waits until `done(receipts on path)` or `secs` pass; returns whether it held.
+    pub async fn wait(&self, path: &str, secs: u64, done: impl Fn(&[Receipt]) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if done(&self.at(path)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn answer(
+    got: Arc<Mutex<Vec<Receipt>>>,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    busy_after: u64,
+) -> Response {
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let timestamp = headers
+        .get("webhook-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    let seen_before = {
+        let mut g = got.lock().unwrap();
+        let n = g.iter().filter(|r| r.path == path && r.id == id).count();
+        g.push(Receipt { path: path.clone(), id, timestamp, headers, body, at: Instant::now() });
+        n
+    };
+    match path.as_str() {
+        "flaky" if seen_before < 2 => (StatusCode::INTERNAL_SERVER_ERROR, "not yet").into_response(),
+        "redirect" => (StatusCode::FOUND, [("location", "http://127.0.0.1:9/elsewhere")]).into_response(),
+        "gone" => StatusCode::GONE.into_response(),
+        "busy" if seen_before == 0 => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", busy_after.to_string())],
+        )
+            .into_response(),
+        "down" => (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            StatusCode::OK.into_response()
+        }
+        "blackhole" => std::future::pending().await,
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Checks every receipt's signature with the independent `standardwebhooks` crate.
+pub fn verify_all(receipts: &[Receipt], secret: &str) {
+    let wh = standardwebhooks::Webhook::new(secret).unwrap();
+    for r in receipts {
+        wh.verify(&r.body, &r.headers)
+            .unwrap_or_else(|e| panic!("{} on {}: {e:?}", r.id, r.path));
+    }
+}
+
+/// Writes `tidemark.toml` in the store's working directory (the CLI and serve read it).
+fn write_config(ts: &TestStore, webhooks: &str) {
+    std::fs::write(ts.tmp.path().join("tidemark.toml"), format!("[webhooks]\n{webhooks}\n")).unwrap();
+}
+
+async fn create(node_url: &str, admin: &str, body: Value) -> (String, String) {
+    let (s, b) = call("POST", node_url, admin, Some(body.clone())).await;
+    assert_eq!(s, 201, "{body}: {b}");
+    (b["id"].as_str().unwrap().to_string(), b["secret"].as_str().unwrap().to_string())
+}
+
+fn events(n: usize, name: &str, prefix: &str) -> Value {
+    Value::Array(
+        (0..n)
+            .map(|i| json!({"event_id": format!("{prefix}-{i}"), "event_name": name, "user_id": format!("u{}", i % 5), "properties": {"i": i, "note": "Zoë"}}))
+            .collect(),
+    )
+}
+
+/// Delivery from `serve`: filters, batching with profiles, retries, redirects, 410,
+/// Retry-After, an endpoint that never answers beside ones that must not wait for it,
+/// segment events (`system`), the delivery log, recover and the API's refusals.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_delivers_signed_events_with_retries_and_a_log() {
+    let rx = Receiver::start(1).await;
+    let ts = TestStore::new(Backend::Local);
+    write_config(
+        &ts,
+        r#"allow_networks = ["127.0.0.0/8"]
+retry_schedule = ["0s", "1s", "1s"]
+jitter = 0.0
+timeout = "3s"
+poll_interval = "100ms"
+log_interval = "200ms""#,
+    );
+    let node = ts.serve(&[], &[("TIDEMARK_JOBS__DEBOUNCE", "50ms")]);
+    let admin = node.admin_key.clone().unwrap();
+    let ingest = node.ingest_key().to_string();
+    let hooks = node.url("/v1/default/webhooks");
+
+    // Refusals name the field.
+    for (body, field, says) in [
+        (json!({"url": "http://10.1.2.3/x"}), "url", "private"),
+        (json!({"url": "http://[::ffff:192.168.0.1]/x"}), "url", "private"),
+        (json!({"url": "gopher://x.example/"}), "url", "http:// or https://"),
+        (json!({"url": rx.url("ok"), "filter": {"categories": ["nope"]}}), "filter.categories[0]", "must be one of"),
+        (json!({"url": rx.url("ok"), "headers": {"webhook-signature": "x"}}), "headers.webhook-signature", "set by tidemark"),
+        (json!({"url": rx.url("ok"), "max_events": 5000}), "max_events", "1 to 1000"),
+        (json!({"url": rx.url("ok"), "secret": "whsec_short"}), "secret", ""),
+    ] {
+        let (s, b) = call("POST", &hooks, &admin, Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {b}");
+        assert_eq!(b["error"], "invalid_webhook", "{b}");
+        let p = &b["problems"][0];
+        assert_eq!(p["field"], field, "{b}");
+        assert!(p["message"].as_str().unwrap().contains(says), "{b}");
+    }
+    let (s, _) = call("POST", &hooks, &ingest, Some(json!({"url": rx.url("ok")}))).await;
+    assert_eq!(s, 403);
+
+    let (ok, ok_secret) = create(&hooks, &admin, json!({"url": rx.url("ok"), "filter": {"events": ["order-*"], "categories": ["custom"]}, "headers": {"X-Team": "data"}})).await;
+    let (_, blackhole_secret) = create(&hooks, &admin, json!({"url": rx.url("blackhole"), "max_in_flight": 2})).await;
+    let _ = blackhole_secret;
+    let (flaky, flaky_secret) = create(&hooks, &admin, json!({"url": rx.url("flaky"), "filter": {"events": ["order-placed"]}, "method": "PUT"})).await;
+    let (redirect, _) = create(&hooks, &admin, json!({"url": rx.url("redirect"), "filter": {"events": ["order-placed"]}})).await;
+    let (gone, _) = create(&hooks, &admin, json!({"url": rx.url("gone"), "filter": {"events": ["order-placed"]}})).await;
+    let (_, busy_secret) = create(&hooks, &admin, json!({"url": rx.url("busy"), "filter": {"events": ["order-placed"]}})).await;
+    let (_, batch_secret) = create(&hooks, &admin, json!({"url": rx.url("batch"), "filter": {"events": ["order-*"]}, "max_events": 10, "max_wait_ms": 300, "include_profile": true})).await;
+    let (_, system_secret) = create(&hooks, &admin, json!({"url": rx.url("system"), "filter": {"categories": ["system"]}})).await;
+
+    // A profile with a tag, applied before the events arrive.
+    let (s, b) = call("PUT", &node.url("/v1/default/users/u1"), &admin, Some(json!({"tags": {"add": ["vip"]}}))).await;
+    assert_eq!(s, 202, "{b}");
+    let (s, b) = call("POST", &node.url("/v1/default/segments"), &admin, Some(json!({"id": "placed", "name": "Placed an order", "match": "all", "conditions": [{"event": "order-placed", "op": "did"}]}))).await;
+    assert_eq!(s, 201, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, b) = call("GET", &node.url("/v1/default/users/u1"), &admin, None).await;
+        if b["tags"] == json!(["vip"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "profile write not applied: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let sent = Instant::now();
+    for batch in [events(20, "order-placed", "p"), events(5, "order-paid", "q"), events(5, "app-opened", "a")] {
+        let (s, b) = post_json(&node.events_url("default"), Some(&ingest), &batch.to_string()).await;
+        assert_eq!(s, 202, "{b}");
+    }
+    let placed: BTreeSet<String> = (0..20).map(|i| format!("p-{i}")).collect();
+    let orders: BTreeSet<String> = placed.iter().cloned().chain((0..5).map(|i| format!("q-{i}"))).collect();
+
+    // The endpoint that never answers does not hold up the others.
+    assert!(rx.wait("ok", 10, |r| r.len() >= 25).await, "ok got {}", rx.at("ok").len());
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(8), "ok endpoint waited {took:?}");
+    let ok_got = rx.at("ok");
+    assert_eq!(ok_got.iter().flat_map(Receipt::event_ids).collect::<BTreeSet<_>>(), orders);
+    assert_eq!(ok_got.len(), 25, "one event per message, app-opened filtered out");
+    verify_all(&ok_got, &ok_secret);
+    for r in &ok_got {
+        assert_eq!(r.headers["x-team"], "data");
+        let body = r.json();
+        assert_eq!(body["type"], "events");
+        assert_eq!(body["environment"], "default");
+        assert_eq!(body["subscription_id"], ok.as_str());
+        let e = &body["events"][0];
+        assert_eq!(e["category"], "custom");
+        assert_eq!(e["properties"]["note"], "Zoë");
+        assert!(e["received_at"].as_str().unwrap().ends_with('Z'));
+    }
+    assert!(!rx.at("blackhole").is_empty(), "the blackhole was tried");
+
+    // flaky: two 500s then 200, same webhook-id on all three attempts.
+    assert!(rx.wait("flaky", 15, |r| r.len() >= 60).await, "flaky got {}", rx.at("flaky").len());
+    let flaky_got = rx.at("flaky");
+    verify_all(&flaky_got, &flaky_secret);
+    let mut by_id: BTreeMap<String, Vec<&Receipt>> = BTreeMap::new();
+    for r in &flaky_got {
+        by_id.entry(r.id.clone()).or_default().push(r);
+    }
+    assert_eq!(by_id.len(), 20);
+    for (id, rs) in &by_id {
+        assert_eq!(rs.len(), 3, "{id}");
+        assert!(rs.iter().all(|r| r.body == rs[0].body), "same body on every attempt");
+        assert!(rs[1].at - rs[0].at >= Duration::from_millis(900), "retry waited the schedule");
+    }
+
+    // busy: 429 + Retry-After 1, then 200.
+    assert!(rx.wait("busy", 15, |r| r.len() >= 40).await);
+    verify_all(&rx.at("busy"), &busy_secret);
+
+    // batching: at most 10 per message, every order event once, profile attached.
+    assert!(rx.wait("batch", 15, |r| r.iter().map(|x| x.event_ids().len()).sum::<usize>() >= 25).await);
+    let batch_got = rx.at("batch");
+    verify_all(&batch_got, &batch_secret);
+    assert!(batch_got.len() < 25 && batch_got.iter().all(|r| r.event_ids().len() <= 10), "{}", batch_got.len());
+    assert_eq!(rx.events_at("batch").into_iter().collect::<BTreeSet<_>>(), orders);
+    let u1_events: Vec<Value> = batch_got
+        .iter()
+        .flat_map(|r| r.json()["events"].as_array().unwrap().clone())
+        .filter(|e| e["user_id"] == "u1")
+        .collect();
+    assert!(!u1_events.is_empty());
+    for e in &u1_events {
+        assert_eq!(e["profile"]["tags"], json!(["vip"]), "{e}");
+    }
+
+    // segment events arrive as `system`.
+    assert!(rx.wait("system", 30, |r| r.len() >= 5).await, "system got {}", rx.at("system").len());
+    let sys = rx.at("system");
+    verify_all(&sys, &system_secret);
+    for r in &sys {
+        let e = &r.json()["events"][0];
+        assert_eq!((e["category"].as_str(), e["event_name"].as_str()), (Some("system"), Some("segment-entered")));
+        assert_eq!(e["properties"]["segment_id"], "placed");
+    }
+    assert_eq!(sys.len(), 5, "one entered event per user");
+
+    // gone: 410 paused the subscription after its first attempt.
+    let gone_url = format!("{hooks}/{gone}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = call("GET", &gone_url, &admin, None).await;
+        if b["enabled"] == json!(false) {
+            assert!(b["paused_reason"].as_str().unwrap().contains("410"), "{b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not paused: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_attempts = rx.at("gone").len();
+    assert!(gone_attempts >= 1 && gone_attempts <= 8, "{gone_attempts}");
+
+    // redirect: 3 attempts (the schedule's length), then failed; the log says so.
+    assert!(rx.wait("redirect", 15, |r| r.len() >= 60).await);
+    let log_url = format!("{hooks}/{redirect}/deliveries?status=failed&limit=1000");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let (s, b) = call("GET", &log_url, &admin, None).await;
+        assert_eq!(s, 200, "{b}");
+        let rows = b["deliveries"].as_array().unwrap().clone();
+        if rows.len() >= 20 || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed.len(), 20);
+    for row in &failed {
+        assert_eq!((row["attempt"].as_i64(), row["http_status"].as_i64()), (Some(3), Some(302)), "{row}");
+        assert!(row["error"].as_str().unwrap().contains("redirect to http://127.0.0.1:9/elsewhere not followed"), "{row}");
+        assert_eq!(row["event_ids"].as_array().unwrap().len(), 1);
+    }
+    let failed_ids: BTreeSet<String> = failed.iter().map(|r| r["message_id"].as_str().unwrap().to_string()).collect();
+    // recover re-sends them with their ids.
+    let before = rx.at("redirect").len();
+    let (s, b) = call("POST", &format!("{hooks}/{redirect}/recover"), &admin, Some(json!({"since": "1h"}))).await;
+    assert_eq!(s, 202, "{b}");
+    assert!(rx.wait("redirect", 15, |r| r.len() >= before + 60).await);
+    let again: BTreeSet<String> = rx.at("redirect")[before..].iter().map(|r| r.id.clone()).collect();
+    assert_eq!(again, failed_ids);
+
+    // The flaky subscription's log: retrying, retrying, delivered for each message.
+    let (_, b) = call("GET", &format!("{hooks}/{flaky}/deliveries?limit=1000"), &admin, None).await;
+    let rows = b["deliveries"].as_array().unwrap();
+    let mut per: HashMap<&str, Vec<(i64, &str, i64)>> = HashMap::new();
+    for r in rows {
+        per.entry(r["message_id"].as_str().unwrap()).or_default().push((
+            r["attempt"].as_i64().unwrap(),
+            r["status"].as_str().unwrap(),
+            r["http_status"].as_i64().unwrap(),
+        ));
+    }
+    assert_eq!(per.len(), 20, "{b}");
+    for (_, mut attempts) in per {
+        attempts.sort();
+        assert_eq!(attempts, [(1, "retrying", 500), (2, "retrying", 500), (3, "delivered", 204)]);
+    }
+    let (s, b) = call("GET", &format!("{hooks}/{flaky}/deliveries?limit=0"), &admin, None).await;
+    assert_eq!((s, b["message"].as_str().unwrap_or_default()), (400, "limit: must be an integer from 1 to 1000"));
+
+    // The deliveries table is plain SQL too.
+    let rows = ts.sql(&format!("select count(*) as n from deliveries where subscription_id = '{ok}' and status = 'delivered'"));
+    assert_eq!(rows[0]["n"], 25);
+    drop(node);
+}
