@@ -168,6 +168,7 @@ pub async fn last_rows(
         .await?;
     let mut last: HashMap<String, Last> = HashMap::new();
     for b in &batches {
+        let b = &plain_strings(b)?;
         let ids = string_col(b, 0)?;
         let attempts = b
             .column(1)
@@ -193,6 +194,22 @@ pub async fn last_rows(
         }
     }
     Ok(last)
+}
+
+/// The batch with view-typed text columns (what the Delta scan gives) cast to `Utf8`.
+fn plain_strings(b: &RecordBatch) -> Result<RecordBatch> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+        if matches!(f.data_type(), DataType::Utf8View | DataType::LargeUtf8) {
+            columns.push(arrow::compute::cast(c, &DataType::Utf8)?);
+            fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+        } else {
+            columns.push(c.clone());
+            fields.push(f.as_ref().clone());
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
 }
 
 fn string_col(b: &RecordBatch, i: usize) -> Result<&StringArray> {

@@ -129,7 +129,7 @@ impl TestStore {
         }
     }
 
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.current_dir(self.tmp.path());
         for (k, v) in &self.env {
