@@ -76,6 +76,8 @@ pub struct Worker {
     clock: SharedClock,
     follower: Follower,
     subs: HashMap<Key, Sub>,
+    /// Subscription id -> key (reports name the subscription only).
+    by_id: HashMap<String, Key>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports_rx: mpsc::UnboundedReceiver<Report>,
     rows: Vec<Row>,
@@ -103,6 +105,7 @@ impl Worker {
             client,
             clock,
             subs: HashMap::new(),
+            by_id: HashMap::new(),
             reports_tx,
             reports_rx,
             rows: Vec::new(),
@@ -280,6 +283,7 @@ impl Worker {
                     }
                 } else {
                     let s = self.start(env, sub, target).await?;
+                    self.by_id.insert(id.clone(), key.clone());
                     self.subs.insert(key, s);
                 }
             }
@@ -291,6 +295,7 @@ impl Worker {
             .cloned()
             .collect();
         for key in gone {
+            self.by_id.remove(&key.1);
             if let Some(s) = self.subs.remove(&key) {
                 drop(s.endpoint);
                 s.state.delete_all().await?;
@@ -362,12 +367,10 @@ impl Worker {
     async fn on_report(&mut self, report: Report) {
         match report {
             Report::Attempt(a) => {
-                let Some((key, s)) = self
-                    .subs
-                    .iter()
-                    .find(|(k, _)| k.1 == a.endpoint)
-                    .map(|(k, s)| (k.clone(), s))
-                else {
+                let Some(key) = self.by_id.get(&a.endpoint).cloned() else {
+                    return;
+                };
+                let Some(s) = self.subs.get(&key) else {
                     return;
                 };
                 let to = a.tag as i64;
@@ -405,7 +408,7 @@ impl Worker {
                 }
             }
             Report::Paused { endpoint, reason } => {
-                let Some(key) = self.subs.keys().find(|k| k.1 == endpoint).cloned() else {
+                let Some(key) = self.by_id.get(&endpoint).cloned() else {
                     return;
                 };
                 tracing::warn!(webhook = %endpoint, %reason, "webhooks: subscription paused");
