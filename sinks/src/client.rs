@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ipnet::IpNet;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::{Host, Url};
 
 use crate::{Error, Result};
@@ -235,15 +236,16 @@ impl SafeClient {
         &self,
         method: reqwest::Method,
         url: &Url,
-        headers: &[(String, String)],
+        headers: HeaderMap,
         body: Bytes,
     ) -> std::result::Result<Response, Failure> {
         self.check_url(url)?;
         let started = Instant::now();
-        let mut request = self.http.request(method, url.clone()).body(body);
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
+        let request = self
+            .http
+            .request(method, url.clone())
+            .headers(headers)
+            .body(body);
         let failed = |e: reqwest::Error, started: Instant| Failure {
             kind: if chain_has_blocked(&e) {
                 FailureKind::Blocked
@@ -288,6 +290,19 @@ impl SafeClient {
             latency: started.elapsed(),
         })
     }
+}
+
+/// `(name, value)` pairs as a header map; the error names the header.
+pub fn header_map(pairs: &[(String, String)]) -> Result<HeaderMap> {
+    let mut map = HeaderMap::with_capacity(pairs.len() + 4);
+    for (name, value) in pairs {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| Error::invalid(format!("headers.{name}"), e.to_string()))?;
+        let v = HeaderValue::from_str(value)
+            .map_err(|e| Error::invalid(format!("headers.{name}"), e.to_string()))?;
+        map.append(n, v);
+    }
+    Ok(map)
 }
 
 fn chain_has_blocked(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -111,7 +111,7 @@ pub enum Report {
 #[derive(Debug)]
 pub struct Endpoint {
     messages: mpsc::UnboundedSender<Message>,
-    target: watch::Sender<Target>,
+    target: watch::Sender<Arc<Prepared>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -133,7 +133,7 @@ impl Endpoint {
         failing_since: Option<DateTime<Utc>>,
     ) -> Endpoint {
         let (messages, inbox) = mpsc::unbounded_channel();
-        let (target, targets) = watch::channel(target);
+        let (target, targets) = watch::channel(Arc::new(Prepared::new(target)));
         let worker = Worker {
             id,
             settings,
@@ -160,7 +160,29 @@ impl Endpoint {
     }
 
     pub fn update(&self, target: Target) {
-        let _ = self.target.send(target);
+        let _ = self.target.send(Arc::new(Prepared::new(target)));
+    }
+}
+
+/// A target with its fixed headers parsed once (not per attempt).
+#[derive(Debug)]
+struct Prepared {
+    target: Target,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Prepared {
+    fn new(target: Target) -> Prepared {
+        let mut headers = crate::client::header_map(&target.headers).unwrap_or_else(|e| {
+            // Subscriptions are validated when written; a bad header here is dropped.
+            tracing::warn!(error = %e, "dropping custom headers");
+            reqwest::header::HeaderMap::new()
+        });
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        Prepared { target, headers }
     }
 }
 
@@ -240,16 +262,20 @@ impl Worker {
     async fn run(
         mut self,
         mut inbox: mpsc::UnboundedReceiver<Message>,
-        mut targets: watch::Receiver<Target>,
+        mut targets: watch::Receiver<Arc<Prepared>>,
     ) {
         let mut in_flight: JoinSet<Done> = JoinSet::new();
         let mut inbox_open = true;
+        let mut prepared = targets.borrow_and_update().clone();
         loop {
-            let mut target = targets.borrow_and_update().clone();
-            if target.paused {
-                self.self_paused = false;
+            if targets.has_changed().unwrap_or(false) {
+                prepared = targets.borrow_and_update().clone();
+                if prepared.target.paused {
+                    self.self_paused = false;
+                }
             }
-            target.paused |= self.self_paused;
+            let target = &prepared.target;
+            let paused = target.paused || self.self_paused;
             self.sync_bucket(target.rate_per_sec);
             let now = self.clock.now();
             while self.waiting.peek().is_some_and(|w| w.at <= now) {
@@ -259,7 +285,7 @@ impl Worker {
             }
             // Start as many attempts as the limits allow.
             let mut rate_wait = None;
-            while !target.paused && in_flight.len() < target.max_in_flight.max(1) {
+            while !paused && in_flight.len() < target.max_in_flight.max(1) {
                 if self.ready.is_empty() {
                     break;
                 }
@@ -273,7 +299,7 @@ impl Worker {
                     in_flight.spawn(attempt(
                         self.client.clone(),
                         self.clock.clone(),
-                        target.clone(),
+                        prepared.clone(),
                         message,
                     ));
                 }
@@ -291,7 +317,7 @@ impl Worker {
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     if let Ok(done) = done {
-                        self.settle(done, &target);
+                        self.settle(done, paused);
                     }
                 }
                 () = sleep_until_opt(&self.clock, next_timer), if next_timer.is_some() => {}
@@ -330,7 +356,7 @@ impl Worker {
         });
     }
 
-    fn settle(&mut self, done: Done, target: &Target) {
+    fn settle(&mut self, done: Done, paused: bool) {
         let Done {
             mut message,
             at,
@@ -383,7 +409,7 @@ impl Worker {
                     None => report.status = Status::Failed,
                 }
                 let failing_for = (at - since).to_std().unwrap_or_default();
-                if !target.paused && failing_for >= self.settings.pause_after {
+                if !paused && failing_for >= self.settings.pause_after {
                     pause = Some(format!(
                         "failing continuously since {} (for {})",
                         since.to_rfc3339(),
@@ -395,8 +421,7 @@ impl Worker {
         report.failing_since = self.failing_since;
         let _ = self.reports.send(Report::Attempt(report));
         if let Some(reason) = pause
-            && !target.paused
-            && !self.self_paused
+            && !paused
         {
             self.self_paused = true;
             let _ = self.reports.send(Report::Paused {
@@ -429,24 +454,24 @@ async fn sleep_until_opt(clock: &SharedClock, at: Option<DateTime<Utc>>) {
 async fn attempt(
     client: SafeClient,
     clock: SharedClock,
-    target: Target,
+    prepared: Arc<Prepared>,
     message: Message,
 ) -> Done {
+    use reqwest::header::HeaderValue;
     let at = clock.now();
     let timestamp = at.timestamp();
-    let mut headers = target.headers.clone();
-    headers.push(("content-type".into(), "application/json".into()));
-    headers.push(("webhook-id".into(), message.id.clone()));
-    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
-    headers.push((
-        "webhook-signature".into(),
-        signature_header(&target.secrets, &message.id, timestamp, &message.body),
-    ));
+    let target = &prepared.target;
+    let mut headers = prepared.headers.clone();
+    let signature = signature_header(&target.secrets, &message.id, timestamp, &message.body);
+    let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+    headers.insert("webhook-id", value(&message.id));
+    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    headers.insert("webhook-signature", value(&signature));
     let sent = client
         .send(
             target.method.clone(),
             &target.url,
-            &headers,
+            headers,
             message.body.clone(),
         )
         .await;

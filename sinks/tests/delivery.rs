@@ -66,7 +66,7 @@ async fn private_destinations_are_refused_unless_allow_listed() {
     for host in ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]"] {
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
         let f = strict
-            .send(reqwest::Method::POST, &url, &[], body.clone())
+            .send(reqwest::Method::POST, &url, Default::default(), body.clone())
             .await
             .unwrap_err();
         assert_eq!(f.kind, FailureKind::Blocked, "{host}: {}", f.message);
@@ -76,17 +76,17 @@ async fn private_destinations_are_refused_unless_allow_listed() {
     for ip in blocked_examples() {
         let host = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let f = strict.send(reqwest::Method::POST, &url, &[], body.clone()).await.unwrap_err();
+        let f = strict.send(reqwest::Method::POST, &url, Default::default(), body.clone()).await.unwrap_err();
         assert_eq!(f.kind, FailureKind::Blocked, "{ip}: {}", f.message);
     }
     assert!(seen.lock().unwrap().is_empty(), "nothing reached the receiver");
-    let e = strict.send(reqwest::Method::POST, &"ftp://example.com/".parse().unwrap(), &[], body.clone()).await.unwrap_err();
+    let e = strict.send(reqwest::Method::POST, &"ftp://example.com/".parse().unwrap(), Default::default(), body.clone()).await.unwrap_err();
     assert_eq!(e.message, "scheme ftp is not http or https");
 
     let open = client(&["127.0.0.0/8"]);
     for host in ["localhost", "127.0.0.1"] {
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let r = open.send(reqwest::Method::POST, &url, &[], body.clone()).await.unwrap();
+        let r = open.send(reqwest::Method::POST, &url, Default::default(), body.clone()).await.unwrap();
         assert_eq!(r.status, 204, "{host}");
     }
     assert_eq!(seen.lock().unwrap().len(), 2);
@@ -97,11 +97,11 @@ async fn redirects_are_not_followed_and_bodies_are_capped() {
     let (port, _) = receiver().await;
     let c = client(&["127.0.0.0/8"]);
     let url = format!("http://127.0.0.1:{port}/moved").parse().unwrap();
-    let r = c.send(reqwest::Method::POST, &url, &[], Bytes::new()).await.unwrap();
+    let r = c.send(reqwest::Method::POST, &url, Default::default(), Bytes::new()).await.unwrap();
     assert_eq!(r.status, 302);
     assert_eq!(r.location.as_deref(), Some("http://127.0.0.1:1/ok"));
     let url = format!("http://127.0.0.1:{port}/big").parse().unwrap();
-    let r = c.send(reqwest::Method::POST, &url, &[], Bytes::new()).await.unwrap();
+    let r = c.send(reqwest::Method::POST, &url, Default::default(), Bytes::new()).await.unwrap();
     assert_eq!((r.status, r.body.len()), (500, 64 * 1024));
 }
 

@@ -127,11 +127,16 @@ pub async fn run(
     spawn_optimize(&config, store.clone(), metrics, stop_rx.clone());
     spawn_maintenance(&config, store.clone(), stop_rx.clone());
     spawn_segments(&config, store.clone(), stop_rx.clone());
-    if config.webhooks.enabled
-        && let Ok(key) = webhooks.key.clone()
-    {
-        spawn_webhooks(&config, store.clone(), key, webhooks.client.clone(), stop_rx.clone());
-    }
+    let webhooks_task = match (config.webhooks.enabled, webhooks.key.clone()) {
+        (true, Ok(key)) => Some(spawn_webhooks(
+            &config,
+            store.clone(),
+            key,
+            webhooks.client.clone(),
+            stop_rx.clone(),
+        )),
+        _ => None,
+    };
     if config.jobs.enabled {
         let commits = state.ingestor.get().map(|i| i.committed.clone());
         let runner = Runner::new(store.clone(), config.job_options());
@@ -157,6 +162,14 @@ pub async fn run(
     let flushed = flusher
         .await
         .map_err(|e| Error::Unavailable(format!("flusher task: {e}")))?;
+    // The webhook worker commits the attempts it logged before it stops.
+    if let Some(task) = webhooks_task
+        && tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("webhooks: the worker did not stop within 10 s");
+    }
     served?;
     flushed?;
     println!("tidemark: stopped");
@@ -253,10 +266,8 @@ pub fn spawn_webhooks(
             );
             match run.await {
                 Ok(()) => return,
+                Err(_) if *stop.borrow() => return,
                 Err(e) => tracing::error!(error = %e, "webhooks: worker stopped; restarting"),
-            }
-            if *stop.borrow() {
-                return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

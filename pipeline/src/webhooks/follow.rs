@@ -57,19 +57,19 @@ impl Follower {
             .unwrap_or(after))
     }
 
-    /// The events appended by commits `after+1 ..= up_to` (at most `max_commits` of them)
-    /// in environments `envs`; returns the last version read and the events in order.
+    /// The events appended by the commits after `after` (at most `max_commits` of them,
+    /// stopping at the first version not committed yet) in environments `envs`; returns
+    /// the last version read and the events in order. Each version is one object read
+    /// (no listing of the log).
     pub async fn read(
         &self,
         after: i64,
-        up_to: i64,
         max_commits: i64,
         envs: &HashSet<String>,
     ) -> Result<(i64, Vec<NewEvent>)> {
         let mut out = Vec::new();
         let mut last = after;
-        let end = up_to.min(after + max_commits);
-        for version in after + 1..=end {
+        for version in after + 1..=after + max_commits {
             let Some(bytes) = self.log.read_commit_entry(version as u64).await? else {
                 break;
             };

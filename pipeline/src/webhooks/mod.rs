@@ -127,7 +127,9 @@ pub async fn send_test(
     let url = url::Url::parse(&sub.url).map_err(|e| Error::Invalid(format!("url: {e}")))?;
     let method = reqwest::Method::from_bytes(sub.method.as_bytes())
         .map_err(|e| Error::Invalid(format!("method: {e}")))?;
-    Ok(match ctx.client.send(method, &url, &headers, Bytes::from(body)).await {
+    let headers = tidemark_sinks::client::header_map(&headers)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(match ctx.client.send(method, &url, headers, Bytes::from(body)).await {
         Ok(r) => json!({
             "message_id": id,
             "delivered": (200..300).contains(&r.status),

@@ -36,9 +36,17 @@ pub struct Chunk {
     pub messages: Vec<StoredMessage>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Cursor {
-    version: i64,
+/// `cursor.json`: how far the subscription has read, and what else must survive a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    /// The last `events` version fully turned into chunks.
+    pub version: i64,
+    /// The last `recover` request acted on.
+    #[serde(default)]
+    pub recover_seq: u64,
+    /// When the current run of failed attempts began (auto-pause counts from here).
+    #[serde(default)]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,17 +94,28 @@ impl SubState {
         Ok(chunks)
     }
 
-    /// The durable cursor: the newest of `cursor.json` and the chunks.
-    pub async fn cursor(&self, chunks: &[Chunk]) -> Result<Option<i64>> {
+    /// The stored progress, its version raised to the newest chunk's (a crash can fall
+    /// between writing a chunk and the cursor); `None` for a new subscription.
+    pub async fn progress(&self, chunks: &[Chunk]) -> Result<Option<Progress>> {
         let stored = self
-            .get_json::<Cursor>(&self.base.clone().join("cursor.json"))
-            .await?
-            .map(|c| c.version);
-        Ok(stored.max(chunks.iter().map(|c| c.to_version).max()))
+            .get_json::<Progress>(&self.base.clone().join("cursor.json"))
+            .await?;
+        let newest = chunks.iter().map(|c| c.to_version).max();
+        Ok(match (stored, newest) {
+            (Some(mut p), n) => {
+                p.version = p.version.max(n.unwrap_or(i64::MIN));
+                Some(p)
+            }
+            (None, Some(v)) => Some(Progress {
+                version: v,
+                ..Default::default()
+            }),
+            (None, None) => None,
+        })
     }
 
-    pub async fn write_cursor(&self, version: i64) -> Result<()> {
-        self.put_json(&self.base.clone().join("cursor.json"), &Cursor { version })
+    pub async fn write_progress(&self, progress: &Progress) -> Result<()> {
+        self.put_json(&self.base.clone().join("cursor.json"), progress)
             .await
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::follow::{Follower, NewEvent};
 use super::log::{self as dlog, Row};
-use super::state::{Chunk, StoredMessage, SubState};
+use super::state::{Chunk, Progress, StoredMessage, SubState};
 use super::subscription::{Subscription, Subscriptions};
 use crate::config::WebhooksConfig;
 use crate::storage::Store;
@@ -51,7 +51,9 @@ struct Sub {
     state: SubState,
     /// Durable: every event of versions <= cursor is in a chunk (or matched nothing).
     cursor: i64,
-    cursor_written: Option<(i64, Instant)>,
+    /// What `cursor.json` holds, and when it was written.
+    written: (Progress, Instant),
+    failing_since: Option<DateTime<Utc>>,
     /// Events of versions <= read_to are in `open` or in chunks.
     read_to: i64,
     open: Vec<NewEvent>,
@@ -153,7 +155,7 @@ impl Worker {
                     self.flush_log().await?;
                     for k in keys {
                         if let Some(s) = self.subs.get(&k) {
-                            let _ = s.state.write_cursor(s.cursor).await;
+                            let _ = s.state.write_progress(&s.progress()).await;
                         }
                     }
                     return Ok(());
@@ -169,13 +171,9 @@ impl Worker {
             return Ok(());
         }
         let from = self.subs.values().map(|s| s.read_to).min().unwrap_or(0);
-        let head = self.follower.head(from).await?;
-        if head > from {
-            let envs: HashSet<String> = self.subs.keys().map(|(e, _)| e.clone()).collect();
-            let (last, events) = self
-                .follower
-                .read(from, head, MAX_COMMITS_PER_PASS, &envs)
-                .await?;
+        let envs: HashSet<String> = self.subs.keys().map(|(e, _)| e.clone()).collect();
+        let (last, events) = self.follower.read(from, MAX_COMMITS_PER_PASS, &envs).await?;
+        if last > from {
             for s in self.subs.values_mut() {
                 if s.read_to >= last {
                     continue;
@@ -237,19 +235,13 @@ impl Worker {
             s.open.clear();
             s.open_since = None;
             s.cursor = s.read_to;
-            s.cursor_written = Some((s.cursor, Instant::now()));
+            // The chunk's version stands for the cursor until the next write.
+            s.written.0.version = s.cursor;
             s.start_chunk(chunk, &HashMap::new());
         } else if s.open.is_empty() && s.read_to > s.cursor {
             s.cursor = s.read_to;
         }
-        let due = s
-            .cursor_written
-            .is_none_or(|(v, at)| v != s.cursor && at.elapsed() >= IDLE_CURSOR_EVERY);
-        if due && s.cursor_written.is_none_or(|(v, _)| v != s.cursor) {
-            s.state.write_cursor(s.cursor).await?;
-            s.cursor_written = Some((s.cursor, Instant::now()));
-        }
-        Ok(())
+        s.save_progress(false).await
     }
 
     /// Starts, updates and stops endpoint tasks to match the `webhooks` document.
@@ -278,8 +270,9 @@ impl Worker {
                     if let Some(r) = recover
                         && r.seq > s.recover_seq
                     {
-                        s.recover_seq = r.seq;
                         s.recover(r.since, self.clock.now()).await?;
+                        s.recover_seq = r.seq;
+                        s.save_progress(true).await?;
                     }
                 } else {
                     let s = self.start(env, sub, target).await?;
@@ -322,7 +315,11 @@ impl Worker {
     async fn start(&self, env: &str, sub: &Subscription, target: Target) -> Result<Sub> {
         let state = SubState::new(&self.store, env, &sub.id);
         let chunks = state.chunks().await?;
-        let cursor = state.cursor(&chunks).await?.unwrap_or(sub.start_version);
+        let progress = state.progress(&chunks).await?.unwrap_or(Progress {
+            version: sub.start_version,
+            ..Default::default()
+        });
+        let cursor = progress.version;
         let since = chunks.iter().map(|c| c.written_at).min();
         let last = match since {
             Some(t) => dlog::last_rows(&self.store, env, &sub.id, t.timestamp_micros()).await?,
@@ -338,7 +335,7 @@ impl Worker {
             self.client.clone(),
             self.clock.clone(),
             self.reports_tx.clone(),
-            None,
+            progress.failing_since,
         );
         let mut s = Sub {
             env: env.to_string(),
@@ -346,20 +343,23 @@ impl Worker {
             endpoint,
             state,
             cursor,
-            cursor_written: Some((cursor, Instant::now())),
+            written: (progress.clone(), Instant::now()),
+            failing_since: progress.failing_since,
             read_to: cursor,
             open: Vec::new(),
             open_since: None,
             chunks: BTreeMap::new(),
-            // A request seen before a restart finds nothing left to move: harmless.
-            recover_seq: 0,
+            recover_seq: progress.recover_seq,
         };
         for chunk in chunks {
             s.start_chunk(chunk, &last);
         }
-        if let Some(r) = sub.recover.clone() {
-            s.recover_seq = r.seq;
+        if let Some(r) = sub.recover.clone()
+            && r.seq > s.recover_seq
+        {
             s.recover(r.since, self.clock.now()).await?;
+            s.recover_seq = r.seq;
+            s.save_progress(true).await?;
         }
         Ok(s)
     }
@@ -370,9 +370,10 @@ impl Worker {
                 let Some(key) = self.by_id.get(&a.endpoint).cloned() else {
                     return;
                 };
-                let Some(s) = self.subs.get(&key) else {
+                let Some(s) = self.subs.get_mut(&key) else {
                     return;
                 };
+                s.failing_since = a.failing_since;
                 let to = a.tag as i64;
                 let event_ids = s
                     .chunks
@@ -473,6 +474,29 @@ impl Worker {
 }
 
 impl Sub {
+    fn progress(&self) -> Progress {
+        Progress {
+            version: self.cursor,
+            recover_seq: self.recover_seq,
+            failing_since: self.failing_since,
+        }
+    }
+
+    /// Writes `cursor.json` when something other than the version changed (or `now`),
+    /// and for a new version at most every [`IDLE_CURSOR_EVERY`] (re-reading a few
+    /// versions after a crash only finds events that matched nothing).
+    async fn save_progress(&mut self, now: bool) -> Result<()> {
+        let p = self.progress();
+        let (old, at) = &self.written;
+        let changed = p.recover_seq != old.recover_seq || p.failing_since != old.failing_since;
+        let moved = p.version != old.version && at.elapsed() >= IDLE_CURSOR_EVERY;
+        if now || changed || moved {
+            self.state.write_progress(&p).await?;
+            self.written = (p, Instant::now());
+        }
+        Ok(())
+    }
+
     fn sub_env(&self) -> &str {
         // The key's environment; kept on the state path too.
         self.env.as_str()
