@@ -10,8 +10,9 @@
 //!    delivered by `tidemark sinks run`; the same requests sent by a bare signed client
 //!    with the same concurrency and no durability (the peer) give the ratio;
 //! 2. events/s with batching (`max_events = 100`);
-//! 3. end-to-end latency at a fixed ingest rate: `tidemark serve` with the worker inside,
-//!    100 subscriptions each receiving one event name.
+//! 3. end-to-end latency at a fixed ingest rate: `tidemark serve` with the worker inside
+//!    (and the profile jobs), 100 subscriptions each receiving one event name, with
+//!    `max_events = 100, max_wait_ms = 100` and again with `max_events = 1`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -413,11 +414,19 @@ async fn blast(client: &reqwest::Client, base: u16, endpoints: u16, per_endpoint
 
 /// Phase 3: ingest at `rate` events/s into `serve` (worker inside), 100 event names, each
 /// subscription receiving one; latency from send to receipt.
-async fn latency(bin: &Path, client: &reqwest::Client, base: u16, endpoints: u16, rate: usize, seconds: u64) -> anyhow::Result<Value> {
+async fn latency(
+    bin: &Path,
+    client: &reqwest::Client,
+    base: u16,
+    endpoints: u16,
+    rate: usize,
+    seconds: u64,
+    max_events: u32,
+) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir_in("/var/tmp")?;
     let config = write_config(dir.path(), true)?;
     let node = serve(bin, &config)?;
-    create_subs(client, &node, base, endpoints, 1, true).await?;
+    create_subs(client, &node, base, endpoints, max_events, true).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     rx_reset(client, base).await?;
     // 100 requests per second of rate/100 events each, paced.
@@ -445,6 +454,8 @@ async fn latency(bin: &Path, client: &reqwest::Client, base: u16, endpoints: u16
     let s = wait_for(client, base, "events", total as u64, Duration::from_secs(300)).await?;
     node.proc.terminate()?;
     Ok(json!({
+        "max_events": max_events,
+        "max_wait_ms": 100,
         "ingest_rate_target": rate,
         "ingest_rate_achieved": total as f64 / ingest_secs,
         "events": total,
@@ -485,9 +496,12 @@ fn main() -> anyhow::Result<()> {
             eprintln!("phase 2: {batch_events} events x {endpoints} subscriptions, max_events = 100");
             let batched = preloaded(&bin, &client, base_port, endpoints, batch_events, 100).await?;
             eprintln!("{batched}");
-            eprintln!("phase 3: {rate} events/s for {seconds} s, 100 subscriptions of one event name each");
-            let lat = latency(&bin, &client, base_port, endpoints, rate, seconds).await?;
+            eprintln!("phase 3: {rate} events/s for {seconds} s, 100 subscriptions of one event name each, max_events = 100");
+            let lat = latency(&bin, &client, base_port, endpoints, rate, seconds, 100).await?;
             eprintln!("{lat}");
+            eprintln!("phase 3b: the same with max_events = 1 ({rate} signed deliveries/s)");
+            let lat_single = latency(&bin, &client, base_port, endpoints, rate, seconds, 1).await?;
+            eprintln!("{lat_single}");
             let ratio = single["requests_per_s"].as_f64().unwrap_or(0.0) / peer["requests_per_s"].as_f64().unwrap_or(1.0);
             let result = json!({
                 "signed_deliveries": single,
@@ -495,6 +509,7 @@ fn main() -> anyhow::Result<()> {
                 "tidemark_over_peer": ratio,
                 "batched": batched,
                 "latency": lat,
+                "latency_max_events_1": lat_single,
                 "targets": {"deliveries_per_s": 20000, "p99_ms": 2000},
             });
             if let Some(parent) = out.parent() {
