@@ -101,11 +101,15 @@ async fn receive(State(rx): State<Arc<Rx>>, headers: HeaderMap, body: Bytes) -> 
         c.bad.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED;
     }
-    let _ = c.first_us.compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = c
+        .first_us
+        .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
     c.last_us.fetch_max(at, Ordering::Relaxed);
     c.requests.fetch_add(1, Ordering::Relaxed);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let events = parsed["events"].as_array().map_or(&[][..], |v| v.as_slice());
+    let events = parsed["events"]
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice());
     c.events.fetch_add(events.len() as u64, Ordering::Relaxed);
     let sent: Vec<u64> = events
         .iter()
@@ -113,16 +117,26 @@ async fn receive(State(rx): State<Arc<Rx>>, headers: HeaderMap, body: Bytes) -> 
         .map(|s| at.saturating_sub(s))
         .collect();
     if !sent.is_empty() {
-        c.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).extend(sent);
+        c.latencies_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(sent);
     }
     StatusCode::NO_CONTENT
 }
 
 async fn stats(State(rx): State<Arc<Rx>>) -> axum::Json<Value> {
     let c = &rx.counters;
-    let mut lat = c.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut lat = c
+        .latencies_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+    };
     axum::Json(json!({
         "requests": c.requests.load(Ordering::Relaxed),
         "events": c.events.load(Ordering::Relaxed),
@@ -141,7 +155,10 @@ async fn reset(State(rx): State<Arc<Rx>>) -> StatusCode {
     for a in [&c.requests, &c.events, &c.bad, &c.first_us, &c.last_us] {
         a.store(0, Ordering::Relaxed);
     }
-    c.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    c.latencies_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     StatusCode::NO_CONTENT
 }
 
@@ -150,7 +167,9 @@ async fn serve_receiver(base: u16, endpoints: u16, secret: &str) -> anyhow::Resu
         counters: Counters::default(),
         verifier: standardwebhooks::Webhook::new(secret).map_err(|e| anyhow::anyhow!("{e:?}"))?,
     });
-    let hooks = Router::new().route("/hook", post(receive)).with_state(rx.clone());
+    let hooks = Router::new()
+        .route("/hook", post(receive))
+        .with_state(rx.clone());
     for i in 1..=endpoints {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", base + i)).await?;
         let app = hooks.clone();
@@ -178,7 +197,10 @@ impl Drop for Proc {
 
 impl Proc {
     fn terminate(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         self.0.wait()?;
         Ok(())
     }
@@ -233,7 +255,12 @@ fn serve(bin: &Path, config: &Path) -> anyhow::Result<Node> {
     let (Some(url), Some(admin), Some(ingest)) = (url, admin, ingest) else {
         bail!("tidemark serve did not print its address and keys");
     };
-    Ok(Node { proc: Proc(child), url, admin, ingest })
+    Ok(Node {
+        proc: Proc(child),
+        url,
+        admin,
+        ingest,
+    })
 }
 
 async fn create_subs(
@@ -262,7 +289,11 @@ async fn create_subs(
             .send()
             .await?;
         if r.status() != 201 {
-            bail!("creating a subscription: {} {}", r.status(), r.text().await?);
+            bail!(
+                "creating a subscription: {} {}",
+                r.status(),
+                r.text().await?
+            );
         }
     }
     Ok(())
@@ -297,16 +328,30 @@ async fn ingest(client: &reqwest::Client, node: &Node, body: String) -> anyhow::
 }
 
 async fn rx_stats(client: &reqwest::Client, base: u16) -> anyhow::Result<Value> {
-    Ok(client.get(format!("http://127.0.0.1:{base}/stats")).send().await?.json().await?)
+    Ok(client
+        .get(format!("http://127.0.0.1:{base}/stats"))
+        .send()
+        .await?
+        .json()
+        .await?)
 }
 
 async fn rx_reset(client: &reqwest::Client, base: u16) -> anyhow::Result<()> {
-    client.post(format!("http://127.0.0.1:{base}/reset")).send().await?;
+    client
+        .post(format!("http://127.0.0.1:{base}/reset"))
+        .send()
+        .await?;
     Ok(())
 }
 
 /// Waits until the receiver counted `field >= want`; returns the stats.
-async fn wait_for(client: &reqwest::Client, base: u16, field: &str, want: u64, limit: Duration) -> anyhow::Result<Value> {
+async fn wait_for(
+    client: &reqwest::Client,
+    base: u16,
+    field: &str,
+    want: u64,
+    limit: Duration,
+) -> anyhow::Result<Value> {
     let deadline = Instant::now() + limit;
     loop {
         let s = rx_stats(client, base).await?;
@@ -334,7 +379,12 @@ async fn preloaded(
     let node = serve(bin, &config)?;
     create_subs(client, &node, base, endpoints, max_events, false).await?;
     for start in (0..events).step_by(500) {
-        ingest(client, &node, event_batch(start, 500.min(events - start), 50, false)).await?;
+        ingest(
+            client,
+            &node,
+            event_batch(start, 500.min(events - start), 50, false),
+        )
+        .await?;
     }
     node.proc.terminate()?;
     rx_reset(client, base).await?;
@@ -349,10 +399,18 @@ async fn preloaded(
             .stdout(Stdio::null())
             .spawn()?,
     );
-    let s = wait_for(client, base, "events", want_events, Duration::from_secs(600)).await?;
+    let s = wait_for(
+        client,
+        base,
+        "events",
+        want_events,
+        Duration::from_secs(600),
+    )
+    .await?;
     let wall = started.elapsed().as_secs_f64();
     sinks.terminate()?;
-    let span = (s["last_us"].as_u64().unwrap_or(0) - s["first_us"].as_u64().unwrap_or(0)) as f64 / 1e6;
+    let span =
+        (s["last_us"].as_u64().unwrap_or(0) - s["first_us"].as_u64().unwrap_or(0)) as f64 / 1e6;
     let requests = s["requests"].as_u64().unwrap_or(0);
     Ok(json!({
         "max_events": max_events,
@@ -370,11 +428,18 @@ async fn preloaded(
 
 /// The peer: the same number of signed POSTs from a bare client, same concurrency, no
 /// durability, no log.
-async fn blast(client: &reqwest::Client, base: u16, endpoints: u16, per_endpoint: usize) -> anyhow::Result<Value> {
+async fn blast(
+    client: &reqwest::Client,
+    base: u16,
+    endpoints: u16,
+    per_endpoint: usize,
+) -> anyhow::Result<Value> {
     rx_reset(client, base).await?;
     let secret = tidemark_sinks::sign::Secret::parse(SECRET)?;
     let body = event_batch(0, 1, 50, false);
-    let body = format!(r#"{{"type":"events","environment":"default","subscription_id":"wh_x","events":{body}}}"#);
+    let body = format!(
+        r#"{{"type":"events","environment":"default","subscription_id":"wh_x","events":{body}}}"#
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     for e in 1..=endpoints {
@@ -409,7 +474,9 @@ async fn blast(client: &reqwest::Client, base: u16, endpoints: u16, per_endpoint
     let secs = started.elapsed().as_secs_f64();
     let requests = endpoints as usize * per_endpoint;
     let s = rx_stats(client, base).await?;
-    Ok(json!({"requests": requests, "seconds": secs, "requests_per_s": requests as f64 / secs, "bad_signatures": s["bad_signatures"]}))
+    Ok(
+        json!({"requests": requests, "seconds": secs, "requests_per_s": requests as f64 / secs, "bad_signatures": s["bad_signatures"]}),
+    )
 }
 
 /// Phase 3: ingest at `rate` events/s into `serve` (worker inside), 100 event names, each
@@ -439,9 +506,19 @@ async fn latency(
     while sent < total {
         tick.tick().await;
         let body = event_batch(sent, per_tick, endpoints as usize, true);
-        let (c, url, key) = (client.clone(), format!("{}/v1/default/events", node.url), node.ingest.clone());
+        let (c, url, key) = (
+            client.clone(),
+            format!("{}/v1/default/events", node.url),
+            node.ingest.clone(),
+        );
         pending.push(tokio::spawn(async move {
-            let r = c.post(url).bearer_auth(key).header("content-type", "application/json").body(body).send().await?;
+            let r = c
+                .post(url)
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?;
             anyhow::ensure!(r.status() == 202, "ingest: {}", r.status());
             anyhow::Ok(())
         }));
@@ -451,7 +528,14 @@ async fn latency(
         p.await??;
     }
     let ingest_secs = started.elapsed().as_secs_f64();
-    let s = wait_for(client, base, "events", total as u64, Duration::from_secs(300)).await?;
+    let s = wait_for(
+        client,
+        base,
+        "events",
+        total as u64,
+        Duration::from_secs(300),
+    )
+    .await?;
     node.proc.terminate()?;
     Ok(json!({
         "max_events": max_events,
@@ -470,7 +554,9 @@ async fn latency(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.cmd {
         Cmd::Receive { base_port, endpoints, secret } => rt.block_on(serve_receiver(base_port, endpoints, &secret)),
         Cmd::Run { endpoints, events, batch_events, rate, seconds, base_port, tidemark, out } => rt.block_on(async move {

@@ -59,7 +59,10 @@ impl AddressPolicy {
             .enumerate()
             .map(|(i, s)| {
                 s.parse::<IpNet>().map_err(|e| {
-                    Error::invalid(format!("{field}[{i}]"), format!("{s:?} is not a CIDR range: {e}"))
+                    Error::invalid(
+                        format!("{field}[{i}]"),
+                        format!("{s:?} is not a CIDR range: {e}"),
+                    )
                 })
             })
             .collect()
@@ -69,9 +72,7 @@ impl AddressPolicy {
     pub fn check(&self, ip: IpAddr) -> std::result::Result<(), String> {
         // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches the IPv4 host: judge that.
         let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(IpAddr::V6(v6), IpAddr::V4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
         if self.allow.iter().any(|net| net.contains(&ip)) {
@@ -102,9 +103,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let mut refused = Vec::new();
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
@@ -122,8 +122,10 @@ impl Resolve for GuardedResolver {
                 } else {
                     refused.join(", ")
                 };
-                return Err(Box::new(Error::Blocked(format!("{host} resolves to {why}")))
-                    as Box<dyn std::error::Error + Send + Sync>);
+                return Err(
+                    Box::new(Error::Blocked(format!("{host} resolves to {why}")))
+                        as Box<dyn std::error::Error + Send + Sync>,
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -220,7 +222,10 @@ impl SafeClient {
             latency: Duration::ZERO,
         };
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(fail(format!("scheme {} is not http or https", url.scheme())));
+            return Err(fail(format!(
+                "scheme {} is not http or https",
+                url.scheme()
+            )));
         }
         let ip = match url.host() {
             Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
@@ -360,11 +365,18 @@ mod tests {
         for ip in blocked_examples() {
             assert!(policy.check(ip).is_err(), "{ip} should be refused");
         }
-        for ok in ["93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34", "172.32.0.1"] {
+        for ok in [
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:93.184.216.34",
+            "172.32.0.1",
+        ] {
             let ip: IpAddr = ok.parse().unwrap();
             assert_eq!(policy.check(ip), Ok(()), "{ok}");
         }
-        let e = policy.check("::ffff:127.0.0.1".parse().unwrap()).unwrap_err();
+        let e = policy
+            .check("::ffff:127.0.0.1".parse().unwrap())
+            .unwrap_err();
         assert_eq!(e, "127.0.0.1 is a loopback address");
     }
 
@@ -376,9 +388,13 @@ mod tests {
         assert_eq!(policy.check("::ffff:127.0.0.1".parse().unwrap()), Ok(()));
         assert!(policy.check("10.0.0.1".parse().unwrap()).is_err());
         assert!(policy.check("::1".parse().unwrap()).is_err());
-        let e = AddressPolicy::parse_allow(&["127.0.0.0/8".into(), "nope".into()], "webhooks.allow")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("webhooks.allow[1]: \"nope\" is not a CIDR range"), "{e}");
+        let e =
+            AddressPolicy::parse_allow(&["127.0.0.0/8".into(), "nope".into()], "webhooks.allow")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.starts_with("webhooks.allow[1]: \"nope\" is not a CIDR range"),
+            "{e}"
+        );
     }
 }

@@ -30,7 +30,10 @@ impl MasterKey {
     /// Parses base64 of exactly 32 bytes; `field` names where the value came from.
     pub fn parse(text: &str, field: &str) -> Result<MasterKey> {
         let bytes = STANDARD.decode(text.trim()).map_err(|e| {
-            Error::invalid(field, format!("must be base64 of 32 bytes (`openssl rand -base64 32`): {e}"))
+            Error::invalid(
+                field,
+                format!("must be base64 of 32 bytes (`openssl rand -base64 32`): {e}"),
+            )
         })?;
         if bytes.len() != KEY_BYTES {
             return Err(Error::invalid(
@@ -38,8 +41,8 @@ impl MasterKey {
                 format!("must be base64 of 32 bytes, got {} bytes", bytes.len()),
             ));
         }
-        let cipher = Aes256Gcm::new_from_slice(&bytes)
-            .map_err(|e| Error::invalid(field, e.to_string()))?;
+        let cipher =
+            Aes256Gcm::new_from_slice(&bytes).map_err(|e| Error::invalid(field, e.to_string()))?;
         Ok(MasterKey { cipher })
     }
 
@@ -87,9 +90,7 @@ impl MasterKey {
         let (nonce, sealed) = bytes.split_at(NONCE_BYTES);
         self.cipher
             .decrypt(Nonce::from_slice(nonce), sealed)
-            .map_err(|_| {
-                Error::Crypto("authentication failed (a different master key?)".into())
-            })
+            .map_err(|_| Error::Crypto("authentication failed (a different master key?)".into()))
     }
 }
 
@@ -139,9 +140,20 @@ mod tests {
         let again = MasterKey::load_or_create(&path).unwrap();
         assert_eq!(again.decrypt(&sealed).unwrap(), b"whsec_abc");
         let other = MasterKey::parse(&STANDARD.encode([7u8; 32]), "k").unwrap();
-        assert!(other.decrypt(&sealed).unwrap_err().to_string().contains("authentication failed"));
-        let e = MasterKey::parse("c2hvcnQ=", "TIDEMARK_MASTER_KEY").unwrap_err().to_string();
-        assert_eq!(e, "TIDEMARK_MASTER_KEY: must be base64 of 32 bytes, got 5 bytes");
+        assert!(
+            other
+                .decrypt(&sealed)
+                .unwrap_err()
+                .to_string()
+                .contains("authentication failed")
+        );
+        let e = MasterKey::parse("c2hvcnQ=", "TIDEMARK_MASTER_KEY")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "TIDEMARK_MASTER_KEY: must be base64 of 32 bytes, got 5 bytes"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

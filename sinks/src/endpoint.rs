@@ -104,7 +104,10 @@ pub struct Attempt {
 pub enum Report {
     Attempt(Attempt),
     /// The endpoint paused itself (410 Gone, or failing for `pause_after`).
-    Paused { endpoint: String, reason: String },
+    Paused {
+        endpoint: String,
+        reason: String,
+    },
 }
 
 /// Handle of a running endpoint task; dropping it stops the task.
@@ -399,9 +402,8 @@ impl Worker {
                 match next {
                     Some(delay) => {
                         let delay = after.unwrap_or(delay);
-                        let next_at = at
-                            + chrono::Duration::from_std(delay)
-                                .unwrap_or(chrono::Duration::MAX);
+                        let next_at =
+                            at + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                         report.status = Status::Retrying;
                         report.next_attempt_at = Some(next_at);
                         self.wait(next_at, message.clone());
@@ -476,7 +478,11 @@ async fn attempt(
         )
         .await;
     let (verdict, http_status, latency) = match sent {
-        Ok(response) => (judge(&response, at), Some(response.status), response.latency),
+        Ok(response) => (
+            judge(&response, at),
+            Some(response.status),
+            response.latency,
+        ),
         Err(failure) => (judge_failure(&failure), None, failure.latency),
     };
     Done {

@@ -152,16 +152,27 @@ mod tests {
 
     #[test]
     fn responses_are_judged() {
-        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
         assert_eq!(judge(&response(204, None), now), Verdict::Delivered);
         assert_eq!(judge(&response(410, None), now), Verdict::Gone);
         let Verdict::Retry { error, after } = judge(&response(302, None), now) else {
             panic!()
         };
-        assert_eq!(error, "HTTP 302: redirect to https://elsewhere.example/ not followed");
+        assert_eq!(
+            error,
+            "HTTP 302: redirect to https://elsewhere.example/ not followed"
+        );
         assert_eq!(after, None);
         let v = judge(&response(429, Some("7")), now);
-        assert_eq!(v, Verdict::Retry { error: "HTTP 429: busy".into(), after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            v,
+            Verdict::Retry {
+                error: "HTTP 429: busy".into(),
+                after: Some(Duration::from_secs(7))
+            }
+        );
         let v = judge(&response(503, Some("Thu, 01 Jan 2026 00:01:00 GMT")), now);
         assert!(matches!(v, Verdict::Retry { after: Some(d), .. } if d == Duration::from_secs(60)));
         // Retry-After only counts on 429 and 503.

@@ -127,7 +127,10 @@ mod tests {
         let b = Secret::generate();
         let header = signature_header(&[a.clone(), b.clone()], "msg_1", 10, b"{}");
         let parts: Vec<&str> = header.split(' ').collect();
-        assert_eq!(parts, [a.sign("msg_1", 10, b"{}"), b.sign("msg_1", 10, b"{}")]);
+        assert_eq!(
+            parts,
+            [a.sign("msg_1", 10, b"{}"), b.sign("msg_1", 10, b"{}")]
+        );
         assert_ne!(parts[0], parts[1]);
     }
 

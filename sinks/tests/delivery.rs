@@ -41,7 +41,9 @@ async fn receiver() -> (u16, Seen) {
         )
         .route(
             "/big",
-            post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(1 << 20)).into_response() }),
+            post(|| async {
+                (StatusCode::INTERNAL_SERVER_ERROR, "x".repeat(1 << 20)).into_response()
+            }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -66,7 +68,12 @@ async fn private_destinations_are_refused_unless_allow_listed() {
     for host in ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]"] {
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
         let f = strict
-            .send(reqwest::Method::POST, &url, Default::default(), body.clone())
+            .send(
+                reqwest::Method::POST,
+                &url,
+                Default::default(),
+                body.clone(),
+            )
             .await
             .unwrap_err();
         assert_eq!(f.kind, FailureKind::Blocked, "{host}: {}", f.message);
@@ -74,19 +81,50 @@ async fn private_destinations_are_refused_unless_allow_listed() {
     }
     // Every blocked range, as an IP literal (refused before any connection).
     for ip in blocked_examples() {
-        let host = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
+        let host = if ip.is_ipv6() {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let f = strict.send(reqwest::Method::POST, &url, Default::default(), body.clone()).await.unwrap_err();
+        let f = strict
+            .send(
+                reqwest::Method::POST,
+                &url,
+                Default::default(),
+                body.clone(),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(f.kind, FailureKind::Blocked, "{ip}: {}", f.message);
     }
-    assert!(seen.lock().unwrap().is_empty(), "nothing reached the receiver");
-    let e = strict.send(reqwest::Method::POST, &"ftp://example.com/".parse().unwrap(), Default::default(), body.clone()).await.unwrap_err();
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing reached the receiver"
+    );
+    let e = strict
+        .send(
+            reqwest::Method::POST,
+            &"ftp://example.com/".parse().unwrap(),
+            Default::default(),
+            body.clone(),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.message, "scheme ftp is not http or https");
 
     let open = client(&["127.0.0.0/8"]);
     for host in ["localhost", "127.0.0.1"] {
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let r = open.send(reqwest::Method::POST, &url, Default::default(), body.clone()).await.unwrap();
+        let r = open
+            .send(
+                reqwest::Method::POST,
+                &url,
+                Default::default(),
+                body.clone(),
+            )
+            .await
+            .unwrap();
         assert_eq!(r.status, 204, "{host}");
     }
     assert_eq!(seen.lock().unwrap().len(), 2);
@@ -97,11 +135,27 @@ async fn redirects_are_not_followed_and_bodies_are_capped() {
     let (port, _) = receiver().await;
     let c = client(&["127.0.0.0/8"]);
     let url = format!("http://127.0.0.1:{port}/moved").parse().unwrap();
-    let r = c.send(reqwest::Method::POST, &url, Default::default(), Bytes::new()).await.unwrap();
+    let r = c
+        .send(
+            reqwest::Method::POST,
+            &url,
+            Default::default(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 302);
     assert_eq!(r.location.as_deref(), Some("http://127.0.0.1:1/ok"));
     let url = format!("http://127.0.0.1:{port}/big").parse().unwrap();
-    let r = c.send(reqwest::Method::POST, &url, Default::default(), Bytes::new()).await.unwrap();
+    let r = c
+        .send(
+            reqwest::Method::POST,
+            &url,
+            Default::default(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!((r.status, r.body.len()), (500, 64 * 1024));
 }
 
@@ -122,7 +176,10 @@ async fn endpoint_signs_every_attempt_verifiably() {
             rate_per_sec: None,
             paused: false,
         },
-        Settings { policy: RetryPolicy::default(), pause_after: Duration::from_secs(3600) },
+        Settings {
+            policy: RetryPolicy::default(),
+            pause_after: Duration::from_secs(3600),
+        },
         client(&["127.0.0.0/8"]),
         Arc::new(SystemClock),
         tx,
@@ -143,8 +200,13 @@ async fn endpoint_signs_every_attempt_verifiably() {
     }
     let mut delivered = 0;
     while delivered < 20 {
-        let Some(Report::Attempt(a)) = rx.recv().await else { panic!("no report") };
-        assert_eq!((a.status, a.attempt, a.tag, a.http_status), (Status::Delivered, 1, 7, Some(204)));
+        let Some(Report::Attempt(a)) = rx.recv().await else {
+            panic!("no report")
+        };
+        assert_eq!(
+            (a.status, a.attempt, a.tag, a.http_status),
+            (Status::Delivered, 1, 7, Some(204))
+        );
         delivered += 1;
     }
     let seen = seen.lock().unwrap();
@@ -163,6 +225,11 @@ async fn endpoint_signs_every_attempt_verifiably() {
                 .unwrap();
         }
         let other = Secret::generate();
-        assert!(standardwebhooks::Webhook::new(&other.expose()).unwrap().verify(body, headers).is_err());
+        assert!(
+            standardwebhooks::Webhook::new(&other.expose())
+                .unwrap()
+                .verify(body, headers)
+                .is_err()
+        );
     }
 }

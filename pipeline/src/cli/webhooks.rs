@@ -215,7 +215,13 @@ pub enum SinksCommand {
 fn problems_error(problems: &[Problem]) -> anyhow::Error {
     let lines: Vec<String> = problems
         .iter()
-        .map(|p| format!("  {}: {}", p.field.as_deref().unwrap_or("(webhook)"), p.message))
+        .map(|p| {
+            format!(
+                "  {}: {}",
+                p.field.as_deref().unwrap_or("(webhook)"),
+                p.message
+            )
+        })
         .collect();
     anyhow::anyhow!(
         "the webhook subscription has {} problem(s):\n{}",
@@ -224,7 +230,9 @@ fn problems_error(problems: &[Problem]) -> anyhow::Error {
     )
 }
 
-fn written(r: Result<subscription::Subscription, WriteError>) -> anyhow::Result<subscription::Subscription> {
+fn written(
+    r: Result<subscription::Subscription, WriteError>,
+) -> anyhow::Result<subscription::Subscription> {
     match r {
         Ok(s) => Ok(s),
         Err(WriteError::Invalid(p)) => Err(problems_error(&p)),
@@ -234,7 +242,10 @@ fn written(r: Result<subscription::Subscription, WriteError>) -> anyhow::Result<
 
 fn print_sub(s: &subscription::Subscription) {
     let state = if s.paused {
-        format!("paused ({})", s.paused_reason.as_deref().unwrap_or("no reason"))
+        format!(
+            "paused ({})",
+            s.paused_reason.as_deref().unwrap_or("no reason")
+        )
     } else {
         "enabled".into()
     };
@@ -243,8 +254,16 @@ fn print_sub(s: &subscription::Subscription) {
         s.id,
         s.method,
         s.url,
-        if s.filter.events.is_empty() { "*".into() } else { s.filter.events.join(",") },
-        if s.filter.categories.is_empty() { "*".into() } else { s.filter.categories.join(",") },
+        if s.filter.events.is_empty() {
+            "*".into()
+        } else {
+            s.filter.events.join(",")
+        },
+        if s.filter.categories.is_empty() {
+            "*".into()
+        } else {
+            s.filter.categories.join(",")
+        },
         s.max_events,
         state
     );
@@ -254,7 +273,13 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
     let rt = super::runtime()?;
     rt.block_on(async move {
         match cmd {
-            WebhooksCommand::Add { env, sub, secret, paused, data } => {
+            WebhooksCommand::Add {
+                env,
+                sub,
+                secret,
+                paused,
+                data,
+            } => {
                 validate_environment(&env)?;
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
@@ -306,8 +331,12 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 )?;
                 print_sub(&s);
             }
-            WebhooksCommand::Pause { id, env, data } => set_paused(file, id, env, data, true).await?,
-            WebhooksCommand::Resume { id, env, data } => set_paused(file, id, env, data, false).await?,
+            WebhooksCommand::Pause { id, env, data } => {
+                set_paused(file, id, env, data, true).await?
+            }
+            WebhooksCommand::Resume { id, env, data } => {
+                set_paused(file, id, env, data, false).await?
+            }
             WebhooksCommand::Delete { id, env, data } => {
                 validate_environment(&env)?;
                 let (_, store) = super::open_store(file, data)?;
@@ -325,7 +354,14 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                     return Ok(ExitCode::from(2));
                 }
             }
-            WebhooksCommand::Deliveries { id, env, limit, status, json, data } => {
+            WebhooksCommand::Deliveries {
+                id,
+                env,
+                limit,
+                status,
+                json,
+                data,
+            } => {
                 validate_environment(&env)?;
                 if !(1..=1000).contains(&limit) {
                     anyhow::bail!("--limit: must be from 1 to 1000");
@@ -337,7 +373,8 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 }
                 let (_, store) = super::open_store(file, data)?;
                 Subscriptions::new(store.clone()).get(&env, &id).await?;
-                let rows = webhooks::log::recent(&store, &env, &id, status.as_deref(), limit).await?;
+                let rows =
+                    webhooks::log::recent(&store, &env, &id, status.as_deref(), limit).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 } else if rows.is_empty() {
@@ -357,9 +394,15 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                     }
                 }
             }
-            WebhooksCommand::Recover { id, env, since, data } => {
+            WebhooksCommand::Recover {
+                id,
+                env,
+                since,
+                data,
+            } => {
                 validate_environment(&env)?;
-                let since = webhooks::parse_time(&since).map_err(|m| anyhow::anyhow!("--since: {m}"))?;
+                let since =
+                    webhooks::parse_time(&since).map_err(|m| anyhow::anyhow!("--since: {m}"))?;
                 let (_, store) = super::open_store(file, data)?;
                 written(
                     Subscriptions::new(store)
@@ -370,18 +413,29 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                         })
                         .await,
                 )?;
-                println!("recovery of messages failed since {} requested; the worker re-sends them", since.to_rfc3339());
+                println!(
+                    "recovery of messages failed since {} requested; the worker re-sends them",
+                    since.to_rfc3339()
+                );
             }
-            WebhooksCommand::RotateSecret { id, env, secret, grace, data } => {
+            WebhooksCommand::RotateSecret {
+                id,
+                env,
+                secret,
+                grace,
+                data,
+            } => {
                 validate_environment(&env)?;
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let new = match secret {
-                    Some(s) => tidemark_sinks::sign::Secret::parse(&s).map_err(|e| anyhow::anyhow!("--{e}"))?,
+                    Some(s) => tidemark_sinks::sign::Secret::parse(&s)
+                        .map_err(|e| anyhow::anyhow!("--{e}"))?,
                     None => tidemark_sinks::sign::Secret::generate(),
                 };
                 let grace = grace.map_or(ctx.config.rotation_grace, Into::into);
-                let grace = chrono::Duration::from_std(grace).map_err(|_| anyhow::anyhow!("--grace: too long"))?;
+                let grace = chrono::Duration::from_std(grace)
+                    .map_err(|_| anyhow::anyhow!("--grace: too long"))?;
                 let key = ctx.key()?;
                 written(
                     Subscriptions::new(store)
@@ -392,7 +446,10 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                         .await,
                 )?;
                 println!("new signing secret (shown only now): {}", new.expose());
-                println!("the previous secret keeps signing for {}", humantime::format_duration(grace.to_std().unwrap_or_default()));
+                println!(
+                    "the previous secret keeps signing for {}",
+                    humantime::format_duration(grace.to_std().unwrap_or_default())
+                );
             }
         }
         Ok(ExitCode::SUCCESS)

@@ -115,7 +115,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/{env}/webhooks/{id}/pause", post(webhooks_api::pause))
         .route("/v1/{env}/webhooks/{id}/resume", post(webhooks_api::resume))
         .route("/v1/{env}/webhooks/{id}/test", post(webhooks_api::test))
-        .route("/v1/{env}/webhooks/{id}/recover", post(webhooks_api::recover))
+        .route(
+            "/v1/{env}/webhooks/{id}/recover",
+            post(webhooks_api::recover),
+        )
         .route(
             "/v1/{env}/webhooks/{id}/rotate-secret",
             post(webhooks_api::rotate_secret),

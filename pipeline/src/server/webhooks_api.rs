@@ -163,7 +163,9 @@ pub async fn test(
 ) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, &env, &[Role::Admin]).await?;
     let sub = subs(&state).get(&env, &id).await?;
-    Ok(Json(webhooks::send_test(&state.webhooks, &env, &sub).await?))
+    Ok(Json(
+        webhooks::send_test(&state.webhooks, &env, &sub).await?,
+    ))
 }
 
 pub async fn recover(
@@ -212,17 +214,26 @@ pub async fn rotate_secret(
         Some(s) => tidemark_sinks::sign::Secret::parse(s)
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
         None if input.get("secret").is_some() => {
-            return Err(ApiError::bad_request("secret: must be a string whsec_<base64>"));
+            return Err(ApiError::bad_request(
+                "secret: must be a string whsec_<base64>",
+            ));
         }
         None => tidemark_sinks::sign::Secret::generate(),
     };
-    let grace = match input.get("grace").map(|g| g.as_str().map(humantime::parse_duration)) {
+    let grace = match input
+        .get("grace")
+        .map(|g| g.as_str().map(humantime::parse_duration))
+    {
         None => ctx.config.rotation_grace,
         Some(Some(Ok(d))) => d,
-        _ => return Err(ApiError::bad_request("grace: must be a duration such as 24h or 0s")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "grace: must be a duration such as 24h or 0s",
+            ));
+        }
     };
-    let grace = chrono::Duration::from_std(grace)
-        .map_err(|_| ApiError::bad_request("grace: too long"))?;
+    let grace =
+        chrono::Duration::from_std(grace).map_err(|_| ApiError::bad_request("grace: too long"))?;
     let sub = subs(&state)
         .modify(&env, &id, |sub| {
             subscription::rotate(sub, key, &new, grace);
@@ -245,7 +256,11 @@ pub async fn deliveries(
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        _ => return Err(ApiError::bad_request("limit: must be an integer from 1 to 1000")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "limit: must be an integer from 1 to 1000",
+            ));
+        }
     };
     let status = q.get("status").map(String::as_str);
     if let Some(s) = status

@@ -13,8 +13,8 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::ObjectStoreExt;
 use serde_json::value::RawValue;
 
-use crate::storage::events_table::{self, col};
 use crate::storage::Store;
+use crate::storage::events_table::{self, col};
 use crate::{Error, Result};
 
 /// One appended event, with its JSON form for payloads.
@@ -92,7 +92,10 @@ impl Follower {
                     if !envs.contains(&env) {
                         continue;
                     }
-                    let path = self.store.paths().table_file(events_table::TABLE, &add.path);
+                    let path = self
+                        .store
+                        .paths()
+                        .table_file(events_table::TABLE, &add.path);
                     let bytes = self.store.object_store().get(&path).await?.bytes().await?;
                     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
                         .map_err(|e| Error::Invalid(format!("events file {}: {e}", add.path)))?

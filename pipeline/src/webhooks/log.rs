@@ -85,8 +85,12 @@ fn batch(rows: &[Row]) -> Result<RecordBatch> {
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.attempt))),
             Arc::new(s(|r| &r.status)),
             Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.http_status))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.latency_ms))),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.error.as_deref()))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.latency_ms),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.error.as_deref()),
+            )),
             Arc::new(utc(TimestampMicrosecondArray::from_iter_values(
                 rows.iter().map(|r| r.at_us),
             ))),
@@ -158,10 +162,12 @@ pub async fn last_rows(
             col("environment")
                 .eq(lit(environment))
                 .and(col("subscription_id").eq(lit(id)))
-                .and(col("at").gt_eq(lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(
-                    Some(since_us),
-                    Some("UTC".into()),
-                )))),
+                .and(
+                    col("at").gt_eq(lit(datafusion::scalar::ScalarValue::TimestampMicrosecond(
+                        Some(since_us),
+                        Some("UTC".into()),
+                    ))),
+                ),
         )?
         .select_columns(&["message_id", "attempt", "status", "at", "next_attempt_at"])?
         .collect()
@@ -209,7 +215,10 @@ fn plain_strings(b: &RecordBatch) -> Result<RecordBatch> {
             fields.push(f.as_ref().clone());
         }
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn string_col(b: &RecordBatch, i: usize) -> Result<&StringArray> {

@@ -87,9 +87,7 @@ impl Context {
     }
 
     pub fn key(&self) -> Result<&MasterKey> {
-        self.key
-            .as_ref()
-            .map_err(|e| Error::Unavailable(e.clone()))
+        self.key.as_ref().map_err(|e| Error::Unavailable(e.clone()))
     }
 
     /// The address check of a subscription URL, for validation.
@@ -127,24 +125,30 @@ pub async fn send_test(
     let url = url::Url::parse(&sub.url).map_err(|e| Error::Invalid(format!("url: {e}")))?;
     let method = reqwest::Method::from_bytes(sub.method.as_bytes())
         .map_err(|e| Error::Invalid(format!("method: {e}")))?;
-    let headers = tidemark_sinks::client::header_map(&headers)
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    Ok(match ctx.client.send(method, &url, headers, Bytes::from(body)).await {
-        Ok(r) => json!({
-            "message_id": id,
-            "delivered": (200..300).contains(&r.status),
-            "http_status": r.status,
-            "latency_ms": r.latency.as_millis() as u64,
-            "response": String::from_utf8_lossy(&r.body).chars().take(1000).collect::<String>(),
-        }),
-        Err(f) => json!({
-            "message_id": id,
-            "delivered": false,
-            "http_status": null,
-            "latency_ms": f.latency.as_millis() as u64,
-            "error": f.message,
-        }),
-    })
+    let headers =
+        tidemark_sinks::client::header_map(&headers).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(
+        match ctx
+            .client
+            .send(method, &url, headers, Bytes::from(body))
+            .await
+        {
+            Ok(r) => json!({
+                "message_id": id,
+                "delivered": (200..300).contains(&r.status),
+                "http_status": r.status,
+                "latency_ms": r.latency.as_millis() as u64,
+                "response": String::from_utf8_lossy(&r.body).chars().take(1000).collect::<String>(),
+            }),
+            Err(f) => json!({
+                "message_id": id,
+                "delivered": false,
+                "http_status": null,
+                "latency_ms": f.latency.as_millis() as u64,
+                "error": f.message,
+            }),
+        },
+    )
 }
 
 /// A time given by a user: RFC 3339, or a duration ago (`24h`, `3d`).

@@ -124,7 +124,11 @@ impl SubState {
     }
 
     pub async fn write_chunk(&self, chunk: &Chunk) -> Result<()> {
-        let path = self.base.clone().join("chunks").join(chunk_name(chunk.to_version));
+        let path = self
+            .base
+            .clone()
+            .join("chunks")
+            .join(chunk_name(chunk.to_version));
         self.put_json(&path, chunk).await
     }
 

@@ -22,7 +22,9 @@ pub const CATEGORIES: &[&str] = &["platform", "sdk", "custom", "system"];
 /// The names ingest accepts (limits.max_string_len defaults to 512).
 fn check_event_name(name: &str) -> std::result::Result<(), String> {
     if name.trim().is_empty() || name.len() > 512 || name.chars().any(char::is_control) {
-        return Err("must be an event name: 1 to 512 bytes of text without control characters".into());
+        return Err(
+            "must be an event name: 1 to 512 bytes of text without control characters".into(),
+        );
     }
     Ok(())
 }
@@ -241,10 +243,9 @@ pub fn apply(
     if let Some(v) = obj.get("headers") {
         match v.as_object() {
             None => problems.push(problem("headers", "must be an object of name: value")),
-            Some(h) if h.len() > MAX_HEADERS => problems.push(problem(
-                "headers",
-                format!("at most {MAX_HEADERS} headers"),
-            )),
+            Some(h) if h.len() > MAX_HEADERS => {
+                problems.push(problem("headers", format!("at most {MAX_HEADERS} headers")))
+            }
             Some(h) => {
                 let mut headers = BTreeMap::new();
                 for (name, value) in h {
@@ -253,10 +254,16 @@ pub fn apply(
                     if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                         problems.push(problem(&path, "is not a valid header name"));
                     } else if RESERVED_HEADERS.contains(&lower.as_str()) {
-                        problems.push(problem(&path, "is set by tidemark and cannot be overridden"));
+                        problems.push(problem(
+                            &path,
+                            "is set by tidemark and cannot be overridden",
+                        ));
                     } else {
                         match value.as_str() {
-                            Some(s) if reqwest::header::HeaderValue::from_str(s).is_ok() && s.len() <= 4096 => {
+                            Some(s)
+                                if reqwest::header::HeaderValue::from_str(s).is_ok()
+                                    && s.len() <= 4096 =>
+                            {
                                 headers.insert(lower, s.to_string());
                             }
                             _ => problems.push(problem(
@@ -281,7 +288,10 @@ pub fn apply(
         match v.as_u64() {
             Some(n) if (min..=max).contains(&n) => Some(n),
             _ => {
-                problems.push(problem(name, format!("must be an integer from {min} to {max}")));
+                problems.push(problem(
+                    name,
+                    format!("must be an integer from {min} to {max}"),
+                ));
                 None
             }
         }
@@ -292,7 +302,12 @@ pub fn apply(
     if let Some(n) = int("max_wait_ms", 0, MAX_WAIT_LIMIT_MS, &mut problems) {
         sub.max_wait_ms = n;
     }
-    if let Some(n) = int("max_in_flight", 1, MAX_IN_FLIGHT_LIMIT.into(), &mut problems) {
+    if let Some(n) = int(
+        "max_in_flight",
+        1,
+        MAX_IN_FLIGHT_LIMIT.into(),
+        &mut problems,
+    ) {
         sub.max_in_flight = n as u32;
     }
     match obj.get("rate_limit") {
@@ -324,16 +339,25 @@ pub fn apply(
         None => {}
         Some(Value::Null) => sub.description = None,
         Some(Value::String(s)) if s.len() <= 1024 => sub.description = Some(s.clone()),
-        Some(_) => problems.push(problem("description", "must be a string of at most 1024 bytes")),
+        Some(_) => problems.push(problem(
+            "description",
+            "must be a string of at most 1024 bytes",
+        )),
     }
     let mut secret = None;
     if let Some(v) = obj.get("secret") {
         if !creating {
-            problems.push(problem("secret", "is set on creation or with rotate-secret"));
+            problems.push(problem(
+                "secret",
+                "is set on creation or with rotate-secret",
+            ));
         } else {
             match v.as_str().map(Secret::parse) {
                 Some(Ok(s)) => secret = Some(s),
-                Some(Err(e)) => problems.push(problem("secret", e.to_string().trim_start_matches("secret: ").to_string())),
+                Some(Err(e)) => problems.push(problem(
+                    "secret",
+                    e.to_string().trim_start_matches("secret: ").to_string(),
+                )),
                 None => problems.push(problem("secret", "must be a string whsec_<base64>")),
             }
         }
@@ -348,12 +372,18 @@ pub fn apply(
 fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
     let mut problems = Vec::new();
     let Some(obj) = v.as_object() else {
-        return Err(vec![problem("filter", "must be an object {events, categories}")]);
+        return Err(vec![problem(
+            "filter",
+            "must be an object {events, categories}",
+        )]);
     };
     let mut filter = Filter::default();
     for key in obj.keys() {
         if key != "events" && key != "categories" {
-            problems.push(problem(&format!("filter.{key}"), "unknown field; expected events or categories"));
+            problems.push(problem(
+                &format!("filter.{key}"),
+                "unknown field; expected events or categories",
+            ));
         }
     }
     let list = |name: &str, problems: &mut Vec<Problem>| -> Vec<String> {
@@ -371,7 +401,10 @@ fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
                 })
                 .collect(),
             Some(_) => {
-                problems.push(problem(&format!("filter.{name}"), "must be a list of at most 100 strings"));
+                problems.push(problem(
+                    &format!("filter.{name}"),
+                    "must be a list of at most 100 strings",
+                ));
                 Vec::new()
             }
         }
@@ -392,7 +425,11 @@ fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
             ));
         }
     }
-    if problems.is_empty() { Ok(filter) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(filter)
+    } else {
+        Err(problems)
+    }
 }
 
 /// The subscriptions of a store.
@@ -417,11 +454,19 @@ impl Subscriptions {
     }
 
     pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Subscription>> {
-        Ok(self.all().await?.environments.remove(environment).unwrap_or_default())
+        Ok(self
+            .all()
+            .await?
+            .environments
+            .remove(environment)
+            .unwrap_or_default())
     }
 
     pub async fn get(&self, environment: &str, id: &str) -> Result<Subscription> {
-        self.list(environment).await?.remove(id).ok_or_else(|| not_found(environment, id))
+        self.list(environment)
+            .await?
+            .remove(id)
+            .ok_or_else(|| not_found(environment, id))
     }
 
     /// Creates a subscription from `input`; returns it and its secret (shown once).
@@ -559,7 +604,12 @@ pub fn rotate(sub: &mut Subscription, key: &MasterKey, new: &Secret, grace: chro
 
 /// A subscription's fields as a JSON object a user could send (for `update` from flags).
 pub fn object(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<Map<_, _>>())
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 #[cfg(test)]
@@ -601,21 +651,47 @@ mod tests {
         let problems = apply(&mut blank(), &input, true, &|_| Ok(())).unwrap_err();
         let fields: Vec<&str> = problems.iter().filter_map(|p| p.field.as_deref()).collect();
         for f in [
-            "url", "method", "headers.Webhook-Id", "headers.bad header", "headers.ok",
-            "filter.events[0]", "filter.categories[1]", "filter.extra", "max_events",
-            "max_wait_ms", "rate_limit", "include_profile", "surprise", "secret",
+            "url",
+            "method",
+            "headers.Webhook-Id",
+            "headers.bad header",
+            "headers.ok",
+            "filter.events[0]",
+            "filter.categories[1]",
+            "filter.extra",
+            "max_events",
+            "max_wait_ms",
+            "rate_limit",
+            "include_profile",
+            "surprise",
+            "secret",
         ] {
             assert!(fields.contains(&f), "{f} missing from {fields:?}");
         }
-        let refused = apply(&mut blank(), &json!({"url": "http://10.0.0.1/"}), true, &|_| Err("10.0.0.1 is a private address".into())).unwrap_err();
-        assert_eq!(refused[0].message, "destination refused: 10.0.0.1 is a private address");
+        let refused = apply(
+            &mut blank(),
+            &json!({"url": "http://10.0.0.1/"}),
+            true,
+            &|_| Err("10.0.0.1 is a private address".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused[0].message,
+            "destination refused: 10.0.0.1 is a private address"
+        );
         let missing = apply(&mut blank(), &json!({}), true, &|_| Ok(())).unwrap_err();
-        assert_eq!((missing[0].field.as_deref(), missing[0].message.as_str()), (Some("url"), "is required"));
+        assert_eq!(
+            (missing[0].field.as_deref(), missing[0].message.as_str()),
+            (Some("url"), "is required")
+        );
     }
 
     #[test]
     fn filters_match_globs_and_categories() {
-        let f = Filter { events: vec!["segment-*".into(), "signup".into()], categories: vec!["system".into(), "custom".into()] };
+        let f = Filter {
+            events: vec!["segment-*".into(), "signup".into()],
+            categories: vec!["system".into(), "custom".into()],
+        };
         assert!(f.matches("segment-entered", "system"));
         assert!(f.matches("signup", "custom"));
         assert!(!f.matches("signup", "sdk"));
@@ -625,14 +701,29 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_old_secret_for_the_grace_period() {
-        let key = MasterKey::parse(&base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 32]), "k").unwrap();
+        let key = MasterKey::parse(
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 32]),
+            "k",
+        )
+        .unwrap();
         let mut sub = blank();
         let first = Secret::generate();
-        sub.secrets.push(StoredSecret { encrypted: key.encrypt(first.as_bytes()), created_at: Utc::now(), expires_at: None });
+        sub.secrets.push(StoredSecret {
+            encrypted: key.encrypt(first.as_bytes()),
+            created_at: Utc::now(),
+            expires_at: None,
+        });
         let second = Secret::generate();
         rotate(&mut sub, &key, &second, chrono::Duration::hours(24));
         let now = Utc::now();
-        assert_eq!(sub.signing_secrets(&key, now).unwrap(), vec![second.clone(), first]);
-        assert_eq!(sub.signing_secrets(&key, now + chrono::Duration::hours(25)).unwrap(), vec![second]);
+        assert_eq!(
+            sub.signing_secrets(&key, now).unwrap(),
+            vec![second.clone(), first]
+        );
+        assert_eq!(
+            sub.signing_secrets(&key, now + chrono::Duration::hours(25))
+                .unwrap(),
+            vec![second]
+        );
     }
 }

@@ -172,7 +172,10 @@ impl Worker {
         }
         let from = self.subs.values().map(|s| s.read_to).min().unwrap_or(0);
         let envs: HashSet<String> = self.subs.keys().map(|(e, _)| e.clone()).collect();
-        let (last, events) = self.follower.read(from, MAX_COMMITS_PER_PASS, &envs).await?;
+        let (last, events) = self
+            .follower
+            .read(from, MAX_COMMITS_PER_PASS, &envs)
+            .await?;
         if last > from {
             for s in self.subs.values_mut() {
                 if s.read_to >= last {
@@ -448,8 +451,12 @@ impl Worker {
         let now = self.clock.now();
         let mut touched: HashSet<(Key, i64)> = HashSet::new();
         for (key, to, id, failed) in settled {
-            let Some(s) = self.subs.get_mut(&key) else { continue };
-            let Some(c) = s.chunks.get_mut(&to) else { continue };
+            let Some(s) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            let Some(c) = s.chunks.get_mut(&to) else {
+                continue;
+            };
             if c.pending.remove(&id)
                 && failed
                 && let Some(mut m) = c.messages.get(&id).cloned()
@@ -460,7 +467,9 @@ impl Worker {
             touched.insert((key, to));
         }
         for (key, to) in touched {
-            let Some(s) = self.subs.get_mut(&key) else { continue };
+            let Some(s) = self.subs.get_mut(&key) else {
+                continue;
+            };
             let done = s.chunks.get(&to).is_some_and(|c| c.pending.is_empty());
             if done && let Some(c) = s.chunks.remove(&to) {
                 if !c.failed.is_empty() {
@@ -572,7 +581,8 @@ impl Sub {
 
 /// The JSON body of one message: the exact bytes that are signed and sent.
 fn body(env: &str, sub_id: &str, events: &[NewEvent], profiles: &HashMap<String, Value>) -> String {
-    let mut out = String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+    let mut out =
+        String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
     out.push_str(r#"{"type":"events","environment":"#);
     out.push_str(&Value::from(env).to_string());
     out.push_str(r#","subscription_id":"#);
@@ -598,7 +608,11 @@ fn body(env: &str, sub_id: &str, events: &[NewEvent], profiles: &HashMap<String,
 }
 
 /// The current profile (tags, typed fields, activity) of each of `users`.
-async fn profiles(store: &Store, env: &str, mut users: Vec<String>) -> Result<HashMap<String, Value>> {
+async fn profiles(
+    store: &Store,
+    env: &str,
+    mut users: Vec<String>,
+) -> Result<HashMap<String, Value>> {
     users.sort();
     users.dedup();
     let ctx = crate::query::session(store, Some(env)).await?;
@@ -611,7 +625,9 @@ async fn profiles(store: &Store, env: &str, mut users: Vec<String>) -> Result<Ha
         .await?;
     let mut out = HashMap::new();
     for mut row in crate::jobs::views::to_json_rows(&batches)? {
-        let Some(obj) = row.as_object_mut() else { continue };
+        let Some(obj) = row.as_object_mut() else {
+            continue;
+        };
         obj.remove("environment");
         if let Some(Value::String(fields)) = obj.get("fields")
             && let Ok(parsed) = serde_json::from_str::<Value>(fields)

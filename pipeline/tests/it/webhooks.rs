@@ -58,10 +58,12 @@ impl Receiver {
         let g = got.clone();
         let app = Router::new().route(
             "/{path}",
-            any(move |Path(path): Path<String>, headers: HeaderMap, body: Bytes| {
-                let g = g.clone();
-                async move { answer(g, path, headers, body, busy_after).await }
-            }),
+            any(
+                move |Path(path): Path<String>, headers: HeaderMap, body: Bytes| {
+                    let g = g.clone();
+                    async move { answer(g, path, headers, body, busy_after).await }
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -74,7 +76,13 @@ impl Receiver {
     }
 
     pub fn at(&self, path: &str) -> Vec<Receipt> {
-        self.got.lock().unwrap().iter().filter(|r| r.path == path).cloned().collect()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
     }
 
     /// Event ids received on `path` (with repeats).
@@ -117,12 +125,25 @@ async fn answer(
     let seen_before = {
         let mut g = got.lock().unwrap();
         let n = g.iter().filter(|r| r.path == path && r.id == id).count();
-        g.push(Receipt { path: path.clone(), id, timestamp, headers, body, at: Instant::now() });
+        g.push(Receipt {
+            path: path.clone(),
+            id,
+            timestamp,
+            headers,
+            body,
+            at: Instant::now(),
+        });
         n
     };
     match path.as_str() {
-        "flaky" if seen_before < 2 => (StatusCode::INTERNAL_SERVER_ERROR, "not yet").into_response(),
-        "redirect" => (StatusCode::FOUND, [("location", "http://127.0.0.1:9/elsewhere")]).into_response(),
+        "flaky" if seen_before < 2 => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "not yet").into_response()
+        }
+        "redirect" => (
+            StatusCode::FOUND,
+            [("location", "http://127.0.0.1:9/elsewhere")],
+        )
+            .into_response(),
         "gone" => StatusCode::GONE.into_response(),
         "busy" if seen_before == 0 => (
             StatusCode::TOO_MANY_REQUESTS,
@@ -150,13 +171,20 @@ pub fn verify_all(receipts: &[Receipt], secret: &str) {
 
 /// Writes `tidemark.toml` in the store's working directory (the CLI and serve read it).
 fn write_config(ts: &TestStore, webhooks: &str) {
-    std::fs::write(ts.tmp.path().join("tidemark.toml"), format!("[webhooks]\n{webhooks}\n")).unwrap();
+    std::fs::write(
+        ts.tmp.path().join("tidemark.toml"),
+        format!("[webhooks]\n{webhooks}\n"),
+    )
+    .unwrap();
 }
 
 async fn create(node_url: &str, admin: &str, body: Value) -> (String, String) {
     let (s, b) = call("POST", node_url, admin, Some(body.clone())).await;
     assert_eq!(s, 201, "{body}: {b}");
-    (b["id"].as_str().unwrap().to_string(), b["secret"].as_str().unwrap().to_string())
+    (
+        b["id"].as_str().unwrap().to_string(),
+        b["secret"].as_str().unwrap().to_string(),
+    )
 }
 
 fn events(n: usize, name: &str, prefix: &str) -> Value {
@@ -191,12 +219,36 @@ log_interval = "200ms""#,
     // Refusals name the field.
     for (body, field, says) in [
         (json!({"url": "http://10.1.2.3/x"}), "url", "private"),
-        (json!({"url": "http://[::ffff:192.168.0.1]/x"}), "url", "private"),
-        (json!({"url": "gopher://x.example/"}), "url", "http:// or https://"),
-        (json!({"url": rx.url("ok"), "filter": {"categories": ["nope"]}}), "filter.categories[0]", "must be one of"),
-        (json!({"url": rx.url("ok"), "headers": {"webhook-signature": "x"}}), "headers.webhook-signature", "set by tidemark"),
-        (json!({"url": rx.url("ok"), "max_events": 5000}), "max_events", "1 to 1000"),
-        (json!({"url": rx.url("ok"), "secret": "whsec_short"}), "secret", ""),
+        (
+            json!({"url": "http://[::ffff:192.168.0.1]/x"}),
+            "url",
+            "private",
+        ),
+        (
+            json!({"url": "gopher://x.example/"}),
+            "url",
+            "http:// or https://",
+        ),
+        (
+            json!({"url": rx.url("ok"), "filter": {"categories": ["nope"]}}),
+            "filter.categories[0]",
+            "must be one of",
+        ),
+        (
+            json!({"url": rx.url("ok"), "headers": {"webhook-signature": "x"}}),
+            "headers.webhook-signature",
+            "set by tidemark",
+        ),
+        (
+            json!({"url": rx.url("ok"), "max_events": 5000}),
+            "max_events",
+            "1 to 1000",
+        ),
+        (
+            json!({"url": rx.url("ok"), "secret": "whsec_short"}),
+            "secret",
+            "",
+        ),
     ] {
         let (s, b) = call("POST", &hooks, &admin, Some(body.clone())).await;
         assert_eq!(s, 400, "{body}: {b}");
@@ -209,17 +261,53 @@ log_interval = "200ms""#,
     assert_eq!(s, 403);
 
     let (ok, ok_secret) = create(&hooks, &admin, json!({"url": rx.url("ok"), "filter": {"events": ["order-*"], "categories": ["custom"]}, "headers": {"X-Team": "data"}})).await;
-    let (_, blackhole_secret) = create(&hooks, &admin, json!({"url": rx.url("blackhole"), "max_in_flight": 2})).await;
+    let (_, blackhole_secret) = create(
+        &hooks,
+        &admin,
+        json!({"url": rx.url("blackhole"), "max_in_flight": 2}),
+    )
+    .await;
     let _ = blackhole_secret;
-    let (flaky, flaky_secret) = create(&hooks, &admin, json!({"url": rx.url("flaky"), "filter": {"events": ["order-placed"]}, "method": "PUT"})).await;
-    let (redirect, _) = create(&hooks, &admin, json!({"url": rx.url("redirect"), "filter": {"events": ["order-placed"]}})).await;
-    let (gone, _) = create(&hooks, &admin, json!({"url": rx.url("gone"), "filter": {"events": ["order-placed"]}})).await;
-    let (_, busy_secret) = create(&hooks, &admin, json!({"url": rx.url("busy"), "filter": {"events": ["order-placed"]}})).await;
+    let (flaky, flaky_secret) = create(
+        &hooks,
+        &admin,
+        json!({"url": rx.url("flaky"), "filter": {"events": ["order-placed"]}, "method": "PUT"}),
+    )
+    .await;
+    let (redirect, _) = create(
+        &hooks,
+        &admin,
+        json!({"url": rx.url("redirect"), "filter": {"events": ["order-placed"]}}),
+    )
+    .await;
+    let (gone, _) = create(
+        &hooks,
+        &admin,
+        json!({"url": rx.url("gone"), "filter": {"events": ["order-placed"]}}),
+    )
+    .await;
+    let (_, busy_secret) = create(
+        &hooks,
+        &admin,
+        json!({"url": rx.url("busy"), "filter": {"events": ["order-placed"]}}),
+    )
+    .await;
     let (_, batch_secret) = create(&hooks, &admin, json!({"url": rx.url("batch"), "filter": {"events": ["order-*"]}, "max_events": 10, "max_wait_ms": 300, "include_profile": true})).await;
-    let (_, system_secret) = create(&hooks, &admin, json!({"url": rx.url("system"), "filter": {"categories": ["system"]}})).await;
+    let (_, system_secret) = create(
+        &hooks,
+        &admin,
+        json!({"url": rx.url("system"), "filter": {"categories": ["system"]}}),
+    )
+    .await;
 
     // A profile with a tag, applied before the events arrive.
-    let (s, b) = call("PUT", &node.url("/v1/default/users/u1"), &admin, Some(json!({"tags": {"add": ["vip"]}}))).await;
+    let (s, b) = call(
+        "PUT",
+        &node.url("/v1/default/users/u1"),
+        &admin,
+        Some(json!({"tags": {"add": ["vip"]}})),
+    )
+    .await;
     assert_eq!(s, 202, "{b}");
     let (s, b) = call("POST", &node.url("/v1/default/segments"), &admin, Some(json!({"id": "placed", "name": "Placed an order", "match": "all", "conditions": [{"event": "order-placed", "op": "did"}]}))).await;
     assert_eq!(s, 201, "{b}");
@@ -234,20 +322,47 @@ log_interval = "200ms""#,
     }
 
     let sent = Instant::now();
-    for batch in [events(20, "order-placed", "p"), events(5, "order-paid", "q"), events(5, "app-opened", "a")] {
-        let (s, b) = post_json(&node.events_url("default"), Some(&ingest), &batch.to_string()).await;
+    for batch in [
+        events(20, "order-placed", "p"),
+        events(5, "order-paid", "q"),
+        events(5, "app-opened", "a"),
+    ] {
+        let (s, b) = post_json(
+            &node.events_url("default"),
+            Some(&ingest),
+            &batch.to_string(),
+        )
+        .await;
         assert_eq!(s, 202, "{b}");
     }
     let placed: BTreeSet<String> = (0..20).map(|i| format!("p-{i}")).collect();
-    let orders: BTreeSet<String> = placed.iter().cloned().chain((0..5).map(|i| format!("q-{i}"))).collect();
+    let orders: BTreeSet<String> = placed
+        .iter()
+        .cloned()
+        .chain((0..5).map(|i| format!("q-{i}")))
+        .collect();
 
     // The endpoint that never answers does not hold up the others.
-    assert!(rx.wait("ok", 10, |r| r.len() >= 25).await, "ok got {}", rx.at("ok").len());
+    assert!(
+        rx.wait("ok", 10, |r| r.len() >= 25).await,
+        "ok got {}",
+        rx.at("ok").len()
+    );
     let took = sent.elapsed();
     assert!(took < Duration::from_secs(8), "ok endpoint waited {took:?}");
     let ok_got = rx.at("ok");
-    assert_eq!(ok_got.iter().flat_map(Receipt::event_ids).collect::<BTreeSet<_>>(), orders);
-    assert_eq!(ok_got.len(), 25, "one event per message, app-opened filtered out");
+    assert_eq!(
+        ok_got
+            .iter()
+            .flat_map(Receipt::event_ids)
+            .collect::<BTreeSet<_>>(),
+        orders
+    );
+    assert_eq!(
+        ok_got.len(),
+        25,
+        "one event per message, app-opened filtered out"
+    );
     verify_all(&ok_got, &ok_secret);
     for r in &ok_got {
         assert_eq!(r.headers["x-team"], "data");
@@ -263,7 +378,11 @@ log_interval = "200ms""#,
     assert!(!rx.at("blackhole").is_empty(), "the blackhole was tried");
 
     // flaky: two 500s then 200, same webhook-id on all three attempts.
-    assert!(rx.wait("flaky", 15, |r| r.len() >= 60).await, "flaky got {}", rx.at("flaky").len());
+    assert!(
+        rx.wait("flaky", 15, |r| r.len() >= 60).await,
+        "flaky got {}",
+        rx.at("flaky").len()
+    );
     let flaky_got = rx.at("flaky");
     verify_all(&flaky_got, &flaky_secret);
     let mut by_id: BTreeMap<String, Vec<&Receipt>> = BTreeMap::new();
@@ -273,8 +392,14 @@ log_interval = "200ms""#,
     assert_eq!(by_id.len(), 20);
     for (id, rs) in &by_id {
         assert_eq!(rs.len(), 3, "{id}");
-        assert!(rs.iter().all(|r| r.body == rs[0].body), "same body on every attempt");
-        assert!(rs[1].at - rs[0].at >= Duration::from_millis(900), "retry waited the schedule");
+        assert!(
+            rs.iter().all(|r| r.body == rs[0].body),
+            "same body on every attempt"
+        );
+        assert!(
+            rs[1].at - rs[0].at >= Duration::from_millis(900),
+            "retry waited the schedule"
+        );
     }
 
     // busy: 429 + Retry-After 1, then 200.
@@ -282,11 +407,25 @@ log_interval = "200ms""#,
     verify_all(&rx.at("busy"), &busy_secret);
 
     // batching: at most 10 per message, every order event once, profile attached.
-    assert!(rx.wait("batch", 15, |r| r.iter().map(|x| x.event_ids().len()).sum::<usize>() >= 25).await);
+    assert!(
+        rx.wait("batch", 15, |r| r
+            .iter()
+            .map(|x| x.event_ids().len())
+            .sum::<usize>()
+            >= 25)
+            .await
+    );
     let batch_got = rx.at("batch");
     verify_all(&batch_got, &batch_secret);
-    assert!(batch_got.len() < 25 && batch_got.iter().all(|r| r.event_ids().len() <= 10), "{}", batch_got.len());
-    assert_eq!(rx.events_at("batch").into_iter().collect::<BTreeSet<_>>(), orders);
+    assert!(
+        batch_got.len() < 25 && batch_got.iter().all(|r| r.event_ids().len() <= 10),
+        "{}",
+        batch_got.len()
+    );
+    assert_eq!(
+        rx.events_at("batch").into_iter().collect::<BTreeSet<_>>(),
+        orders
+    );
     let u1_events: Vec<Value> = batch_got
         .iter()
         .flat_map(|r| r.json()["events"].as_array().unwrap().clone())
@@ -298,12 +437,19 @@ log_interval = "200ms""#,
     }
 
     // segment events arrive as `system`.
-    assert!(rx.wait("system", 30, |r| r.len() >= 5).await, "system got {}", rx.at("system").len());
+    assert!(
+        rx.wait("system", 30, |r| r.len() >= 5).await,
+        "system got {}",
+        rx.at("system").len()
+    );
     let sys = rx.at("system");
     verify_all(&sys, &system_secret);
     for r in &sys {
         let e = &r.json()["events"][0];
-        assert_eq!((e["category"].as_str(), e["event_name"].as_str()), (Some("system"), Some("segment-entered")));
+        assert_eq!(
+            (e["category"].as_str(), e["event_name"].as_str()),
+            (Some("system"), Some("segment-entered"))
+        );
         assert_eq!(e["properties"]["segment_id"], "placed");
     }
     assert_eq!(sys.len(), 5, "one entered event per user");
@@ -321,7 +467,7 @@ log_interval = "200ms""#,
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gone_attempts = rx.at("gone").len();
-    assert!(gone_attempts >= 1 && gone_attempts <= 8, "{gone_attempts}");
+    assert!((1..=8).contains(&gone_attempts), "{gone_attempts}");
 
     // redirect: 3 attempts (the schedule's length), then failed; the log says so.
     assert!(rx.wait("redirect", 15, |r| r.len() >= 60).await);
@@ -338,37 +484,83 @@ log_interval = "200ms""#,
     };
     assert_eq!(failed.len(), 20);
     for row in &failed {
-        assert_eq!((row["attempt"].as_i64(), row["http_status"].as_i64()), (Some(3), Some(302)), "{row}");
-        assert!(row["error"].as_str().unwrap().contains("redirect to http://127.0.0.1:9/elsewhere not followed"), "{row}");
+        assert_eq!(
+            (row["attempt"].as_i64(), row["http_status"].as_i64()),
+            (Some(3), Some(302)),
+            "{row}"
+        );
+        assert!(
+            row["error"]
+                .as_str()
+                .unwrap()
+                .contains("redirect to http://127.0.0.1:9/elsewhere not followed"),
+            "{row}"
+        );
         assert_eq!(row["event_ids"].as_array().unwrap().len(), 1);
     }
-    let failed_ids: BTreeSet<String> = failed.iter().map(|r| r["message_id"].as_str().unwrap().to_string()).collect();
+    let failed_ids: BTreeSet<String> = failed
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap().to_string())
+        .collect();
     // recover re-sends them with their ids.
     let before = rx.at("redirect").len();
-    let (s, b) = call("POST", &format!("{hooks}/{redirect}/recover"), &admin, Some(json!({"since": "1h"}))).await;
+    let (s, b) = call(
+        "POST",
+        &format!("{hooks}/{redirect}/recover"),
+        &admin,
+        Some(json!({"since": "1h"})),
+    )
+    .await;
     assert_eq!(s, 202, "{b}");
     assert!(rx.wait("redirect", 15, |r| r.len() >= before + 60).await);
-    let again: BTreeSet<String> = rx.at("redirect")[before..].iter().map(|r| r.id.clone()).collect();
+    let again: BTreeSet<String> = rx.at("redirect")[before..]
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
     assert_eq!(again, failed_ids);
 
     // The flaky subscription's log: retrying, retrying, delivered for each message.
-    let (_, b) = call("GET", &format!("{hooks}/{flaky}/deliveries?limit=1000"), &admin, None).await;
+    let (_, b) = call(
+        "GET",
+        &format!("{hooks}/{flaky}/deliveries?limit=1000"),
+        &admin,
+        None,
+    )
+    .await;
     let rows = b["deliveries"].as_array().unwrap();
     let mut per: HashMap<&str, Vec<(i64, &str, i64)>> = HashMap::new();
     for r in rows {
-        per.entry(r["message_id"].as_str().unwrap()).or_default().push((
-            r["attempt"].as_i64().unwrap(),
-            r["status"].as_str().unwrap(),
-            r["http_status"].as_i64().unwrap(),
-        ));
+        per.entry(r["message_id"].as_str().unwrap())
+            .or_default()
+            .push((
+                r["attempt"].as_i64().unwrap(),
+                r["status"].as_str().unwrap(),
+                r["http_status"].as_i64().unwrap(),
+            ));
     }
     assert_eq!(per.len(), 20, "{b}");
     for (_, mut attempts) in per {
         attempts.sort();
-        assert_eq!(attempts, [(1, "retrying", 500), (2, "retrying", 500), (3, "delivered", 204)]);
+        assert_eq!(
+            attempts,
+            [
+                (1, "retrying", 500),
+                (2, "retrying", 500),
+                (3, "delivered", 204)
+            ]
+        );
     }
-    let (s, b) = call("GET", &format!("{hooks}/{flaky}/deliveries?limit=0"), &admin, None).await;
-    assert_eq!((s, b["message"].as_str().unwrap_or_default()), (400, "limit: must be an integer from 1 to 1000"));
+    let (s, b) = call(
+        "GET",
+        &format!("{hooks}/{flaky}/deliveries?limit=0"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, b["message"].as_str().unwrap_or_default()),
+        (400, "limit: must be an integer from 1 to 1000")
+    );
 
     // The deliveries table is plain SQL too.
     let rows = ts.sql(&format!("select count(*) as n from deliveries where subscription_id = '{ok}' and status = 'delivered'"));
@@ -390,9 +582,14 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
 
     let rx = Receiver::start(120).await;
     let ts = TestStore::new(Backend::Local);
-    let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_WEBHOOKS__ENABLED", "false")]);
-    let mut config = Config::default();
-    config.data = ts.data.clone();
+    let node = ts.serve(
+        &["--ack", "commit"],
+        &[("TIDEMARK_WEBHOOKS__ENABLED", "false")],
+    );
+    let mut config = Config {
+        data: ts.data.clone(),
+        ..Default::default()
+    };
     config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
     config.webhooks.jitter = 0.0;
     config.webhooks.pause_after = Duration::from_secs(20 * 3600);
@@ -405,13 +602,20 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
     let mut ids = HashMap::new();
     for path in ["down", "busy"] {
         let (sub, secret) = subs
-            .create("default", &json!({"url": rx.url(path)}), &key, -1, &|_| Ok(()))
+            .create("default", &json!({"url": rx.url(path)}), &key, -1, &|_| {
+                Ok(())
+            })
             .await
             .unwrap();
         secrets.insert(path, secret);
         ids.insert(path, sub.id);
     }
-    let (s, _) = post_json(&node.events_url("default"), Some(node.ingest_key()), &events(1, "signup", "s").to_string()).await;
+    let (s, _) = post_json(
+        &node.events_url("default"),
+        Some(node.ingest_key()),
+        &events(1, "signup", "s").to_string(),
+    )
+    .await;
     assert_eq!(s, 202);
 
     let t0 = chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp(), 0).unwrap();
@@ -432,14 +636,21 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
     for (n, delay) in schedule.iter().enumerate() {
         at += chrono::Duration::seconds(*delay);
         clock.set(at);
-        assert!(rx.wait("down", 20, |r| r.len() > n).await, "attempt {} never came", n + 1);
+        assert!(
+            rx.wait("down", 20, |r| r.len() > n).await,
+            "attempt {} never came",
+            n + 1
+        );
         if n == 1 {
             // busy answered 429 + Retry-After: 120 at t0; nothing before t0 + 120 s.
             assert_eq!(rx.at("busy").len(), 1);
             clock.set(t0 + chrono::Duration::seconds(120));
             assert!(rx.wait("busy", 20, |r| r.len() == 2).await);
             let busy = rx.at("busy");
-            assert_eq!((busy[0].timestamp, busy[1].timestamp), (t0.timestamp(), t0.timestamp() + 120));
+            assert_eq!(
+                (busy[0].timestamp, busy[1].timestamp),
+                (t0.timestamp(), t0.timestamp() + 120)
+            );
             assert_eq!(busy[0].id, busy[1].id);
         }
     }
@@ -462,7 +673,9 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
     // The log: 7 retrying rows with their next attempt, then failed.
     let deadline = Instant::now() + Duration::from_secs(10);
     let rows = loop {
-        let rows = webhooks::log::recent(&store, "default", &ids["down"], None, 100).await.unwrap();
+        let rows = webhooks::log::recent(&store, "default", &ids["down"], None, 100)
+            .await
+            .unwrap();
         if rows.len() == 8 || Instant::now() > deadline {
             break rows;
         }
@@ -480,7 +693,9 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
         assert_eq!(logged, expected, "{row}");
         if i < 7 {
             assert_eq!(row["status"], "retrying");
-            let next = chrono::DateTime::parse_from_rfc3339(row["next_attempt_at"].as_str().unwrap()).unwrap();
+            let next =
+                chrono::DateTime::parse_from_rfc3339(row["next_attempt_at"].as_str().unwrap())
+                    .unwrap();
             assert_eq!(next, expected + chrono::Duration::seconds(schedule[i + 1]));
         } else {
             assert_eq!(row["status"], "failed");
@@ -492,7 +707,11 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
     loop {
         let sub = subs.get("default", &ids["down"]).await.unwrap();
         if sub.paused {
-            assert!(sub.paused_reason.unwrap().starts_with("failing continuously since"));
+            assert!(
+                sub.paused_reason
+                    .unwrap()
+                    .starts_with("failing continuously since")
+            );
             break;
         }
         assert!(Instant::now() < deadline, "not paused");
@@ -539,17 +758,60 @@ fn sinks_run(ts: &TestStore) -> SinksRun {
 async fn sinks_run_survives_sigkill_and_the_cli_manages_subscriptions() {
     let rx = Receiver::start(1).await;
     let ts = TestStore::new(Backend::Local);
-    write_config(&ts, "allow_networks = [\"127.0.0.0/8\"]\npoll_interval = \"100ms\"\nlog_interval = \"300ms\"");
-    let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_WEBHOOKS__ENABLED", "false")]);
+    write_config(
+        &ts,
+        "allow_networks = [\"127.0.0.0/8\"]\npoll_interval = \"100ms\"\nlog_interval = \"300ms\"",
+    );
+    let node = ts.serve(
+        &["--ack", "commit"],
+        &[("TIDEMARK_WEBHOOKS__ENABLED", "false")],
+    );
 
-    let out = ts.cli(&["webhooks", "add", "--env", "default", "--url", &rx.url("slow"), "--max-events", "0"]);
+    let out = ts.cli(&[
+        "webhooks",
+        "add",
+        "--env",
+        "default",
+        "--url",
+        &rx.url("slow"),
+        "--max-events",
+        "0",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_events: must be an integer from 1 to 1000"), "{err}");
-    let out = ts.cli(&["webhooks", "add", "--env", "default", "--url", "http://192.168.1.10/hook"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("url: destination refused: 192.168.1.10 is a private address"));
-    let out = ts.cli(&["webhooks", "add", "--env", "default", "--url", &rx.url("slow"), "--max-in-flight", "2", "--event", "order-*"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        err.contains("max_events: must be an integer from 1 to 1000"),
+        "{err}"
+    );
+    let out = ts.cli(&[
+        "webhooks",
+        "add",
+        "--env",
+        "default",
+        "--url",
+        "http://192.168.1.10/hook",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("url: destination refused: 192.168.1.10 is a private address")
+    );
+    let out = ts.cli(&[
+        "webhooks",
+        "add",
+        "--env",
+        "default",
+        "--url",
+        &rx.url("slow"),
+        "--max-in-flight",
+        "2",
+        "--event",
+        "order-*",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let id = stdout_line(&text, "added webhook ").to_string();
     let secret = stdout_line(&text, "signing secret (shown only now): ").to_string();
@@ -560,18 +822,34 @@ async fn sinks_run_survives_sigkill_and_the_cli_manages_subscriptions() {
     assert!(!listed.to_string().contains("whsec_"));
 
     let all: BTreeSet<String> = (0..200).map(|i| format!("o-{i}")).collect();
-    let (s, _) = post_json(&node.events_url("default"), Some(node.ingest_key()), &events(200, "order-placed", "o").to_string()).await;
+    let (s, _) = post_json(
+        &node.events_url("default"),
+        Some(node.ingest_key()),
+        &events(200, "order-placed", "o").to_string(),
+    )
+    .await;
     assert_eq!(s, 202);
 
     let mut worker = sinks_run(&ts);
-    assert!(rx.wait("slow", 60, |r| r.len() >= 40).await, "deliveries did not start");
+    assert!(
+        rx.wait("slow", 60, |r| r.len() >= 40).await,
+        "deliveries did not start"
+    );
     worker.0.kill().unwrap(); // SIGKILL
     worker.0.wait().unwrap();
     let before_restart = rx.at("slow").len();
-    assert!(before_restart < 200, "killed mid-delivery ({before_restart})");
+    assert!(
+        before_restart < 200,
+        "killed mid-delivery ({before_restart})"
+    );
     let mut worker = sinks_run(&ts);
     assert!(
-        rx.wait("slow", 120, |r| r.iter().flat_map(Receipt::event_ids).collect::<BTreeSet<_>>() == all).await,
+        rx.wait("slow", 120, |r| r
+            .iter()
+            .flat_map(Receipt::event_ids)
+            .collect::<BTreeSet<_>>()
+            == all)
+            .await,
         "not every event arrived after the restart"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -585,24 +863,56 @@ async fn sinks_run_survives_sigkill_and_the_cli_manages_subscriptions() {
     }
     assert_eq!(ids_of.len(), 200);
     for (event, ids) in &ids_of {
-        assert_eq!(ids.len(), 1, "{event} arrived under several webhook-ids: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            1,
+            "{event} arrived under several webhook-ids: {ids:?}"
+        );
     }
-    eprintln!("crash test: {} receipts for 200 events ({} before the kill)", got.len(), before_restart);
+    eprintln!(
+        "crash test: {} receipts for 200 events ({} before the kill)",
+        got.len(),
+        before_restart
+    );
 
     // rotate-secret: the next messages carry both signatures.
-    let out = ts.cli(&["webhooks", "rotate-secret", &id, "--env", "default", "--grace", "1h"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ts.cli(&[
+        "webhooks",
+        "rotate-secret",
+        &id,
+        "--env",
+        "default",
+        "--grace",
+        "1h",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let new_secret = stdout_line(&text, "new signing secret (shown only now): ").to_string();
     tokio::time::sleep(Duration::from_millis(400)).await; // the worker reloads subscriptions
     let n = rx.at("slow").len();
-    let (s, _) = post_json(&node.events_url("default"), Some(node.ingest_key()), &events(3, "order-paid", "r").to_string()).await;
+    let (s, _) = post_json(
+        &node.events_url("default"),
+        Some(node.ingest_key()),
+        &events(3, "order-paid", "r").to_string(),
+    )
+    .await;
     assert_eq!(s, 202);
     assert!(rx.wait("slow", 30, |r| r.len() >= n + 3).await);
     let rotated = rx.at("slow")[n..].to_vec();
     verify_all(&rotated, &secret);
     verify_all(&rotated, &new_secret);
-    assert_eq!(rotated[0].headers["webhook-signature"].to_str().unwrap().split(' ').count(), 2);
+    assert_eq!(
+        rotated[0].headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
 
     // pause: nothing is sent, nothing is dropped; resume delivers the backlog.
     let out = ts.cli(&["webhooks", "pause", &id, "--env", "default"]);
@@ -610,35 +920,87 @@ async fn sinks_run_survives_sigkill_and_the_cli_manages_subscriptions() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("paused (paused by a user)"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let n = rx.at("slow").len();
-    let (s, _) = post_json(&node.events_url("default"), Some(node.ingest_key()), &events(4, "order-paid", "w").to_string()).await;
+    let (s, _) = post_json(
+        &node.events_url("default"),
+        Some(node.ingest_key()),
+        &events(4, "order-paid", "w").to_string(),
+    )
+    .await;
     assert_eq!(s, 202);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(rx.at("slow").len(), n, "a paused subscription sent something");
+    assert_eq!(
+        rx.at("slow").len(),
+        n,
+        "a paused subscription sent something"
+    );
     let out = ts.cli(&["webhooks", "resume", &id, "--env", "default"]);
     assert!(out.status.success());
     assert!(rx.wait("slow", 30, |r| r.len() >= n + 4).await);
-    let resumed: BTreeSet<String> = rx.at("slow")[n..].iter().flat_map(Receipt::event_ids).collect();
+    let resumed: BTreeSet<String> = rx.at("slow")[n..]
+        .iter()
+        .flat_map(Receipt::event_ids)
+        .collect();
     assert_eq!(resumed, (0..4).map(|i| format!("w-{i}")).collect());
 
     // deliveries from the CLI; unknown ids and bad flags are named.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let out = ts.cli(&["webhooks", "deliveries", &id, "--env", "default", "--json", "--limit", "1000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ts.cli(&[
+        "webhooks",
+        "deliveries",
+        &id,
+        "--env",
+        "default",
+        "--json",
+        "--limit",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let delivered: BTreeSet<String> = rows
         .iter()
         .filter(|r| r["status"] == "delivered")
-        .flat_map(|r| r["event_ids"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()))
+        .flat_map(|r| {
+            r["event_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap().to_string())
+        })
         .collect();
-    assert!(delivered.is_superset(&all), "the log has every delivered event");
+    assert!(
+        delivered.is_superset(&all),
+        "the log has every delivered event"
+    );
     let out = ts.cli(&["webhooks", "deliveries", "wh_nope", "--env", "default"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no webhook 'wh_nope' in environment 'default'"));
-    let out = ts.cli(&["webhooks", "recover", &id, "--env", "default", "--since", "yesterday-ish"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--since: \"yesterday-ish\" is neither an RFC 3339 time nor a duration"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no webhook 'wh_nope' in environment 'default'")
+    );
+    let out = ts.cli(&[
+        "webhooks",
+        "recover",
+        &id,
+        "--env",
+        "default",
+        "--since",
+        "yesterday-ish",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--since: \"yesterday-ish\" is neither an RFC 3339 time nor a duration")
+    );
 
     // SIGTERM stops the worker cleanly.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker.0.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(worker.0.wait().unwrap().success());
     let out = ts.cli(&["webhooks", "delete", &id, "--env", "default"]);
     assert!(out.status.success());
