@@ -271,8 +271,10 @@ impl Worker {
         let mut inbox_open = true;
         let mut prepared = targets.borrow_and_update().clone();
         loop {
-            if targets.has_changed().unwrap_or(false) {
-                prepared = targets.borrow_and_update().clone();
+            // `changed()` below marks a new value seen, so compare instead of asking.
+            let latest = targets.borrow_and_update().clone();
+            if !Arc::ptr_eq(&latest, &prepared) {
+                prepared = latest;
                 if prepared.target.paused {
                     self.self_paused = false;
                 }
