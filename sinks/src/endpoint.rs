@@ -495,6 +495,3 @@ async fn attempt(
         latency,
     }
 }
-
-/// Shared handle type for callers that keep endpoints in a map.
-pub type SharedEndpoint = Arc<Endpoint>;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::filter::glob_match;
 use tidemark_sinks::sign::Secret;
@@ -600,16 +600,6 @@ pub fn rotate(sub: &mut Subscription, key: &MasterKey, new: &Secret, grace: chro
             expires_at: None,
         },
     );
-}
-
-/// A subscription's fields as a JSON object a user could send (for `update` from flags).
-pub fn object(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Object(
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect::<Map<_, _>>(),
-    )
 }
 
 #[cfg(test)]

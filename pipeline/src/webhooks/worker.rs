@@ -62,14 +62,6 @@ struct Sub {
     recover_seq: u64,
 }
 
-/// Counters the benchmark and tests read.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    pub delivered: u64,
-    pub failed: u64,
-    pub attempts: u64,
-}
-
 pub struct Worker {
     store: Store,
     config: WebhooksConfig,
@@ -87,7 +79,6 @@ pub struct Worker {
     settled: Vec<(Key, i64, String, bool)>,
     deliveries: Option<DeltaTable>,
     doc_seen: Option<String>,
-    stats: watch::Sender<Stats>,
 }
 
 impl Worker {
@@ -114,12 +105,7 @@ impl Worker {
             settled: Vec::new(),
             deliveries: None,
             doc_seen: None,
-            stats: watch::Sender::new(Stats::default()),
         })
-    }
-
-    pub fn stats(&self) -> watch::Receiver<Stats> {
-        self.stats.subscribe()
     }
 
     /// Runs until `stop` turns true, then commits the log it holds.
@@ -147,7 +133,8 @@ impl Worker {
                     }
                 }
                 _ = stop.changed() => {
-                    // Stop the endpoints first: no new attempts.
+                    // Attempts still in flight finish or end with the process; one whose
+                    // outcome is not logged is sent again after a restart (same id).
                     let keys: Vec<Key> = self.subs.keys().cloned().collect();
                     while let Ok(r) = self.reports_rx.try_recv() {
                         self.on_report(r).await;
@@ -396,14 +383,6 @@ impl Worker {
                     error: a.error.clone(),
                     at_us: a.at.timestamp_micros(),
                     next_attempt_at_us: a.next_attempt_at.map(|t| t.timestamp_micros()),
-                });
-                self.stats.send_modify(|st| {
-                    st.attempts += 1;
-                    match a.status {
-                        Status::Delivered => st.delivered += 1,
-                        Status::Failed => st.failed += 1,
-                        _ => {}
-                    }
                 });
                 match a.status {
                     Status::Delivered => self.settled.push((key, to, a.message_id, false)),
