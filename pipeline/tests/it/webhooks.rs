@@ -565,8 +565,66 @@ log_interval = "200ms""#,
     // The deliveries table is plain SQL too.
     let rows = ts.sql(&format!("select count(*) as n from deliveries where subscription_id = '{ok}' and status = 'delivered'"));
     assert_eq!(rows[0]["n"], 25);
+
+    // test, update, list, delete over the API.
+    let one = format!("{hooks}/{ok}");
+    let n = rx.at("ok").len();
+    let (s, b) = call("POST", &format!("{one}/test"), &admin, None).await;
+    assert_eq!(
+        (s, &b["delivered"], &b["http_status"]),
+        (200, &json!(true), &json!(204)),
+        "{b}"
+    );
+    assert!(rx.wait("ok", 5, |r| r.len() > n).await);
+    let test_msg = rx.at("ok")[n].clone();
+    verify_all(std::slice::from_ref(&test_msg), &ok_secret);
+    assert_eq!(test_msg.json()["type"], "tidemark.test");
+    assert_eq!(test_msg.id, b["message_id"].as_str().unwrap());
+    let (s, b) = call(
+        "PATCH",
+        &one,
+        &admin,
+        Some(json!({"max_events": 5, "description": "orders"})),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["max_events"], &b["description"]),
+        (200, &json!(5), &json!("orders")),
+        "{b}"
+    );
+    assert_eq!(
+        b["filter"]["events"],
+        json!(["order-*"]),
+        "untouched settings stay"
+    );
+    let (s, b) = call(
+        "PATCH",
+        &one,
+        &admin,
+        Some(json!({"secret": SECRET_EXAMPLE})),
+    )
+    .await;
+    assert_eq!(
+        (s, b["problems"][0]["field"].as_str()),
+        (400, Some("secret")),
+        "{b}"
+    );
+    let (s, b) = call("GET", &hooks, &admin, None).await;
+    assert_eq!((s, b["webhooks"].as_array().unwrap().len()), (200, 8));
+    assert!(
+        !b.to_string().contains("whsec_"),
+        "secrets are never listed"
+    );
+    let (s, _) = call("DELETE", &one, &admin, None).await;
+    assert_eq!(s, 204);
+    let (s, b) = call("GET", &one, &admin, None).await;
+    assert_eq!(s, 404, "{b}");
+    let (s, _) = call("GET", &format!("{hooks}/wh_nope/deliveries"), &admin, None).await;
+    assert_eq!(s, 404);
     drop(node);
 }
+
+const SECRET_EXAMPLE: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// The retry schedule under a paused clock: the worker runs in this process with a
 /// manual clock; an endpoint that always fails is tried at exactly 0 s, 5 s, 5 min,
