@@ -20,7 +20,7 @@ use url::Url;
 use crate::client::SafeClient;
 use crate::clock::SharedClock;
 use crate::retry::{RetryPolicy, Verdict, judge, judge_failure};
-use crate::sign::{Secret, signature_header};
+use crate::sign::{Secret, set_headers};
 
 /// A message to deliver.
 #[derive(Debug, Clone)]
@@ -461,16 +461,16 @@ async fn attempt(
     prepared: Arc<Prepared>,
     message: Message,
 ) -> Done {
-    use reqwest::header::HeaderValue;
     let at = clock.now();
-    let timestamp = at.timestamp();
     let target = &prepared.target;
     let mut headers = prepared.headers.clone();
-    let signature = signature_header(&target.secrets, &message.id, timestamp, &message.body);
-    let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
-    headers.insert("webhook-id", value(&message.id));
-    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-    headers.insert("webhook-signature", value(&signature));
+    set_headers(
+        &mut headers,
+        &target.secrets,
+        &message.id,
+        at.timestamp(),
+        &message.body,
+    );
     let sent = client
         .send(
             target.method.clone(),

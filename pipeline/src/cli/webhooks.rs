@@ -406,11 +406,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 let (_, store) = super::open_store(file, data)?;
                 written(
                     Subscriptions::new(store)
-                        .modify(&env, &id, |s| {
-                            let seq = s.recover.as_ref().map_or(1, |r| r.seq + 1);
-                            s.recover = Some(subscription::Recover { since, seq });
-                            Ok(())
-                        })
+                        .request_recover(&env, &id, since)
                         .await,
                 )?;
                 println!(
@@ -439,10 +435,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 let key = ctx.key()?;
                 written(
                     Subscriptions::new(store)
-                        .modify(&env, &id, |s| {
-                            subscription::rotate(s, key, &new, grace);
-                            Ok(())
-                        })
+                        .rotate_secret(&env, &id, key, &new, grace)
                         .await,
                 )?;
                 println!("new signing secret (shown only now): {}", new.expose());
@@ -467,11 +460,7 @@ async fn set_paused(
     let (_, store) = super::open_store(file, data)?;
     let s = written(
         Subscriptions::new(store)
-            .modify(&env, &id, |s| {
-                s.paused = paused;
-                s.paused_reason = paused.then(|| "paused by a user".to_string());
-                Ok(())
-            })
+            .set_paused(&env, &id, paused)
             .await,
     )?;
     print_sub(&s);

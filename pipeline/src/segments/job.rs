@@ -25,9 +25,8 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{StructType, Transaction};
 use deltalake::protocol::SaveMode;
 use serde::Serialize;
 use sha2::Digest;
@@ -35,9 +34,9 @@ use sha2::Digest;
 use super::compile;
 use super::store::Segments;
 use crate::jobs::views::to_json_rows;
-use crate::storage::Store;
 use crate::storage::events_table::{self, timestamp_type, writer_properties};
-use crate::{Error, Result, query};
+use crate::storage::{Store, TableSpec};
+use crate::{Result, query};
 
 pub const MEMBERS: &str = "segment_members";
 pub const CHANGES: &str = "segment_changes";
@@ -88,30 +87,19 @@ struct Change {
 }
 
 async fn table(store: &Store, name: &str, schema: &SchemaRef) -> Result<DeltaTable> {
-    if let Some(t) = store.load_table(name).await? {
-        return Ok(t);
-    }
-    let columns = StructType::try_from_arrow(schema.as_ref())?;
     store
-        .delta_table(name)?
-        .create()
-        .with_table_name(name)
-        .with_columns(columns.fields().cloned())
-        .with_partition_columns(["environment"])
-        .with_configuration_property(
-            deltalake::TableProperty::DataSkippingStatsColumns,
-            Some(if name == CHANGES {
+        .load_or_create_table(&TableSpec {
+            name,
+            comment: None,
+            schema,
+            partition_columns: &["environment"],
+            stats_columns: if name == CHANGES {
                 "segment_id,change,at,run"
             } else {
                 "segment_id,entered_at"
-            }),
-        )
-        .with_save_mode(SaveMode::Ignore)
-        .await?;
-    store
-        .load_table(name)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("{name} vanished after create")))
+            },
+        })
+        .await
 }
 
 async fn txn(table: &DeltaTable, app: &str) -> Result<i64> {

@@ -130,13 +130,7 @@ pub async fn set_paused(
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
     state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let sub = subs(&state)
-        .modify(&env, &id, |sub| {
-            sub.paused = paused;
-            sub.paused_reason = paused.then(|| "paused by a user".to_string());
-            Ok(())
-        })
-        .await?;
+    let sub = subs(&state).set_paused(&env, &id, paused).await?;
     Ok(Json(sub.public()))
 }
 
@@ -177,13 +171,7 @@ pub async fn recover(
     state.authorize(&headers, &env, &[Role::Admin]).await?;
     let input = json_body(&headers, body, false).await?;
     let since = parse_since(input.get("since"))?;
-    let sub = subs(&state)
-        .modify(&env, &id, |sub| {
-            let seq = sub.recover.as_ref().map_or(1, |r| r.seq + 1);
-            sub.recover = Some(subscription::Recover { since, seq });
-            Ok(())
-        })
-        .await?;
+    let sub = subs(&state).request_recover(&env, &id, since).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": sub.id, "recover_since": since})),
@@ -235,10 +223,7 @@ pub async fn rotate_secret(
     let grace =
         chrono::Duration::from_std(grace).map_err(|_| ApiError::bad_request("grace: too long"))?;
     let sub = subs(&state)
-        .modify(&env, &id, |sub| {
-            subscription::rotate(sub, key, &new, grace);
-            Ok(())
-        })
+        .rotate_secret(&env, &id, key, &new, grace)
         .await?;
     let mut out = sub.public();
     out["secret"] = Value::String(new.expose());

@@ -7,16 +7,14 @@ use std::sync::{Arc, LazyLock};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
-use deltalake::kernel::StructType;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 use deltalake::{FilterOp, FilterValue};
 
-use super::Store;
+use super::{Store, TableSpec};
 use crate::Result;
 
 pub const TABLE: &str = "events";
@@ -74,31 +72,17 @@ pub(crate) fn writer_properties(level: i32) -> WriterProperties {
 
 /// Loads `events`, creating the (empty) table first if it does not exist.
 pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
-    if let Some(table) = store.load_table(TABLE).await? {
-        return Ok(table);
-    }
-    let columns = StructType::try_from_arrow(schema().as_ref())?;
-    let created = store
-        .delta_table(TABLE)?
-        .create()
-        .with_table_name(TABLE)
-        .with_comment("tidemark analytics events")
-        .with_columns(columns.fields().cloned())
-        .with_partition_columns(PARTITION_COLUMNS)
-        // No min/max of user ids, event ids or properties in the Delta log: the log
-        // outlives an erasure's VACUUM.
-        .with_configuration_property(
-            deltalake::TableProperty::DataSkippingStatsColumns,
-            Some(STATS_COLUMNS),
-        )
-        .with_save_mode(SaveMode::Ignore)
-        .await?;
-    let _ = created;
-    // Reload: with `Ignore`, a racing creator may have won.
     store
-        .load_table(TABLE)
-        .await?
-        .ok_or_else(|| crate::Error::NotFound("events table vanished after create".into()))
+        .load_or_create_table(&TableSpec {
+            name: TABLE,
+            comment: Some("tidemark analytics events"),
+            schema: &schema(),
+            partition_columns: &PARTITION_COLUMNS,
+            // No min/max of user ids, event ids or properties in the Delta log: the log
+            // outlives an erasure's VACUUM.
+            stats_columns: STATS_COLUMNS,
+        })
+        .await
 }
 
 /// The last WAL segment that `app_id` committed, from the table's `txn` actions.

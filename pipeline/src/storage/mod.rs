@@ -12,9 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::logstore::{
     LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
+use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -25,6 +28,16 @@ use url::Url;
 pub use paths::Paths;
 
 use crate::{Error, Result};
+
+/// What [`Store::load_or_create_table`] creates.
+pub struct TableSpec<'a> {
+    pub name: &'a str,
+    pub comment: Option<&'a str>,
+    pub schema: &'a arrow::datatypes::Schema,
+    pub partition_columns: &'a [&'a str],
+    /// The columns whose min/max the Delta log keeps (comma-separated).
+    pub stats_columns: &'a str,
+}
 
 /// An opened storage root.
 #[derive(Clone, Debug)]
@@ -150,6 +163,35 @@ impl Store {
             .with_storage_backend(self.root.clone(), url)
             .build()?;
         Ok(table)
+    }
+
+    /// Opens the table `spec` describes, creating it (empty) first if it does not exist.
+    /// Column statistics are kept for `spec.stats_columns` only: min/max of user ids or
+    /// values in the Delta log would outlive an erasure.
+    pub async fn load_or_create_table(&self, spec: &TableSpec<'_>) -> Result<DeltaTable> {
+        if let Some(t) = self.load_table(spec.name).await? {
+            return Ok(t);
+        }
+        let columns = StructType::try_from_arrow(spec.schema)?;
+        let mut create = self
+            .delta_table(spec.name)?
+            .create()
+            .with_table_name(spec.name)
+            .with_columns(columns.fields().cloned())
+            .with_partition_columns(spec.partition_columns.iter().copied())
+            .with_configuration_property(
+                deltalake::TableProperty::DataSkippingStatsColumns,
+                Some(spec.stats_columns),
+            )
+            .with_save_mode(SaveMode::Ignore);
+        if let Some(comment) = spec.comment {
+            create = create.with_comment(comment);
+        }
+        create.await?;
+        // Reload: with `Ignore`, a racing creator may have won.
+        self.load_table(spec.name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{} vanished after create", spec.name)))
     }
 
     /// Opens table `name` at its latest version, or `None` when it does not exist yet.

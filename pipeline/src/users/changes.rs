@@ -16,17 +16,15 @@ use arrow::array::{RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
-use deltalake::kernel::StructType;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::protocol::SaveMode;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::fields::FieldDef;
+use crate::Result;
 use crate::ingest::event::Problem;
-use crate::storage::Store;
 use crate::storage::events_table::{timestamp_type, writer_properties};
-use crate::{Error, Result};
+use crate::storage::{Store, TableSpec};
 
 pub const TABLE: &str = "profile_changes";
 pub const PARTITION_COLUMNS: [&str; 1] = ["environment"];
@@ -360,27 +358,15 @@ pub fn rows(environment: &str, updates: &[Vec<Op>], source: &str) -> Result<Reco
 /// kept for `at` only: min/max of user ids or values in the Delta log would outlive an
 /// erasure.
 pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
-    if let Some(t) = store.load_table(TABLE).await? {
-        return Ok(t);
-    }
-    let columns = StructType::try_from_arrow(schema().as_ref())?;
     store
-        .delta_table(TABLE)?
-        .create()
-        .with_table_name(TABLE)
-        .with_comment("tidemark profile writes (users API, importer)")
-        .with_columns(columns.fields().cloned())
-        .with_partition_columns(PARTITION_COLUMNS)
-        .with_configuration_property(
-            deltalake::TableProperty::DataSkippingStatsColumns,
-            Some("at"),
-        )
-        .with_save_mode(SaveMode::Ignore)
-        .await?;
-    store
-        .load_table(TABLE)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("{TABLE} vanished after create")))
+        .load_or_create_table(&TableSpec {
+            name: TABLE,
+            comment: Some("tidemark profile writes (users API, importer)"),
+            schema: &schema(),
+            partition_columns: &PARTITION_COLUMNS,
+            stats_columns: "at",
+        })
+        .await
 }
 
 /// Appends `batches` to `profile_changes` in one Delta commit (all or nothing).

@@ -12,13 +12,11 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
-use deltalake::kernel::StructType;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::protocol::SaveMode;
 use serde_json::Value;
 
-use crate::storage::Store;
 use crate::storage::events_table::{timestamp_type, writer_properties};
+use crate::storage::{Store, TableSpec};
 use crate::{Error, Result};
 
 pub const TABLE: &str = "deliveries";
@@ -103,27 +101,15 @@ fn batch(rows: &[Row]) -> Result<RecordBatch> {
 
 /// Loads `deliveries`, creating it (empty) first if needed.
 pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
-    if let Some(t) = store.load_table(TABLE).await? {
-        return Ok(t);
-    }
-    let columns = StructType::try_from_arrow(schema().as_ref())?;
     store
-        .delta_table(TABLE)?
-        .create()
-        .with_table_name(TABLE)
-        .with_comment("tidemark webhook delivery attempts")
-        .with_columns(columns.fields().cloned())
-        .with_partition_columns(PARTITION_COLUMNS)
-        .with_configuration_property(
-            deltalake::TableProperty::DataSkippingStatsColumns,
-            Some("subscription_id,status,at"),
-        )
-        .with_save_mode(SaveMode::Ignore)
-        .await?;
-    store
-        .load_table(TABLE)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("{TABLE} vanished after create")))
+        .load_or_create_table(&TableSpec {
+            name: TABLE,
+            comment: Some("tidemark webhook delivery attempts"),
+            schema: &schema(),
+            partition_columns: &PARTITION_COLUMNS,
+            stats_columns: "subscription_id,status,at",
+        })
+        .await
 }
 
 /// Appends `rows` in one commit; returns the table after it.

@@ -113,20 +113,23 @@ pub async fn send_test(
         "events": [],
     })
     .to_string();
-    let ts = now.timestamp();
-    let mut headers: Vec<(String, String)> = sub.headers.clone().into_iter().collect();
-    headers.push(("content-type".into(), "application/json".into()));
-    headers.push(("webhook-id".into(), id.clone()));
-    headers.push(("webhook-timestamp".into(), ts.to_string()));
-    headers.push((
-        "webhook-signature".into(),
-        tidemark_sinks::sign::signature_header(&secrets, &id, ts, body.as_bytes()),
-    ));
+    let custom: Vec<(String, String)> = sub.headers.clone().into_iter().collect();
+    let mut headers =
+        tidemark_sinks::client::header_map(&custom).map_err(|e| Error::Invalid(e.to_string()))?;
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
+    tidemark_sinks::sign::set_headers(
+        &mut headers,
+        &secrets,
+        &id,
+        now.timestamp(),
+        body.as_bytes(),
+    );
     let url = url::Url::parse(&sub.url).map_err(|e| Error::Invalid(format!("url: {e}")))?;
     let method = reqwest::Method::from_bytes(sub.method.as_bytes())
         .map_err(|e| Error::Invalid(format!("method: {e}")))?;
-    let headers =
-        tidemark_sinks::client::header_map(&headers).map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(
         match ctx
             .client

@@ -563,6 +563,52 @@ impl Subscriptions {
         result.ok_or_else(|| WriteError::Other(not_found(environment, id)))
     }
 
+    /// Pauses or resumes by a user's request.
+    pub async fn set_paused(
+        &self,
+        environment: &str,
+        id: &str,
+        paused: bool,
+    ) -> std::result::Result<Subscription, WriteError> {
+        self.modify(environment, id, |sub| {
+            sub.paused = paused;
+            sub.paused_reason = paused.then(|| "paused by a user".to_string());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Asks the worker to re-send the messages that failed at or after `since`.
+    pub async fn request_recover(
+        &self,
+        environment: &str,
+        id: &str,
+        since: DateTime<Utc>,
+    ) -> std::result::Result<Subscription, WriteError> {
+        self.modify(environment, id, |sub| {
+            let seq = sub.recover.as_ref().map_or(1, |r| r.seq + 1);
+            sub.recover = Some(Recover { since, seq });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Signs with `new` from now on, with the old secrets for `grace` more.
+    pub async fn rotate_secret(
+        &self,
+        environment: &str,
+        id: &str,
+        key: &MasterKey,
+        new: &Secret,
+        grace: chrono::Duration,
+    ) -> std::result::Result<Subscription, WriteError> {
+        self.modify(environment, id, |sub| {
+            rotate(sub, key, new, grace);
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn delete(&self, environment: &str, id: &str) -> Result<()> {
         self.store
             .docs()
