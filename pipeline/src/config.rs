@@ -158,6 +158,63 @@ impl Default for WebhooksConfig {
     }
 }
 
+/// Bulk export: scheduled push exports and the batched pull API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportsConfig {
+    /// Whether `tidemark serve` runs the export worker (one worker per store).
+    pub enabled: bool,
+    /// How often the worker looks for closed windows.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A window (and a pull-API hour) closes this long after its end plus `flush_interval`,
+    /// so events acknowledged before the end are committed when it is read.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// An export failing continuously for this long is paused.
+    #[serde(with = "humantime_serde")]
+    pub pause_after: Duration,
+    /// The longest wait between retries of a failing export (backoff doubles up to it).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Attempts of each HTTPS POST within one run (then the window is retried later).
+    #[serde(with = "durations")]
+    pub http_retry_schedule: Vec<Duration>,
+    /// Rows per file; a bigger window is split into `-1`, `-2`, ... files.
+    pub max_rows_per_file: u64,
+    /// zstd level of Parquet files.
+    pub zstd_level: i32,
+    /// Windows one export runs per pass (catching up after a pause runs them in turns).
+    pub max_windows_per_pass: usize,
+    /// How long a pull-API download URL works.
+    #[serde(with = "humantime_serde")]
+    pub download_ttl: Duration,
+    /// The base URL download links start with (default: the request's `Host`).
+    pub public_url: Option<String>,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        ExportsConfig {
+            enabled: true,
+            poll_interval: Duration::from_secs(5),
+            grace: Duration::from_secs(30),
+            pause_after: Duration::from_secs(24 * 3600),
+            max_backoff: Duration::from_secs(3600),
+            http_retry_schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+            ],
+            max_rows_per_file: 1_000_000,
+            zstd_level: 3,
+            max_windows_per_pass: 24,
+            download_ttl: Duration::from_secs(15 * 60),
+            public_url: None,
+        }
+    }
+}
+
 /// Retention of events and physical deletion of removed files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -237,6 +294,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub segments: SegmentsConfig,
     pub webhooks: WebhooksConfig,
+    pub exports: ExportsConfig,
 }
 
 impl Default for Config {
@@ -260,6 +318,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             segments: SegmentsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            exports: ExportsConfig::default(),
         }
     }
 }
@@ -391,6 +450,34 @@ impl Config {
                 return fail(name, "must be greater than 0");
             }
         }
+        let x = &self.exports;
+        for (name, d) in [
+            ("exports.poll_interval", x.poll_interval),
+            ("exports.pause_after", x.pause_after),
+            ("exports.max_backoff", x.max_backoff),
+            ("exports.download_ttl", x.download_ttl),
+        ] {
+            if d.is_zero() {
+                return fail(name, "must be greater than 0");
+            }
+        }
+        if x.http_retry_schedule.is_empty() || x.http_retry_schedule.len() > 10 {
+            return fail("exports.http_retry_schedule", "must list 1 to 10 delays");
+        }
+        if x.max_rows_per_file == 0 {
+            return fail("exports.max_rows_per_file", "must be greater than 0");
+        }
+        if !(1..=22).contains(&x.zstd_level) {
+            return fail("exports.zstd_level", "must be from 1 to 22");
+        }
+        if x.max_windows_per_pass == 0 {
+            return fail("exports.max_windows_per_pass", "must be greater than 0");
+        }
+        if let Some(u) = &x.public_url
+            && !url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return fail("exports.public_url", "must be an http:// or https:// URL");
+        }
         let l = &self.limits;
         if l.max_body_bytes < 1024 {
             return fail("limits.max_body_bytes", "must be at least 1024");
@@ -516,6 +603,25 @@ log_interval = "500ms"
 rotation_grace = "24h"
 # Secrets are encrypted with TIDEMARK_MASTER_KEY (base64 of 32 bytes) or this generated file.
 # master_key_file = "./tidemark-data/_tidemark/master.key"
+
+[exports]
+# Export worker inside serve (false when `tidemark sinks run` runs elsewhere; one per store).
+enabled = true
+poll_interval = "5s"
+# A window closes `grace` + flush_interval after its end (late-committed events are not missed).
+grace = "30s"
+# An export failing continuously this long is paused (resume with `tidemark exports resume`).
+pause_after = "24h"
+max_backoff = "1h"
+# Attempts of each HTTPS POST within one run; then the window is retried with backoff.
+http_retry_schedule = ["0s", "1s", "5s"]
+max_rows_per_file = 1000000
+zstd_level = 3
+max_windows_per_pass = 24
+# Pull API download links expire after this.
+download_ttl = "15m"
+# Base of download links (default: from the request's Host header).
+# public_url = "https://tidemark.example.com"
 
 [retention]
 # Events received more than this many days ago are deleted (per environment below).

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod exports;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;

@@ -18,6 +18,8 @@ const NONCE_BYTES: usize = 12;
 #[derive(Clone)]
 pub struct MasterKey {
     cipher: Aes256Gcm,
+    /// HMAC-SHA256(master key, "tidemark-derive"): the root of [`MasterKey::derive`]d keys.
+    derive_root: [u8; 32],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -43,7 +45,10 @@ impl MasterKey {
         }
         let cipher =
             Aes256Gcm::new_from_slice(&bytes).map_err(|e| Error::invalid(field, e.to_string()))?;
-        Ok(MasterKey { cipher })
+        Ok(MasterKey {
+            cipher,
+            derive_root: hmac_sha256(&bytes, b"tidemark-derive"),
+        })
     }
 
     /// Reads the key file at `path`, or creates it with a random key and mode 0600.
@@ -65,6 +70,12 @@ impl MasterKey {
         // Another process may have won the race to create it: read what is there.
         let text = std::fs::read_to_string(path)?;
         MasterKey::parse(&text, &field).map_err(bad)
+    }
+
+    /// A 32-byte key for `purpose` (e.g. signing download tokens), the same on every node
+    /// sharing the master key, and independent of the encryption key.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        hmac_sha256(&self.derive_root, purpose.as_bytes())
     }
 
     /// `base64(nonce || ciphertext)` of `plain`.
@@ -92,6 +103,15 @@ impl MasterKey {
             .decrypt(Nonce::from_slice(nonce), sealed)
             .map_err(|_| Error::Crypto("authentication failed (a different master key?)".into()))
     }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key) else {
+        unreachable!("HMAC takes keys of any length")
+    };
+    mac.update(message);
+    mac.finalize().into_bytes().into()
 }
 
 #[cfg(unix)]

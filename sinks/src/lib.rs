@@ -7,6 +7,8 @@
 //! - [`retry`]: the retry schedule and how a response is judged;
 //! - [`filter`]: event-name globs;
 //! - [`clock`]: wall time, injectable so tests can drive a paused clock;
+//! - [`export`]: bulk-export file writers (Parquet zstd, NDJSON gzip, CSV) and
+//!   destinations (object-store prefixes, signed HTTPS POSTs);
 //! - [`endpoint`]: one subscription's delivery task (concurrency, rate limit, retries,
 //!   auto-pause).
 
@@ -14,6 +16,7 @@ pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod endpoint;
+pub mod export;
 pub mod filter;
 pub mod retry;
 pub mod sign;
@@ -30,6 +33,9 @@ pub enum Error {
     /// Decrypting a stored secret failed (wrong master key or damaged data).
     #[error("cannot decrypt: {0}")]
     Crypto(String),
+    /// Encoding or writing an export file failed.
+    #[error("export: {0}")]
+    Export(String),
 }
 
 impl Error {

@@ -23,6 +23,8 @@ pub enum Doc {
     Segments,
     /// Webhook subscriptions of every environment (secrets encrypted).
     Webhooks,
+    /// Scheduled exports of every environment (credentials encrypted).
+    Exports,
 }
 
 impl Doc {
@@ -34,6 +36,7 @@ impl Doc {
             Doc::Erasures => "erasures",
             Doc::Segments => "segments",
             Doc::Webhooks => "webhooks",
+            Doc::Exports => "exports",
         }
     }
 }
@@ -92,6 +95,16 @@ impl Paths {
             .join("webhooks")
             .join(environment)
             .join(subscription)
+    }
+
+    /// The progress of one scheduled export (`state.json`).
+    pub fn export_state(&self, environment: &str, export: &str) -> Path {
+        self.root()
+            .join("_tidemark")
+            .join("state")
+            .join("exports")
+            .join(environment)
+            .join(format!("{export}.json"))
     }
 
     /// A file of a Delta table, from an `add` action's relative path (a URI path,

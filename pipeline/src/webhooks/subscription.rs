@@ -369,7 +369,7 @@ pub fn apply(
     }
 }
 
-fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
+pub fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
     let mut problems = Vec::new();
     let Some(obj) = v.as_object() else {
         return Err(vec![problem(

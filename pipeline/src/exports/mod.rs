@@ -1,0 +1,62 @@
+//! Bulk export: the batched pull API and scheduled push exports.
+//!
+//! - [`def`]: the config document `exports` (definitions, validation, encrypted
+//!   credentials and signing secrets);
+//! - [`window`]: intervals, windows and the object names they give;
+//! - [`run`]: exporting one window: the source query, files, the manifest written last;
+//! - [`state`]: an export's progress (`_tidemark/state/exports/<env>/<id>.json`);
+//! - [`worker`]: runs closed windows in order, re-runs windows that late commits
+//!   touched, backs off and pauses failing exports;
+//! - [`batched`]: hourly batches by `received_at` with signed, expiring download links.
+//!
+//! File encoders and destinations (object stores, signed HTTPS POSTs) live in
+//! `tidemark-sinks`.
+
+pub mod batched;
+pub mod def;
+pub mod run;
+pub mod state;
+pub mod window;
+pub mod worker;
+
+use std::time::Duration;
+
+use tidemark_sinks::client::SafeClient;
+use tidemark_sinks::crypto::MasterKey;
+
+use crate::config::{Config, ExportsConfig};
+use crate::storage::Store;
+use crate::{Error, Result};
+
+/// What the API, the CLI and the worker need.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub config: ExportsConfig,
+    /// How often ingest commits: windows close `flush_interval + grace` after their end.
+    pub flush_interval: Duration,
+    /// `Err` says why credentials cannot be stored / links signed (no master key).
+    pub key: std::result::Result<MasterKey, String>,
+    /// The SSRF-safe client of webhooks (same address policy) for HTTPS destinations.
+    pub client: SafeClient,
+}
+
+impl Context {
+    pub fn new(config: &Config, store: &Store) -> Result<Context> {
+        Ok(Context {
+            config: config.exports.clone(),
+            flush_interval: config.flush_interval,
+            key: crate::webhooks::master_key(config, store).map_err(|e| e.to_string()),
+            client: crate::webhooks::client(&config.webhooks)?,
+        })
+    }
+
+    pub fn key(&self) -> Result<&MasterKey> {
+        self.key.as_ref().map_err(|e| Error::Unavailable(e.clone()))
+    }
+
+    /// How long after its end a window (or an hour) is closed.
+    pub fn close_delay(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.flush_interval + self.config.grace)
+            .unwrap_or(chrono::Duration::MAX)
+    }
+}
