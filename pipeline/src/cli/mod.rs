@@ -10,6 +10,7 @@
 //! - `sql`: query the tables straight from the store.
 //! - `config`: print an example configuration.
 
+mod exports;
 mod fields;
 mod import;
 mod jobs;
@@ -74,7 +75,10 @@ pub enum Command {
     /// recover, rotate-secret.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
-    /// Run the sinks (webhook delivery) without the rest of the node.
+    /// Scheduled bulk exports: add, list, status, run, backfill, pause, resume, delete.
+    #[command(subcommand)]
+    Exports(exports::ExportsCommand),
+    /// Run the sinks (webhook delivery and exports) without the rest of the node.
     #[command(subcommand)]
     Sinks(webhooks::SinksCommand),
     /// Delete files that left their tables (DELETE, compaction) long enough ago.
@@ -161,6 +165,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Segments(cmd) => segments::run(file, cmd),
         Command::Users(cmd) => users::run(file, cmd),
         Command::Webhooks(cmd) => webhooks::run(file, cmd),
+        Command::Exports(cmd) => exports::run(file, cmd),
         Command::Sinks(cmd) => webhooks::sinks(file, cmd),
         Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
         Command::Retention(data) => users::retention(file, data),

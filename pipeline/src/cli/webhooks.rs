@@ -205,7 +205,7 @@ pub enum WebhooksCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum SinksCommand {
-    /// Run the delivery workers (webhooks) until Ctrl-C / SIGTERM.
+    /// Run the delivery workers (webhooks, exports) until Ctrl-C / SIGTERM.
     Run {
         #[command(flatten)]
         data: DataArgs,
@@ -479,8 +479,11 @@ pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Resul
             super::serve::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        println!("tidemark: delivering webhooks from {}", config.data);
+        println!("tidemark: delivering webhooks and exports from {}", config.data);
+        let exports = crate::exports::Context::new(&config, &store)?;
+        let exports = crate::server::node::spawn_exports(store.clone(), exports, stop_rx.clone());
         webhooks::worker::run(store, config.webhooks, key, ctx.client, stop_rx).await?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exports).await;
         println!("tidemark: sinks stopped");
         Ok(ExitCode::SUCCESS)
     })

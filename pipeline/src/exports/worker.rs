@@ -194,19 +194,56 @@ impl Runner {
         Ok(windows)
     }
 
-    /// One pass over one export.
+    /// Runs the due windows of `export` now, even if it is paused or backing off
+    /// (`tidemark exports run`).
+    pub async fn run_now(
+        &self,
+        environment: &str,
+        export: &Export,
+        now: DateTime<Utc>,
+    ) -> Result<serde_json::Value> {
+        let r = self.pass_one(environment, export, now, true).await?;
+        Ok(serde_json::json!({
+            "id": export.id,
+            "windows": r.windows.iter().map(|w| serde_json::json!({
+                "start": w.window.start,
+                "end": w.window.end,
+                "rows": w.rows,
+                "files": w.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "error": r.error,
+            "paused": r.paused,
+        }))
+    }
+
+    /// Re-exports `windows` (replacing their objects); the schedule's position moves only
+    /// across windows it had reached.
+    pub async fn backfill(
+        &self,
+        environment: &str,
+        export: &Export,
+        windows: &[Window],
+        on_done: impl FnMut(&WindowReport),
+    ) -> Result<Vec<WindowReport>> {
+        let mut st = state::load(&self.store, environment, &export.id).await?;
+        self.run_windows(environment, export, windows, &mut st, false, on_done)
+            .await
+    }
+
+    /// One pass over one export (`force`: even if paused or backing off).
     pub async fn pass_one(
         &self,
         environment: &str,
         export: &Export,
         now: DateTime<Utc>,
+        force: bool,
     ) -> Result<PassReport> {
         let mut report = PassReport::default();
-        if export.paused {
+        if export.paused && !force {
             return Ok(report);
         }
         let mut st = state::load(&self.store, environment, &export.id).await?;
-        if st.next_attempt_at.is_some_and(|t| t > now) {
+        if st.next_attempt_at.is_some_and(|t| t > now) && !force {
             return Ok(report);
         }
         let result = match self.due(export, &mut st, now).await {
@@ -242,7 +279,7 @@ impl Runner {
                 state::save(&self.store, environment, &export.id, &st).await?;
                 let pause_after =
                     chrono::Duration::from_std(self.ctx.config.pause_after).unwrap_or_default();
-                if now - since >= pause_after {
+                if now - since >= pause_after && !export.paused {
                     let reason = format!("failing since {since}: {message}");
                     Exports::new(self.store.clone())
                         .set_paused(environment, &export.id, true, Some(&reason))
@@ -261,7 +298,7 @@ impl Runner {
         let mut windows = 0;
         for (env, exports) in &doc.environments {
             for export in exports.values() {
-                windows += self.pass_one(env, export, now).await?.windows.len();
+                windows += self.pass_one(env, export, now, false).await?.windows.len();
             }
         }
         Ok(windows)
@@ -305,4 +342,42 @@ pub fn backfill_windows(
         )));
     }
     Ok(windows)
+}
+
+/// What `exports status` shows: the last good window, the lag behind the newest closed
+/// window, errors and backoff.
+pub async fn status(
+    store: &Store,
+    ctx: &Context,
+    environment: &str,
+    export: &Export,
+    now: DateTime<Utc>,
+) -> Result<serde_json::Value> {
+    let st = state::load(store, environment, &export.id).await?;
+    let next = st.next_start.unwrap_or(export.start);
+    let next_window = export.interval.window(next);
+    let exported_until = st.next_start;
+    let lag = (now - ctx.close_delay() - next).num_seconds().max(0);
+    Ok(serde_json::json!({
+        "id": export.id,
+        "source": export.source.name(),
+        "enabled": !export.paused,
+        "paused_reason": export.paused_reason,
+        "last_good_window": st.last_good,
+        "exported_until": exported_until,
+        "next_window": {
+            "start": next_window.start,
+            "end": next_window.end,
+            "closes_at": next_window.end + ctx.close_delay(),
+        },
+        "lag_seconds": lag,
+        "windows_done": st.windows_done,
+        "rows_exported": st.rows_exported,
+        "redo_from": st.redo_from,
+        "failures": st.failures,
+        "failing_since": st.failing_since,
+        "last_error": st.last_error,
+        "last_error_at": st.last_error_at,
+        "next_attempt_at": st.next_attempt_at,
+    }))
 }

@@ -9,6 +9,7 @@
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
 pub mod error;
+pub mod exports_api;
 pub mod fields_api;
 pub mod ingest_api;
 pub mod node;
@@ -47,6 +48,7 @@ pub struct AppState {
     pub profile_writes: Arc<tokio::sync::Notify>,
     /// Master key, HTTP client and settings of webhook subscriptions.
     pub webhooks: crate::webhooks::Context,
+    pub exports: crate::exports::Context,
 }
 
 impl AppState {
@@ -126,6 +128,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/{env}/webhooks/{id}/deliveries",
             get(webhooks_api::deliveries),
+        )
+        .route(
+            "/v1/{env}/analytics/batched",
+            get(exports_api::batched_list),
+        )
+        .route(
+            "/v1/{env}/analytics/batched/{file}",
+            get(exports_api::batched_download),
+        )
+        .route(
+            "/v1/{env}/exports",
+            get(exports_api::list).post(exports_api::create),
+        )
+        .route(
+            "/v1/{env}/exports/{id}",
+            get(exports_api::get_one).delete(exports_api::delete),
+        )
+        .route("/v1/{env}/exports/{id}/status", get(exports_api::status))
+        .route("/v1/{env}/exports/{id}/pause", post(exports_api::pause))
+        .route("/v1/{env}/exports/{id}/resume", post(exports_api::resume))
+        .route("/v1/{env}/exports/{id}/run", post(exports_api::run))
+        .route(
+            "/v1/{env}/exports/{id}/backfill",
+            post(exports_api::backfill),
         )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

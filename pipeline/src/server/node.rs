@@ -81,6 +81,7 @@ pub async fn run(
     if let Err(e) = &webhooks.key {
         tracing::warn!(error = %e, "webhooks are unavailable");
     }
+    let exports = crate::exports::Context::new(&config, &store)?;
     let state = Arc::new(AppState {
         store: store.clone(),
         keys: keys.clone(),
@@ -91,6 +92,7 @@ pub async fn run(
         profile_writes: Arc::new(Notify::new()),
         job_options: config.job_options(),
         webhooks: webhooks.clone(),
+        exports: exports.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -137,6 +139,8 @@ pub async fn run(
         )),
         _ => None,
     };
+    let exports_task = (config.exports.enabled && exports.key.is_ok())
+        .then(|| spawn_exports(store.clone(), exports.clone(), stop_rx.clone()));
     if config.jobs.enabled {
         let commits = state.ingestor.get().map(|i| i.committed.clone());
         let runner = Runner::new(store.clone(), config.job_options());
@@ -169,6 +173,13 @@ pub async fn run(
             .is_err()
     {
         tracing::warn!("webhooks: the worker did not stop within 10 s");
+    }
+    if let Some(task) = exports_task
+        && tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("exports: the worker did not stop within 10 s");
     }
     served?;
     flushed?;
@@ -268,6 +279,24 @@ pub fn spawn_webhooks(
                 Ok(()) => return,
                 Err(_) if *stop.borrow() => return,
                 Err(e) => tracing::error!(error = %e, "webhooks: worker stopped; restarting"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// The export worker; restarted after an error.
+pub fn spawn_exports(
+    store: Store,
+    ctx: crate::exports::Context,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match crate::exports::worker::run(store.clone(), ctx.clone(), stop.clone()).await {
+                Ok(()) => return,
+                Err(_) if *stop.borrow() => return,
+                Err(e) => tracing::error!(error = %e, "exports: worker stopped; restarting"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

@@ -1,0 +1,296 @@
+//! `tidemark exports add|list|status|run|backfill|pause|resume|delete`.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::DataArgs;
+use crate::auth::validate_environment;
+use crate::exports::Context;
+use crate::exports::batched::parse_bound;
+use crate::exports::def::{Export, Exports, WriteError};
+use crate::exports::worker::{self, Runner};
+
+#[derive(Subcommand, Debug)]
+pub enum ExportsCommand {
+    /// Schedule an export (prints its id; for an https:// destination, its signing secret).
+    Add {
+        #[arg(long, default_value = "default")]
+        env: String,
+        /// events, profiles, event_stats, segment_members, segment_changes or sql.
+        #[arg(long)]
+        source: String,
+        /// 5m, 15m, 1h (default) or 1d.
+        #[arg(long)]
+        interval: Option<String>,
+        /// parquet (default, zstd), ndjson (gzip) or csv.
+        #[arg(long)]
+        format: Option<String>,
+        /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///dir or
+        /// https://host/path.
+        #[arg(long)]
+        destination: String,
+        /// An object-store option "name=value" (credentials, endpoint, region; repeat).
+        #[arg(long = "option", value_name = "NAME=VALUE")]
+        options: Vec<String>,
+        /// For source events: an event-name glob (repeat).
+        #[arg(long = "event", value_name = "GLOB")]
+        events: Vec<String>,
+        /// For source events: a category (repeat).
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        /// For source sql: the query; {window_start} and {window_end} are replaced.
+        #[arg(long)]
+        sql: Option<String>,
+        /// The first window (RFC 3339; default: the current window).
+        #[arg(long)]
+        start: Option<String>,
+        /// For https:// destinations: the signing secret (whsec_…; default: generated).
+        #[arg(long)]
+        secret: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List exports.
+    List {
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// The last good window, lag and errors of an export.
+    Status {
+        id: String,
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Run an export's closed windows now (even if paused or backing off).
+    Run {
+        id: String,
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Re-export the windows from..to (their objects are replaced, never duplicated).
+    Backfill {
+        id: String,
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    Pause {
+        id: String,
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    Resume {
+        id: String,
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    Delete {
+        id: String,
+        #[arg(long, default_value = "default")]
+        env: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+fn print_export(e: &Export) {
+    let state = if e.paused {
+        format!(
+            "paused ({})",
+            e.paused_reason.as_deref().unwrap_or("no reason")
+        )
+    } else {
+        "enabled".into()
+    };
+    println!(
+        "{}  {} every {} as {} -> {}  {}",
+        e.id,
+        e.source.name(),
+        e.interval.name(),
+        e.format.name(),
+        e.destination,
+        state
+    );
+}
+
+pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Result<ExitCode> {
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        match cmd {
+            ExportsCommand::Add {
+                env,
+                source,
+                interval,
+                format,
+                destination,
+                options,
+                events,
+                categories,
+                sql,
+                start,
+                secret,
+                description,
+                data,
+            } => {
+                validate_environment(&env)?;
+                let (config, store) = super::open_store(file, data)?;
+                let ctx = Context::new(&config, &store)?;
+                let mut input = json!({"source": source, "destination": destination});
+                let mut opts = serde_json::Map::new();
+                for (i, o) in options.iter().enumerate() {
+                    let (k, v) = o.split_once('=').ok_or_else(|| {
+                        anyhow::anyhow!("--option[{i}]: {o:?} must be NAME=VALUE")
+                    })?;
+                    opts.insert(k.trim().to_string(), json!(v));
+                }
+                if !opts.is_empty() {
+                    input["options"] = Value::Object(opts);
+                }
+                if !events.is_empty() || !categories.is_empty() {
+                    input["filter"] = json!({"events": events, "categories": categories});
+                }
+                for (name, v) in [
+                    ("interval", interval),
+                    ("format", format),
+                    ("sql", sql),
+                    ("start", start),
+                    ("secret", secret),
+                    ("description", description),
+                ] {
+                    if let Some(v) = v {
+                        input[name] = json!(v);
+                    }
+                }
+                let (ex, secret) = match Exports::new(store).create(&env, &input, &ctx).await {
+                    Ok(x) => x,
+                    Err(WriteError::Invalid(p)) => {
+                        let lines: Vec<String> = p
+                            .iter()
+                            .map(|p| {
+                                format!(
+                                    "  {}: {}",
+                                    p.field.as_deref().unwrap_or("(export)"),
+                                    p.message
+                                )
+                            })
+                            .collect();
+                        anyhow::bail!(
+                            "the export has {} problem(s):\n{}",
+                            p.len(),
+                            lines.join("\n")
+                        );
+                    }
+                    Err(WriteError::Other(e)) => return Err(e.into()),
+                };
+                println!("added export {}", ex.id);
+                if let Some(s) = secret {
+                    println!("signing secret (shown only now): {}", s.expose());
+                }
+            }
+            ExportsCommand::List { env, json, data } => {
+                validate_environment(&env)?;
+                let (_, store) = super::open_store(file, data)?;
+                let all = Exports::new(store).list(&env).await?;
+                if json {
+                    let list: Vec<Value> = all.values().map(Export::public).collect();
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else if all.is_empty() {
+                    println!("no exports in environment {env}");
+                } else {
+                    all.values().for_each(print_export);
+                }
+            }
+            ExportsCommand::Status { id, env, data } => {
+                let (config, store) = super::open_store(file, data)?;
+                let ctx = Context::new(&config, &store)?;
+                let ex = Exports::new(store.clone()).get(&env, &id).await?;
+                let s = worker::status(&store, &ctx, &env, &ex, chrono::Utc::now()).await?;
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            }
+            ExportsCommand::Run { id, env, data } => {
+                let (config, store) = super::open_store(file, data)?;
+                let ctx = Context::new(&config, &store)?;
+                let ex = Exports::new(store.clone()).get(&env, &id).await?;
+                let r = Runner::new(store, ctx)
+                    .run_now(&env, &ex, chrono::Utc::now())
+                    .await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                if let Some(e) = r["error"].as_str() {
+                    anyhow::bail!("export {id}: {e}");
+                }
+            }
+            ExportsCommand::Backfill {
+                id,
+                env,
+                from,
+                to,
+                data,
+            } => {
+                let (from, to) = (parse_bound(&from, "--from")?, parse_bound(&to, "--to")?);
+                let (config, store) = super::open_store(file, data)?;
+                let ctx = Context::new(&config, &store)?;
+                let ex = Exports::new(store.clone()).get(&env, &id).await?;
+                let windows = worker::backfill_windows(&ex, from, to)?;
+                let bar = indicatif::ProgressBar::new(windows.len() as u64);
+                let done = Runner::new(store, ctx)
+                    .backfill(&env, &ex, &windows, |r| {
+                        bar.inc(1);
+                        bar.println(format!(
+                            "{}  {} rows in {} file(s)",
+                            r.window.name(),
+                            r.rows,
+                            r.files.len()
+                        ));
+                    })
+                    .await;
+                bar.finish_and_clear();
+                let done = done?;
+                let rows: u64 = done.iter().map(|r| r.rows).sum();
+                println!("backfilled {} window(s), {rows} rows", done.len());
+            }
+            ExportsCommand::Pause { id, env, data } => {
+                let (_, store) = super::open_store(file, data)?;
+                let ex = Exports::new(store).set_paused(&env, &id, true, None).await?;
+                print_export(&ex);
+            }
+            ExportsCommand::Resume { id, env, data } => {
+                let (_, store) = super::open_store(file, data)?;
+                let ex = Exports::new(store.clone())
+                    .set_paused(&env, &id, false, None)
+                    .await?;
+                // Run at once instead of waiting out the backoff.
+                let mut st = crate::exports::state::load(&store, &env, &id).await?;
+                st.next_attempt_at = None;
+                crate::exports::state::save(&store, &env, &id, &st).await?;
+                print_export(&ex);
+            }
+            ExportsCommand::Delete { id, env, data } => {
+                let (_, store) = super::open_store(file, data)?;
+                Exports::new(store).delete(&env, &id).await?;
+                println!("deleted export {id}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

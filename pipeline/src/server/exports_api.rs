@@ -1,0 +1,321 @@
+//! Bulk export over HTTP.
+//!
+//! - `GET /v1/{env}/analytics/batched?from&to&format` (read key): hourly batches with
+//!   download links; `GET /v1/{env}/analytics/batched/{hour}.{ext}?version&expires&token`
+//!   (no key: the token is the authorization) serves one hour.
+//! - `POST/GET /v1/{env}/exports`, `GET/DELETE /v1/{env}/exports/{id}`,
+//!   `GET …/{id}/status`, `POST …/{id}/pause|resume|run|backfill` (admin key).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tidemark_sinks::export::{Format, sha256_hex};
+
+use super::AppState;
+use super::error::ApiError;
+use super::ingest_api::read_body;
+use crate::auth::Role;
+use crate::exports::batched::{self, Link, LinkError};
+use crate::exports::def::{Exports, WriteError};
+use crate::exports::worker::{self, Runner};
+use crate::ingest::event::Problem;
+
+fn invalid(problems: Vec<Problem>) -> ApiError {
+    let total = problems.len();
+    let mut e = ApiError::invalid(
+        format!("the export has {total} problem(s)"),
+        problems,
+        total,
+    );
+    e.body.error = "invalid_export";
+    e
+}
+
+fn written<T>(r: Result<T, WriteError>) -> Result<T, ApiError> {
+    r.map_err(|e| match e {
+        WriteError::Invalid(p) => invalid(p),
+        WriteError::Other(e) => e.into(),
+    })
+}
+
+fn exports(state: &AppState) -> Exports {
+    Exports::new(state.store.clone())
+}
+
+/// `from` / `to` of a query string, named in errors.
+fn bound(
+    q: &HashMap<String, String>,
+    name: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    let text = q
+        .get(name)
+        .ok_or_else(|| ApiError::bad_request(format!("{name}: is required")))?;
+    Ok(batched::parse_bound(text, name)?)
+}
+
+/// The scheme and host download links start with.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(u) = &state.exports.config.public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+pub async fn batched_list(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .authorize(&headers, &env, &[Role::Read, Role::Admin])
+        .await?;
+    for key in q.keys() {
+        if !["from", "to", "format"].contains(&key.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "{key}: unknown parameter; expected from, to, format"
+            )));
+        }
+    }
+    let range = batched::hour_range(bound(&q, "from")?, bound(&q, "to")?)?;
+    let format = match q.get("format") {
+        None => Format::Ndjson,
+        Some(f) => Format::parse(f, "format").map_err(|e| ApiError::bad_request(e.to_string()))?,
+    };
+    let base = base_url(&state, &headers);
+    Ok(Json(
+        batched::list(
+            &state.store,
+            &state.exports,
+            &env,
+            range,
+            format,
+            &base,
+            chrono::Utc::now(),
+        )
+        .await?,
+    ))
+}
+
+fn link_error(status: StatusCode, code: &'static str, message: &str) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+pub async fn batched_download(
+    State(state): State<Arc<AppState>>,
+    Path((env, file)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let bad = || {
+        link_error(
+            StatusCode::FORBIDDEN,
+            "invalid_token",
+            "the download link is not valid (altered or not issued here); list the hours again",
+        )
+    };
+    let (hour, format) = batched::parse_file(&file).ok_or_else(bad)?;
+    let number = |name: &str| -> Result<i64, ApiError> {
+        q.get(name).and_then(|v| v.parse().ok()).ok_or_else(bad)
+    };
+    let link = Link {
+        environment: env,
+        hour,
+        format,
+        version: number("version")?,
+        expires: number("expires")?,
+    };
+    let token = q.get("token").ok_or_else(bad)?;
+    match link.verify(token, state.exports.key()?, chrono::Utc::now()) {
+        Ok(()) => {}
+        Err(LinkError::Invalid) => return Err(bad()),
+        Err(LinkError::Expired) => {
+            return Err(link_error(
+                StatusCode::GONE,
+                "token_expired",
+                "the download link has expired; list the hours again for a fresh one",
+            ));
+        }
+    }
+    let bytes = batched::render(&state.store, &link).await?;
+    let etag = format!("\"{}\"", &sha256_hex(&bytes)[..32]);
+    let disposition = format!(
+        "attachment; filename=\"{}-{}\"",
+        link.environment,
+        link.file()
+    );
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let bytes = read_body(headers, body, 256 * 1024, "256 KiB for an export request").await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("body must be a JSON object: {e}")))
+}
+
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let input = json_body(&headers, body).await?;
+    let (ex, secret) = written(exports(&state).create(&env, &input, &state.exports).await)?;
+    let mut out = ex.public();
+    if let Some(s) = secret {
+        out["secret"] = Value::String(s.expose());
+    }
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let all = exports(&state).list(&env).await?;
+    Ok(Json(json!({
+        "exports": all.values().map(|e| e.public()).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    Ok(Json(exports(&state).get(&env, &id).await?.public()))
+}
+
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    exports(&state).delete(&env, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let ex = exports(&state).get(&env, &id).await?;
+    Ok(Json(
+        worker::status(&state.store, &state.exports, &env, &ex, chrono::Utc::now()).await?,
+    ))
+}
+
+async fn set_paused(
+    state: &AppState,
+    headers: &HeaderMap,
+    env: &str,
+    id: &str,
+    paused: bool,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(headers, env, &[Role::Admin]).await?;
+    let ex = exports(state).set_paused(env, id, paused, None).await?;
+    if !paused {
+        // A resumed export runs at once instead of waiting out its backoff.
+        let mut st = crate::exports::state::load(&state.store, env, id).await?;
+        st.next_attempt_at = None;
+        crate::exports::state::save(&state.store, env, id, &st).await?;
+    }
+    Ok(Json(ex.public()))
+}
+
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&state, &headers, &env, &id, true).await
+}
+
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    set_paused(&state, &headers, &env, &id, false).await
+}
+
+/// Runs the export's due windows now (ignoring backoff) and reports them.
+pub async fn run(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let ex = exports(&state).get(&env, &id).await?;
+    let runner = Runner::new(state.store.clone(), state.exports.clone());
+    let report = runner.run_now(&env, &ex, chrono::Utc::now()).await?;
+    Ok(Json(report))
+}
+
+/// Re-exports the windows of `from..to` in the background (they replace what is there).
+pub async fn backfill(
+    State(state): State<Arc<AppState>>,
+    Path((env, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.authorize(&headers, &env, &[Role::Admin]).await?;
+    let input = json_body(&headers, body).await?;
+    let field = |name: &str| -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+        let text = input
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_request(format!("{name}: is required (RFC 3339)")))?;
+        Ok(batched::parse_bound(text, name)?)
+    };
+    let (from, to) = (field("from")?, field("to")?);
+    let ex = exports(&state).get(&env, &id).await?;
+    let windows = worker::backfill_windows(&ex, from, to)?;
+    let count = windows.len();
+    let runner = Runner::new(state.store.clone(), state.exports.clone());
+    tokio::spawn(async move {
+        if let Err(e) = runner.backfill(&env, &ex, &windows, |_| {}).await {
+            tracing::warn!(export = %ex.id, error = %e, "exports: backfill failed");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "windows": count, "from": from, "to": to})),
+    ))
+}
