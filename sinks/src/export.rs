@@ -120,8 +120,34 @@ fn arrow_err(e: impl std::fmt::Display) -> Error {
     Error::Export(format!("encoding: {e}"))
 }
 
+/// The schema files are written with: string and binary views (DataFusion's in-memory
+/// form) become plain strings and binaries, which every Parquet reader maps alike.
+fn file_schema(schema: &SchemaRef) -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let plain = |f: &arrow::datatypes::FieldRef| -> Field {
+        let t = match f.data_type() {
+            DataType::Utf8View => DataType::Utf8,
+            DataType::BinaryView => DataType::Binary,
+            t => t.clone(),
+        };
+        f.as_ref().clone().with_data_type(t)
+    };
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return schema.clone();
+    }
+    Arc::new(Schema::new_with_metadata(
+        schema.fields().iter().map(plain).collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
 impl FileWriter {
     pub fn new(format: Format, schema: SchemaRef, options: &EncodeOptions) -> Result<FileWriter> {
+        let schema = file_schema(&schema);
         let inner = match format {
             Format::Parquet => {
                 let zstd = ZstdLevel::try_new(options.zstd_level).map_err(arrow_err)?;
@@ -163,6 +189,20 @@ impl FileWriter {
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
+        let cast;
+        let batch = if batch.schema_ref().fields() == self.schema.fields() {
+            batch
+        } else {
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(self.schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(arrow_err)?;
+            cast = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_err)?;
+            &cast
+        };
         match &mut self.inner {
             Inner::Parquet(w) => w.write(batch).map_err(arrow_err),
             Inner::Csv(w) => w.write(batch).map_err(arrow_err),

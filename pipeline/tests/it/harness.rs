@@ -27,8 +27,8 @@ pub struct S3Server {
 }
 
 pub const S3_BUCKET: &str = "tidemark-test";
-const S3_KEY: &str = "test-access-key";
-const S3_SECRET: &str = "test-secret-key";
+pub const S3_KEY: &str = "test-access-key";
+pub const S3_SECRET: &str = "test-secret-key";
 
 impl S3Server {
     pub fn start() -> S3Server {

@@ -30,6 +30,7 @@ mod compaction;
 mod crash;
 mod delta_readers;
 mod erasure;
+mod exports;
 mod import;
 mod ingest_api;
 mod jobs;

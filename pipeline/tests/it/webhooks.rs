@@ -170,7 +170,7 @@ pub fn verify_all(receipts: &[Receipt], secret: &str) {
 }
 
 /// Writes `tidemark.toml` in the store's working directory (the CLI and serve read it).
-fn write_config(ts: &TestStore, webhooks: &str) {
+pub fn write_config(ts: &TestStore, webhooks: &str) {
     std::fs::write(
         ts.tmp.path().join("tidemark.toml"),
         format!("[webhooks]\n{webhooks}\n"),
@@ -785,7 +785,7 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
     drop(node);
 }
 
-fn stdout_line<'a>(out: &'a str, prefix: &str) -> &'a str {
+pub fn stdout_line<'a>(out: &'a str, prefix: &str) -> &'a str {
     out.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("no line {prefix:?} in {out}"))
@@ -793,7 +793,7 @@ fn stdout_line<'a>(out: &'a str, prefix: &str) -> &'a str {
 }
 
 /// A `tidemark sinks run` process, killed when dropped (also when a test fails).
-struct SinksRun(std::process::Child);
+pub struct SinksRun(pub std::process::Child);
 
 impl Drop for SinksRun {
     fn drop(&mut self) {
@@ -802,7 +802,7 @@ impl Drop for SinksRun {
     }
 }
 
-fn sinks_run(ts: &TestStore) -> SinksRun {
+pub fn sinks_run(ts: &TestStore) -> SinksRun {
     SinksRun(
         ts.command()
             .args(["sinks", "run", "--data", &ts.data])
