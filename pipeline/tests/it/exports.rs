@@ -412,3 +412,169 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     let bad = ts.cli(&["exports", "status", "ex_missing"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("export \"ex_missing\" does not exist"));
 }
+
+async fn get(url: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = crate::harness::client().get(url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap()
+}
+
+async fn get_json(url: &str, key: Option<&str>) -> (u16, Value) {
+    let resp = get(url, key).await;
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+fn hour_key(start: DateTime<Utc>) -> String {
+    tidemark::exports::batched::hour_key(start)
+}
+
+/// The batched pull API: hours rounded outward, empty hours as empty lists, open hours
+/// left out, the same bytes on every download, links that work without a key and stop
+/// working when altered or expired, and the refusals.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
+    let ts = TestStore::new(Backend::Local);
+    write_config(&ts, "[exports]\nenabled = false\ndownload_ttl = \"6s\"\n");
+    let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
+    let now = Utc::now();
+    let h = tidemark::exports::window::Interval::Hour.floor(now) - chrono::Duration::hours(5);
+    let at = |hours: i64, secs: i64| h + chrono::Duration::hours(hours) + chrono::Duration::seconds(secs);
+    let mut first: Vec<Ev> = (0..30).map(|i| ev(format!("a{i:02}"), at(0, 100 * i), "page_view")).collect();
+    first.extend((0..7).map(|i| Ev { env: "staging".into(), ..ev(format!("s{i}"), at(0, i), "page_view") }));
+    commit(&store, &first).await;
+    let third: Vec<Ev> = (0..45).map(|i| ev(format!("c{i:02}"), at(2, 3599 - 70 * i), "buy")).collect();
+    commit(&store, &third[..20]).await;
+    commit(&store, &third[20..]).await;
+    // In the current (open) hour: never listed.
+    commit(&store, &[ev("open".into(), now, "page_view")]).await;
+    let node = ts.serve(&[], &[]);
+    let read = ts.create_key("default", "read");
+    let base = node.url("/v1/default/analytics/batched");
+
+    let q = format!(
+        "{base}?from={}&to={}&format=csv",
+        (h + chrono::Duration::minutes(10)).to_rfc3339().replace('+', "%2B"),
+        (h + chrono::Duration::minutes(150)).to_rfc3339().replace('+', "%2B"),
+    );
+    let (status, list) = get_json(&q, Some(&read)).await;
+    assert_eq!(status, 200, "{list}");
+    let hours = list["hours"].as_object().unwrap();
+    let keys: Vec<&String> = hours.keys().collect();
+    assert_eq!(keys, vec![&hour_key(at(0, 0)), &hour_key(at(1, 0)), &hour_key(at(2, 0))]);
+    assert_eq!(hours[&hour_key(at(1, 0))], json!([]));
+    assert_eq!(list["rows"][hour_key(at(0, 0))], 30);
+    assert_eq!(list["rows"][hour_key(at(2, 0))], 45);
+    let csv_url = hours[&hour_key(at(0, 0))][0].as_str().unwrap().to_string();
+    assert!(csv_url.contains(&format!("/{}.csv?", hour_key(at(0, 0)))), "{csv_url}");
+
+    // Without a key, twice: the same bytes, 30 rows in received order, no staging rows.
+    let one = get(&csv_url, None).await;
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.headers()["content-type"], "text/csv; charset=utf-8");
+    let one = one.bytes().await.unwrap();
+    // A commit in between (compaction or new data) does not change a listed hour's file.
+    commit(&store, &[ev("later".into(), at(0, 5), "page_view")]).await;
+    let two = get(&csv_url, None).await.bytes().await.unwrap();
+    assert_eq!(one, two);
+    let text = String::from_utf8(one.to_vec()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("event_id,event_name,category,user_id,occurred_at,received_at"), "{}", lines[0]);
+    let ids: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap()).collect();
+    let want: Vec<String> = (0..30).map(|i| format!("a{i:02}")).collect();
+    assert_eq!(ids, want);
+
+    // The open hour is not listed even when asked for; a wider range lists the new row.
+    let q2 = format!("{base}?from={}&to={}&format=parquet", hour_key(at(-1, 0)), hour_key(at(9, 0)));
+    let (status, list2) = get_json(&q2, Some(&read)).await;
+    assert_eq!(status, 200, "{list2}");
+    let hours2 = list2["hours"].as_object().unwrap();
+    assert!(!hours2.contains_key(&hour_key(tidemark::exports::window::Interval::Hour.floor(now))), "{list2}");
+    assert_eq!(list2["rows"][hour_key(at(0, 0))], 31);
+    let pq_url = hours2[&hour_key(at(2, 0))][0].as_str().unwrap().to_string();
+    let pq = get(&pq_url, None).await.bytes().await.unwrap();
+    let rows: Vec<RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(pq.clone())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+    let mut got: Vec<String> = rows
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("event_id").unwrap().as_string::<i32>();
+            c.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    let mut want: Vec<String> = (0..45).map(|i| format!("c{:02}", 44 - i)).collect();
+    assert_eq!(got, want, "ordered by received_at");
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(get(&pq_url, None).await.bytes().await.unwrap(), pq);
+    // `from` / `to` as hour keys are times (the key of 10:00-11:00 is 11:00).
+    let nd_q = format!("{base}?from={}&to={}&format=ndjson", hour_key(at(-1, 0)), hour_key(at(1, 0)));
+    let (_, nd) = get_json(&nd_q, Some(&read)).await;
+    assert_eq!(nd["hours"].as_object().unwrap().len(), 2, "{nd}");
+    let nd_url = nd["hours"][hour_key(at(0, 0))][0].as_str().unwrap();
+    let gz = get(nd_url, None).await.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    assert_eq!(text.lines().count(), 31);
+    let row: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(row["event_id"], "a00");
+
+    // Altered links.
+    let tampered = [
+        csv_url.replace(&format!("{}.csv", hour_key(at(0, 0))), &format!("{}.csv", hour_key(at(2, 0)))),
+        csv_url.replace(".csv?", ".parquet?"),
+        csv_url.replace("version=", "version=1"),
+        {
+            let mut u = csv_url.clone();
+            let last = u.pop().unwrap();
+            u.push(if last == 'A' { 'B' } else { 'A' });
+            u
+        },
+        csv_url.split("&token=").next().unwrap().to_string(),
+        node.url(&format!("/v1/staging/analytics/batched/{}.csv?", hour_key(at(0, 0))))
+            + csv_url.split_once('?').unwrap().1,
+    ];
+    for u in &tampered {
+        let (status, body) = get_json(u, None).await;
+        assert_eq!(status, 403, "{u}: {body}");
+        assert_eq!(body["error"], "invalid_token", "{u}");
+    }
+
+    // Refusals, by field.
+    for (query, field) in [
+        ("from=2026-01-01&to=2026-02-15", "to: the range"),
+        ("to=2026-01-02", "from: is required"),
+        ("from=2026-01-01&to=2026-01-02&format=xml", "format: unknown format"),
+        ("from=yesterday&to=2026-01-02", "from: \"yesterday\" is not a time"),
+        ("from=2026-01-02&to=2026-01-01", "to: must be after from"),
+        ("from=2026-01-01&to=2026-01-02&limit=5", "limit: unknown parameter"),
+    ] {
+        let (status, body) = get_json(&format!("{base}?{query}"), Some(&read)).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["message"].as_str().unwrap().starts_with(field), "{query}: {body}");
+    }
+    let (status, _) = get_json(&q, Some(node.ingest_key())).await;
+    assert_eq!(status, 403);
+    let (status, _) = get_json(&q, None).await;
+    assert_eq!(status, 401);
+    // 30 days exactly is fine.
+    let (status, _) = get_json(&format!("{base}?from=2026-01-01&to=2026-01-31"), Some(&read)).await;
+    assert_eq!(status, 200);
+
+    // Expiry (download_ttl = 6 s in this test).
+    let expires: i64 = csv_url.split("expires=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+    let wait = expires - Utc::now().timestamp() + 1;
+    tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
+    let (status, body) = get_json(&csv_url, None).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"], "token_expired");
+    drop(node);
+}
