@@ -15,8 +15,8 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use flate2::Compression as Gzip;
 use flate2::write::GzEncoder;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -122,21 +122,22 @@ fn arrow_err(e: impl std::fmt::Display) -> Error {
 
 /// The schema files are written with: string and binary views (DataFusion's in-memory
 /// form) become plain strings and binaries, which every Parquet reader maps alike.
-fn file_schema(schema: &SchemaRef) -> SchemaRef {
+/// CSV has no nested values: lists, structs and maps become JSON text.
+fn file_schema(schema: &SchemaRef, csv: bool) -> SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema};
     let plain = |f: &arrow::datatypes::FieldRef| -> Field {
         let t = match f.data_type() {
             DataType::Utf8View => DataType::Utf8,
             DataType::BinaryView => DataType::Binary,
+            t if csv && t.is_nested() => DataType::Utf8,
             t => t.clone(),
         };
         f.as_ref().clone().with_data_type(t)
     };
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView))
-    {
+    if !schema.fields().iter().any(|f| {
+        matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView)
+            || (csv && f.data_type().is_nested())
+    }) {
         return schema.clone();
     }
     Arc::new(Schema::new_with_metadata(
@@ -147,7 +148,7 @@ fn file_schema(schema: &SchemaRef) -> SchemaRef {
 
 impl FileWriter {
     pub fn new(format: Format, schema: SchemaRef, options: &EncodeOptions) -> Result<FileWriter> {
-        let schema = file_schema(&schema);
+        let schema = file_schema(&schema, format == Format::Csv);
         let inner = match format {
             Format::Parquet => {
                 let zstd = ZstdLevel::try_new(options.zstd_level).map_err(arrow_err)?;
@@ -197,7 +198,13 @@ impl FileWriter {
                 .columns()
                 .iter()
                 .zip(self.schema.fields())
-                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .map(|(c, f)| {
+                    if c.data_type().is_nested() && !f.data_type().is_nested() {
+                        json_text(c)
+                    } else {
+                        arrow::compute::cast(c, f.data_type())
+                    }
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(arrow_err)?;
             cast = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_err)?;
@@ -222,6 +229,40 @@ impl FileWriter {
         };
         Ok(Bytes::from(bytes))
     }
+}
+
+/// Each value of a nested column as JSON text (nulls stay null).
+fn json_text(
+    column: &arrow::array::ArrayRef,
+) -> std::result::Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    use arrow::array::{Array, StringArray};
+    let field = arrow::datatypes::Field::new("v", column.data_type().clone(), true);
+    let batch = RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(vec![field])),
+        vec![column.clone()],
+    )?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::ArrayWriter::new(&mut buf);
+        w.write(&batch)?;
+        w.finish()?;
+    }
+    let rows: Vec<serde_json::Map<String, Value>> = if buf.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(&buf)
+            .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?
+    };
+    let values: StringArray = (0..column.len())
+        .map(|i| {
+            if column.is_null(i) {
+                None
+            } else {
+                rows.get(i).and_then(|r| r.get("v")).map(Value::to_string)
+            }
+        })
+        .collect();
+    Ok(Arc::new(values))
 }
 
 /// One JSON object per row (explicit nulls), with `json_columns` embedded as JSON.
@@ -346,7 +387,10 @@ impl Destination {
         // List the directory of `start` and keep the names with its file-name prefix.
         let full = join(prefix, start);
         let parts: Vec<_> = full.parts().collect();
-        let dir: Path = parts[..parts.len().saturating_sub(1)].iter().cloned().collect();
+        let dir: Path = parts[..parts.len().saturating_sub(1)]
+            .iter()
+            .cloned()
+            .collect();
         let file_prefix = full.filename().unwrap_or_default().to_string();
         let listed: Vec<_> = store
             .list(Some(&dir))
@@ -393,9 +437,11 @@ impl Destination {
         };
         let path = join(prefix, name);
         match store.get(&path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| {
-                Error::Export(format!("reading {path}: {e}"))
-            })?)),
+            Ok(r) => {
+                Ok(Some(r.bytes().await.map_err(|e| {
+                    Error::Export(format!("reading {path}: {e}"))
+                })?))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Error::Export(format!("reading {path}: {e}"))),
         }
@@ -532,13 +578,37 @@ mod tests {
     }
 
     #[test]
+    fn csv_writes_nested_values_as_json_text() {
+        use arrow::array::{Array, ListBuilder, StringBuilder};
+        let mut tags = ListBuilder::new(StringBuilder::new());
+        tags.values().append_value("vip");
+        tags.values().append_value("a,b");
+        tags.append(true);
+        tags.append(false);
+        let tags = tags.finish();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "tags",
+            tags.data_type().clone(),
+            true,
+        )]));
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(tags)]).expect("batch");
+        let mut w = FileWriter::new(Format::Csv, schema, &EncodeOptions::default()).expect("w");
+        w.write(&b).expect("write");
+        let csv = w.finish().expect("finish");
+        assert_eq!(
+            std::str::from_utf8(&csv).expect("utf8"),
+            // A lone null is written `""` so the row is not an empty line.
+            "tags\n\"[\"\"vip\"\",\"\"a,b\"\"]\"\n\"\"\n"
+        );
+    }
+
+    #[test]
     fn formats_and_schemes_are_named_in_errors() {
         let e = Format::parse("xml", "format").unwrap_err().to_string();
         assert!(e.starts_with("format: unknown format \"xml\""), "{e}");
         let url = Url::parse("ftp://host/x").expect("url");
         let e = open_store(&url, &BTreeMap::new(), "destination")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert!(e.contains("destination: unsupported scheme ftp://"), "{e}");
     }

@@ -271,7 +271,9 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
             }
             ExportsCommand::Pause { id, env, data } => {
                 let (_, store) = super::open_store(file, data)?;
-                let ex = Exports::new(store).set_paused(&env, &id, true, None).await?;
+                let ex = Exports::new(store)
+                    .set_paused(&env, &id, true, None)
+                    .await?;
                 print_export(&ex);
             }
             ExportsCommand::Resume { id, env, data } => {

@@ -479,7 +479,10 @@ pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Resul
             super::serve::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        println!("tidemark: delivering webhooks and exports from {}", config.data);
+        println!(
+            "tidemark: delivering webhooks and exports from {}",
+            config.data
+        );
         let exports = crate::exports::Context::new(&config, &store)?;
         let exports = crate::server::node::spawn_exports(store.clone(), exports, stop_rx.clone());
         webhooks::worker::run(store, config.webhooks, key, ctx.client, stop_rx).await?;

@@ -35,7 +35,9 @@ const TOKEN_PURPOSE: &str = "tidemark batched downloads v1";
 
 /// An hour's key: `YYYY-MM-DDTHH` of the hour's end, UTC.
 pub fn hour_key(start: DateTime<Utc>) -> String {
-    (start + Duration::hours(1)).format("%Y-%m-%dT%H").to_string()
+    (start + Duration::hours(1))
+        .format("%Y-%m-%dT%H")
+        .to_string()
 }
 
 /// The hour (its start) a key names.
@@ -135,7 +137,12 @@ impl Link {
     }
 
     /// Checks the token (constant time) and then the expiry.
-    pub fn verify(&self, token: &str, key: &MasterKey, now: DateTime<Utc>) -> Result<(), LinkError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        key: &MasterKey,
+        now: DateTime<Utc>,
+    ) -> Result<(), LinkError> {
         let given = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| LinkError::Invalid)?;
@@ -307,7 +314,10 @@ mod tests {
     fn hour_keys_name_the_hours_end() {
         assert_eq!(hour_key(t("2026-11-29T10:00:00Z")), "2026-11-29T11");
         assert_eq!(hour_key(t("2026-11-29T23:00:00Z")), "2026-11-30T00");
-        assert_eq!(parse_hour_key("2026-11-30T00"), Some(t("2026-11-29T23:00:00Z")));
+        assert_eq!(
+            parse_hour_key("2026-11-30T00"),
+            Some(t("2026-11-29T23:00:00Z"))
+        );
         assert_eq!(parse_hour_key("2026-11-30T24"), None);
         assert_eq!(
             parse_file("2026-11-29T11.ndjson.gz"),
@@ -319,22 +329,34 @@ mod tests {
     #[test]
     fn ranges_round_outward_and_stop_at_30_days() {
         let (f, to) = hour_range(t("2026-11-29T10:59:59Z"), t("2026-11-29T12:00:01Z")).expect("ok");
-        assert_eq!((f, to), (t("2026-11-29T10:00:00Z"), t("2026-11-29T13:00:00Z")));
+        assert_eq!(
+            (f, to),
+            (t("2026-11-29T10:00:00Z"), t("2026-11-29T13:00:00Z"))
+        );
         assert!(hour_range(t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z")).is_ok());
         let e = hour_range(t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:01Z")).unwrap_err();
         assert!(e.to_string().starts_with("to: the range"), "{e}");
         let e = hour_range(t("2026-11-02T00:00:00Z"), t("2026-11-01T00:00:00Z")).unwrap_err();
         assert_eq!(e.to_string(), "to: must be after from");
-        assert_eq!(parse_bound("2026-11-29T11", "from").expect("key"), t("2026-11-29T11:00:00Z"));
-        assert_eq!(parse_bound("2026-11-29", "from").expect("date"), t("2026-11-29T00:00:00Z"));
+        assert_eq!(
+            parse_bound("2026-11-29T11", "from").expect("key"),
+            t("2026-11-29T11:00:00Z")
+        );
+        assert_eq!(
+            parse_bound("2026-11-29", "from").expect("date"),
+            t("2026-11-29T00:00:00Z")
+        );
         let e = parse_bound("yesterday", "from").unwrap_err().to_string();
         assert!(e.starts_with("from: \"yesterday\" is not a time"), "{e}");
     }
 
     #[test]
     fn tokens_cover_every_part_and_expire() {
-        let key = MasterKey::parse(&base64::engine::general_purpose::STANDARD.encode([7u8; 32]), "k")
-            .expect("key");
+        let key = MasterKey::parse(
+            &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            "k",
+        )
+        .expect("key");
         let now = t("2026-11-29T12:00:00Z");
         let link = Link {
             environment: "prod".into(),
@@ -346,19 +368,47 @@ mod tests {
         let token = link.token(&key);
         assert_eq!(link.verify(&token, &key, now), Ok(()));
         let changed = [
-            Link { environment: "staging".into(), ..link.clone() },
-            Link { hour: t("2026-11-29T11:00:00Z"), ..link.clone() },
-            Link { format: Format::Parquet, ..link.clone() },
-            Link { version: 13, ..link.clone() },
-            Link { expires: link.expires + 3600, ..link.clone() },
+            Link {
+                environment: "staging".into(),
+                ..link.clone()
+            },
+            Link {
+                hour: t("2026-11-29T11:00:00Z"),
+                ..link.clone()
+            },
+            Link {
+                format: Format::Parquet,
+                ..link.clone()
+            },
+            Link {
+                version: 13,
+                ..link.clone()
+            },
+            Link {
+                expires: link.expires + 3600,
+                ..link.clone()
+            },
         ];
         for other in changed {
-            assert_eq!(other.verify(&token, &key, now), Err(LinkError::Invalid), "{other:?}");
+            assert_eq!(
+                other.verify(&token, &key, now),
+                Err(LinkError::Invalid),
+                "{other:?}"
+            );
         }
-        assert_eq!(link.verify("not base64!", &key, now), Err(LinkError::Invalid));
-        let other_key = MasterKey::parse(&base64::engine::general_purpose::STANDARD.encode([8u8; 32]), "k")
-            .expect("key");
-        assert_eq!(link.verify(&token, &other_key, now), Err(LinkError::Invalid));
+        assert_eq!(
+            link.verify("not base64!", &key, now),
+            Err(LinkError::Invalid)
+        );
+        let other_key = MasterKey::parse(
+            &base64::engine::general_purpose::STANDARD.encode([8u8; 32]),
+            "k",
+        )
+        .expect("key");
+        assert_eq!(
+            link.verify(&token, &other_key, now),
+            Err(LinkError::Invalid)
+        );
         assert_eq!(
             link.verify(&token, &key, now + Duration::seconds(900)),
             Err(LinkError::Expired)

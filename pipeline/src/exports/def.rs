@@ -148,9 +148,8 @@ impl Export {
                 .map_err(|e| Error::Invalid(format!("export {}: options: {e}", self.id)))?,
             None => BTreeMap::new(),
         };
-        let (store, prefix) =
-            tidemark_sinks::export::open_store(&url, &options, "destination")
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+        let (store, prefix) = tidemark_sinks::export::open_store(&url, &options, "destination")
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Destination::Store { store, prefix })
     }
 }
@@ -225,7 +224,10 @@ fn apply(
             Some(k) => ex.source = k,
             None => problems.push(problem(
                 "source",
-                format!("unknown source {s:?}; expected one of {}", SourceKind::NAMES),
+                format!(
+                    "unknown source {s:?}; expected one of {}",
+                    SourceKind::NAMES
+                ),
             )),
         },
     }
@@ -258,7 +260,10 @@ fn apply(
             Some(i) => ex.interval = i,
             None => problems.push(problem(
                 "interval",
-                format!("unknown interval {s:?}; expected one of {}", Interval::NAMES),
+                format!(
+                    "unknown interval {s:?}; expected one of {}",
+                    Interval::NAMES
+                ),
             )),
         },
     }
@@ -454,7 +459,8 @@ impl Exports {
         }
         if !input.options.is_empty() {
             ex.option_names = input.options.keys().cloned().collect();
-            let json = serde_json::to_vec(&input.options).map_err(|e| Error::Invalid(e.to_string()))?;
+            let json =
+                serde_json::to_vec(&input.options).map_err(|e| Error::Invalid(e.to_string()))?;
             ex.options = Some(key.encrypt(&json));
         }
         let stored = ex.clone();
@@ -532,4 +538,3 @@ impl Exports {
         Ok(())
     }
 }
-

@@ -110,7 +110,11 @@ pub struct WindowReport {
 
 /// The object name of file `n` of a window.
 pub fn file_name(export: &Export, w: Window, n: usize) -> String {
-    let suffix = if n == 0 { String::new() } else { format!("-{n}") };
+    let suffix = if n == 0 {
+        String::new()
+    } else {
+        format!("-{n}")
+    };
     format!(
         "{}/{}{suffix}.{}",
         export.source.name(),
@@ -168,15 +172,26 @@ where
                 && let Some(full) = writer.take()
             {
                 let rows = full.rows();
-                sink(n, rows, full.finish().map_err(|e| Error::Unavailable(e.to_string()))?)
-                    .await?;
+                sink(
+                    n,
+                    rows,
+                    full.finish()
+                        .map_err(|e| Error::Unavailable(e.to_string()))?,
+                )
+                .await?;
                 n += 1;
             }
         }
     }
     if let Some(last) = writer.take() {
         let rows = last.rows();
-        sink(n, rows, last.finish().map_err(|e| Error::Unavailable(e.to_string()))?).await?;
+        sink(
+            n,
+            rows,
+            last.finish()
+                .map_err(|e| Error::Unavailable(e.to_string()))?,
+        )
+        .await?;
     }
     Ok(total)
 }

@@ -35,11 +35,7 @@ pub struct PassReport {
 
 /// The smallest `received_at` among rows appended after `after` (commits that only
 /// compact or remove rows are skipped), from the `add` actions' statistics.
-async fn earliest_appended(
-    store: &Store,
-    after: i64,
-    head: i64,
-) -> Result<Option<DateTime<Utc>>> {
+async fn earliest_appended(store: &Store, after: i64, head: i64) -> Result<Option<DateTime<Utc>>> {
     let log = store.delta_table(events_table::TABLE)?.log_store();
     let mut earliest: Option<DateTime<Utc>> = None;
     for version in after + 1..=head {
@@ -124,8 +120,8 @@ impl Runner {
         let version = self.head().await?;
         let session: SessionContext = crate::query::session(&self.store, Some(environment)).await?;
         for &w in windows {
-            let report = run_window(&session, environment, export, w, &dest, &options, version)
-                .await?;
+            let report =
+                run_window(&session, environment, export, w, &dest, &options, version).await?;
             state.rows_exported += report.rows;
             state.windows_done += 1;
             state.last_good = Some(Done {

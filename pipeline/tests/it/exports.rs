@@ -3,15 +3,14 @@
 //! backfills and a SIGKILLed `tidemark sinks run`; signed HTTPS destinations; the
 //! batched pull API with its expiring links.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch};
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
 use serde_json::{Value, json};
 use tidemark::config::Config;
 use tidemark::exports::def::Exports;
@@ -68,15 +67,20 @@ async fn read_exported(s3: &S3Server, prefix: &str, source: &str) -> Exported {
     let (url, options) = s3_destination(s3, prefix);
     let options: BTreeMap<String, String> = serde_json::from_value(options).unwrap();
     let (store, root) =
-        tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d")
-            .unwrap();
+        tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d").unwrap();
     let dir = root.clone().join(source);
     let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.unwrap();
     let mut manifests: BTreeMap<String, Value> = BTreeMap::new();
     let mut data = BTreeMap::new();
     for meta in listed {
         let name = meta.location.filename().unwrap().to_string();
-        let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         match name.strip_suffix("_manifest.json") {
             Some(window) => {
                 manifests.insert(window.to_string(), serde_json::from_slice(&bytes).unwrap());
@@ -184,13 +188,21 @@ async fn scheduled_windows_are_exact_under_late_rows_and_backfills() {
         let mut evs: Vec<Ev> = (0..150)
             .map(|k| {
                 let name = ["page_view", "buy", "ignored"][k % 3];
-                ev(format!("e{step}-{k}"), at + chrono::Duration::milliseconds(k as i64 * 397), name)
+                ev(
+                    format!("e{step}-{k}"),
+                    at + chrono::Duration::milliseconds(k as i64 * 397),
+                    name,
+                )
             })
             .collect();
         if step % 10 == 9 && step >= 30 {
             // Received 25 minutes ago: that window is exported already.
             evs.extend((0..20).map(|k| {
-                ev(format!("late{step}-{k}"), at - minute * 25 + chrono::Duration::seconds(k), "buy")
+                ev(
+                    format!("late{step}-{k}"),
+                    at - minute * 25 + chrono::Duration::seconds(k),
+                    "buy",
+                )
             }));
             late += 1;
         }
@@ -208,7 +220,10 @@ async fn scheduled_windows_are_exact_under_late_rows_and_backfills() {
             )
             .unwrap();
             assert_eq!(windows.len(), 6);
-            let done = runner.backfill("default", &export, &windows, |_| {}).await.unwrap();
+            let done = runner
+                .backfill("default", &export, &windows, |_| {})
+                .await
+                .unwrap();
             assert_eq!(done.len(), 6);
         }
         runner.pass(at + minute).await.unwrap();
@@ -222,14 +237,22 @@ async fn scheduled_windows_are_exact_under_late_rows_and_backfills() {
     // 90 minutes of 5-minute windows, then empty windows up to the close.
     assert!(out.manifests.len() >= 18, "{}", out.manifests.len());
     assert_exactly(&out.ids, &expected);
-    assert!(out.files.contains_key("events/20260101T000000Z-20260101T000500Z.parquet"));
-    assert!(out.files.contains_key("events/20260101T000000Z-20260101T000500Z-1.parquet"));
+    assert!(
+        out.files
+            .contains_key("events/20260101T000000Z-20260101T000500Z.parquet")
+    );
+    assert!(
+        out.files
+            .contains_key("events/20260101T000000Z-20260101T000500Z-1.parquet")
+    );
     let first = &out.manifests["20260101T000000Z-20260101T000500Z"];
     assert_eq!(first["rows"], 500);
     assert_eq!(first["files"].as_array().unwrap().len(), 1 + 1);
     assert_eq!(first["window"]["end"], "2026-01-01T00:05:00.000000Z");
     // Row for row: one window's files against the SQL result.
-    let session = tidemark::query::session(&store, Some("default")).await.unwrap();
+    let session = tidemark::query::session(&store, Some("default"))
+        .await
+        .unwrap();
     let w = "20260101T003500Z-20260101T004000Z";
     let sql = format!(
         "SELECT {} FROM events WHERE received_at >= TIMESTAMP '2026-01-01T00:35:00Z' \
@@ -245,8 +268,12 @@ async fn scheduled_windows_are_exact_under_late_rows_and_backfills() {
         .flat_map(|f| out.files[f["name"].as_str().unwrap()].clone())
         .collect();
     let (got, want) = (
-        arrow::util::pretty::pretty_format_batches(&got).unwrap().to_string(),
-        arrow::util::pretty::pretty_format_batches(&want).unwrap().to_string(),
+        arrow::util::pretty::pretty_format_batches(&got)
+            .unwrap()
+            .to_string(),
+        arrow::util::pretty::pretty_format_batches(&want)
+            .unwrap()
+            .to_string(),
     );
     assert_eq!(got.lines().count(), 500 + 4);
     let diff = got.lines().zip(want.lines()).find(|(a, b)| a != b);
@@ -254,7 +281,9 @@ async fn scheduled_windows_are_exact_under_late_rows_and_backfills() {
     // Late rows (received 25 minutes before steps 39, 49, ...) re-exported their windows.
     let late_window = &out.manifests["20260101T001000Z-20260101T001500Z"];
     assert_eq!(late_window["rows"], 500 + 20, "{late_window}");
-    let st = tidemark::exports::state::load(&store, "default", &export.id).await.unwrap();
+    let st = tidemark::exports::state::load(&store, "default", &export.id)
+        .await
+        .unwrap();
     assert!(st.windows_done > out.manifests.len() as u64 + 6, "{st:?}");
     assert_eq!(st.redo_from, None);
     assert_eq!(st.failures, 0);
@@ -288,8 +317,7 @@ async fn manifest_count(s3: &S3Server, prefix: &str) -> usize {
     let (url, options) = s3_destination(s3, prefix);
     let options: BTreeMap<String, String> = serde_json::from_value(options).unwrap();
     let (store, root) =
-        tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d")
-            .unwrap();
+        tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d").unwrap();
     let listed: Vec<_> = store.list(Some(&root)).try_collect().await.unwrap();
     listed
         .iter()
@@ -311,13 +339,18 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
     // Three hours of closed 5-minute windows, 600 events each, in 9 commits.
     let now = Utc::now();
-    let base = tidemark::exports::window::Interval::FiveMinutes.floor(now) - chrono::Duration::hours(3);
+    let base =
+        tidemark::exports::window::Interval::FiveMinutes.floor(now) - chrono::Duration::hours(3);
     let mut expected = BTreeSet::new();
     for c in 0..9 {
         let evs: Vec<Ev> = (0..2400)
             .map(|k| {
                 let i = c * 2400 + k;
-                ev(format!("e{i}"), base + chrono::Duration::milliseconds(i * 500), "page_view")
+                ev(
+                    format!("e{i}"),
+                    base + chrono::Duration::milliseconds(i * 500),
+                    "page_view",
+                )
             })
             .collect();
         expected.extend(evs.iter().map(|e| e.id.clone()));
@@ -352,7 +385,10 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     }
     drop(first); // SIGKILL
     let at_kill = manifest_count(&s3, "crash").await;
-    assert!(at_kill < 36, "the worker finished before the kill ({at_kill})");
+    assert!(
+        at_kill < 36,
+        "the worker finished before the kill ({at_kill})"
+    );
 
     let _second = sinks_run(&ts);
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -365,7 +401,7 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
             assert_eq!(status["failures"], 0, "{status}");
             assert!(status["lag_seconds"].as_i64().unwrap() < 300, "{status}");
             assert_eq!(status["last_good_window"]["rows"], 600, "{status}");
-            assert_eq!(status["windows_done"].as_u64().unwrap() >= 36, true, "{status}");
+            assert!(status["windows_done"].as_u64().unwrap() >= 36, "{status}");
             break;
         }
         assert!(Instant::now() < deadline, "not caught up: {status}");
@@ -374,12 +410,9 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     drop(_second);
     let out = read_exported(&s3, "crash", "events").await;
     assert_exactly(&out.ids, &expected);
-    let w = format!(
-        "{}",
-        tidemark::exports::window::Interval::FiveMinutes
-            .window(base)
-            .name()
-    );
+    let w = tidemark::exports::window::Interval::FiveMinutes
+        .window(base)
+        .name();
     assert_eq!(out.manifests[&w]["files"].as_array().unwrap().len(), 4);
 
     // Backfill the middle hour with one file per window: the 150-row files of those
@@ -387,12 +420,21 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     let from = (base + chrono::Duration::minutes(60)).to_rfc3339();
     let to = (base + chrono::Duration::minutes(120)).to_rfc3339();
     let mut cmd = ts.command();
-    cmd.args(["exports", "backfill", &id, "--from", &from, "--to", &to, "--data", &ts.data])
-        .env("TIDEMARK_EXPORTS__MAX_ROWS_PER_FILE", "1000");
+    cmd.args([
+        "exports", "backfill", &id, "--from", &from, "--to", &to, "--data", &ts.data,
+    ])
+    .env("TIDEMARK_EXPORTS__MAX_ROWS_PER_FILE", "1000");
     let done = cmd.output().unwrap();
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let text = String::from_utf8_lossy(&done.stdout);
-    assert!(text.contains("backfilled 12 window(s), 7200 rows"), "{text}");
+    assert!(
+        text.contains("backfilled 12 window(s), 7200 rows"),
+        "{text}"
+    );
     let out = read_exported(&s3, "crash", "events").await;
     assert_exactly(&out.ids, &expected);
     let w = tidemark::exports::window::Interval::FiveMinutes
@@ -402,11 +444,21 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     assert_eq!(out.manifests[&w]["rows"], 600);
 
     // Refusals name the field.
-    let bad = ts.cli(&["exports", "add", "--source", "nope", "--destination", "ftp://x/y"]);
+    let bad = ts.cli(&[
+        "exports",
+        "add",
+        "--source",
+        "nope",
+        "--destination",
+        "ftp://x/y",
+    ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("source: unknown source \"nope\""), "{err}");
-    assert!(err.contains("destination: unsupported scheme ftp://"), "{err}");
+    assert!(
+        err.contains("destination: unsupported scheme ftp://"),
+        "{err}"
+    );
     let bad = ts.cli(&["exports", "backfill", &id, "--from", "soon", "--to", &to]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--from: \"soon\" is not a time"));
     let bad = ts.cli(&["exports", "status", "ex_missing"]);
@@ -427,6 +479,38 @@ async fn get_json(url: &str, key: Option<&str>) -> (u16, Value) {
     (status, resp.json().await.unwrap())
 }
 
+/// Text bodies (manifests) are checked with the `standardwebhooks` crate; it refuses
+/// non-UTF-8 payloads, so the gzip / Parquet files are checked with a direct HMAC-SHA256
+/// of `id.timestamp.body` under the decoded secret (the same definition).
+fn verify_signed(receipts: &[crate::webhooks::Receipt], secret: &str) {
+    use base64::Engine;
+    use hmac::Mac;
+    let text: Vec<_> = receipts
+        .iter()
+        .filter(|r| std::str::from_utf8(&r.body).is_ok())
+        .cloned()
+        .collect();
+    assert!(!text.is_empty());
+    verify_all(&text, secret);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    for r in receipts
+        .iter()
+        .filter(|r| std::str::from_utf8(&r.body).is_err())
+    {
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(format!("{}.{}.", r.id, r.timestamp).as_bytes());
+        mac.update(&r.body);
+        let want = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        let header = r.headers["webhook-signature"].to_str().unwrap();
+        assert!(header.split(' ').any(|s| s == want), "{}: {header}", r.id);
+    }
+}
+
 fn hour_key(start: DateTime<Utc>) -> String {
     tidemark::exports::batched::hour_key(start)
 }
@@ -441,11 +525,20 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
     let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
     let now = Utc::now();
     let h = tidemark::exports::window::Interval::Hour.floor(now) - chrono::Duration::hours(5);
-    let at = |hours: i64, secs: i64| h + chrono::Duration::hours(hours) + chrono::Duration::seconds(secs);
-    let mut first: Vec<Ev> = (0..30).map(|i| ev(format!("a{i:02}"), at(0, 100 * i), "page_view")).collect();
-    first.extend((0..7).map(|i| Ev { env: "staging".into(), ..ev(format!("s{i}"), at(0, i), "page_view") }));
+    let at = |hours: i64, secs: i64| {
+        h + chrono::Duration::hours(hours) + chrono::Duration::seconds(secs)
+    };
+    let mut first: Vec<Ev> = (0..30)
+        .map(|i| ev(format!("a{i:02}"), at(0, 100 * i), "page_view"))
+        .collect();
+    first.extend((0..7).map(|i| Ev {
+        env: "staging".into(),
+        ..ev(format!("s{i}"), at(0, i), "page_view")
+    }));
     commit(&store, &first).await;
-    let third: Vec<Ev> = (0..45).map(|i| ev(format!("c{i:02}"), at(2, 3599 - 70 * i), "buy")).collect();
+    let third: Vec<Ev> = (0..45)
+        .map(|i| ev(format!("c{i:02}"), at(2, 3599 - 70 * i), "buy"))
+        .collect();
     commit(&store, &third[..20]).await;
     commit(&store, &third[20..]).await;
     // In the current (open) hour: never listed.
@@ -456,19 +549,33 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
 
     let q = format!(
         "{base}?from={}&to={}&format=csv",
-        (h + chrono::Duration::minutes(10)).to_rfc3339().replace('+', "%2B"),
-        (h + chrono::Duration::minutes(150)).to_rfc3339().replace('+', "%2B"),
+        (h + chrono::Duration::minutes(10))
+            .to_rfc3339()
+            .replace('+', "%2B"),
+        (h + chrono::Duration::minutes(150))
+            .to_rfc3339()
+            .replace('+', "%2B"),
     );
     let (status, list) = get_json(&q, Some(&read)).await;
     assert_eq!(status, 200, "{list}");
     let hours = list["hours"].as_object().unwrap();
     let keys: Vec<&String> = hours.keys().collect();
-    assert_eq!(keys, vec![&hour_key(at(0, 0)), &hour_key(at(1, 0)), &hour_key(at(2, 0))]);
+    assert_eq!(
+        keys,
+        vec![
+            &hour_key(at(0, 0)),
+            &hour_key(at(1, 0)),
+            &hour_key(at(2, 0))
+        ]
+    );
     assert_eq!(hours[&hour_key(at(1, 0))], json!([]));
     assert_eq!(list["rows"][hour_key(at(0, 0))], 30);
     assert_eq!(list["rows"][hour_key(at(2, 0))], 45);
     let csv_url = hours[&hour_key(at(0, 0))][0].as_str().unwrap().to_string();
-    assert!(csv_url.contains(&format!("/{}.csv?", hour_key(at(0, 0)))), "{csv_url}");
+    assert!(
+        csv_url.contains(&format!("/{}.csv?", hour_key(at(0, 0)))),
+        "{csv_url}"
+    );
 
     // Without a key, twice: the same bytes, 30 rows in received order, no staging rows.
     let one = get(&csv_url, None).await;
@@ -481,17 +588,33 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
     assert_eq!(one, two);
     let text = String::from_utf8(one.to_vec()).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("event_id,event_name,category,user_id,occurred_at,received_at"), "{}", lines[0]);
-    let ids: Vec<&str> = lines[1..].iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert!(
+        lines[0].starts_with("event_id,event_name,category,user_id,occurred_at,received_at"),
+        "{}",
+        lines[0]
+    );
+    let ids: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
     let want: Vec<String> = (0..30).map(|i| format!("a{i:02}")).collect();
     assert_eq!(ids, want);
 
     // The open hour is not listed even when asked for; a wider range lists the new row.
-    let q2 = format!("{base}?from={}&to={}&format=parquet", hour_key(at(-1, 0)), hour_key(at(9, 0)));
+    let q2 = format!(
+        "{base}?from={}&to={}&format=parquet",
+        hour_key(at(-1, 0)),
+        hour_key(at(9, 0))
+    );
     let (status, list2) = get_json(&q2, Some(&read)).await;
     assert_eq!(status, 200, "{list2}");
     let hours2 = list2["hours"].as_object().unwrap();
-    assert!(!hours2.contains_key(&hour_key(tidemark::exports::window::Interval::Hour.floor(now))), "{list2}");
+    assert!(
+        !hours2.contains_key(&hour_key(
+            tidemark::exports::window::Interval::Hour.floor(now)
+        )),
+        "{list2}"
+    );
     assert_eq!(list2["rows"][hour_key(at(0, 0))], 31);
     let pq_url = hours2[&hour_key(at(2, 0))][0].as_str().unwrap().to_string();
     let pq = get(&pq_url, None).await.bytes().await.unwrap();
@@ -516,7 +639,11 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
     assert_eq!(got, want);
     assert_eq!(get(&pq_url, None).await.bytes().await.unwrap(), pq);
     // `from` / `to` as hour keys are times (the key of 10:00-11:00 is 11:00).
-    let nd_q = format!("{base}?from={}&to={}&format=ndjson", hour_key(at(-1, 0)), hour_key(at(1, 0)));
+    let nd_q = format!(
+        "{base}?from={}&to={}&format=ndjson",
+        hour_key(at(-1, 0)),
+        hour_key(at(1, 0))
+    );
     let (_, nd) = get_json(&nd_q, Some(&read)).await;
     assert_eq!(nd["hours"].as_object().unwrap().len(), 2, "{nd}");
     let nd_url = nd["hours"][hour_key(at(0, 0))][0].as_str().unwrap();
@@ -529,7 +656,10 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
 
     // Altered links.
     let tampered = [
-        csv_url.replace(&format!("{}.csv", hour_key(at(0, 0))), &format!("{}.csv", hour_key(at(2, 0)))),
+        csv_url.replace(
+            &format!("{}.csv", hour_key(at(0, 0))),
+            &format!("{}.csv", hour_key(at(2, 0))),
+        ),
         csv_url.replace(".csv?", ".parquet?"),
         csv_url.replace("version=", "version=1"),
         {
@@ -539,8 +669,10 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
             u
         },
         csv_url.split("&token=").next().unwrap().to_string(),
-        node.url(&format!("/v1/staging/analytics/batched/{}.csv?", hour_key(at(0, 0))))
-            + csv_url.split_once('?').unwrap().1,
+        node.url(&format!(
+            "/v1/staging/analytics/batched/{}.csv?",
+            hour_key(at(0, 0))
+        )) + csv_url.split_once('?').unwrap().1,
     ];
     for u in &tampered {
         let (status, body) = get_json(u, None).await;
@@ -552,29 +684,302 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
     for (query, field) in [
         ("from=2026-01-01&to=2026-02-15", "to: the range"),
         ("to=2026-01-02", "from: is required"),
-        ("from=2026-01-01&to=2026-01-02&format=xml", "format: unknown format"),
-        ("from=yesterday&to=2026-01-02", "from: \"yesterday\" is not a time"),
+        (
+            "from=2026-01-01&to=2026-01-02&format=xml",
+            "format: unknown format",
+        ),
+        (
+            "from=yesterday&to=2026-01-02",
+            "from: \"yesterday\" is not a time",
+        ),
         ("from=2026-01-02&to=2026-01-01", "to: must be after from"),
-        ("from=2026-01-01&to=2026-01-02&limit=5", "limit: unknown parameter"),
+        (
+            "from=2026-01-01&to=2026-01-02&limit=5",
+            "limit: unknown parameter",
+        ),
     ] {
         let (status, body) = get_json(&format!("{base}?{query}"), Some(&read)).await;
         assert_eq!(status, 400, "{query}: {body}");
-        assert!(body["message"].as_str().unwrap().starts_with(field), "{query}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with(field),
+            "{query}: {body}"
+        );
     }
     let (status, _) = get_json(&q, Some(node.ingest_key())).await;
     assert_eq!(status, 403);
     let (status, _) = get_json(&q, None).await;
     assert_eq!(status, 401);
     // 30 days exactly is fine.
-    let (status, _) = get_json(&format!("{base}?from=2026-01-01&to=2026-01-31"), Some(&read)).await;
+    let (status, _) = get_json(
+        &format!("{base}?from=2026-01-01&to=2026-01-31"),
+        Some(&read),
+    )
+    .await;
     assert_eq!(status, 200);
 
     // Expiry (download_ttl = 6 s in this test).
-    let expires: i64 = csv_url.split("expires=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+    let expires: i64 = csv_url
+        .split("expires=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let wait = expires - Utc::now().timestamp() + 1;
     tokio::time::sleep(Duration::from_secs(wait.max(0) as u64)).await;
     let (status, body) = get_json(&csv_url, None).await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(body["error"], "token_expired");
+    drop(node);
+}
+
+/// The exports API: refusals by field, an HTTPS destination that gets one signed POST per
+/// file and the manifest last (re-sent files keep their webhook-id), status, a failing
+/// export paused after `pause_after`, a profiles snapshot to `file://`, pause, resume and
+/// delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_api_https_destination_status_and_auto_pause() {
+    let rx = Receiver::start(1).await;
+    let ts = TestStore::new(Backend::Local);
+    write_config(
+        &ts,
+        "[webhooks]\nallow_networks = [\"127.0.0.0/8\"]\n\
+         [exports]\nenabled = false\npause_after = \"1s\"\nhttp_retry_schedule = [\"0s\", \"100ms\"]\n",
+    );
+    let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
+    let w0 = tidemark::exports::window::Interval::FifteenMinutes.floor(Utc::now())
+        - chrono::Duration::minutes(30);
+    let evs: Vec<Ev> = (0..90)
+        .map(|i| Ev {
+            user: format!("u{}", i % 4),
+            ..ev(
+                format!("h{i:02}"),
+                w0 + chrono::Duration::seconds(20 * i),
+                "page_view",
+            )
+        })
+        .collect();
+    commit(&store, &evs).await;
+    let node = ts.serve(&[], &[]);
+    let admin = node.admin_key.clone().unwrap();
+    let url = node.url("/v1/default/exports");
+
+    let (status, body) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(json!({"source": "nope", "interval": "2h", "format": "xml",
+                    "destination": "ftp://host/x", "extra": 1})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_export");
+    let fields: BTreeSet<&str> = body["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["source", "interval", "format", "destination", "extra"]),
+        "{body}"
+    );
+    for (input, field, message) in [
+        (
+            json!({"source": "events", "destination": "https://10.1.2.3/x"}),
+            "destination",
+            "destination refused",
+        ),
+        (
+            json!({"source": "sql", "sql": "SELEC nonsense", "destination": "file:///tmp/x"}),
+            "sql",
+            "SQL error",
+        ),
+        (
+            json!({"source": "sql", "destination": "file:///tmp/x"}),
+            "sql",
+            "is required for source sql",
+        ),
+        (
+            json!({"source": "profiles", "filter": {"events": ["a"]}, "destination": "file:///tmp/x"}),
+            "filter",
+            "applies to the events source only",
+        ),
+        (
+            json!({"source": "events", "destination": "file:///tmp/x", "secret": "whsec_x"}),
+            "secret",
+            "",
+        ),
+        (
+            json!({"source": "events", "destination": "file:///tmp/x", "start": "noon"}),
+            "start",
+            "must be an RFC 3339 time",
+        ),
+        (json!({"source": "events"}), "destination", "is required"),
+    ] {
+        let (status, body) = call("POST", &url, &admin, Some(input.clone())).await;
+        assert_eq!(status, 400, "{input}: {body}");
+        let p = &body["problems"][0];
+        assert_eq!(p["field"], field, "{input}: {body}");
+        assert!(
+            p["message"].as_str().unwrap().contains(message),
+            "{input}: {body}"
+        );
+    }
+    let read = ts.create_key("default", "read");
+    let (status, _) = call("GET", &url, &read, None).await;
+    assert_eq!(status, 403);
+
+    // HTTPS (plain HTTP to the allow-listed receiver here), NDJSON gzip, 15-minute windows.
+    let (status, created) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(
+            json!({"source": "events", "interval": "15m", "format": "ndjson",
+                    "destination": rx.url("ok"), "start": w0.to_rfc3339()}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let (status, run) = call("POST", &format!("{url}/{id}/run"), &admin, None).await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["windows"].as_array().unwrap().len(), 2, "{run}");
+    assert_eq!(run["error"], Value::Null);
+    let got = rx.at("ok");
+    assert_eq!(got.len(), 4, "2 windows x (1 file + manifest)");
+    verify_signed(&got, &secret);
+    let mut ids = Vec::new();
+    for pair in got.chunks(2) {
+        let (file, manifest) = (&pair[0], &pair[1]);
+        assert_eq!(file.headers["content-type"], "application/gzip");
+        assert_eq!(manifest.headers["content-type"], "application/json");
+        let name = file.headers["tidemark-export-file"].to_str().unwrap();
+        let m = manifest.json();
+        assert_eq!(m["files"][0]["name"], name);
+        assert_eq!(
+            m["files"][0]["sha256"],
+            tidemark_sinks::export::sha256_hex(&file.body)
+        );
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&file.body[..]), &mut text)
+            .unwrap();
+        ids.extend(text.lines().map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+    }
+    assert_exactly(&ids, &evs.iter().map(|e| e.id.clone()).collect());
+    // A backfill re-sends the same files under the same webhook-ids.
+    let (status, body) = call(
+        "POST",
+        &format!("{url}/{id}/backfill"),
+        &admin,
+        Some(json!({"from": w0.to_rfc3339(), "to": (w0 + chrono::Duration::minutes(30)).to_rfc3339()})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["windows"], 2);
+    assert!(rx.wait("ok", 30, |r| r.len() == 8).await);
+    let again = rx.at("ok");
+    for (a, b) in again[..4].iter().zip(&again[4..]) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(
+            a.headers.get("tidemark-export-file"),
+            b.headers.get("tidemark-export-file")
+        );
+    }
+    let (status, st) = call("GET", &format!("{url}/{id}/status"), &admin, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(st["windows_done"], 4, "{st}");
+    assert_eq!(st["rows_exported"], 180, "{st}");
+    assert_eq!(st["failures"], 0, "{st}");
+    let (_, list) = call("GET", &url, &admin, None).await;
+    let text = list.to_string();
+    assert!(
+        !text.contains(&secret) && !text.contains("\"secret\""),
+        "{text}"
+    );
+
+    // A failing destination: errors in status, then paused after pause_after (1 s).
+    let (_, down) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(
+            json!({"source": "events", "interval": "15m", "destination": rx.url("down"),
+                    "start": w0.to_rfc3339()}),
+        ),
+    )
+    .await;
+    let down_id = down["id"].as_str().unwrap().to_string();
+    let (_, run) = call("POST", &format!("{url}/{down_id}/run"), &admin, None).await;
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempt(s)"),
+        "{run}"
+    );
+    assert_eq!(run["paused"], false);
+    let (_, st) = call("GET", &format!("{url}/{down_id}/status"), &admin, None).await;
+    assert_eq!(st["failures"], 1, "{st}");
+    assert_eq!(st["exported_until"], Value::Null, "{st}");
+    assert!(st["next_attempt_at"].is_string(), "{st}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, run) = call("POST", &format!("{url}/{down_id}/run"), &admin, None).await;
+    assert_eq!(run["paused"], true, "{run}");
+    let (_, ex) = call("GET", &format!("{url}/{down_id}"), &admin, None).await;
+    assert_eq!(ex["enabled"], false);
+    assert!(
+        ex["paused_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing since"),
+        "{ex}"
+    );
+    let (status, ex) = call("POST", &format!("{url}/{down_id}/resume"), &admin, None).await;
+    assert_eq!((status, &ex["enabled"]), (200, &json!(true)));
+
+    // A profiles snapshot to file://: one window (the newest closed), every profile.
+    let profiles = ts.sql_until("SELECT count(*) AS n FROM profiles", |r| r[0]["n"] == 4);
+    assert_eq!(profiles[0]["n"], 4);
+    let dir = ts.tmp.path().join("out");
+    let (status, snap) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(
+            json!({"source": "profiles", "interval": "5m", "format": "csv",
+                    "destination": url::Url::from_directory_path(&dir).unwrap().to_string(),
+                    "start": (Utc::now() - chrono::Duration::hours(1)).to_rfc3339()}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{snap}");
+    assert!(snap.get("secret").is_none());
+    let snap_id = snap["id"].as_str().unwrap();
+    let (_, run) = call("POST", &format!("{url}/{snap_id}/run"), &admin, None).await;
+    assert_eq!(run["windows"].as_array().unwrap().len(), 1, "{run}");
+    let file = run["windows"][0]["files"][0].as_str().unwrap();
+    let csv = std::fs::read_to_string(dir.join(file)).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4, "{csv}");
+    assert!(csv.lines().next().unwrap().contains("user_id"), "{csv}");
+    let manifest = dir.join(file.replace(".csv", "_manifest.json"));
+    assert!(manifest.exists(), "{}", manifest.display());
+
+    let (status, _) = call("POST", &format!("{url}/{snap_id}/pause"), &admin, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call("DELETE", &format!("{url}/{snap_id}"), &admin, None).await;
+    assert_eq!(status, 204);
+    let (status, body) = call("GET", &format!("{url}/{snap_id}"), &admin, None).await;
+    assert_eq!(status, 404, "{body}");
     drop(node);
 }
