@@ -18,6 +18,11 @@ use flate2::write::GzEncoder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
+    compute_leaves,
+};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -91,6 +96,8 @@ pub struct EncodeOptions {
     /// Text columns holding JSON documents (e.g. `properties`): NDJSON embeds them as
     /// JSON values instead of strings.
     pub json_columns: Vec<String>,
+    /// Threads that encode a Parquet row group's columns in parallel.
+    pub threads: usize,
 }
 
 impl Default for EncodeOptions {
@@ -98,12 +105,145 @@ impl Default for EncodeOptions {
         EncodeOptions {
             zstd_level: 3,
             json_columns: vec!["properties".into()],
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
 
+/// Rows per Parquet row group (the parquet crate's default).
+const ROW_GROUP_ROWS: usize = 1024 * 1024;
+
+/// A Parquet file whose row groups are encoded column by column on several threads (the
+/// parquet crate's `ArrowColumnWriter` API); the bytes do not depend on the thread count.
+struct ParallelParquet {
+    writer: SerializedFileWriter<Vec<u8>>,
+    factory: ArrowRowGroupWriterFactory,
+    buffered: Vec<RecordBatch>,
+    buffered_rows: usize,
+    row_groups: usize,
+    threads: usize,
+}
+
+impl ParallelParquet {
+    fn new(schema: SchemaRef, props: WriterProperties, threads: usize) -> Result<ParallelParquet> {
+        // ArrowWriter sets up the file (and embeds the Arrow schema); we take it apart.
+        let (writer, factory) = ArrowWriter::try_new(Vec::new(), schema, Some(props))
+            .and_then(ArrowWriter::into_serialized_writer)
+            .map_err(arrow_err)?;
+        Ok(ParallelParquet {
+            writer,
+            factory,
+            buffered: Vec::new(),
+            buffered_rows: 0,
+            row_groups: 0,
+            threads: threads.max(1),
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut batch = batch.clone();
+        while batch.num_rows() > 0 {
+            let take = (ROW_GROUP_ROWS - self.buffered_rows).min(batch.num_rows());
+            self.buffered.push(batch.slice(0, take));
+            self.buffered_rows += take;
+            batch = batch.slice(take, batch.num_rows() - take);
+            if self.buffered_rows == ROW_GROUP_ROWS {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the buffered rows as one row group, a column per task.
+    fn flush(&mut self) -> Result<()> {
+        if self.buffered_rows == 0 {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.buffered);
+        self.buffered_rows = 0;
+        let writers = self
+            .factory
+            .create_column_writers(self.row_groups)
+            .map_err(arrow_err)?;
+        self.row_groups += 1;
+        // leaves[b][c]: leaf column c of batch b (one per writer, in order).
+        let mut leaves: Vec<Vec<ArrowLeafColumn>> = Vec::with_capacity(batches.len());
+        for b in &batches {
+            let mut row = Vec::with_capacity(writers.len());
+            for (field, array) in b.schema_ref().fields().iter().zip(b.columns()) {
+                row.extend(compute_leaves(field, array).map_err(arrow_err)?);
+            }
+            leaves.push(row);
+        }
+        let slots: Vec<std::sync::Mutex<Option<ArrowColumnWriter>>> = writers
+            .into_iter()
+            .map(|w| std::sync::Mutex::new(Some(w)))
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let encode_one = |c: usize| -> Result<ArrowColumnChunk> {
+            let mut w = slots[c]
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take())
+                .ok_or_else(|| Error::Export("column writer taken twice".into()))?;
+            for row in &leaves {
+                w.write(&row[c]).map_err(arrow_err)?;
+            }
+            w.close().map_err(arrow_err)
+        };
+        let work = || -> Result<Vec<(usize, ArrowColumnChunk)>> {
+            let mut done = Vec::new();
+            loop {
+                let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if c >= slots.len() {
+                    return Ok(done);
+                }
+                done.push((c, encode_one(c)?));
+            }
+        };
+        let threads = self.threads.min(slots.len()).max(1);
+        let mut chunks: Vec<(usize, ArrowColumnChunk)> = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut all = work()?;
+            for h in others {
+                all.extend(
+                    h.join()
+                        .map_err(|_| Error::Export("an encoding thread panicked".into()))??,
+                );
+            }
+            Ok::<_, Error>(all)
+        })?;
+        chunks.sort_by_key(|(c, _)| *c);
+        let mut rg = self.writer.next_row_group().map_err(arrow_err)?;
+        for (_, chunk) in chunks {
+            chunk.append_to_row_group(&mut rg).map_err(arrow_err)?;
+        }
+        rg.close().map_err(arrow_err)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<u8>> {
+        self.flush()?;
+        self.writer.into_inner().map_err(arrow_err)
+    }
+}
+
+/// Encodes `batches` as one file.
+pub fn encode(
+    format: Format,
+    schema: SchemaRef,
+    options: &EncodeOptions,
+    batches: &[RecordBatch],
+) -> Result<Bytes> {
+    let mut w = FileWriter::new(format, schema, options)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()
+}
+
 enum Inner {
-    Parquet(ArrowWriter<Vec<u8>>),
+    Parquet(Box<ParallelParquet>),
     Ndjson(GzEncoder<Vec<u8>>),
     Csv(arrow::csv::Writer<Vec<u8>>),
 }
@@ -155,10 +295,11 @@ impl FileWriter {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(zstd))
                     .build();
-                Inner::Parquet(
-                    ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
-                        .map_err(arrow_err)?,
-                )
+                Inner::Parquet(Box::new(ParallelParquet::new(
+                    schema.clone(),
+                    props,
+                    options.threads,
+                )?))
             }
             Format::Ndjson => Inner::Ndjson(GzEncoder::new(Vec::new(), Gzip::fast())),
             Format::Csv => Inner::Csv(
@@ -211,7 +352,7 @@ impl FileWriter {
             &cast
         };
         match &mut self.inner {
-            Inner::Parquet(w) => w.write(batch).map_err(arrow_err),
+            Inner::Parquet(w) => w.write(batch),
             Inner::Csv(w) => w.write(batch).map_err(arrow_err),
             Inner::Ndjson(gz) => {
                 let lines = ndjson_lines(batch, &self.json_columns)?;
@@ -223,7 +364,7 @@ impl FileWriter {
     /// The finished file.
     pub fn finish(self) -> Result<Bytes> {
         let bytes = match self.inner {
-            Inner::Parquet(w) => w.into_inner().map_err(arrow_err)?,
+            Inner::Parquet(w) => w.finish()?,
             Inner::Csv(w) => w.into_inner(),
             Inner::Ndjson(gz) => gz.finish().map_err(arrow_err)?,
         };
@@ -379,21 +520,19 @@ impl Destination {
     }
 
     /// The names (relative to the prefix) that start with `start`; nothing for HTTP.
+    /// Lists from `start` on (`list_with_offset`), so a directory of many older windows is
+    /// not read each time.
     pub async fn list(&self, start: &str) -> Result<Vec<String>> {
         use futures::TryStreamExt;
         let Destination::Store { store, prefix } = self else {
             return Ok(Vec::new());
         };
-        // List the directory of `start` and keep the names with its file-name prefix.
         let full = join(prefix, start);
         let parts: Vec<_> = full.parts().collect();
-        let dir: Path = parts[..parts.len().saturating_sub(1)]
-            .iter()
-            .cloned()
-            .collect();
+        let dir: Path = parts[..parts.len().saturating_sub(1)].iter().cloned().collect();
         let file_prefix = full.filename().unwrap_or_default().to_string();
         let listed: Vec<_> = store
-            .list(Some(&dir))
+            .list_with_offset(Some(&dir), &full)
             .try_collect()
             .await
             .map_err(|e| Error::Export(format!("listing {dir}: {e}")))?;
@@ -575,6 +714,32 @@ mod tests {
             std::str::from_utf8(&csv).expect("utf8"),
             "n,properties\n1,\"{\"\"a\"\":[1,\"\"é\"\"]}\"\n2,\n"
         );
+    }
+
+    #[test]
+    fn parallel_parquet_bytes_do_not_depend_on_threads() {
+        let b = batch();
+        let big = arrow::compute::concat_batches(&b.schema(), &vec![b.clone(); 5000])
+            .expect("concat");
+        let encode_with = |threads| {
+            let options = EncodeOptions {
+                threads,
+                ..Default::default()
+            };
+            super::encode(Format::Parquet, big.schema(), &options, std::slice::from_ref(&big))
+                .expect("encode")
+        };
+        let one = encode_with(1);
+        assert_eq!(one, encode_with(2));
+        assert_eq!(one, encode_with(8));
+        let rows: usize =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(one)
+                .expect("parquet")
+                .build()
+                .expect("reader")
+                .map(|b| b.expect("batch").num_rows())
+                .sum();
+        assert_eq!(rows, 10_000);
     }
 
     #[test]

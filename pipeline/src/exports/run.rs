@@ -11,7 +11,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tidemark_sinks::export::{Destination, EncodeOptions, FileWriter, sha256_hex};
+use tidemark_sinks::export::{Destination, EncodeOptions, sha256_hex};
 
 use super::def::{Export, SourceKind};
 use super::window::{Window, rfc3339, sql_timestamp};
@@ -134,8 +134,9 @@ pub struct FileOptions {
     pub encode: EncodeOptions,
 }
 
-/// Streams `df` into files of at most `max_rows` rows, handing each finished file to
-/// `sink` as it completes (one file in memory at a time).
+/// Streams `df` into files of at most `max_rows_per_file` rows, handing each finished file
+/// to `sink` in order. A file is encoded on a blocking thread while the next one's rows are
+/// read, so the query and the encoding overlap; at most two files are in memory.
 pub async fn write_files<F, Fut>(
     df: DataFrame,
     format: tidemark_sinks::export::Format,
@@ -146,54 +147,67 @@ where
     F: FnMut(usize, u64, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    type Encoding = tokio::task::JoinHandle<std::result::Result<Bytes, tidemark_sinks::Error>>;
     let mut stream = df.execute_stream().await?;
     let schema = stream.schema();
-    let mut writer: Option<FileWriter> = None;
+    let mut current: Vec<RecordBatch> = Vec::new();
+    let mut current_rows = 0u64;
+    let mut inflight: Option<(usize, u64, Encoding)> = None;
     let mut n = 0usize;
     let mut total = 0u64;
-    let new_writer = || {
-        FileWriter::new(format, schema.clone(), &options.encode)
-            .map_err(|e| Error::Invalid(e.to_string()))
-    };
-    while let Some(batch) = stream.next().await {
-        let mut batch: RecordBatch = batch?;
-        while batch.num_rows() > 0 {
-            let w = match &mut writer {
-                Some(w) => w,
-                None => writer.insert(new_writer()?),
-            };
-            let room = (options.max_rows_per_file - w.rows()) as usize;
-            let take = room.min(batch.num_rows());
-            w.write(&batch.slice(0, take))
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
-            total += take as u64;
-            batch = batch.slice(take, batch.num_rows() - take);
-            if w.rows() >= options.max_rows_per_file
-                && let Some(full) = writer.take()
-            {
-                let rows = full.rows();
-                sink(
-                    n,
-                    rows,
-                    full.finish()
-                        .map_err(|e| Error::Unavailable(e.to_string()))?,
-                )
-                .await?;
-                n += 1;
+    let max = options.max_rows_per_file;
+    let mut finished = false;
+    while !finished {
+        let next = stream.next().await.transpose()?;
+        let mut batch = match next {
+            Some(b) => b,
+            None => {
+                finished = true;
+                RecordBatch::new_empty(schema.clone())
+            }
+        };
+        loop {
+            let take = ((max - current_rows) as usize).min(batch.num_rows());
+            if take > 0 {
+                current.push(batch.slice(0, take));
+                current_rows += take as u64;
+                total += take as u64;
+                batch = batch.slice(take, batch.num_rows() - take);
+            }
+            let full = current_rows >= max || (finished && current_rows > 0);
+            if !full {
+                break;
+            }
+            // Hand the previous file to `sink` before starting the next encoding.
+            if let Some((k, rows, encoding)) = inflight.take() {
+                sink(k, rows, joined(encoding).await?).await?;
+            }
+            let batches = std::mem::take(&mut current);
+            let (schema, encode) = (schema.clone(), options.encode.clone());
+            let encoding = tokio::task::spawn_blocking(move || {
+                tidemark_sinks::export::encode(format, schema, &encode, &batches)
+            });
+            inflight = Some((n, current_rows, encoding));
+            n += 1;
+            current_rows = 0;
+            if batch.num_rows() == 0 {
+                break;
             }
         }
     }
-    if let Some(last) = writer.take() {
-        let rows = last.rows();
-        sink(
-            n,
-            rows,
-            last.finish()
-                .map_err(|e| Error::Unavailable(e.to_string()))?,
-        )
-        .await?;
+    if let Some((k, rows, encoding)) = inflight.take() {
+        sink(k, rows, joined(encoding).await?).await?;
     }
     Ok(total)
+}
+
+async fn joined(
+    encoding: tokio::task::JoinHandle<std::result::Result<Bytes, tidemark_sinks::Error>>,
+) -> Result<Bytes> {
+    encoding
+        .await
+        .map_err(|e| Error::Unavailable(format!("encoding task: {e}")))?
+        .map_err(|e| Error::Unavailable(e.to_string()))
 }
 
 fn export_err(e: tidemark_sinks::Error) -> Error {
