@@ -41,18 +41,7 @@ pub async fn table_dirs(store: &Store) -> Result<Vec<String>> {
 /// A session with every table registered; with `environment`, each table is a view of
 /// that environment's rows only.
 pub async fn session(store: &Store, environment: Option<&str>) -> Result<SessionContext> {
-    session_with(store, environment, SessionConfig::new()).await
-}
-
-/// [`session`] with DataFusion settings of the caller's (e.g. exports read strings as plain
-/// `Utf8` instead of views, which is what files are written with).
-pub async fn session_with(
-    store: &Store,
-    environment: Option<&str>,
-    config: SessionConfig,
-) -> Result<SessionContext> {
-    let config = config.with_information_schema(true);
-    let view_types = config.options().execution.parquet.schema_force_view_types;
+    let config = SessionConfig::new().with_information_schema(true);
     let mut ctx = SessionContext::new_with_config(config);
     tidemark_udfs::register_all(&mut ctx)?;
     for name in table_dirs(store).await? {
@@ -65,12 +54,7 @@ pub async fn session_with(
             continue;
         };
         table.update_datafusion_session(&ctx.state())?;
-        let mut builder = table.table_provider();
-        if !view_types {
-            // The scan takes its view-type (and filter pushdown) settings from the session.
-            builder = builder.with_session(std::sync::Arc::new(ctx.state()));
-        }
-        let provider = builder.await?;
+        let provider = table.table_provider().await?;
         match environment {
             Some(env) if provider.schema().field_with_name("environment").is_ok() => {
                 let view = ctx

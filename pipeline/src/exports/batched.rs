@@ -173,11 +173,7 @@ pub fn parse_file(file: &str) -> Option<(DateTime<Utc>, Format)> {
 
 /// `events` as of `version`, one environment's rows, as table `events`.
 async fn session_at(store: &Store, environment: &str, version: i64) -> Result<SessionContext> {
-    let mut config = datafusion::prelude::SessionConfig::new();
-    config.options_mut().execution.parquet.schema_force_view_types = false;
-    // As the Delta scan does by default.
-    config.options_mut().execution.parquet.pushdown_filters = true;
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = crate::jobs::inputs::session(None)?;
     if version < 0 {
         let empty = datafusion::catalog::MemTable::try_new(events_table::schema(), vec![vec![]])?;
         ctx.register_table("events", Arc::new(empty))?;
@@ -192,12 +188,7 @@ async fn session_at(store: &Store, environment: &str, version: i64) -> Result<Se
     })?;
     table.update_datafusion_session(&ctx.state())?;
     let view = ctx
-        .read_table(
-            table
-                .table_provider()
-                .with_session(Arc::new(ctx.state()))
-                .await?,
-        )?
+        .read_table(table.table_provider().await?)?
         .filter(col(events_table::col::ENVIRONMENT).eq(lit(environment)))?
         .into_view();
     ctx.register_table("events", view)?;

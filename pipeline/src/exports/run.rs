@@ -83,16 +83,6 @@ pub fn source_sql(export: &Export, w: Window) -> String {
     }
 }
 
-/// The session exports read with: every table of the environment, strings as plain
-/// `Utf8` (what the files hold; DataFusion's default string views would be cast back).
-pub async fn session(store: &crate::storage::Store, environment: &str) -> Result<SessionContext> {
-    let mut config = datafusion::prelude::SessionConfig::new();
-    config.options_mut().execution.parquet.schema_force_view_types = false;
-    // As the Delta scan does by default.
-    config.options_mut().execution.parquet.pushdown_filters = true;
-    crate::query::session_with(store, Some(environment), config).await
-}
-
 /// Plans `sql` read-only.
 pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
     let options = SQLOptions::new()

@@ -118,7 +118,7 @@ impl Runner {
         let dest = export.destination(&self.ctx)?;
         let options = self.file_options();
         let version = self.head().await?;
-        let session: SessionContext = super::run::session(&self.store, environment).await?;
+        let session: SessionContext = crate::query::session(&self.store, Some(environment)).await?;
         for &w in windows {
             let report =
                 run_window(&session, environment, export, w, &dest, &options, version).await?;
