@@ -174,6 +174,7 @@ pub fn parse_file(file: &str) -> Option<(DateTime<Utc>, Format)> {
 /// `events` as of `version`, one environment's rows, as table `events`.
 async fn session_at(store: &Store, environment: &str, version: i64) -> Result<SessionContext> {
     let ctx = crate::jobs::inputs::session(None)?;
+    super::run::tune(&ctx);
     if version < 0 {
         let empty = datafusion::catalog::MemTable::try_new(events_table::schema(), vec![vec![]])?;
         ctx.register_table("events", Arc::new(empty))?;

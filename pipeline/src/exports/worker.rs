@@ -119,6 +119,7 @@ impl Runner {
         let options = self.file_options();
         let version = self.head().await?;
         let session: SessionContext = crate::query::session(&self.store, Some(environment)).await?;
+        super::run::tune(&session);
         for &w in windows {
             let report =
                 run_window(&session, environment, export, w, &dest, &options, version).await?;
