@@ -43,10 +43,12 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let rows = tidemark::jobs::views::to_json_rows(&bounds)?;
     let parse = |k: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         let text = rows[0][k].as_str().context("no events")?;
-        Ok(chrono::DateTime::parse_from_rfc3339(&text.replace(' ', "T"))
-            .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%#z"))
-            .with_context(|| format!("time {text}"))?
-            .to_utc())
+        Ok(
+            chrono::DateTime::parse_from_rfc3339(&text.replace(' ', "T"))
+                .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%#z"))
+                .with_context(|| format!("time {text}"))?
+                .to_utc(),
+        )
     };
     let (lo, hi) = (parse("lo")?, parse("hi")?);
     std::fs::create_dir_all(&args.out)?;

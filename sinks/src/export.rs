@@ -22,9 +22,9 @@ use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
     compute_leaves,
 };
-use parquet::file::writer::SerializedFileWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -331,6 +331,11 @@ impl FileWriter {
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
+        if let Inner::Parquet(w) = &mut self.inner {
+            // The Parquet encoder takes string / binary views as they are (the same bytes
+            // as the plain arrays the file's schema names): no cast.
+            return w.write(batch);
+        }
         let cast;
         let batch = if batch.schema_ref().fields() == self.schema.fields() {
             batch
@@ -352,7 +357,7 @@ impl FileWriter {
             &cast
         };
         match &mut self.inner {
-            Inner::Parquet(w) => w.write(batch),
+            Inner::Parquet(_) => Ok(()),
             Inner::Csv(w) => w.write(batch).map_err(arrow_err),
             Inner::Ndjson(gz) => {
                 let lines = ndjson_lines(batch, &self.json_columns)?;
@@ -529,7 +534,10 @@ impl Destination {
         };
         let full = join(prefix, start);
         let parts: Vec<_> = full.parts().collect();
-        let dir: Path = parts[..parts.len().saturating_sub(1)].iter().cloned().collect();
+        let dir: Path = parts[..parts.len().saturating_sub(1)]
+            .iter()
+            .cloned()
+            .collect();
         let file_prefix = full.filename().unwrap_or_default().to_string();
         let listed: Vec<_> = store
             .list_with_offset(Some(&dir), &full)
@@ -719,15 +727,20 @@ mod tests {
     #[test]
     fn parallel_parquet_bytes_do_not_depend_on_threads() {
         let b = batch();
-        let big = arrow::compute::concat_batches(&b.schema(), &vec![b.clone(); 5000])
-            .expect("concat");
+        let big =
+            arrow::compute::concat_batches(&b.schema(), &vec![b.clone(); 5000]).expect("concat");
         let encode_with = |threads| {
             let options = EncodeOptions {
                 threads,
                 ..Default::default()
             };
-            super::encode(Format::Parquet, big.schema(), &options, std::slice::from_ref(&big))
-                .expect("encode")
+            super::encode(
+                Format::Parquet,
+                big.schema(),
+                &options,
+                std::slice::from_ref(&big),
+            )
+            .expect("encode")
         };
         let one = encode_with(1);
         assert_eq!(one, encode_with(2));
@@ -740,6 +753,41 @@ mod tests {
                 .map(|b| b.expect("batch").num_rows())
                 .sum();
         assert_eq!(rows, 10_000);
+    }
+
+    #[test]
+    fn string_views_encode_like_plain_strings() {
+        let plain = batch();
+        let views: Vec<arrow::array::ArrayRef> = plain
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                arrow::datatypes::DataType::Utf8 => {
+                    arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8View).expect("cast")
+                }
+                _ => c.clone(),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("properties", DataType::Utf8View, true),
+        ]));
+        let viewed = RecordBatch::try_new(schema, views).expect("batch");
+        for f in [Format::Parquet, Format::Ndjson, Format::Csv] {
+            let a = super::encode(
+                f,
+                plain.schema(),
+                &EncodeOptions::default(),
+                &[plain.clone()],
+            );
+            let b = super::encode(
+                f,
+                viewed.schema(),
+                &EncodeOptions::default(),
+                &[viewed.clone()],
+            );
+            assert_eq!(a.expect("plain"), b.expect("views"), "{f:?}");
+        }
     }
 
     #[test]

@@ -295,7 +295,13 @@ impl Runner {
         let mut windows = 0;
         for (env, exports) in &doc.environments {
             for export in exports.values() {
-                windows += self.pass_one(env, export, now, false).await?.windows.len();
+                // One export's storage trouble does not hold back the others.
+                match self.pass_one(env, export, now, false).await {
+                    Ok(r) => windows += r.windows.len(),
+                    Err(e) => {
+                        tracing::warn!(export = %export.id, error = %e, "exports: pass failed")
+                    }
+                }
             }
         }
         Ok(windows)
