@@ -975,6 +975,27 @@ async fn exports_api_https_destination_status_and_auto_pause() {
     let manifest = dir.join(file.replace(".csv", "_manifest.json"));
     assert!(manifest.exists(), "{}", manifest.display());
 
+    // A SQL source: the window bounds are substituted.
+    let (status, sql) = call(
+        "POST",
+        &url,
+        &admin,
+        Some(json!({"source": "sql", "interval": "15m", "format": "csv",
+                    "sql": "SELECT user_id, count(*) AS n FROM events WHERE received_at >= {window_start} \
+                            AND received_at < {window_end} GROUP BY user_id ORDER BY user_id",
+                    "destination": url::Url::from_directory_path(&dir).unwrap().to_string(),
+                    "start": w0.to_rfc3339()})),
+    )
+    .await;
+    assert_eq!(status, 201, "{sql}");
+    let (_, run) = call("POST", &format!("{url}/{}/run", sql["id"].as_str().unwrap()), &admin, None).await;
+    assert_eq!(run["windows"].as_array().unwrap().len(), 2, "{run}");
+    let first = run["windows"][0]["files"][0].as_str().unwrap();
+    assert!(first.starts_with("sql/"), "{first}");
+    // 45 events in each 15-minute window (one every 20 s), users u0..u3 round robin.
+    let csv = std::fs::read_to_string(dir.join(first)).unwrap();
+    assert_eq!(csv, "user_id,n\nu0,12\nu1,11\nu2,11\nu3,11\n", "{csv}");
+
     let (status, _) = call("POST", &format!("{url}/{snap_id}/pause"), &admin, None).await;
     assert_eq!(status, 200);
     let (status, _) = call("DELETE", &format!("{url}/{snap_id}"), &admin, None).await;
