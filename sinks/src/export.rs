@@ -244,8 +244,8 @@ pub fn encode(
 
 enum Inner {
     Parquet(Box<ParallelParquet>),
-    Ndjson(GzEncoder<Vec<u8>>),
-    Csv(arrow::csv::Writer<Vec<u8>>),
+    Ndjson(Box<GzEncoder<Vec<u8>>>),
+    Csv(Box<arrow::csv::Writer<Vec<u8>>>),
 }
 
 /// Encodes the batches of one file in memory.
@@ -301,12 +301,12 @@ impl FileWriter {
                     options.threads,
                 )?))
             }
-            Format::Ndjson => Inner::Ndjson(GzEncoder::new(Vec::new(), Gzip::fast())),
-            Format::Csv => Inner::Csv(
+            Format::Ndjson => Inner::Ndjson(Box::new(GzEncoder::new(Vec::new(), Gzip::fast()))),
+            Format::Csv => Inner::Csv(Box::new(
                 arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(Vec::new()),
-            ),
+            )),
         };
         let json_columns = options
             .json_columns
@@ -778,13 +778,13 @@ mod tests {
                 f,
                 plain.schema(),
                 &EncodeOptions::default(),
-                &[plain.clone()],
+                std::slice::from_ref(&plain),
             );
             let b = super::encode(
                 f,
                 viewed.schema(),
                 &EncodeOptions::default(),
-                &[viewed.clone()],
+                std::slice::from_ref(&viewed),
             );
             assert_eq!(a.expect("plain"), b.expect("views"), "{f:?}");
         }

@@ -988,7 +988,13 @@ async fn exports_api_https_destination_status_and_auto_pause() {
     )
     .await;
     assert_eq!(status, 201, "{sql}");
-    let (_, run) = call("POST", &format!("{url}/{}/run", sql["id"].as_str().unwrap()), &admin, None).await;
+    let (_, run) = call(
+        "POST",
+        &format!("{url}/{}/run", sql["id"].as_str().unwrap()),
+        &admin,
+        None,
+    )
+    .await;
     assert_eq!(run["windows"].as_array().unwrap().len(), 2, "{run}");
     let first = run["windows"][0]["files"][0].as_str().unwrap();
     assert!(first.starts_with("sql/"), "{first}");
