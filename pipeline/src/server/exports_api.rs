@@ -112,17 +112,13 @@ pub async fn batched_list(
     ))
 }
 
-fn link_error(status: StatusCode, code: &'static str, message: &str) -> ApiError {
-    ApiError::new(status, code, message)
-}
-
 pub async fn batched_download(
     State(state): State<Arc<AppState>>,
     Path((env, file)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let bad = || {
-        link_error(
+        ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid_token",
             "the download link is not valid (altered or not issued here); list the hours again",
@@ -144,7 +140,7 @@ pub async fn batched_download(
         Ok(()) => {}
         Err(LinkError::Invalid) => return Err(bad()),
         Err(LinkError::Expired) => {
-            return Err(link_error(
+            return Err(ApiError::new(
                 StatusCode::GONE,
                 "token_expired",
                 "the download link has expired; list the hours again for a fresh one",
