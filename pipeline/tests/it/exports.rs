@@ -749,7 +749,10 @@ async fn exports_api_https_destination_status_and_auto_pause() {
          [exports]\nenabled = false\npause_after = \"1s\"\nhttp_retry_schedule = [\"0s\", \"100ms\"]\n",
     );
     let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
-    let w0 = tidemark::exports::window::Interval::FifteenMinutes.floor(Utc::now())
+    // Two 15-minute windows that are closed (a window closes 31 s after its end) even when
+    // the test starts right after a quarter hour.
+    let w0 = tidemark::exports::window::Interval::FifteenMinutes
+        .floor(Utc::now() - chrono::Duration::minutes(2))
         - chrono::Duration::minutes(30);
     let evs: Vec<Ev> = (0..90)
         .map(|i| Ev {
