@@ -378,6 +378,28 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     let id = stdout_line(&out, "added export").to_string();
 
     let first = sinks_run(&ts);
+    // Meanwhile rows keep arriving late (received 10-55 minutes after `base`, windows the
+    // worker has exported or is exporting), before and after the kill.
+    let late = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for c in 0..16i64 {
+                let evs: Vec<Ev> = (0..25i64)
+                    .map(|k| {
+                        let at = base
+                            + chrono::Duration::minutes(10)
+                            + chrono::Duration::seconds((c * 25 + k) * 6);
+                        ev(format!("late{c}-{k}"), at, "page_view")
+                    })
+                    .collect();
+                ids.extend(evs.iter().map(|e| e.id.clone()));
+                commit(&store, &evs).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            ids
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
     while manifest_count(&s3, "crash").await < 3 {
         assert!(Instant::now() < deadline, "no window exported");
@@ -391,8 +413,23 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     );
 
     let _second = sinks_run(&ts);
+    expected.extend(late.await.unwrap());
+    let head = tidemark::storage::events_table::open_or_create(&store)
+        .await
+        .unwrap()
+        .version()
+        .unwrap() as i64;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
+        // Caught up: every commit seen and no window waiting to be re-exported.
+        let st = tidemark::exports::state::load(&store, "default", &id)
+            .await
+            .unwrap();
+        if st.events_version != Some(head) || st.redo_from.is_some() {
+            assert!(Instant::now() < deadline, "late rows not handled: {st:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
         let status: Value =
             serde_json::from_str(&cli_ok(&ts, &["exports", "status", &id])).unwrap();
         if status["exported_until"].as_str().is_some_and(|t| {
