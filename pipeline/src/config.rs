@@ -278,7 +278,8 @@ pub struct Config {
     pub dedup_window: Duration,
     /// Upper bound on remembered event ids (oldest are forgotten first beyond it).
     pub dedup_max_entries: usize,
-    /// How often small files of recent partitions of `events` are compacted (0s = never).
+    /// How often small files of recent partitions of `events`, and of the `deliveries` log,
+    /// are compacted (0s = never).
     #[serde(with = "humantime_serde")]
     pub optimize_interval: Duration,
     /// Target file size of compaction, in bytes.

@@ -352,6 +352,21 @@ fn spawn_optimize(
                 }
                 Err(e) => tracing::warn!(error = %e, "compaction of events failed"),
             }
+            // The webhook delivery log gets a small file per log commit.
+            let log = crate::webhooks::log::TABLE;
+            match store.load_table(log).await {
+                Ok(Some(t)) => match crate::webhooks::log::optimize(t, target).await {
+                    Ok((_, n)) => {
+                        metrics.optimize_files_removed.inc_by(n);
+                        if n > 0 {
+                            tracing::info!(files_removed = n, "compacted {log}");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "compaction of {log} failed"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "compaction of {log} failed"),
+            }
         }
     });
 }
