@@ -154,10 +154,7 @@ impl Export {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExportsDoc {
-    pub environments: BTreeMap<String, BTreeMap<String, Export>>,
-}
+pub type ExportsDoc = crate::storage::docs::ByEnvironment<Export>;
 
 fn problem(field: &str, message: impl Into<String>) -> Problem {
     Problem {
@@ -388,22 +385,11 @@ impl Exports {
     }
 
     pub async fn all(&self) -> Result<ExportsDoc> {
-        Ok(self
-            .store
-            .docs()
-            .latest::<ExportsDoc>(Doc::Exports)
-            .await?
-            .map(|(_, d)| d)
-            .unwrap_or_default())
+        self.store.docs().by_environment(Doc::Exports).await
     }
 
     pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Export>> {
-        Ok(self
-            .all()
-            .await?
-            .environments
-            .remove(environment)
-            .unwrap_or_default())
+        Ok(self.all().await?.take(environment))
     }
 
     pub async fn get(&self, environment: &str, id: &str) -> Result<Export> {

@@ -2,12 +2,13 @@
 //! numbered object put with `PutMode::Create`; the newest version wins, and a writer that
 //! loses the race re-reads and retries. Several nodes can share one store this way.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::paths::{Doc, Paths};
 use crate::{Error, Result};
@@ -15,6 +16,28 @@ use crate::{Error, Result};
 /// Old versions kept behind the newest one (for inspection and slow readers).
 const KEEP_VERSIONS: u64 = 20;
 const MAX_ATTEMPTS: usize = 50;
+
+/// A document of items per environment, `{"environments": {env: {id: item}}}` (webhook
+/// subscriptions, exports).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ByEnvironment<T> {
+    pub environments: BTreeMap<String, BTreeMap<String, T>>,
+}
+
+impl<T> Default for ByEnvironment<T> {
+    fn default() -> Self {
+        ByEnvironment {
+            environments: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> ByEnvironment<T> {
+    /// The items of `environment` (none if it has none).
+    pub fn take(mut self, environment: &str) -> BTreeMap<String, T> {
+        self.environments.remove(environment).unwrap_or_default()
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Docs {
@@ -34,6 +57,11 @@ impl Docs {
             .iter()
             .filter_map(|m| Paths::parse_doc_version(&m.location))
             .max())
+    }
+
+    /// The newest version of a per-environment document (empty if never written).
+    pub async fn by_environment<T: DeserializeOwned>(&self, doc: Doc) -> Result<ByEnvironment<T>> {
+        Ok(self.latest(doc).await?.map(|(_, d)| d).unwrap_or_default())
     }
 
     /// The newest version of `doc` and its number, or `None` if it was never written.

@@ -145,10 +145,7 @@ impl Subscription {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct WebhooksDoc {
-    pub environments: BTreeMap<String, BTreeMap<String, Subscription>>,
-}
+pub type WebhooksDoc = crate::storage::docs::ByEnvironment<Subscription>;
 
 /// Why a write was refused.
 #[derive(Debug)]
@@ -444,22 +441,11 @@ impl Subscriptions {
     }
 
     pub async fn all(&self) -> Result<WebhooksDoc> {
-        Ok(self
-            .store
-            .docs()
-            .latest::<WebhooksDoc>(Doc::Webhooks)
-            .await?
-            .map(|(_, d)| d)
-            .unwrap_or_default())
+        self.store.docs().by_environment(Doc::Webhooks).await
     }
 
     pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Subscription>> {
-        Ok(self
-            .all()
-            .await?
-            .environments
-            .remove(environment)
-            .unwrap_or_default())
+        Ok(self.all().await?.take(environment))
     }
 
     pub async fn get(&self, environment: &str, id: &str) -> Result<Subscription> {

@@ -19,7 +19,7 @@ use tidemark::storage::Store;
 
 use crate::harness::{Backend, S3_BUCKET, S3_KEY, S3_SECRET, S3Server, TestStore, call};
 use crate::jobs_model::{Ev, commit};
-use crate::webhooks::{Receiver, SinksRun, stdout_line, verify_all};
+use crate::webhooks::{Receiver, sinks_run, stdout_line, verify_all};
 
 fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
@@ -301,16 +301,6 @@ fn cli_ok(ts: &TestStore, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn sinks_run(ts: &TestStore) -> SinksRun {
-    SinksRun(
-        ts.command()
-            .args(["sinks", "run", "--data", &ts.data])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 async fn manifest_count(s3: &S3Server, prefix: &str) -> usize {
