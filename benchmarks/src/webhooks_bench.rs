@@ -68,8 +68,16 @@ enum Cmd {
         tidemark: Option<PathBuf>,
         #[arg(long, default_value = "benchmarks/results/webhooks.json")]
         out: PathBuf,
+        /// Only phase 1 and the peer (quick comparisons); prints, writes no results file.
+        #[arg(long)]
+        deliveries_only: bool,
     },
 }
+
+// The same allocator as the `tidemark` binary, so the peer and the receiver are not
+// handicapped against it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -559,7 +567,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Receive { base_port, endpoints, secret } => rt.block_on(serve_receiver(base_port, endpoints, &secret)),
-        Cmd::Run { endpoints, events, batch_events, rate, seconds, base_port, tidemark, out } => rt.block_on(async move {
+        Cmd::Run { endpoints, events, batch_events, rate, seconds, base_port, tidemark, out, deliveries_only } => rt.block_on(async move {
             let me = std::env::current_exe()?;
             let bin = tidemark.unwrap_or_else(|| me.with_file_name("tidemark"));
             let mut receiver = Proc(
@@ -579,6 +587,11 @@ fn main() -> anyhow::Result<()> {
             eprintln!("peer: bare signed client, same requests");
             let peer = blast(&client, base_port, endpoints, events).await?;
             eprintln!("{peer}");
+            if deliveries_only {
+                let ratio = single["requests_per_s"].as_f64().unwrap_or(0.0) / peer["requests_per_s"].as_f64().unwrap_or(1.0);
+                println!("{}", json!({"signed_deliveries": single, "peer_bare_client": peer, "tidemark_over_peer": ratio}));
+                return Ok(());
+            }
             eprintln!("phase 2: {batch_events} events x {endpoints} subscriptions, max_events = 100");
             let batched = preloaded(&bin, &client, base_port, endpoints, batch_events, 100).await?;
             eprintln!("{batched}");

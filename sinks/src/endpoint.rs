@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use url::Url;
 
@@ -267,7 +268,9 @@ impl Worker {
         mut inbox: mpsc::UnboundedReceiver<Message>,
         mut targets: watch::Receiver<Arc<Prepared>>,
     ) {
-        let mut in_flight: JoinSet<Done> = JoinSet::new();
+        // Attempts run inside this task (no task per attempt): the endpoint's own
+        // futures, polled as their connections wake them.
+        let mut in_flight = FuturesUnordered::new();
         let mut inbox_open = true;
         let mut prepared = targets.borrow_and_update().clone();
         loop {
@@ -301,7 +304,7 @@ impl Worker {
                     break;
                 }
                 if let Some(message) = self.ready.pop_front() {
-                    in_flight.spawn(attempt(
+                    in_flight.push(attempt(
                         self.client.clone(),
                         self.clock.clone(),
                         prepared.clone(),
@@ -320,10 +323,8 @@ impl Worker {
                         return;
                     }
                 }
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Ok(done) = done {
-                        self.settle(done, paused);
-                    }
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.settle(done, paused);
                 }
                 () = sleep_until_opt(&self.clock, next_timer), if next_timer.is_some() => {}
                 () = tokio::time::sleep(rate_wait.unwrap_or_default()), if rate_wait.is_some() => {}
