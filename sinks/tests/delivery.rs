@@ -1,9 +1,10 @@
 //! The client and an endpoint task against a real local HTTP server: SSRF refusals at
 //! connect time, signatures checked by the `standardwebhooks` crate, redirects and
-//! capped bodies.
+//! capped bodies, TLS verification and connection reuse.
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -232,4 +233,136 @@ async fn endpoint_signs_every_attempt_verifiably() {
                 .is_err()
         );
     }
+}
+
+// A private CA and a leaf certificate for localhost and 127.0.0.1 (valid until 2126),
+// made with openssl for these tests only.
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBnjCCAUOgAwIBAgIUOeYcZ7O9/VEwsiktuT6tYHshjjIwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQdGlkZW1hcmsgdGVzdCBDQTAgFw0yNjExMjkxMzQ0MzNaGA8y\nMTI2MTEwNTEzNDQzM1owGzEZMBcGA1UEAwwQdGlkZW1hcmsgdGVzdCBDQTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABA6/QhA/qQMLDkmagx1NlA+kroNO+0IQeGRi\ndotQ9TUNNtJ/m+JZ13gB7U2vmW8wLhXcXSZhCin8Rbld5Mxk1qajYzBhMB0GA1Ud\nDgQWBBTSxf1GeK6z8rsXt5m/7JI002qtWDAfBgNVHSMEGDAWgBTSxf1GeK6z8rsX\nt5m/7JI002qtWDAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwICBDAKBggq\nhkjOPQQDAgNJADBGAiEAlRQ8kNT+VCpXpfDBYn9KOTM+WUT7wATVekjoBSldEAwC\nIQCgamBA7yP6VpUPdvlnkoeIC3HoLxMDqsnpS3pA0fHQwA==\n-----END CERTIFICATE-----";
+const TEST_LEAF: &str = "-----BEGIN CERTIFICATE-----\nMIIBsTCCAVegAwIBAgIUdiUEJnSjDrNJVTdDVGUw9S+ZVhAwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQdGlkZW1hcmsgdGVzdCBDQTAgFw0yNjExMjkxMzQ0MzNaGA8y\nMTI2MTEwNTEzNDQzM1owFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0C\nAQYIKoZIzj0DAQcDQgAEcoYqrA+qzHbP3m2HKMWtLms3BKoNaVGwFnr9gne1dDmr\no3yAGWWXNEOz4Ivo6bk2lZHhiIKsCfvU5eZqV2auk6N+MHwwGgYDVR0RBBMwEYIJ\nbG9jYWxob3N0hwR/AAABMAkGA1UdEwQCMAAwEwYDVR0lBAwwCgYIKwYBBQUHAwEw\nHQYDVR0OBBYEFL2pGwGUzHaGiw7jNI81I/pdCHO1MB8GA1UdIwQYMBaAFNLF/UZ4\nrrPyuxe3mb/skjTTaq1YMAoGCCqGSM49BAMCA0gAMEUCIQC1ZuL5Yk51RnXGEtGo\nnR/2GygmOe0CQT0WY/HpPBso/QIgDB5pwioePOEqbCZsp6LEWOoUtd5c7LqnJwHO\nt6SM3bk=\n-----END CERTIFICATE-----";
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgCsxvKqaR49X6tVj4\nvlSs01uoQSbv62D6vXtrHlwuzSihRANCAARyhiqsD6rMds/ebYcoxa0uazcEqg1p\nUbAWev2Cd7V0OaujfIAZZZc0Q7Pgi+jpuTaVkeGIgqwJ+9Tl5mpXZq6T\n-----END PRIVATE KEY-----";
+
+/// An HTTP/1.1 server (TLS with the test certificate when `tls`) answering 200 with the
+/// request's Host header; counts the connections it accepted.
+async fn plain_or_tls_server(tls: bool, keep_alive: bool) -> (u16, Arc<AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(TEST_LEAF.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(TEST_KEY.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    let host = req.headers()["host"].to_str().unwrap_or("").to_string();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from(host)),
+                    ))
+                });
+                let server = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .clone();
+                if tls {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = server
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                } else {
+                    let _ = server
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn https_is_verified_and_connections_are_reused() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let (port, accepted) = plain_or_tls_server(true, true).await;
+    let url: url::Url = format!("https://localhost:{port}/hook?x=1")
+        .parse()
+        .unwrap();
+    // Only the web PKI is trusted: the private CA's certificate is refused.
+    let f = client(&["127.0.0.0/8"])
+        .send(
+            reqwest::Method::POST,
+            &url,
+            Default::default(),
+            Bytes::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(f.kind, FailureKind::Connect, "{}", f.message);
+    assert!(
+        f.message.contains("invalid peer certificate"),
+        "{}",
+        f.message
+    );
+    // Trusting the CA: by name and by IP (both in the certificate), one connection each
+    // however many requests go one after another.
+    let trusting = SafeClient::new(ClientOptions {
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+        extra_roots: vec![CertificateDer::from_pem_slice(TEST_CA.as_bytes()).unwrap()],
+        ..Default::default()
+    })
+    .unwrap();
+    let before = accepted.load(Ordering::SeqCst);
+    for host in ["localhost", "127.0.0.1"] {
+        let url: url::Url = format!("https://{host}:{port}/hook").parse().unwrap();
+        for _ in 0..5 {
+            let r = trusting
+                .send(
+                    reqwest::Method::POST,
+                    &url,
+                    Default::default(),
+                    Bytes::from_static(b"{}"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                (r.status, &r.body[..]),
+                (200, format!("{host}:{port}").as_bytes())
+            );
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst) - before, 2);
+    // A server that closes every connection after its response: each request gets a new
+    // one and none fails.
+    let (port, accepted) = plain_or_tls_server(false, false).await;
+    let url: url::Url = format!("http://127.0.0.1:{port}/hook").parse().unwrap();
+    for _ in 0..5 {
+        let r = trusting
+            .send(
+                reqwest::Method::POST,
+                &url,
+                Default::default(),
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
 }

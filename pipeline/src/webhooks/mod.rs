@@ -57,6 +57,7 @@ pub fn client(config: &WebhooksConfig) -> Result<SafeClient> {
         connect_timeout: config.connect_timeout,
         timeout: config.timeout,
         max_response_bytes: config.max_response_bytes,
+        extra_roots: Vec::new(),
     })
     .map_err(|e| Error::Config(e.to_string()))
 }
