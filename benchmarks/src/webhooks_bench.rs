@@ -7,8 +7,9 @@
 //!
 //! `webhooks-bench run` drives `tidemark` (release build) through three phases:
 //! 1. signed deliveries/s: 100 subscriptions (`max_events = 1`) and N preloaded events,
-//!    delivered by `tidemark sinks run`; the same requests sent by a bare signed client
-//!    with the same concurrency and no durability (the peer) give the ratio;
+//!    delivered by `tidemark sinks run`; the same requests sent by a bare signed reqwest
+//!    client with the same concurrency and no durability (the peer) give the ratio, and
+//!    sent by tidemark's HTTP client alone (no worker) show what the worker costs;
 //! 2. events/s with batching (`max_events = 100`);
 //! 3. end-to-end latency at a fixed ingest rate: `tidemark serve` with the worker inside
 //!    (and the profile jobs), 100 subscriptions each receiving one event name, with
@@ -434,10 +435,21 @@ async fn preloaded(
     }))
 }
 
-/// The peer: the same number of signed POSTs from a bare client, same concurrency, no
-/// durability, no log.
+/// Who sends the bare signed requests.
+#[derive(Clone)]
+enum Bare {
+    /// The peer: reqwest, what a home-grown sender would use.
+    Reqwest(reqwest::Client),
+    /// tidemark's own HTTP client without the worker around it (no durability, no log):
+    /// the ceiling of the client alone.
+    Safe(tidemark_sinks::client::SafeClient),
+}
+
+/// The same number of signed POSTs from a bare client, same concurrency (8 per endpoint),
+/// no durability, no log.
 async fn blast(
     client: &reqwest::Client,
+    bare: Bare,
     base: u16,
     endpoints: u16,
     per_endpoint: usize,
@@ -445,31 +457,46 @@ async fn blast(
     rx_reset(client, base).await?;
     let secret = tidemark_sinks::sign::Secret::parse(SECRET)?;
     let body = event_batch(0, 1, 50, false);
-    let body = format!(
+    let body = Bytes::from(format!(
         r#"{{"type":"events","environment":"default","subscription_id":"wh_x","events":{body}}}"#
-    );
+    ));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for e in 1..=endpoints {
         for lane in 0..8 {
-            let (client, secret, body) = (client.clone(), secret.clone(), body.clone());
-            let url = format!("http://127.0.0.1:{}/hook", base + e);
+            let (bare, secret, body) = (bare.clone(), secret.clone(), body.clone());
+            let url: url::Url = format!("http://127.0.0.1:{}/hook", base + e).parse()?;
             tasks.push(tokio::spawn(async move {
                 let mut i = lane;
                 while i < per_endpoint {
-                    let id = format!("msg_{e}_{i}");
-                    let ts = chrono::Utc::now().timestamp();
-                    let sig = secret.sign(&id, ts, body.as_bytes());
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("webhook-id", id)
-                        .header("webhook-timestamp", ts.to_string())
-                        .header("webhook-signature", sig)
-                        .body(body.clone())
-                        .send()
-                        .await?;
-                    let _ = r.bytes().await?;
+                    let mut headers = reqwest::header::HeaderMap::new();
+                    headers.insert(
+                        reqwest::header::CONTENT_TYPE,
+                        reqwest::header::HeaderValue::from_static("application/json"),
+                    );
+                    tidemark_sinks::sign::set_headers(
+                        &mut headers,
+                        std::slice::from_ref(&secret),
+                        &format!("msg_{e}_{i}"),
+                        chrono::Utc::now().timestamp(),
+                        &body,
+                    );
+                    match &bare {
+                        Bare::Reqwest(c) => {
+                            let r = c
+                                .post(url.clone())
+                                .headers(headers)
+                                .body(body.clone())
+                                .send()
+                                .await?;
+                            let _ = r.bytes().await?;
+                        }
+                        Bare::Safe(c) => {
+                            c.send(reqwest::Method::POST, &url, headers, body.clone())
+                                .await
+                                .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+                        }
+                    }
                     i += 8;
                 }
                 anyhow::Ok(())
@@ -585,11 +612,18 @@ fn main() -> anyhow::Result<()> {
             let single = preloaded(&bin, &client, base_port, endpoints, events, 1).await?;
             eprintln!("{single}");
             eprintln!("peer: bare signed client, same requests");
-            let peer = blast(&client, base_port, endpoints, events).await?;
+            let peer = blast(&client, Bare::Reqwest(client.clone()), base_port, endpoints, events).await?;
             eprintln!("{peer}");
+            eprintln!("tidemark's HTTP client alone, same requests");
+            let safe = tidemark_sinks::client::SafeClient::new(tidemark_sinks::client::ClientOptions {
+                allow: vec!["127.0.0.0/8".parse()?],
+                ..Default::default()
+            })?;
+            let client_alone = blast(&client, Bare::Safe(safe), base_port, endpoints, events).await?;
+            eprintln!("{client_alone}");
             if deliveries_only {
                 let ratio = single["requests_per_s"].as_f64().unwrap_or(0.0) / peer["requests_per_s"].as_f64().unwrap_or(1.0);
-                println!("{}", json!({"signed_deliveries": single, "peer_bare_client": peer, "tidemark_over_peer": ratio}));
+                println!("{}", json!({"signed_deliveries": single, "peer_bare_client": peer, "tidemark_over_peer": ratio, "tidemark_client_alone": client_alone}));
                 return Ok(());
             }
             eprintln!("phase 2: {batch_events} events x {endpoints} subscriptions, max_events = 100");
@@ -606,6 +640,7 @@ fn main() -> anyhow::Result<()> {
                 "signed_deliveries": single,
                 "peer_bare_client": peer,
                 "tidemark_over_peer": ratio,
+                "tidemark_client_alone": client_alone,
                 "batched": batched,
                 "latency": lat,
                 "latency_max_events_1": lat_single,
