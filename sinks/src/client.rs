@@ -473,7 +473,6 @@ impl SafeClient {
                 )
             })??;
         let _ = stream.set_nodelay(true);
-        let handshake_failed = |e: hyper::Error| (FailureKind::Connect, error_chain(&e));
         if key.https {
             let name = match url.host() {
                 Some(Host::Ipv4(v4)) => ServerName::IpAddress(IpAddr::V4(v4).into()),
@@ -490,29 +489,27 @@ impl SafeClient {
                     )
                 })?
                 .map_err(|e| (FailureKind::Connect, format!("TLS with {}: {e}", key.host)))?;
-            let (sender, conn) = http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(handshake_failed)?;
-            tokio::spawn(drive(conn));
-            Ok(sender)
+            handshake(tls).await
         } else {
-            let (sender, conn) = http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(handshake_failed)?;
-            tokio::spawn(drive(conn));
-            Ok(sender)
+            handshake(stream).await
         }
     }
 }
 
-/// Runs a connection until it closes.
-async fn drive<T>(conn: http1::Connection<T, Full<Bytes>>)
+/// Starts HTTP/1.1 on `io` and spawns the connection's driver.
+async fn handshake<T>(io: T) -> std::result::Result<Sender, Fail>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "http connection ended");
-    }
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| (FailureKind::Connect, error_chain(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "http connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Connects to the first address that accepts.

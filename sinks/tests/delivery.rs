@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
-use tidemark_sinks::client::{ClientOptions, FailureKind, SafeClient, blocked_examples};
+use tidemark_sinks::client::{
+    ClientOptions, Failure, FailureKind, Response, SafeClient, blocked_examples,
+};
 use tidemark_sinks::clock::SystemClock;
 use tidemark_sinks::endpoint::{Endpoint, Message, Report, Settings, Status, Target};
 use tidemark_sinks::retry::RetryPolicy;
@@ -60,6 +62,12 @@ fn client(allow: &[&str]) -> SafeClient {
     .unwrap()
 }
 
+/// A POST with no extra headers.
+async fn post_to(c: &SafeClient, url: &url::Url, body: Bytes) -> Result<Response, Failure> {
+    c.send(reqwest::Method::POST, url, Default::default(), body)
+        .await
+}
+
 #[tokio::test]
 async fn private_destinations_are_refused_unless_allow_listed() {
     let (port, seen) = receiver().await;
@@ -68,15 +76,7 @@ async fn private_destinations_are_refused_unless_allow_listed() {
     // A hostname that resolves to 127.0.0.1, the literal, and its IPv4-mapped IPv6 form.
     for host in ["localhost", "127.0.0.1", "[::ffff:127.0.0.1]"] {
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let f = strict
-            .send(
-                reqwest::Method::POST,
-                &url,
-                Default::default(),
-                body.clone(),
-            )
-            .await
-            .unwrap_err();
+        let f = post_to(&strict, &url, body.clone()).await.unwrap_err();
         assert_eq!(f.kind, FailureKind::Blocked, "{host}: {}", f.message);
         assert!(f.message.contains("loopback"), "{host}: {}", f.message);
     }
@@ -88,44 +88,26 @@ async fn private_destinations_are_refused_unless_allow_listed() {
             ip.to_string()
         };
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let f = strict
-            .send(
-                reqwest::Method::POST,
-                &url,
-                Default::default(),
-                body.clone(),
-            )
-            .await
-            .unwrap_err();
+        let f = post_to(&strict, &url, body.clone()).await.unwrap_err();
         assert_eq!(f.kind, FailureKind::Blocked, "{ip}: {}", f.message);
     }
     assert!(
         seen.lock().unwrap().is_empty(),
         "nothing reached the receiver"
     );
-    let e = strict
-        .send(
-            reqwest::Method::POST,
-            &"ftp://example.com/".parse().unwrap(),
-            Default::default(),
-            body.clone(),
-        )
-        .await
-        .unwrap_err();
+    let e = post_to(
+        &strict,
+        &"ftp://example.com/".parse().unwrap(),
+        body.clone(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.message, "scheme ftp is not http or https");
 
     let open = client(&["127.0.0.0/8"]);
     for host in ["localhost", "127.0.0.1"] {
         let url = format!("http://{host}:{port}/ok").parse().unwrap();
-        let r = open
-            .send(
-                reqwest::Method::POST,
-                &url,
-                Default::default(),
-                body.clone(),
-            )
-            .await
-            .unwrap();
+        let r = post_to(&open, &url, body.clone()).await.unwrap();
         assert_eq!(r.status, 204, "{host}");
     }
     assert_eq!(seen.lock().unwrap().len(), 2);
@@ -136,27 +118,11 @@ async fn redirects_are_not_followed_and_bodies_are_capped() {
     let (port, _) = receiver().await;
     let c = client(&["127.0.0.0/8"]);
     let url = format!("http://127.0.0.1:{port}/moved").parse().unwrap();
-    let r = c
-        .send(
-            reqwest::Method::POST,
-            &url,
-            Default::default(),
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let r = post_to(&c, &url, Bytes::new()).await.unwrap();
     assert_eq!(r.status, 302);
     assert_eq!(r.location.as_deref(), Some("http://127.0.0.1:1/ok"));
     let url = format!("http://127.0.0.1:{port}/big").parse().unwrap();
-    let r = c
-        .send(
-            reqwest::Method::POST,
-            &url,
-            Default::default(),
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let r = post_to(&c, &url, Bytes::new()).await.unwrap();
     assert_eq!((r.status, r.body.len()), (500, 64 * 1024));
 }
 
@@ -305,13 +271,7 @@ async fn https_is_verified_and_connections_are_reused() {
         .parse()
         .unwrap();
     // Only the web PKI is trusted: the private CA's certificate is refused.
-    let f = client(&["127.0.0.0/8"])
-        .send(
-            reqwest::Method::POST,
-            &url,
-            Default::default(),
-            Bytes::new(),
-        )
+    let f = post_to(&client(&["127.0.0.0/8"]), &url, Bytes::new())
         .await
         .unwrap_err();
     assert_eq!(f.kind, FailureKind::Connect, "{}", f.message);
@@ -332,13 +292,7 @@ async fn https_is_verified_and_connections_are_reused() {
     for host in ["localhost", "127.0.0.1"] {
         let url: url::Url = format!("https://{host}:{port}/hook").parse().unwrap();
         for _ in 0..5 {
-            let r = trusting
-                .send(
-                    reqwest::Method::POST,
-                    &url,
-                    Default::default(),
-                    Bytes::from_static(b"{}"),
-                )
+            let r = post_to(&trusting, &url, Bytes::from_static(b"{}"))
                 .await
                 .unwrap();
             assert_eq!(
@@ -353,15 +307,7 @@ async fn https_is_verified_and_connections_are_reused() {
     let (port, accepted) = plain_or_tls_server(false, false).await;
     let url: url::Url = format!("http://127.0.0.1:{port}/hook").parse().unwrap();
     for _ in 0..5 {
-        let r = trusting
-            .send(
-                reqwest::Method::POST,
-                &url,
-                Default::default(),
-                Bytes::new(),
-            )
-            .await
-            .unwrap();
+        let r = post_to(&trusting, &url, Bytes::new()).await.unwrap();
         assert_eq!(r.status, 200);
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
