@@ -15,6 +15,9 @@
 //! - [`server`]: the HTTP API (axum): ingest, users, fields and ops endpoints.
 //! - [`query`]: DataFusion over the Delta tables, used by `tidemark sql`.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`reltime`]: the one grammar of times users write (RFC 3339 or `-7d`, `24h`, `+1d`).
+//! - [`problem`]: problems with user input, listed all at once, and `WriteError`.
+//! - [`supervisor`]: background tasks with one stop signal and an ordered shutdown.
 //! - [`cli`]: the `tidemark` command line.
 
 pub mod auth;
@@ -25,10 +28,13 @@ pub mod exports;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod problem;
 pub mod query;
+pub mod reltime;
 pub mod segments;
 pub mod server;
 pub mod storage;
+pub mod supervisor;
 pub mod users;
 pub mod webhooks;
 

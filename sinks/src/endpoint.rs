@@ -1,7 +1,8 @@
 //! One subscription's delivery task: its own queue, in-flight limit and rate limit, so
 //! a slow or dead endpoint only ever holds up its own messages.
 //!
-//! Every attempt is signed afresh (the `webhook-timestamp` is the attempt's time; the
+//! What follows an attempt (retry, fail, pause) is decided by [`crate::delivery`]; this
+//! task only queues, sends and reports. Every attempt is signed afresh (the `webhook-timestamp` is the attempt's time; the
 //! `webhook-id` is the message's, the same on every attempt) and reported, whatever its
 //! outcome, to the caller, which logs it and decides when a message is done for good.
 
@@ -20,6 +21,8 @@ use url::Url;
 
 use crate::client::SafeClient;
 use crate::clock::SharedClock;
+pub use crate::delivery::Status;
+use crate::delivery::{Attempted, decide};
 use crate::retry::{RetryPolicy, Verdict, judge, judge_failure};
 use crate::sign::{Secret, set_headers};
 
@@ -58,29 +61,6 @@ pub struct Settings {
     pub policy: RetryPolicy,
     /// Pause the endpoint after failing continuously for this long.
     pub pause_after: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// 2xx: done.
-    Delivered,
-    /// Failed; another attempt is scheduled at `next_attempt_at`.
-    Retrying,
-    /// Failed on the last attempt of the schedule: done, kept for recovery.
-    Failed,
-    /// 410 Gone: the endpoint is paused; the message waits for a resume.
-    Gone,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Delivered => "delivered",
-            Status::Retrying => "retrying",
-            Status::Failed => "failed",
-            Status::Gone => "gone",
-        }
-    }
 }
 
 /// One attempt, as the delivery log records it.
@@ -362,6 +342,8 @@ impl Worker {
         });
     }
 
+    /// Applies [`decide`] to a finished attempt: reports it, queues a retry or keeps a
+    /// gone message, and pauses when the decision says so.
     fn settle(&mut self, done: Done, paused: bool) {
         let Done {
             mut message,
@@ -371,80 +353,47 @@ impl Worker {
             latency,
         } = done;
         message.attempts += 1;
-        let mut report = Attempt {
+        let attempted = Attempted {
+            at,
+            attempts: message.attempts,
+            failing_since: self.failing_since,
+            paused,
+            jitter: rand::random::<f64>(),
+        };
+        let d = decide(
+            verdict,
+            attempted,
+            &self.settings.policy,
+            self.settings.pause_after,
+        );
+        self.failing_since = d.failing_since;
+        let report = Attempt {
             endpoint: self.id.clone(),
             message_id: message.id.clone(),
             tag: message.tag,
             attempt: message.attempts,
             at,
-            status: Status::Delivered,
+            status: d.status,
             http_status,
             latency,
-            error: None,
-            next_attempt_at: None,
-            failing_since: None,
+            error: d.error,
+            next_attempt_at: d.next_attempt_at,
+            failing_since: d.failing_since,
         };
-        let mut pause = None;
-        match verdict {
-            Verdict::Delivered => self.failing_since = None,
-            Verdict::Gone => {
-                self.failing_since.get_or_insert(at);
-                report.status = Status::Gone;
-                report.error = Some("HTTP 410 Gone: the endpoint asked to stop".into());
-                pause = Some(format!(
-                    "the endpoint answered 410 Gone at {}",
-                    at.to_rfc3339()
-                ));
-                // Kept: delivered after a resume.
-                self.ready.push_front(message.clone());
-            }
-            Verdict::Retry { error, after } => {
-                let since = *self.failing_since.get_or_insert(at);
-                report.error = Some(error);
-                let next = self.settings.policy.delay_before(message.attempts + 1);
-                match next {
-                    Some(delay) => {
-                        let delay = after.unwrap_or(delay);
-                        let next_at =
-                            at + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                        report.status = Status::Retrying;
-                        report.next_attempt_at = Some(next_at);
-                        self.wait(next_at, message.clone());
-                    }
-                    None => report.status = Status::Failed,
-                }
-                let failing_for = (at - since).to_std().unwrap_or_default();
-                if !paused && failing_for >= self.settings.pause_after {
-                    pause = Some(format!(
-                        "failing continuously since {} (for {})",
-                        since.to_rfc3339(),
-                        humanize(failing_for)
-                    ));
-                }
-            }
+        match (d.status, d.next_attempt_at) {
+            // Kept: delivered after a resume.
+            (Status::Gone, _) => self.ready.push_front(message),
+            (Status::Retrying, Some(next_at)) => self.wait(next_at, message),
+            _ => {}
         }
-        report.failing_since = self.failing_since;
         let _ = self.reports.send(Report::Attempt(report));
-        if let Some(reason) = pause
-            && !paused
-        {
+        if let Some(reason) = d.pause {
             self.self_paused = true;
             let _ = self.reports.send(Report::Paused {
                 endpoint: self.id.clone(),
                 reason,
             });
         }
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}h{}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`crypto`]: encryption of secrets at rest under a master key;
 //! - [`client`]: the HTTP client that refuses private destinations at connect time;
 //! - [`retry`]: the retry schedule and how a response is judged;
+//! - [`delivery`]: the decision after an attempt (delivered, retry at, failed, gone,
+//!   pause), pure;
 //! - [`filter`]: event-name globs;
 //! - [`clock`]: wall time, injectable so tests can drive a paused clock;
 //! - [`export`]: bulk-export file writers (Parquet zstd, NDJSON gzip, CSV) and
@@ -15,6 +17,7 @@
 pub mod client;
 pub mod clock;
 pub mod crypto;
+pub mod delivery;
 pub mod endpoint;
 pub mod export;
 pub mod filter;

@@ -42,11 +42,17 @@ impl RetryPolicy {
 
     /// The (jittered) delay before attempt `n` (1-based), or `None` past the last.
     pub fn delay_before(&self, n: u32) -> Option<Duration> {
+        self.delay_before_with(n, rand::random::<f64>())
+    }
+
+    /// [`RetryPolicy::delay_before`] with the jitter's random draw `r` in `[0, 1)` given:
+    /// 0 is the shortest delay, 0.5 the schedule's, towards 1 the longest.
+    pub fn delay_before_with(&self, n: u32, r: f64) -> Option<Duration> {
         let base = *self.schedule.get(n.checked_sub(1)? as usize)?;
         if base.is_zero() || self.jitter <= 0.0 {
             return Some(base);
         }
-        let factor = 1.0 + self.jitter * (2.0 * rand::random::<f64>() - 1.0);
+        let factor = 1.0 + self.jitter * (2.0 * r - 1.0);
         Some(base.mul_f64(factor.max(0.0)))
     }
 }

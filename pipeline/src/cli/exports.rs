@@ -5,19 +5,17 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::DataArgs;
-use crate::auth::validate_environment;
+use super::Target;
 use crate::exports::Context;
 use crate::exports::batched::parse_bound;
-use crate::exports::def::{Export, Exports, WriteError};
+use crate::exports::def::{Export, Exports};
 use crate::exports::worker::{self, Runner};
+use crate::problem::{Subject, WriteError};
 
 #[derive(Subcommand, Debug)]
 pub enum ExportsCommand {
     /// Schedule an export (prints its id; for an https:// destination, its signing secret).
     Add {
-        #[arg(long, default_value = "default")]
-        env: String,
         /// events, profiles, event_stats, segment_members, segment_changes or sql.
         #[arg(long)]
         source: String,
@@ -52,65 +50,51 @@ pub enum ExportsCommand {
         #[arg(long)]
         description: Option<String>,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// List exports.
     List {
-        #[arg(long, default_value = "default")]
-        env: String,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// The last good window, lag and errors of an export.
     Status {
         id: String,
-        #[arg(long, default_value = "default")]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Run an export's closed windows now (even if paused or backing off).
     Run {
         id: String,
-        #[arg(long, default_value = "default")]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Re-export the windows from..to (their objects are replaced, never duplicated).
     Backfill {
         id: String,
-        #[arg(long, default_value = "default")]
-        env: String,
         #[arg(long)]
         from: String,
         #[arg(long)]
         to: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     Pause {
         id: String,
-        #[arg(long, default_value = "default")]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     Resume {
         id: String,
-        #[arg(long, default_value = "default")]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     Delete {
         id: String,
-        #[arg(long, default_value = "default")]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
 }
 
@@ -139,7 +123,6 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
     rt.block_on(async move {
         match cmd {
             ExportsCommand::Add {
-                env,
                 source,
                 interval,
                 format,
@@ -151,9 +134,8 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
                 start,
                 secret,
                 description,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let mut input = json!({"source": source, "destination": destination});
@@ -184,23 +166,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
                 }
                 let (ex, secret) = match Exports::new(store).create(&env, &input, &ctx).await {
                     Ok(x) => x,
-                    Err(WriteError::Invalid(p)) => {
-                        let lines: Vec<String> = p
-                            .iter()
-                            .map(|p| {
-                                format!(
-                                    "  {}: {}",
-                                    p.field.as_deref().unwrap_or("(export)"),
-                                    p.message
-                                )
-                            })
-                            .collect();
-                        anyhow::bail!(
-                            "the export has {} problem(s):\n{}",
-                            p.len(),
-                            lines.join("\n")
-                        );
-                    }
+                    Err(WriteError::Invalid(p)) => anyhow::bail!(Subject::Export.listing(&p)),
                     Err(WriteError::Other(e)) => return Err(e.into()),
                 };
                 println!("added export {}", ex.id);
@@ -208,8 +174,10 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
                     println!("signing secret (shown only now): {}", s.expose());
                 }
             }
-            ExportsCommand::List { env, json, data } => {
-                validate_environment(&env)?;
+            ExportsCommand::List {
+                json,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let all = Exports::new(store).list(&env).await?;
                 if json {
@@ -221,14 +189,20 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
                     all.values().for_each(print_export);
                 }
             }
-            ExportsCommand::Status { id, env, data } => {
+            ExportsCommand::Status {
+                id,
+                at: Target { env, data },
+            } => {
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let ex = Exports::new(store.clone()).get(&env, &id).await?;
                 let s = worker::status(&store, &ctx, &env, &ex, chrono::Utc::now()).await?;
                 println!("{}", serde_json::to_string_pretty(&s)?);
             }
-            ExportsCommand::Run { id, env, data } => {
+            ExportsCommand::Run {
+                id,
+                at: Target { env, data },
+            } => {
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let ex = Exports::new(store.clone()).get(&env, &id).await?;
@@ -242,10 +216,9 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
             }
             ExportsCommand::Backfill {
                 id,
-                env,
                 from,
                 to,
-                data,
+                at: Target { env, data },
             } => {
                 let (from, to) = (parse_bound(&from, "--from")?, parse_bound(&to, "--to")?);
                 let (config, store) = super::open_store(file, data)?;
@@ -269,25 +242,28 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
                 let rows: u64 = done.iter().map(|r| r.rows).sum();
                 println!("backfilled {} window(s), {rows} rows", done.len());
             }
-            ExportsCommand::Pause { id, env, data } => {
+            ExportsCommand::Pause {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let ex = Exports::new(store)
                     .set_paused(&env, &id, true, None)
                     .await?;
                 print_export(&ex);
             }
-            ExportsCommand::Resume { id, env, data } => {
+            ExportsCommand::Resume {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
-                let ex = Exports::new(store.clone())
-                    .set_paused(&env, &id, false, None)
-                    .await?;
-                // Run at once instead of waiting out the backoff.
-                let mut st = crate::exports::state::load(&store, &env, &id).await?;
-                st.next_attempt_at = None;
-                crate::exports::state::save(&store, &env, &id, &st).await?;
+                let ex = Exports::new(store).resume(&env, &id).await?;
                 print_export(&ex);
             }
-            ExportsCommand::Delete { id, env, data } => {
+            ExportsCommand::Delete {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 Exports::new(store).delete(&env, &id).await?;
                 println!("deleted export {id}");

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::DataArgs;
-use crate::auth::validate_environment;
+use super::Target;
 use crate::users::fields::{FieldType, Registry};
 
 #[derive(Subcommand, Debug)]
@@ -20,28 +19,22 @@ pub enum FieldsCommand {
         /// A human-readable label.
         #[arg(long)]
         label: Option<String>,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// List the fields of an environment.
     List {
-        #[arg(long)]
-        env: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Delete a field: its values disappear from profiles.
     Delete {
         name: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
 }
 
@@ -53,10 +46,8 @@ pub fn run(file: Option<&Path>, cmd: FieldsCommand) -> anyhow::Result<ExitCode> 
                 name,
                 field_type,
                 label,
-                env,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let (_, store) = super::open_store(file, data)?;
                 let def = Registry::new(store)
                     .add(&env, &name, field_type, label)
@@ -67,8 +58,10 @@ pub fn run(file: Option<&Path>, cmd: FieldsCommand) -> anyhow::Result<ExitCode> 
                     def.field_type.as_str()
                 );
             }
-            FieldsCommand::List { env, json, data } => {
-                validate_environment(&env)?;
+            FieldsCommand::List {
+                json,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let fields = Registry::new(store).list(&env).await?;
                 if json {
@@ -90,8 +83,10 @@ pub fn run(file: Option<&Path>, cmd: FieldsCommand) -> anyhow::Result<ExitCode> 
                     }
                 }
             }
-            FieldsCommand::Delete { name, env, data } => {
-                validate_environment(&env)?;
+            FieldsCommand::Delete {
+                name,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 Registry::new(store).delete(&env, &name).await?;
                 println!("deleted field {name} from environment {env}");

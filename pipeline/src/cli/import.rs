@@ -8,16 +8,13 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::DataArgs;
-use crate::auth::validate_environment;
+use super::Target;
 use crate::users::import::{self, ImportOptions, ImportReport, MAX_BYTES};
 
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
     /// The CSV file (header row first; column `id` required).
     file: PathBuf,
-    #[arg(long)]
-    env: String,
     /// Map a CSV column to a custom field of another name (repeatable).
     #[arg(long = "map", value_name = "COLUMN=FIELD", value_parser = parse_map)]
     map: Vec<(String, String)>,
@@ -28,7 +25,7 @@ pub struct ImportArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    data: DataArgs,
+    at: Target,
 }
 
 fn parse_map(s: &str) -> Result<(String, String), String> {
@@ -67,7 +64,6 @@ fn print_report(r: &ImportReport) {
 }
 
 pub fn run(file: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode> {
-    validate_environment(&args.env)?;
     let meta = std::fs::metadata(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     if meta.len() > MAX_BYTES {
@@ -77,7 +73,7 @@ pub fn run(file: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode> {
             meta.len()
         );
     }
-    let (config, store) = super::open_store(file, args.data)?;
+    let (config, store) = super::open_store(file, args.at.data)?;
     let f = std::fs::File::open(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let reader: Box<dyn std::io::Read + Send> =
@@ -98,7 +94,7 @@ pub fn run(file: Option<&Path>, args: ImportArgs) -> anyhow::Result<ExitCode> {
         max_id_len: config.limits.max_string_len,
     };
     let rt = super::runtime()?;
-    let report = rt.block_on(import::import(&store, &args.env, reader, opts))?;
+    let report = rt.block_on(import::import(&store, &args.at.env, reader, opts))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

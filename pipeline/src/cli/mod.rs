@@ -50,6 +50,24 @@ pub struct DataArgs {
     pub data: Option<String>,
 }
 
+/// The environment a command acts on, and where its data lives: the same `--env` rule for
+/// every command (default `default`, the environment `serve` creates; checked before
+/// anything is opened).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The environment [a-z0-9][a-z0-9_-]{0,62}.
+    #[arg(long, env = "TIDEMARK_ENV", default_value = "default", value_parser = parse_environment)]
+    pub env: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+fn parse_environment(s: &str) -> Result<String, String> {
+    crate::auth::validate_environment(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the pipeline: ingest API, write-ahead log, flusher, compaction.

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::DataArgs;
-use crate::auth::validate_environment;
-use crate::ingest::event::Problem;
-use crate::segments::store::{Segments, WriteError};
+use super::{DataArgs, Target};
+use crate::problem::Problem;
+use crate::problem::{Subject, WriteError};
+use crate::segments::store::Segments;
 use crate::segments::{compile, preview};
 
 #[derive(Subcommand, Debug)]
@@ -18,36 +18,28 @@ pub enum SegmentsCommand {
     Add {
         file: PathBuf,
         #[arg(long)]
-        env: String,
-        #[arg(long)]
         replace: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// The definitions of an environment.
     List {
         #[arg(long)]
-        env: String,
-        #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Count the members of an unsaved definition and show 20 of them.
     Preview {
         file: PathBuf,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// The SQL a stored definition compiles to, with its bound values.
     Explain {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Evaluate every segment once and record who entered and exited.
     Run {
@@ -60,18 +52,14 @@ pub enum SegmentsCommand {
     /// The members of a segment (after the last evaluation).
     Members {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Delete a definition.
     Delete {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
 }
 
@@ -92,22 +80,7 @@ fn read_definition(path: &Path) -> anyhow::Result<Value> {
 }
 
 fn problems_error(path: &Path, problems: &[Problem]) -> anyhow::Error {
-    let lines: Vec<String> = problems
-        .iter()
-        .map(|p| {
-            format!(
-                "  {}: {}",
-                p.field.as_deref().unwrap_or("(segment)"),
-                p.message
-            )
-        })
-        .collect();
-    anyhow::anyhow!(
-        "{}: the definition has {} problem(s):\n{}",
-        path.display(),
-        problems.len(),
-        lines.join("\n")
-    )
+    anyhow::anyhow!("{}: {}", path.display(), Subject::Segment.listing(problems))
 }
 
 pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode> {
@@ -116,11 +89,9 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
         match cmd {
             SegmentsCommand::Add {
                 file: def_file,
-                env,
                 replace,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let doc = read_definition(&def_file)?;
                 let (_, store) = super::open_store(file, data)?;
                 match Segments::new(store).put(&env, doc, replace).await {
@@ -134,8 +105,10 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                     Err(WriteError::Other(e)) => return Err(e.into()),
                 }
             }
-            SegmentsCommand::List { env, json, data } => {
-                validate_environment(&env)?;
+            SegmentsCommand::List {
+                json,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let all = Segments::new(store).list(&env).await?;
                 if json {
@@ -154,10 +127,8 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
             }
             SegmentsCommand::Preview {
                 file: def_file,
-                env,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let mut doc = read_definition(&def_file)?;
                 if let Some(o) = doc.as_object_mut() {
                     o.entry("id").or_insert_with(|| "preview".into());
@@ -177,8 +148,10 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                     println!("  {id}");
                 }
             }
-            SegmentsCommand::Explain { id, env, data } => {
-                validate_environment(&env)?;
+            SegmentsCommand::Explain {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let segments = Segments::new(store);
                 let stored = segments.get(&env, &id).await?;
@@ -216,16 +189,20 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                     );
                 }
             }
-            SegmentsCommand::Members { id, env, data } => {
-                validate_environment(&env)?;
+            SegmentsCommand::Members {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let page = crate::segments::members(&store, &env, &id, 1000, None).await?;
                 for m in page.members {
                     println!("{}", m["user_id"].as_str().unwrap_or_default());
                 }
             }
-            SegmentsCommand::Delete { id, env, data } => {
-                validate_environment(&env)?;
+            SegmentsCommand::Delete {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 Segments::new(store).delete(&env, &id).await?;
                 println!("deleted segment {id}");

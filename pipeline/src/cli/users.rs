@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use super::DataArgs;
+use super::{DataArgs, Target};
 use crate::auth::validate_environment;
 use crate::jobs::Runner;
 use crate::users::erase::{self, ErasureStatus};
@@ -17,10 +17,8 @@ pub enum UsersCommand {
     Erase {
         /// The user id.
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// The recorded erasures and whether files holding their rows are left.
     Erasures {
@@ -66,8 +64,10 @@ pub fn run(file: Option<&Path>, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         match cmd {
-            UsersCommand::Erase { id, env, data } => {
-                validate_environment(&env)?;
+            UsersCommand::Erase {
+                id,
+                at: Target { env, data },
+            } => {
                 let (config, store) = super::open_store(file, data)?;
                 let runner = Runner::new(store.clone(), config.job_options());
                 let erasure = erase::erase(&runner, &env, &id, "cli").await?;

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::DataArgs;
-use crate::auth::validate_environment;
-use crate::ingest::event::Problem;
+use super::{DataArgs, Target};
+use crate::problem::Problem;
+use crate::problem::{Subject, WriteError};
+use crate::supervisor::Supervisor;
 use crate::webhooks::follow::Follower;
-use crate::webhooks::subscription::{self, Subscriptions, WriteError};
+use crate::webhooks::subscription::{self, Subscriptions};
 use crate::webhooks::{self, Context};
 
 /// Settings of a subscription given as flags (add and update).
@@ -100,8 +101,6 @@ impl SubscriptionArgs {
 pub enum WebhooksCommand {
     /// Create a subscription; prints its signing secret (shown only now).
     Add {
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
         sub: SubscriptionArgs,
         /// Use this secret (whsec_<base64 of 24-64 bytes>) instead of a generated one.
@@ -111,64 +110,50 @@ pub enum WebhooksCommand {
         #[arg(long)]
         paused: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// The subscriptions of an environment.
     List {
         #[arg(long)]
-        env: String,
-        #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Change settings of a subscription (only the flags given).
     Update {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
         sub: SubscriptionArgs,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Stop delivering (messages keep queueing; nothing is dropped).
     Pause {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Deliver again, backlog first.
     Resume {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Delete a subscription and its queued messages.
     Delete {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Send one signed test message now and show the response.
     Test {
         id: String,
-        #[arg(long)]
-        env: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// The newest delivery attempts of a subscription.
     Deliveries {
         id: String,
-        #[arg(long)]
-        env: String,
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Only attempts with this status: delivered, retrying, failed, gone.
@@ -177,29 +162,25 @@ pub enum WebhooksCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Send again the messages that failed since a time (RFC 3339 or a duration ago).
     Recover {
         id: String,
         #[arg(long)]
-        env: String,
-        #[arg(long)]
         since: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// Replace the signing secret; the old one keeps signing for --grace (default 24h).
     RotateSecret {
         id: String,
         #[arg(long)]
-        env: String,
-        #[arg(long)]
         secret: Option<String>,
         #[arg(long)]
         grace: Option<humantime::Duration>,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
 }
 
@@ -213,21 +194,7 @@ pub enum SinksCommand {
 }
 
 fn problems_error(problems: &[Problem]) -> anyhow::Error {
-    let lines: Vec<String> = problems
-        .iter()
-        .map(|p| {
-            format!(
-                "  {}: {}",
-                p.field.as_deref().unwrap_or("(webhook)"),
-                p.message
-            )
-        })
-        .collect();
-    anyhow::anyhow!(
-        "the webhook subscription has {} problem(s):\n{}",
-        problems.len(),
-        lines.join("\n")
-    )
+    anyhow::anyhow!(Subject::Webhook.listing(problems))
 }
 
 fn written(
@@ -274,13 +241,11 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
     rt.block_on(async move {
         match cmd {
             WebhooksCommand::Add {
-                env,
                 sub,
                 secret,
                 paused,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let mut input = sub.to_json()?;
@@ -302,8 +267,10 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 println!("added webhook {}", s.id);
                 println!("signing secret (shown only now): {}", secret.expose());
             }
-            WebhooksCommand::List { env, json, data } => {
-                validate_environment(&env)?;
+            WebhooksCommand::List {
+                json,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 let all = Subscriptions::new(store).list(&env).await?;
                 if json {
@@ -315,8 +282,11 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                     all.values().for_each(print_sub);
                 }
             }
-            WebhooksCommand::Update { id, env, sub, data } => {
-                validate_environment(&env)?;
+            WebhooksCommand::Update {
+                id,
+                sub,
+                at: Target { env, data },
+            } => {
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let input = sub.to_json()?;
@@ -331,20 +301,26 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 )?;
                 print_sub(&s);
             }
-            WebhooksCommand::Pause { id, env, data } => {
-                set_paused(file, id, env, data, true).await?
-            }
-            WebhooksCommand::Resume { id, env, data } => {
-                set_paused(file, id, env, data, false).await?
-            }
-            WebhooksCommand::Delete { id, env, data } => {
-                validate_environment(&env)?;
+            WebhooksCommand::Pause {
+                id,
+                at: Target { env, data },
+            } => set_paused(file, id, env, data, true).await?,
+            WebhooksCommand::Resume {
+                id,
+                at: Target { env, data },
+            } => set_paused(file, id, env, data, false).await?,
+            WebhooksCommand::Delete {
+                id,
+                at: Target { env, data },
+            } => {
                 let (_, store) = super::open_store(file, data)?;
                 Subscriptions::new(store).delete(&env, &id).await?;
                 println!("deleted webhook {id}");
             }
-            WebhooksCommand::Test { id, env, data } => {
-                validate_environment(&env)?;
+            WebhooksCommand::Test {
+                id,
+                at: Target { env, data },
+            } => {
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let sub = Subscriptions::new(store).get(&env, &id).await?;
@@ -356,13 +332,11 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
             }
             WebhooksCommand::Deliveries {
                 id,
-                env,
                 limit,
                 status,
                 json,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 if !(1..=1000).contains(&limit) {
                     anyhow::bail!("--limit: must be from 1 to 1000");
                 }
@@ -396,11 +370,9 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
             }
             WebhooksCommand::Recover {
                 id,
-                env,
                 since,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let since =
                     webhooks::parse_time(&since).map_err(|m| anyhow::anyhow!("--since: {m}"))?;
                 let (_, store) = super::open_store(file, data)?;
@@ -416,12 +388,10 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
             }
             WebhooksCommand::RotateSecret {
                 id,
-                env,
                 secret,
                 grace,
-                data,
+                at: Target { env, data },
             } => {
-                validate_environment(&env)?;
                 let (config, store) = super::open_store(file, data)?;
                 let ctx = Context::new(&config, &store)?;
                 let new = match secret {
@@ -456,7 +426,6 @@ async fn set_paused(
     data: DataArgs,
     paused: bool,
 ) -> anyhow::Result<()> {
-    validate_environment(&env)?;
     let (_, store) = super::open_store(file, data)?;
     let s = written(
         Subscriptions::new(store)
@@ -472,21 +441,23 @@ pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Resul
     let rt = super::runtime()?;
     rt.block_on(async move {
         let (config, store) = super::open_store(file, data)?;
-        let ctx = Context::new(&config, &store)?;
-        let key = ctx.key()?.clone();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            super::serve::shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        });
+        let webhooks = Context::new(&config, &store)?;
+        let exports = crate::exports::Context::new(&config, &store)?;
+        // Without a master key neither sink can run: say why instead of idling.
+        webhooks.key()?;
+        let mut sup = Supervisor::new();
+        let started =
+            crate::server::node::start_sinks(&mut sup, &config, &store, &webhooks, &exports);
+        if started == 0 {
+            anyhow::bail!("nothing to run: webhooks.enabled and exports.enabled are both false");
+        }
         println!(
-            "tidemark: delivering webhooks and exports from {}",
+            "tidemark: delivering {} from {}",
+            sup.names().join(" and "),
             config.data
         );
-        let exports = crate::exports::Context::new(&config, &store)?;
-        let exports = crate::server::node::spawn_exports(store.clone(), exports, stop_rx.clone());
-        webhooks::worker::run(store, config.webhooks, key, ctx.client, stop_rx).await?;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), exports).await;
+        super::serve::shutdown_signal().await;
+        sup.shutdown(std::time::Duration::from_secs(10)).await;
         println!("tidemark: sinks stopped");
         Ok(ExitCode::SUCCESS)
     })

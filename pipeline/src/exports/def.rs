@@ -15,7 +15,7 @@ use url::Url;
 
 use super::Context;
 use super::window::Interval;
-use crate::ingest::event::Problem;
+use crate::problem::Problem;
 use crate::storage::Store;
 use crate::storage::paths::Doc;
 use crate::{Error, Result};
@@ -157,11 +157,7 @@ impl Export {
 pub type ExportsDoc = crate::storage::docs::ByEnvironment<Export>;
 
 fn problem(field: &str, message: impl Into<String>) -> Problem {
-    Problem {
-        index: 0,
-        field: Some(field.to_string()),
-        message: message.into(),
-    }
+    Problem::field(field, message)
 }
 
 const FIELDS: &[&str] = &[
@@ -365,7 +361,7 @@ fn apply(
 }
 
 /// Why a write was refused.
-pub type WriteError = crate::webhooks::subscription::WriteError;
+use crate::problem::WriteError;
 
 /// The exports of a store.
 #[derive(Clone, Debug)]
@@ -506,6 +502,13 @@ impl Exports {
             ex.paused_reason = paused.then(|| reason.unwrap_or("paused by a user").to_string());
         })
         .await
+    }
+
+    /// Resumes the export; it runs at once instead of waiting out its backoff.
+    pub async fn resume(&self, environment: &str, id: &str) -> Result<Export> {
+        let ex = self.set_paused(environment, id, false, None).await?;
+        super::state::update(&self.store, environment, id, super::schedule::resumed).await?;
+        Ok(ex)
     }
 
     pub async fn delete(&self, environment: &str, id: &str) -> Result<()> {

@@ -4,9 +4,12 @@
 //!   credentials and signing secrets);
 //! - [`window`]: intervals, windows and the object names they give;
 //! - [`run`]: exporting one window: the source query, files, the manifest written last;
-//! - [`state`]: an export's progress (`_tidemark/state/exports/<env>/<id>.json`);
-//! - [`worker`]: runs closed windows in order, re-runs windows that late commits
-//!   touched, backs off and pauses failing exports;
+//! - [`schedule`]: the pure decisions: due windows, window close, late-row re-export,
+//!   the state after a window, backoff and pause;
+//! - [`state`]: an export's progress, a versioned document under
+//!   `_tidemark/state/exports/<env>/<id>/`;
+//! - [`worker`]: the shell that reads the state and the commits, asks the schedule and
+//!   runs the windows it names;
 //! - [`batched`]: hourly batches by `received_at` with signed, expiring download links.
 //!
 //! File encoders and destinations (object stores, signed HTTPS POSTs) live in
@@ -15,6 +18,7 @@
 pub mod batched;
 pub mod def;
 pub mod run;
+pub mod schedule;
 pub mod state;
 pub mod window;
 pub mod worker;

@@ -1,9 +1,11 @@
-//! An export's progress: one JSON object per export, rewritten after every window (a
-//! window counts as done only once its manifest is written and this file says so; a crash
-//! in between re-runs the window, which replaces the same objects).
+//! An export's progress: a versioned document per export
+//! (`_tidemark/state/exports/<env>/<id>/<version>.json`, create-only versions as config
+//! documents are), changed by the transitions of [`super::schedule`] after every window.
+//! A window counts as done only once its manifest is written and a version says so; a
+//! crash in between re-runs the window, which replaces the same objects.
 
 use chrono::{DateTime, Utc};
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use super::window::Window;
@@ -40,8 +42,43 @@ pub struct ExportState {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// The newest version of the export's state (a default one for a new export).
 pub async fn load(store: &Store, environment: &str, id: &str) -> Result<ExportState> {
-    let path = store.paths().export_state(environment, id);
+    let dir = store.paths().export_state(environment, id);
+    if let Some((_, st)) = store.docs().latest_in(&dir).await? {
+        return Ok(st);
+    }
+    legacy(store, environment, id).await
+}
+
+/// Applies `change` (a pure transition, which may run again when another writer raced)
+/// to the newest state and writes the result as the next create-only version.
+pub async fn update(
+    store: &Store,
+    environment: &str,
+    id: &str,
+    mut change: impl FnMut(&mut ExportState),
+) -> Result<ExportState> {
+    let dir = store.paths().export_state(environment, id);
+    // Before the first version, the state written by older releases is the base.
+    let base = match store.docs().latest_in::<ExportState>(&dir).await? {
+        Some(_) => None,
+        None => Some(legacy(store, environment, id).await?),
+    };
+    let (_, st) = store
+        .docs()
+        .update_in(&dir, |cur: Option<ExportState>| {
+            let mut st = cur.or_else(|| base.clone()).unwrap_or_default();
+            change(&mut st);
+            Ok(st)
+        })
+        .await?;
+    Ok(st)
+}
+
+/// The state of an export made before state was versioned (`<id>.json`), if any.
+async fn legacy(store: &Store, environment: &str, id: &str) -> Result<ExportState> {
+    let path = store.paths().legacy_export_state(environment, id);
     match store.object_store().get(&path).await {
         Ok(r) => Ok(serde_json::from_slice(&r.bytes().await?)?),
         Err(object_store::Error::NotFound { .. }) => Ok(ExportState::default()),
@@ -49,18 +86,10 @@ pub async fn load(store: &Store, environment: &str, id: &str) -> Result<ExportSt
     }
 }
 
-pub async fn save(store: &Store, environment: &str, id: &str, state: &ExportState) -> Result<()> {
-    let path = store.paths().export_state(environment, id);
-    let bytes = serde_json::to_vec_pretty(state)?;
-    store
-        .object_store()
-        .put(&path, PutPayload::from(bytes))
-        .await?;
-    Ok(())
-}
-
 pub async fn delete(store: &Store, environment: &str, id: &str) -> Result<()> {
-    let path = store.paths().export_state(environment, id);
+    let dir = store.paths().export_state(environment, id);
+    store.docs().delete_in(&dir).await?;
+    let path = store.paths().legacy_export_state(environment, id);
     match store.object_store().delete(&path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e.into()),

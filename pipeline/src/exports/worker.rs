@@ -1,7 +1,8 @@
-//! The export worker: each pass, for every export that is enabled and not backing off,
-//! re-runs the windows that late commits touched, then runs the closed windows in order.
-//! A window is closed `flush_interval + grace` after its end. Runs `tidemark serve` and
-//! `tidemark sinks run`; `tidemark exports run|backfill` use the same [`Runner`].
+//! The export worker, a thin shell over [`super::schedule`]: each pass, for every export
+//! that is enabled and not backing off, it reads the state and the `events` commits since
+//! the last pass, asks the schedule which windows are due, runs them and writes each
+//! window's transition. Runs in `tidemark serve` and `tidemark sinks run`;
+//! `tidemark exports run|backfill` use the same [`Runner`].
 
 use chrono::{DateTime, Utc};
 use datafusion::prelude::SessionContext;
@@ -12,7 +13,8 @@ use tokio::sync::watch;
 use super::Context;
 use super::def::{Export, Exports, SourceKind};
 use super::run::{FileOptions, WindowReport, run_window};
-use super::state::{self, Done, ExportState};
+use super::schedule::{self, AfterFailure, Schedule};
+use super::state::{self, ExportState};
 use super::window::Window;
 use crate::storage::Store;
 use crate::storage::events_table;
@@ -74,6 +76,21 @@ async fn earliest_appended(store: &Store, after: i64, head: i64) -> Result<Optio
     Ok(earliest)
 }
 
+fn chrono_duration(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The schedule settings of `export` under `ctx`.
+pub fn schedule_of(ctx: &Context, export: &Export) -> Schedule {
+    Schedule {
+        interval: export.interval,
+        start: export.start,
+        snapshot: export.source.is_snapshot(),
+        close_delay: ctx.close_delay(),
+        limit: ctx.config.max_windows_per_pass,
+    }
+}
+
 impl Runner {
     pub fn new(store: Store, ctx: Context) -> Runner {
         Runner { store, ctx }
@@ -89,25 +106,17 @@ impl Runner {
         }
     }
 
-    /// The end of the newest closed window at `now`.
-    fn closed_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - self.ctx.close_delay()
-    }
-
     async fn head(&self) -> Result<i64> {
         Follower::new(self.store.clone())?.head(-1).await
     }
 
-    /// Runs `windows` in order, saving progress after each; stops at the first failure.
-    /// `next_start` moves past a window that starts at or before it (a backfill of later
-    /// windows leaves the earlier ones to the schedule); `skip_to` (snapshot sources) moves
-    /// it regardless.
+    /// Runs `windows` in order, writing each one's transition
+    /// ([`Schedule::after_window`]); stops at the first failure.
     pub async fn run_windows(
         &self,
         environment: &str,
         export: &Export,
         windows: &[Window],
-        state: &mut ExportState,
         skip_to: bool,
         mut on_done: impl FnMut(&WindowReport),
     ) -> Result<Vec<WindowReport>> {
@@ -115,6 +124,7 @@ impl Runner {
         if windows.is_empty() {
             return Ok(out);
         }
+        let sched = schedule_of(&self.ctx, export);
         let dest = export.destination(&self.ctx)?;
         let options = self.file_options();
         let version = self.head().await?;
@@ -123,72 +133,46 @@ impl Runner {
         for &w in windows {
             let report =
                 run_window(&session, environment, export, w, &dest, &options, version).await?;
-            state.rows_exported += report.rows;
-            state.windows_done += 1;
-            state.last_good = Some(Done {
-                window: w,
-                rows: report.rows,
-                files: report.files.len(),
-                finished_at: Utc::now(),
-            });
-            let next = state.next_start.unwrap_or(export.start);
-            if w.end > next && (skip_to || w.start <= next) {
-                state.next_start = Some(w.end);
-            }
-            if let Some(r) = state.redo_from
-                && w.start <= r
-                && r < w.end
-            {
-                state.redo_from = Some(w.end).filter(|e| state.next_start.is_some_and(|n| *e < n));
-            }
-            state::save(&self.store, environment, &export.id, state).await?;
+            let (rows, files, at) = (report.rows, report.files.len(), Utc::now());
+            state::update(&self.store, environment, &export.id, |st| {
+                sched.after_window(st, w, rows, files, at, skip_to)
+            })
+            .await?;
             on_done(&report);
             out.push(report);
         }
         Ok(out)
     }
 
-    /// The windows due at `now`: re-runs of late-touched windows first, then closed
-    /// windows from `next_start` on.
+    /// The windows due at `now`, after accounting for the `events` commits since the last
+    /// pass ([`Schedule::note_commits`]).
     async fn due(
         &self,
+        environment: &str,
         export: &Export,
-        state: &mut ExportState,
+        sched: &Schedule,
         now: DateTime<Utc>,
     ) -> Result<Vec<Window>> {
-        let interval = export.interval;
-        let limit = self.ctx.config.max_windows_per_pass;
-        let closed = self.closed_until(now);
-        let next = state.next_start.unwrap_or(export.start);
+        let mut st = state::load(&self.store, environment, &export.id).await?;
         if export.source == SourceKind::Events {
-            // Every commit up to `head` is accounted for after this: its rows in exported
-            // windows by `redo_from`, the rest when their windows close (runs read a
-            // version at least as new).
             let head = self.head().await?;
-            if let Some(seen) = state.events_version
-                && head > seen
-                && let Some(min) = earliest_appended(&self.store, seen, head).await?
-                && min < next
-            {
-                let from = interval.floor(min.max(export.start));
-                tracing::info!(export = %export.id, from = %from, "exports: late rows; re-exporting");
-                state.redo_from = Some(state.redo_from.map_or(from, |r| r.min(from)));
+            let earliest = match sched.late_rows_after(&st, head) {
+                Some(seen) => earliest_appended(&self.store, seen, head).await?,
+                None => None,
+            };
+            let mut next = st.clone();
+            sched.note_commits(&mut next, head, earliest);
+            if next != st {
+                if let Some(from) = next.redo_from.filter(|f| st.redo_from != Some(*f)) {
+                    tracing::info!(export = %export.id, from = %from, "exports: late rows; re-exporting");
+                }
+                st = state::update(&self.store, environment, &export.id, |s| {
+                    sched.note_commits(s, head, earliest)
+                })
+                .await?;
             }
-            state.events_version = Some(head);
         }
-        let mut windows = match state.redo_from {
-            Some(from) => interval.windows(from, next, limit),
-            None => Vec::new(),
-        };
-        let fresh = interval.windows(next, closed, limit - windows.len());
-        if export.source.is_snapshot() {
-            // One snapshot for everything missed: the newest closed window.
-            let last = interval.windows(next, closed, usize::MAX).last().copied();
-            windows.extend(last);
-        } else {
-            windows.extend(fresh);
-        }
-        Ok(windows)
+        Ok(sched.due(&st, now))
     }
 
     /// Runs the due windows of `export` now, even if it is paused or backing off
@@ -222,8 +206,7 @@ impl Runner {
         windows: &[Window],
         on_done: impl FnMut(&WindowReport),
     ) -> Result<Vec<WindowReport>> {
-        let mut st = state::load(&self.store, environment, &export.id).await?;
-        self.run_windows(environment, export, windows, &mut st, false, on_done)
+        self.run_windows(environment, export, windows, false, on_done)
             .await
     }
 
@@ -236,57 +219,77 @@ impl Runner {
         force: bool,
     ) -> Result<PassReport> {
         let mut report = PassReport::default();
-        if export.paused && !force {
+        let sched = schedule_of(&self.ctx, export);
+        let st = state::load(&self.store, environment, &export.id).await?;
+        if !sched.should_run(&st, export.paused, now, force) {
             return Ok(report);
         }
-        let mut st = state::load(&self.store, environment, &export.id).await?;
-        if st.next_attempt_at.is_some_and(|t| t > now) && !force {
-            return Ok(report);
-        }
-        let result = match self.due(export, &mut st, now).await {
+        let result = match self.due(environment, export, &sched, now).await {
             Ok(windows) => {
-                let skip = export.source.is_snapshot();
-                self.run_windows(environment, export, &windows, &mut st, skip, |_| {})
+                self.run_windows(environment, export, &windows, sched.snapshot, |_| {})
                     .await
             }
             Err(e) => Err(e),
         };
         match result {
             Ok(windows) => {
+                let st = state::load(&self.store, environment, &export.id).await?;
                 if st.failures > 0 || st.next_attempt_at.is_some() {
-                    st.failures = 0;
-                    st.failing_since = None;
-                    st.next_attempt_at = None;
+                    state::update(
+                        &self.store,
+                        environment,
+                        &export.id,
+                        schedule::after_success,
+                    )
+                    .await?;
                 }
                 report.windows = windows;
-                state::save(&self.store, environment, &export.id, &st).await?;
             }
             Err(e) => {
                 let message = e.to_string();
                 tracing::warn!(export = %export.id, error = %message, "exports: run failed");
-                st.failures += 1;
-                let since = *st.failing_since.get_or_insert(now);
-                st.last_error = Some(message.clone());
-                st.last_error_at = Some(now);
-                let backoff = std::time::Duration::from_secs(30)
-                    .saturating_mul(1 << st.failures.min(16).saturating_sub(1))
-                    .min(self.ctx.config.max_backoff);
-                st.next_attempt_at =
-                    Some(now + chrono::Duration::from_std(backoff).unwrap_or_default());
-                state::save(&self.store, environment, &export.id, &st).await?;
-                let pause_after =
-                    chrono::Duration::from_std(self.ctx.config.pause_after).unwrap_or_default();
-                if now - since >= pause_after && !export.paused {
-                    let reason = format!("failing since {since}: {message}");
-                    Exports::new(self.store.clone())
-                        .set_paused(environment, &export.id, true, Some(&reason))
-                        .await?;
-                    report.paused = true;
-                }
+                report.paused = self
+                    .failed(environment, export, &sched, now, &message)
+                    .await?;
                 report.error = Some(message);
             }
         }
         Ok(report)
+    }
+
+    /// Writes a failed pass's transition; pauses the export when the schedule says so.
+    async fn failed(
+        &self,
+        environment: &str,
+        export: &Export,
+        sched: &Schedule,
+        now: DateTime<Utc>,
+        message: &str,
+    ) -> Result<bool> {
+        let config = &self.ctx.config;
+        let (max_backoff, pause_after) = (
+            chrono_duration(config.max_backoff),
+            chrono_duration(config.pause_after),
+        );
+        let mut decision = None;
+        state::update(&self.store, environment, &export.id, |st| {
+            decision = Some(sched.after_failure(
+                st,
+                now,
+                message,
+                max_backoff,
+                pause_after,
+                export.paused,
+            ));
+        })
+        .await?;
+        let Some(AfterFailure::Pause { reason, .. }) = decision else {
+            return Ok(false);
+        };
+        Exports::new(self.store.clone())
+            .set_paused(environment, &export.id, true, Some(&reason))
+            .await?;
+        Ok(true)
     }
 
     /// One pass over every export.
@@ -327,24 +330,14 @@ pub async fn run(store: Store, ctx: Context, mut stop: watch::Receiver<bool>) ->
     }
 }
 
-/// Windows `from..to` of `export` (aligned outward), at most 10,000.
+/// Windows `from..to` of `export` (aligned outward), at most
+/// [`schedule::MAX_BACKFILL_WINDOWS`].
 pub fn backfill_windows(
     export: &Export,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<Window>> {
-    let i = export.interval;
-    if to <= from {
-        return Err(Error::Invalid("to: must be after from".into()));
-    }
-    let windows = i.windows(i.floor(from), i.ceil(to), 10_001);
-    if windows.len() > 10_000 {
-        return Err(Error::Invalid(format!(
-            "to: at most 10000 windows of {} per backfill",
-            i.name()
-        )));
-    }
-    Ok(windows)
+    schedule::backfill_windows(export.interval, from, to).map_err(Error::Invalid)
 }
 
 /// What `exports status` shows: the last good window, the lag behind the newest closed
@@ -356,24 +349,22 @@ pub async fn status(
     export: &Export,
     now: DateTime<Utc>,
 ) -> Result<serde_json::Value> {
-    let st = state::load(store, environment, &export.id).await?;
-    let next = st.next_start.unwrap_or(export.start);
-    let next_window = export.interval.window(next);
-    let exported_until = st.next_start;
-    let lag = (now - ctx.close_delay() - next).num_seconds().max(0);
+    let st: ExportState = state::load(store, environment, &export.id).await?;
+    let sched = schedule_of(ctx, export);
+    let next_window = sched.next_window(&st);
     Ok(serde_json::json!({
         "id": export.id,
         "source": export.source.name(),
         "enabled": !export.paused,
         "paused_reason": export.paused_reason,
         "last_good_window": st.last_good,
-        "exported_until": exported_until,
+        "exported_until": st.next_start,
         "next_window": {
             "start": next_window.start,
             "end": next_window.end,
-            "closes_at": next_window.end + ctx.close_delay(),
+            "closes_at": sched.closes_at(next_window),
         },
-        "lag_seconds": lag,
+        "lag_seconds": sched.lag_seconds(&st, now),
         "windows_done": st.windows_done,
         "rows_exported": st.rows_exported,
         "redo_from": st.redo_from,

@@ -7,18 +7,16 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
+use crate::problem::{MAX_PROBLEMS, Problem};
 
 /// 2000-01-01T00:00:00Z and 2100-01-01T00:00:00Z in microseconds: the accepted range of
 /// `occurred_at`. Epoch *seconds* sent where milliseconds are expected land before it.
 const MIN_OCCURRED_US: i64 = 946_684_800_000_000;
 const MAX_OCCURRED_US: i64 = 4_102_444_800_000_000;
-/// At most this many problems are listed in one response.
-pub const MAX_PROBLEMS: usize = 1000;
 
 /// How the body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +25,6 @@ pub enum BodyFormat {
     JsonArray,
     /// One event object per line.
     Ndjson,
-}
-
-/// One problem with one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub index: usize,
-    /// The field at fault; `None` when the event as a whole is.
-    pub field: Option<String>,
-    pub message: String,
 }
 
 /// Why a batch was refused as a whole.

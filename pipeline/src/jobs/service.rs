@@ -94,15 +94,7 @@ async fn run_until_caught_up(runner: &Runner, failures: &mut u32) {
 async fn evaluate_segments(runner: &Runner) {
     let now = chrono::Utc::now().timestamp_micros();
     match crate::segments::job::run_all(runner.store(), now).await {
-        Ok(runs) => {
-            for r in runs
-                .iter()
-                .filter(|r| r.entered + r.exited + r.repaired > 0)
-            {
-                tracing::info!(environment = %r.environment, run = r.run, entered = r.entered,
-                    exited = r.exited, repaired = r.repaired, "segments evaluated");
-            }
-        }
+        Ok(runs) => crate::segments::job::log_runs(&runs),
         Err(e) => tracing::warn!(error = %e, "segment evaluation failed; the next run retries"),
     }
 }

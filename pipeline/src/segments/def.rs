@@ -1,5 +1,6 @@
 //! Segment definitions: parsing from JSON (or YAML, converted to JSON by the CLI) with
-//! every problem named by its path, and validation against the field registry.
+//! every problem named by its path, and validation against the field registry. The parsed
+//! form is [`super::model`]'s.
 //!
 //! ```json
 //! {"id": "active-gold", "name": "Active gold customers", "match": "all", "conditions": [
@@ -13,252 +14,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ingest::event::Problem;
+pub use super::model::{
+    BUILTIN, Cmp, Condition, Definition, FieldOp, FieldRef, MAX_CONDITIONS, MAX_DEPTH, Operand,
+    Segment, Time, TimeOp, Which, valid_id,
+};
+use super::model::{FIELD_OPS, allowed};
+use crate::problem::Problem;
+pub use crate::reltime::parse_time;
 use crate::users::fields::{FieldDef, FieldType};
-
-/// The built-in profile columns a condition may use, with their types.
-pub const BUILTIN: [(&str, FieldType); 13] = [
-    ("user_id", FieldType::Text),
-    ("created_at", FieldType::Datetime),
-    ("first_seen_at", FieldType::Datetime),
-    ("last_seen_at", FieldType::Datetime),
-    ("last_seen_ios_at", FieldType::Datetime),
-    ("last_seen_android_at", FieldType::Datetime),
-    ("last_seen_web_at", FieldType::Datetime),
-    ("last_seen_server_at", FieldType::Datetime),
-    ("event_count", FieldType::Number),
-    ("last_event_name", FieldType::Text),
-    ("last_event_at", FieldType::Datetime),
-    ("updated_at", FieldType::Datetime),
-    ("tags", FieldType::List),
-];
-
-/// Most conditions in one definition (nested ones included), and nesting depth.
-pub const MAX_CONDITIONS: usize = 200;
-pub const MAX_DEPTH: usize = 5;
-
-/// A stored definition (the JSON users send, plus timestamps).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Definition {
-    pub id: String,
-    pub name: String,
-    #[serde(rename = "match")]
-    pub match_mode: String,
-    pub conditions: Vec<Value>,
-}
-
-/// A point in time: relative to the evaluation time (`-7d` = 7 days before), or absolute.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Time {
-    /// Microseconds added to "now" (negative: in the past).
-    Relative(i64),
-    /// Microseconds since the epoch.
-    Absolute(i64),
-}
-
-impl Time {
-    pub fn at(self, now_us: i64) -> i64 {
-        match self {
-            Time::Relative(d) => now_us.saturating_add(d),
-            Time::Absolute(t) => t,
-        }
-    }
-}
-
-/// A value a field condition compares with.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Operand {
-    None,
-    Text(String),
-    Number(f64),
-    Bool(bool),
-    Time(Time),
-    /// `in`: any of these.
-    Many(Vec<Operand>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldOp {
-    Eq,
-    Neq,
-    Gt,
-    Gte,
-    Lt,
-    Lte,
-    In,
-    Contains,
-    StartsWith,
-    Exists,
-    NotExists,
-    Before,
-    After,
-    Within,
-}
-
-const FIELD_OPS: [(&str, FieldOp); 14] = [
-    ("eq", FieldOp::Eq),
-    ("neq", FieldOp::Neq),
-    ("gt", FieldOp::Gt),
-    ("gte", FieldOp::Gte),
-    ("lt", FieldOp::Lt),
-    ("lte", FieldOp::Lte),
-    ("in", FieldOp::In),
-    ("contains", FieldOp::Contains),
-    ("starts_with", FieldOp::StartsWith),
-    ("exists", FieldOp::Exists),
-    ("not_exists", FieldOp::NotExists),
-    ("before", FieldOp::Before),
-    ("after", FieldOp::After),
-    ("within", FieldOp::Within),
-];
-
-/// Which ops each type allows.
-fn allowed(t: FieldType, op: FieldOp) -> bool {
-    use FieldOp::*;
-    match op {
-        Exists | NotExists => true,
-        Eq | Neq | In => t != FieldType::List,
-        Gt | Gte | Lt | Lte => matches!(t, FieldType::Number | FieldType::Text),
-        Contains => matches!(t, FieldType::Text | FieldType::List),
-        StartsWith => t == FieldType::Text,
-        Before | After | Within => t == FieldType::Datetime,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cmp {
-    Eq,
-    Neq,
-    Gt,
-    Gte,
-    Lt,
-    Lte,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
-    First,
-    Last,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeOp {
-    Before,
-    After,
-    Within,
-}
-
-/// A field a condition reads.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FieldRef {
-    /// A column of `profiles`.
-    Builtin(&'static str),
-    /// A custom field (in `profiles.fields`).
-    Custom(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Condition {
-    Field {
-        field: FieldRef,
-        field_type: FieldType,
-        op: FieldOp,
-        value: Operand,
-    },
-    Tag {
-        tag: String,
-        has: bool,
-    },
-    Event {
-        event: String,
-        did: bool,
-        count: Option<(Cmp, i64)>,
-        /// Did (not) happen since this time (`last_at >= t`).
-        within: Option<Time>,
-        /// The first or last occurrence before / after / within a time.
-        occurrence: Option<(Which, TimeOp, Time)>,
-    },
-    Group {
-        any: bool,
-        conditions: Vec<Condition>,
-    },
-}
-
-/// A parsed, validated segment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Segment {
-    pub id: String,
-    pub name: String,
-    pub any: bool,
-    pub conditions: Vec<Condition>,
-}
-
-impl Segment {
-    /// Whether some condition depends on the evaluation time (so it is re-evaluated on a
-    /// schedule).
-    pub fn is_time_relative(&self) -> bool {
-        fn rel(c: &Condition) -> bool {
-            let t = |t: &Time| matches!(t, Time::Relative(_));
-            match c {
-                Condition::Field { value, .. } => match value {
-                    Operand::Time(x) => t(x),
-                    Operand::Many(v) => v.iter().any(|o| matches!(o, Operand::Time(x) if t(x))),
-                    _ => false,
-                },
-                Condition::Tag { .. } => false,
-                Condition::Event {
-                    within, occurrence, ..
-                } => within.as_ref().is_some_and(t) || occurrence.as_ref().is_some_and(|o| t(&o.2)),
-                Condition::Group { conditions, .. } => conditions.iter().any(rel),
-            }
-        }
-        self.conditions.iter().any(rel)
-    }
-}
-
-/// `[a-z0-9][a-z0-9_-]{0,63}`.
-pub fn valid_id(id: &str) -> bool {
-    let mut c = id.chars();
-    id.len() <= 64
-        && c.next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && c.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
-
-/// Parses `-7d`, `-12h`, `-30m`, `-90s`, `+1d` (relative) or an RFC 3339 time.
-pub fn parse_time(s: &str) -> Result<Time, String> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('-').or_else(|| s.strip_prefix('+')) {
-        let sign = if s.starts_with('-') { -1 } else { 1 };
-        let (num, unit) = rest.split_at(rest.len().saturating_sub(1));
-        let unit_us: i64 = match unit {
-            "s" => 1_000_000,
-            "m" => 60_000_000,
-            "h" => 3_600_000_000,
-            "d" => 86_400_000_000,
-            "w" => 7 * 86_400_000_000,
-            _ => {
-                return Err(format!(
-                    "'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time"
-                ));
-            }
-        };
-        let n: i64 = num
-            .parse()
-            .ok()
-            .filter(|n| (0..=36_500 * 86_400).contains(n))
-            .ok_or_else(|| {
-                format!("'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time")
-            })?;
-        return Ok(Time::Relative(sign * n * unit_us));
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| Time::Absolute(t.timestamp_micros()))
-        .map_err(|_| format!("'{s}' must be like -7d, -12h, -30m, -90s or an RFC 3339 time"))
-}
 
 struct Ctx<'a> {
     fields: &'a BTreeMap<String, FieldDef>,
@@ -268,11 +33,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn problem(&mut self, path: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            index: 0,
-            field: Some(path.to_string()),
-            message: message.into(),
-        });
+        self.problems.push(Problem::field(path, message));
     }
 }
 
@@ -377,7 +138,6 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
             );
         }
     }
-    let op = text(o, "op");
     match kinds[0] {
         "conditions" => {
             let any = parse_match(ctx, o.get("match"), &format!("{path}.match"));
@@ -389,204 +149,237 @@ fn parse_condition(ctx: &mut Ctx, v: &Value, path: &str, depth: usize) -> Option
             );
             Some(Condition::Group { any, conditions })
         }
-        "tag" => {
-            let tag = text(o, "tag").filter(|t| !t.trim().is_empty());
-            let has = match op {
-                Some("has") => Some(true),
-                Some("has_not") => Some(false),
-                _ => None,
-            };
-            if tag.is_none() {
-                ctx.problem(&format!("{path}.tag"), "must be a non-empty string");
-            }
-            if has.is_none() {
-                ctx.problem(&format!("{path}.op"), "must be \"has\" or \"has_not\"");
-            }
-            Some(Condition::Tag {
-                tag: tag?.to_string(),
-                has: has?,
-            })
-        }
-        "event" => {
-            // the names ingest accepts (limits.max_string_len defaults to 512)
-            let event = text(o, "event").filter(|t| {
-                !t.trim().is_empty() && t.len() <= 512 && !t.chars().any(char::is_control)
-            });
-            if event.is_none() {
-                ctx.problem(
-                    &format!("{path}.event"),
-                    "must be an event name: 1 to 512 bytes of text without control characters",
-                );
-            }
-            let did = match op {
-                Some("did") => Some(true),
-                Some("did_not") => Some(false),
-                _ => {
-                    ctx.problem(&format!("{path}.op"), "must be \"did\" or \"did_not\"");
-                    None
-                }
-            };
-            let count = match o.get("count") {
-                None => None,
-                Some(c) => {
-                    let cmp = c.get("op").and_then(Value::as_str).and_then(|s| match s {
-                        "eq" => Some(Cmp::Eq),
-                        "neq" => Some(Cmp::Neq),
-                        "gt" => Some(Cmp::Gt),
-                        "gte" => Some(Cmp::Gte),
-                        "lt" => Some(Cmp::Lt),
-                        "lte" => Some(Cmp::Lte),
-                        _ => None,
-                    });
-                    let n = c.get("value").and_then(Value::as_i64).filter(|n| *n >= 0);
-                    if cmp.is_none() || n.is_none() {
-                        ctx.problem(
-                            &format!("{path}.count"),
-                            "must be {\"op\": eq|neq|gt|gte|lt|lte, \"value\": a whole number >= 0}",
-                        );
-                    }
-                    cmp.zip(n)
-                }
-            };
-            let within = match o.get("within") {
-                None => None,
-                Some(w) => match w.as_str().map(parse_time) {
-                    Some(Ok(t)) => Some(t),
-                    Some(Err(e)) => {
-                        ctx.problem(&format!("{path}.within"), e);
-                        None
-                    }
-                    None => {
-                        ctx.problem(&format!("{path}.within"), "must be a time like -7d");
-                        None
-                    }
-                },
-            };
-            if within.is_some() && count.is_some() {
-                ctx.problem(
-                    &format!("{path}.count"),
-                    "a count cannot be combined with \"within\": event_stats keep one count per event, not per time window",
-                );
-            }
-            let mut occurrence = None;
-            for (key, which) in [("first", Which::First), ("last", Which::Last)] {
-                let Some(x) = o.get(key) else { continue };
-                let p = format!("{path}.{key}");
-                if occurrence.is_some() {
-                    ctx.problem(&p, "give \"first\" or \"last\", not both");
-                    continue;
-                }
-                let top = x.get("op").and_then(Value::as_str).and_then(|s| match s {
-                    "before" => Some(TimeOp::Before),
-                    "after" => Some(TimeOp::After),
-                    "within" => Some(TimeOp::Within),
-                    _ => None,
-                });
-                let t = x.get("value").and_then(Value::as_str).map(parse_time);
-                match (top, t) {
-                    (Some(op), Some(Ok(t))) => occurrence = Some((which, op, t)),
-                    (_, Some(Err(e))) => ctx.problem(&p, e),
-                    _ => ctx.problem(
-                        &p,
-                        "must be {\"op\": before|after|within, \"value\": a time like -7d or RFC 3339}",
-                    ),
-                }
-            }
-            if did == Some(false) && (count.is_some() || occurrence.is_some()) {
-                ctx.problem(
-                    &format!("{path}.op"),
-                    "did_not takes only \"within\"; use did with a count or an occurrence",
-                );
-            }
-            Some(Condition::Event {
-                event: event?.to_string(),
-                did: did?,
-                count,
-                within,
-                occurrence,
-            })
-        }
+        "tag" => parse_tag(ctx, o, path),
+        "event" => parse_event(ctx, o, path),
+        _ => parse_field(ctx, o, path),
+    }
+}
+
+fn parse_tag(ctx: &mut Ctx, o: &Map<String, Value>, path: &str) -> Option<Condition> {
+    let tag = text(o, "tag").filter(|t| !t.trim().is_empty());
+    let has = match text(o, "op") {
+        Some("has") => Some(true),
+        Some("has_not") => Some(false),
+        _ => None,
+    };
+    if tag.is_none() {
+        ctx.problem(&format!("{path}.tag"), "must be a non-empty string");
+    }
+    if has.is_none() {
+        ctx.problem(&format!("{path}.op"), "must be \"has\" or \"has_not\"");
+    }
+    Some(Condition::Tag {
+        tag: tag?.to_string(),
+        has: has?,
+    })
+}
+
+fn parse_event(ctx: &mut Ctx, o: &Map<String, Value>, path: &str) -> Option<Condition> {
+    // the names ingest accepts (limits.max_string_len defaults to 512)
+    let event = text(o, "event")
+        .filter(|t| !t.trim().is_empty() && t.len() <= 512 && !t.chars().any(char::is_control));
+    if event.is_none() {
+        ctx.problem(
+            &format!("{path}.event"),
+            "must be an event name: 1 to 512 bytes of text without control characters",
+        );
+    }
+    let did = match text(o, "op") {
+        Some("did") => Some(true),
+        Some("did_not") => Some(false),
         _ => {
-            let name = text(o, "field").unwrap_or_default();
-            let p = format!("{path}.field");
-            let (field, field_type) = if let Some((col, t)) =
-                BUILTIN.iter().find(|(c, _)| *c == name)
-            {
-                (FieldRef::Builtin(col), *t)
-            } else if let Some(def) = ctx.fields.get(name) {
-                (FieldRef::Custom(name.to_string()), def.field_type)
-            } else {
-                ctx.problem(&p, format!("unknown field '{name}'; a built-in profile field or a declared custom field"));
-                return None;
-            };
-            let Some(op) = op
-                .and_then(|s| FIELD_OPS.iter().find(|(n, _)| *n == s))
-                .map(|(_, o)| *o)
-            else {
-                ctx.problem(
-                    &format!("{path}.op"),
-                    format!("must be one of {}", FIELD_OPS.map(|(n, _)| n).join(", ")),
-                );
-                return None;
-            };
-            if !allowed(field_type, op) {
-                ctx.problem(
-                    &format!("{path}.op"),
-                    format!(
-                        "'{}' does not apply to a {} field",
-                        FIELD_OPS
-                            .iter()
-                            .find(|(_, o)| *o == op)
-                            .map_or("", |(n, _)| n),
-                        field_type.as_str()
-                    ),
-                );
-                return None;
+            ctx.problem(&format!("{path}.op"), "must be \"did\" or \"did_not\"");
+            None
+        }
+    };
+    let count = o.get("count").and_then(|c| parse_count(ctx, c, path));
+    let within = match o.get("within") {
+        None => None,
+        Some(w) => match w.as_str().map(parse_time) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                ctx.problem(&format!("{path}.within"), e);
+                None
             }
-            let vp = format!("{path}.value");
-            let value = match (op, o.get("value")) {
-                (FieldOp::Exists | FieldOp::NotExists, None) => Operand::None,
-                (FieldOp::Exists | FieldOp::NotExists, Some(_)) => {
-                    ctx.problem(&vp, "exists / not_exists take no value");
-                    return None;
-                }
-                (_, None) => {
-                    ctx.problem(&vp, "is required");
-                    return None;
-                }
-                (FieldOp::In, Some(Value::Array(items)))
-                    if !items.is_empty() && items.len() <= 1000 =>
-                {
-                    let mut out = Vec::new();
-                    for (i, item) in items.iter().enumerate() {
-                        out.push(operand(ctx, field_type, item, &format!("{vp}[{i}]"))?);
-                    }
-                    Operand::Many(out)
-                }
-                (FieldOp::In, Some(_)) => {
-                    ctx.problem(&vp, "in takes an array of 1 to 1000 values");
-                    return None;
-                }
-                (FieldOp::Within, Some(Value::String(s))) => match parse_time(s) {
-                    Ok(Time::Relative(d)) if d < 0 => Operand::Time(Time::Relative(d)),
-                    _ => {
-                        ctx.problem(
-                            &vp,
-                            "within takes a time in the past relative to now, like -7d",
-                        );
-                        return None;
-                    }
-                },
-                (_, Some(v)) => operand(ctx, field_type, v, &vp)?,
-            };
-            Some(Condition::Field {
-                field,
-                field_type,
-                op,
-                value,
-            })
+            None => {
+                ctx.problem(&format!("{path}.within"), "must be a time like -7d");
+                None
+            }
+        },
+    };
+    if within.is_some() && count.is_some() {
+        ctx.problem(
+            &format!("{path}.count"),
+            "a count cannot be combined with \"within\": event_stats keep one count per event, not per time window",
+        );
+    }
+    let occurrence = parse_occurrence(ctx, o, path);
+    if did == Some(false) && (count.is_some() || occurrence.is_some()) {
+        ctx.problem(
+            &format!("{path}.op"),
+            "did_not takes only \"within\"; use did with a count or an occurrence",
+        );
+    }
+    Some(Condition::Event {
+        event: event?.to_string(),
+        did: did?,
+        count,
+        within,
+        occurrence,
+    })
+}
+
+/// `"count": {"op": .., "value": n}` of an event condition.
+fn parse_count(ctx: &mut Ctx, c: &Value, path: &str) -> Option<(Cmp, i64)> {
+    let cmp = c.get("op").and_then(Value::as_str).and_then(|s| match s {
+        "eq" => Some(Cmp::Eq),
+        "neq" => Some(Cmp::Neq),
+        "gt" => Some(Cmp::Gt),
+        "gte" => Some(Cmp::Gte),
+        "lt" => Some(Cmp::Lt),
+        "lte" => Some(Cmp::Lte),
+        _ => None,
+    });
+    let n = c.get("value").and_then(Value::as_i64).filter(|n| *n >= 0);
+    if cmp.is_none() || n.is_none() {
+        ctx.problem(
+            &format!("{path}.count"),
+            "must be {\"op\": eq|neq|gt|gte|lt|lte, \"value\": a whole number >= 0}",
+        );
+    }
+    cmp.zip(n)
+}
+
+/// `"first"` or `"last"`: `{"op": before|after|within, "value": time}` of an event condition.
+fn parse_occurrence(
+    ctx: &mut Ctx,
+    o: &Map<String, Value>,
+    path: &str,
+) -> Option<(Which, TimeOp, Time)> {
+    let mut occurrence = None;
+    for (key, which) in [("first", Which::First), ("last", Which::Last)] {
+        let Some(x) = o.get(key) else { continue };
+        let p = format!("{path}.{key}");
+        if occurrence.is_some() {
+            ctx.problem(&p, "give \"first\" or \"last\", not both");
+            continue;
+        }
+        let top = x.get("op").and_then(Value::as_str).and_then(|s| match s {
+            "before" => Some(TimeOp::Before),
+            "after" => Some(TimeOp::After),
+            "within" => Some(TimeOp::Within),
+            _ => None,
+        });
+        let t = x.get("value").and_then(Value::as_str).map(parse_time);
+        match (top, t) {
+            (Some(op), Some(Ok(t))) => occurrence = Some((which, op, t)),
+            (_, Some(Err(e))) => ctx.problem(&p, e),
+            _ => ctx.problem(
+                &p,
+                "must be {\"op\": before|after|within, \"value\": a time like -7d or RFC 3339}",
+            ),
         }
     }
+    occurrence
+}
+
+fn parse_field(ctx: &mut Ctx, o: &Map<String, Value>, path: &str) -> Option<Condition> {
+    let name = text(o, "field").unwrap_or_default();
+    let (field, field_type) = if let Some((col, t)) = BUILTIN.iter().find(|(c, _)| *c == name) {
+        (FieldRef::Builtin(col), *t)
+    } else if let Some(def) = ctx.fields.get(name) {
+        (FieldRef::Custom(name.to_string()), def.field_type)
+    } else {
+        ctx.problem(
+            &format!("{path}.field"),
+            format!("unknown field '{name}'; a built-in profile field or a declared custom field"),
+        );
+        return None;
+    };
+    let op_name = |op: FieldOp| {
+        FIELD_OPS
+            .iter()
+            .find(|(_, o)| *o == op)
+            .map_or("", |(n, _)| n)
+    };
+    let Some(op) = text(o, "op")
+        .and_then(|s| FIELD_OPS.iter().find(|(n, _)| *n == s))
+        .map(|(_, o)| *o)
+    else {
+        ctx.problem(
+            &format!("{path}.op"),
+            format!("must be one of {}", FIELD_OPS.map(|(n, _)| n).join(", ")),
+        );
+        return None;
+    };
+    if !allowed(field_type, op) {
+        ctx.problem(
+            &format!("{path}.op"),
+            format!(
+                "'{}' does not apply to a {} field",
+                op_name(op),
+                field_type.as_str()
+            ),
+        );
+        return None;
+    }
+    let value = field_value(
+        ctx,
+        field_type,
+        op,
+        o.get("value"),
+        &format!("{path}.value"),
+    )?;
+    Some(Condition::Field {
+        field,
+        field_type,
+        op,
+        value,
+    })
+}
+
+/// The `value` of a field condition with `op` on a field of type `t`.
+fn field_value(
+    ctx: &mut Ctx,
+    t: FieldType,
+    op: FieldOp,
+    v: Option<&Value>,
+    vp: &str,
+) -> Option<Operand> {
+    let value = match (op, v) {
+        (FieldOp::Exists | FieldOp::NotExists, None) => Operand::None,
+        (FieldOp::Exists | FieldOp::NotExists, Some(_)) => {
+            ctx.problem(vp, "exists / not_exists take no value");
+            return None;
+        }
+        (_, None) => {
+            ctx.problem(vp, "is required");
+            return None;
+        }
+        (FieldOp::In, Some(Value::Array(items))) if !items.is_empty() && items.len() <= 1000 => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                out.push(operand(ctx, t, item, &format!("{vp}[{i}]"))?);
+            }
+            Operand::Many(out)
+        }
+        (FieldOp::In, Some(_)) => {
+            ctx.problem(vp, "in takes an array of 1 to 1000 values");
+            return None;
+        }
+        (FieldOp::Within, Some(Value::String(s))) => match parse_time(s) {
+            Ok(Time::Relative(d)) if d < 0 => Operand::Time(Time::Relative(d)),
+            _ => {
+                ctx.problem(
+                    vp,
+                    "within takes a time in the past relative to now, like -7d",
+                );
+                return None;
+            }
+        },
+        (_, Some(v)) => operand(ctx, t, v, vp)?,
+    };
+    Some(value)
 }
 
 /// Parses and validates a definition document against `fields`. Problems name their
@@ -644,4 +437,293 @@ pub fn parse(
             conditions,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const H: i64 = 3_600_000_000;
+
+    fn fields() -> BTreeMap<String, FieldDef> {
+        [("plan", FieldType::Text), ("score", FieldType::Number)]
+            .into_iter()
+            .map(|(name, field_type)| {
+                let def = FieldDef {
+                    name: name.into(),
+                    field_type,
+                    label: None,
+                    created_at: chrono::DateTime::UNIX_EPOCH,
+                    since_change_id: String::new(),
+                };
+                (name.to_string(), def)
+            })
+            .collect()
+    }
+
+    fn one(condition: Value) -> Result<Condition, Vec<(String, String)>> {
+        let doc = json!({"id": "s", "name": "S", "match": "all", "conditions": [condition]});
+        match parse(&doc, &fields()) {
+            Ok((_, mut seg)) => Ok(seg.conditions.remove(0)),
+            Err(p) => Err(p
+                .into_iter()
+                .map(|p| (p.field.unwrap_or_default(), p.message))
+                .collect()),
+        }
+    }
+
+    #[test]
+    fn conditions_parse_into_their_model() {
+        let cases: Vec<(Value, Condition)> = vec![
+            (
+                json!({"field": "plan", "op": "eq", "value": "gold"}),
+                Condition::Field {
+                    field: FieldRef::Custom("plan".into()),
+                    field_type: FieldType::Text,
+                    op: FieldOp::Eq,
+                    value: Operand::Text("gold".into()),
+                },
+            ),
+            (
+                json!({"field": "last_seen_at", "op": "within", "value": "-7d"}),
+                Condition::Field {
+                    field: FieldRef::Builtin("last_seen_at"),
+                    field_type: FieldType::Datetime,
+                    op: FieldOp::Within,
+                    value: Operand::Time(Time::Relative(-168 * H)),
+                },
+            ),
+            (
+                json!({"field": "score", "op": "in", "value": [1, 2.5]}),
+                Condition::Field {
+                    field: FieldRef::Custom("score".into()),
+                    field_type: FieldType::Number,
+                    op: FieldOp::In,
+                    value: Operand::Many(vec![Operand::Number(1.0), Operand::Number(2.5)]),
+                },
+            ),
+            (
+                json!({"field": "plan", "op": "exists"}),
+                Condition::Field {
+                    field: FieldRef::Custom("plan".into()),
+                    field_type: FieldType::Text,
+                    op: FieldOp::Exists,
+                    value: Operand::None,
+                },
+            ),
+            (
+                json!({"tag": "vip", "op": "has_not"}),
+                Condition::Tag {
+                    tag: "vip".into(),
+                    has: false,
+                },
+            ),
+            (
+                json!({"event": "open", "op": "did", "count": {"op": "gte", "value": 3}}),
+                Condition::Event {
+                    event: "open".into(),
+                    did: true,
+                    count: Some((Cmp::Gte, 3)),
+                    within: None,
+                    occurrence: None,
+                },
+            ),
+            (
+                json!({"event": "open", "op": "did_not", "within": "-1d"}),
+                Condition::Event {
+                    event: "open".into(),
+                    did: false,
+                    count: None,
+                    within: Some(Time::Relative(-24 * H)),
+                    occurrence: None,
+                },
+            ),
+            (
+                json!({"event": "open", "op": "did", "first": {"op": "before", "value": "-2h"}}),
+                Condition::Event {
+                    event: "open".into(),
+                    did: true,
+                    count: None,
+                    within: None,
+                    occurrence: Some((Which::First, TimeOp::Before, Time::Relative(-2 * H))),
+                },
+            ),
+            (
+                json!({"match": "any", "conditions": [{"tag": "a", "op": "has"}]}),
+                Condition::Group {
+                    any: true,
+                    conditions: vec![Condition::Tag {
+                        tag: "a".into(),
+                        has: true,
+                    }],
+                },
+            ),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(one(doc.clone()), Ok(want), "{doc}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_path() {
+        let p = |path: &str, m: &str| (path.to_string(), m.to_string());
+        let cases: Vec<(Value, Vec<(String, String)>)> = vec![
+            (json!("x"), vec![p("conditions[0]", "must be an object")]),
+            (
+                json!({"tag": "a", "event": "b"}),
+                vec![p(
+                    "conditions[0]",
+                    "must have exactly one of \"field\", \"tag\", \"event\" or \"conditions\" (a group)",
+                )],
+            ),
+            (
+                json!({"tag": "", "op": "is", "extra": 1}),
+                vec![
+                    p(
+                        "conditions[0].extra",
+                        "unknown key; this condition takes tag, op",
+                    ),
+                    p("conditions[0].tag", "must be a non-empty string"),
+                    p("conditions[0].op", "must be \"has\" or \"has_not\""),
+                ],
+            ),
+            (
+                json!({"field": "nope", "op": "eq", "value": 1}),
+                vec![p(
+                    "conditions[0].field",
+                    "unknown field 'nope'; a built-in profile field or a declared custom field",
+                )],
+            ),
+            (
+                json!({"field": "plan", "op": "before", "value": "-1d"}),
+                vec![p(
+                    "conditions[0].op",
+                    "'before' does not apply to a text field",
+                )],
+            ),
+            (
+                json!({"field": "score", "op": "eq", "value": "high"}),
+                vec![p(
+                    "conditions[0].value",
+                    "expected a number for a number field",
+                )],
+            ),
+            (
+                json!({"field": "score", "op": "exists", "value": 1}),
+                vec![p(
+                    "conditions[0].value",
+                    "exists / not_exists take no value",
+                )],
+            ),
+            (
+                json!({"field": "last_seen_at", "op": "within", "value": "+1d"}),
+                vec![p(
+                    "conditions[0].value",
+                    "within takes a time in the past relative to now, like -7d",
+                )],
+            ),
+            (
+                json!({"event": "open", "op": "did", "within": "-1d", "count": {"op": "eq", "value": 1}}),
+                vec![p(
+                    "conditions[0].count",
+                    "a count cannot be combined with \"within\": event_stats keep one count per event, not per time window",
+                )],
+            ),
+            (
+                json!({"event": "open", "op": "did_not", "count": {"op": "eq", "value": 1}}),
+                vec![p(
+                    "conditions[0].op",
+                    "did_not takes only \"within\"; use did with a count or an occurrence",
+                )],
+            ),
+            (
+                json!({"event": "open", "op": "did", "within": "soon"}),
+                vec![p(
+                    "conditions[0].within",
+                    "\"soon\" is neither an RFC 3339 time nor a duration such as -7d, 24h or +1d",
+                )],
+            ),
+            (
+                json!({"event": "open", "op": "did", "first": {"op": "after", "value": "-1d"}, "last": {"op": "after", "value": "-1d"}}),
+                vec![p(
+                    "conditions[0].last",
+                    "give \"first\" or \"last\", not both",
+                )],
+            ),
+            (
+                json!({"match": "some", "conditions": []}),
+                vec![
+                    p("conditions[0].match", "must be \"all\" or \"any\""),
+                    p(
+                        "conditions[0].conditions",
+                        "must hold at least one condition",
+                    ),
+                ],
+            ),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(one(doc.clone()), Err(want), "{doc}");
+        }
+    }
+
+    #[test]
+    fn the_document_itself_is_checked() {
+        let doc = json!({"id": "Bad Id", "name": "", "match": "all", "conditions": [], "x": 1});
+        let problems: Vec<_> = parse(&doc, &fields())
+            .expect_err("invalid")
+            .into_iter()
+            .map(|p| p.line())
+            .collect();
+        assert_eq!(
+            problems,
+            vec![
+                "x: unknown key; a segment has id, name, match, conditions",
+                "id: must match [a-z0-9][a-z0-9_-]{0,63}",
+                "name: must be 1 to 200 bytes of text without control characters",
+                "conditions: must hold at least one condition",
+            ]
+        );
+        let deep = (0..MAX_DEPTH).fold(
+            json!({"tag": "a", "op": "has"}),
+            |c, _| json!({"match": "all", "conditions": [c]}),
+        );
+        let doc = json!({"id": "d", "name": "D", "match": "all", "conditions": [deep]});
+        let problems = parse(&doc, &fields()).expect_err("too deep");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].message,
+            format!("groups nest deeper than {MAX_DEPTH}")
+        );
+        let many: Vec<Value> = (0..=MAX_CONDITIONS)
+            .map(|_| json!({"tag": "a", "op": "has"}))
+            .collect();
+        let doc = json!({"id": "m", "name": "M", "match": "any", "conditions": many});
+        let problems = parse(&doc, &fields()).expect_err("too many");
+        assert_eq!(
+            problems[0].line(),
+            format!("conditions[200]: more than {MAX_CONDITIONS} conditions")
+        );
+    }
+
+    #[test]
+    fn a_valid_document_keeps_its_json_and_reports_time_dependence() {
+        let doc = json!({"id": "s", "name": "S", "match": "any", "conditions": [
+            {"event": "open", "op": "did", "within": "-7d"}
+        ]});
+        let (def, seg) = parse(&doc, &fields()).expect("valid");
+        assert_eq!((def.match_mode.as_str(), seg.any), ("any", true));
+        assert_eq!(
+            def.conditions,
+            doc["conditions"].as_array().cloned().unwrap_or_default()
+        );
+        assert!(seg.is_time_relative());
+        let (_, fixed) = parse(
+            &json!({"id": "t", "name": "T", "match": "all", "conditions": [{"tag": "a", "op": "has"}]}),
+            &fields(),
+        )
+        .expect("valid");
+        assert!(!fixed.is_time_relative());
+        assert!(valid_id("a-1_b") && !valid_id("-a") && !valid_id(&"a".repeat(65)));
+    }
 }

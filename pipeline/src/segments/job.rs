@@ -32,6 +32,7 @@ use serde::Serialize;
 use sha2::Digest;
 
 use super::compile;
+use super::membership::{self, Change, Members, apply};
 use super::store::Segments;
 use crate::jobs::views::to_json_rows;
 use crate::storage::events_table::{self, timestamp_type, writer_properties};
@@ -79,13 +80,6 @@ pub struct SegmentRun {
     pub repaired: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Change {
-    segment_id: String,
-    user_id: String,
-    entered: bool,
-}
-
 async fn table(store: &Store, name: &str, schema: &SchemaRef) -> Result<DeltaTable> {
     store
         .load_or_create_table(&TableSpec {
@@ -113,18 +107,14 @@ fn commit(app: &str, run: i64) -> CommitProperties {
 }
 
 /// Current members of `environment`: segment -> user -> entered_at (µs).
-async fn read_members(
-    ctx: &SessionContext,
-    t: &DeltaTable,
-    env: &str,
-) -> Result<BTreeMap<String, BTreeMap<String, i64>>> {
+async fn read_members(ctx: &SessionContext, t: &DeltaTable, env: &str) -> Result<Members> {
     t.update_datafusion_session(&ctx.state())?;
     let batches = ctx
         .read_table(t.table_provider().await?)?
         .filter(col("environment").eq(lit(env)))?
         .collect()
         .await?;
-    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut out: Members = BTreeMap::new();
     for b in &batches {
         let seg = b
             .column_by_name("segment_id")
@@ -187,17 +177,6 @@ async fn read_changes(
     Ok((out, at))
 }
 
-fn apply(members: &mut BTreeMap<String, BTreeMap<String, i64>>, changes: &[Change], at: i64) {
-    for c in changes {
-        let seg = members.entry(c.segment_id.clone()).or_default();
-        if c.entered {
-            seg.entry(c.user_id.clone()).or_insert(at);
-        } else {
-            seg.remove(&c.user_id);
-        }
-    }
-}
-
 fn event_id(env: &str, run: i64, c: &Change) -> String {
     let mut h = sha2::Sha256::new();
     for part in [
@@ -236,10 +215,7 @@ fn changes_batch(env: &str, run: i64, at: i64, changes: &[Change]) -> Result<Rec
     )?)
 }
 
-fn members_batch(
-    env: &str,
-    members: &BTreeMap<String, BTreeMap<String, i64>>,
-) -> Result<RecordBatch> {
+fn members_batch(env: &str, members: &Members) -> Result<RecordBatch> {
     let rows: Vec<(&str, &str, i64)> = members
         .iter()
         .flat_map(|(s, users)| {
@@ -352,12 +328,7 @@ async fn write_events(
     Ok(())
 }
 
-async fn write_members(
-    store: &Store,
-    env: &str,
-    run: i64,
-    members: &BTreeMap<String, BTreeMap<String, i64>>,
-) -> Result<()> {
+async fn write_members(store: &Store, env: &str, run: i64, members: &Members) -> Result<()> {
     let t = table(store, MEMBERS, &MEMBERS_SCHEMA).await?;
     t.write(vec![members_batch(env, members)?])
         .with_save_mode(SaveMode::Overwrite)
@@ -415,8 +386,7 @@ pub async fn run_environment(store: &Store, environment: &str, now_us: i64) -> R
     }
     let run = m + 1;
     super::materialize_inputs(&ctx).await?;
-    let mut changes = Vec::new();
-    let mut next: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    let mut matching = BTreeMap::new();
     for seg in &parsed {
         let compiled = compile::compile(seg, environment, now_us);
         let batches = ctx
@@ -435,46 +405,18 @@ pub async fn run_environment(store: &Store, environment: &str, now_us: i64) -> R
                     .map(|i| ids.value(i).to_string()),
             );
         }
-        let old = members.get(&seg.id).cloned().unwrap_or_default();
-        for u in &now_members {
-            if !old.contains_key(u) {
-                changes.push(Change {
-                    segment_id: seg.id.clone(),
-                    user_id: u.clone(),
-                    entered: true,
-                });
-            }
-        }
-        for u in old.keys() {
-            if !now_members.contains(u) {
-                changes.push(Change {
-                    segment_id: seg.id.clone(),
-                    user_id: u.clone(),
-                    entered: false,
-                });
-            }
-        }
-        let kept = next.entry(seg.id.clone()).or_default();
-        for u in now_members {
-            let at = old.get(&u).copied().unwrap_or(now_us);
-            kept.insert(u, at);
-        }
+        matching.insert(seg.id.clone(), now_members);
     }
-    // members of deleted segments are dropped without changes
-    let dropped = members.keys().any(|s| !next.contains_key(s));
-    changes.sort();
-    let (entered, exited) = (
-        changes.iter().filter(|c| c.entered).count(),
-        changes.iter().filter(|c| !c.entered).count(),
-    );
-    if !changes.is_empty() || dropped {
-        if !changes.is_empty() {
-            write_changes(store, environment, run, now_us, &changes).await?;
+    let diff = membership::diff(&members, matching, now_us);
+    let (entered, exited) = diff.counts();
+    if diff.changed() {
+        if !diff.changes.is_empty() {
+            write_changes(store, environment, run, now_us, &diff.changes).await?;
             crash_point("segment-changes");
-            write_events(store, environment, run, now_us, &changes, &names).await?;
+            write_events(store, environment, run, now_us, &diff.changes, &names).await?;
             crash_point("segment-events");
         }
-        write_members(store, environment, run, &next).await?;
+        write_members(store, environment, run, &diff.next).await?;
     }
     Ok(SegmentRun {
         environment: environment.to_string(),
@@ -484,6 +426,17 @@ pub async fn run_environment(store: &Store, environment: &str, now_us: i64) -> R
         exited,
         repaired,
     })
+}
+
+/// Logs the runs that changed something.
+pub fn log_runs(runs: &[SegmentRun]) {
+    for r in runs
+        .iter()
+        .filter(|r| r.entered + r.exited + r.repaired > 0)
+    {
+        tracing::info!(environment = %r.environment, run = r.run, entered = r.entered,
+            exited = r.exited, repaired = r.repaired, "segments evaluated");
+    }
 }
 
 /// Runs every environment that has segments (or members to drop).

@@ -1,11 +1,19 @@
-//! Dynamic segments: definitions validated against the field registry ([`def`]), compiled
-//! to parameterized DataFusion SQL over `profiles` and `event_stats` ([`compile`]), and
-//! evaluated for previews ([`preview`]); definitions are stored in the config document
-//! `segments` ([`store`]).
+//! Dynamic segments.
+//!
+//! - [`def`]: definitions parsed from JSON and validated against the field registry;
+//! - [`compile`]: a definition as parameterized DataFusion SQL over `profiles` and
+//!   `event_stats` (quoted identifiers, bound literals);
+//! - [`model`]: what a parsed definition is (conditions, operands, time);
+//! - [`membership`]: the pure enter / exit / stay decision of a run;
+//! - [`job`]: runs every segment of an environment and commits changes, events, members;
+//! - [`store`]: the config document `segments`;
+//! - here: previews and member pages.
 
 pub mod compile;
 pub mod def;
 pub mod job;
+pub mod membership;
+pub mod model;
 pub mod store;
 
 use datafusion::prelude::SessionContext;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::def::{self, Segment};
-use crate::ingest::event::Problem;
+use crate::problem::Problem;
 use crate::storage::Store;
 use crate::storage::paths::Doc;
 use crate::users::fields::Registry;
@@ -29,19 +29,7 @@ pub struct SegmentsDoc {
     pub environments: BTreeMap<String, BTreeMap<String, Stored>>,
 }
 
-/// Why a write was refused.
-#[derive(Debug)]
-pub enum WriteError {
-    /// The definition is invalid: every problem with its path.
-    Invalid(Vec<Problem>),
-    Other(Error),
-}
-
-impl From<Error> for WriteError {
-    fn from(e: Error) -> Self {
-        WriteError::Other(e)
-    }
-}
+use crate::problem::WriteError;
 
 #[derive(Clone, Debug)]
 pub struct Segments {

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::ingest::event::Problem;
+use crate::problem::{MAX_PROBLEMS, Problem, Subject, WriteError};
 
 #[derive(Debug, Serialize)]
 pub struct ErrorBody {
@@ -58,11 +58,36 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
-    pub fn invalid(message: impl Into<String>, problems: Vec<Problem>, total: usize) -> ApiError {
-        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_events", message);
+    /// The one 400 body for invalid input: `subject`'s code and summary, the first
+    /// [`MAX_PROBLEMS`] problems and how many there were (`total`, which may be more than
+    /// `problems` holds when the caller stopped listing).
+    pub fn problems(subject: Subject, mut problems: Vec<Problem>, total: usize) -> ApiError {
+        let total = total.max(problems.len());
+        problems.truncate(MAX_PROBLEMS);
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            subject.code(),
+            subject.summary(total),
+        );
         e.body.problems = Some(problems);
         e.body.problems_total = Some(total);
         e
+    }
+
+    /// Says what failed before a server-side error's message (user errors keep theirs).
+    pub fn context(mut self, what: &str) -> ApiError {
+        if self.status.is_server_error() {
+            self.body.message = format!("{what}: {}", self.body.message);
+        }
+        self
+    }
+}
+
+/// Maps a refused write of `subject` to its response (`map_err(rejected(Subject::…))`).
+pub fn rejected(subject: Subject) -> impl Fn(WriteError) -> ApiError {
+    move |e| match e {
+        WriteError::Invalid(p) => ApiError::problems(subject, p, 0),
+        WriteError::Other(e) => e.into(),
     }
 }
 

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,31 +17,26 @@ use serde_json::{Value, json};
 use tidemark_sinks::export::{Format, sha256_hex};
 
 use super::AppState;
-use super::error::ApiError;
-use super::ingest_api::read_body;
-use crate::auth::Role;
+use super::auth::{Admin, Authorized, Reader};
+use super::body::{BodyKind, JsonBody};
+use super::error::{ApiError, rejected};
 use crate::exports::batched::{self, Link, LinkError};
-use crate::exports::def::{Exports, WriteError};
+use crate::exports::def::Exports;
 use crate::exports::worker::{self, Runner};
-use crate::ingest::event::Problem;
+use crate::problem::Subject;
 
-fn invalid(problems: Vec<Problem>) -> ApiError {
-    let total = problems.len();
-    let mut e = ApiError::invalid(
-        format!("the export has {total} problem(s)"),
-        problems,
-        total,
-    );
-    e.body.error = "invalid_export";
-    e
+/// An export definition or a backfill's range; an empty body is `{}`.
+pub struct Request;
+
+impl BodyKind for Request {
+    const BYTES: Option<usize> = Some(256 * 1024);
+    const LIMIT_NAME: &'static str = "256 KiB for an export request";
+    const EXPECTED: &'static str = "a JSON object";
+    const EMPTY_IS_OBJECT: bool = true;
 }
 
-fn written<T>(r: Result<T, WriteError>) -> Result<T, ApiError> {
-    r.map_err(|e| match e {
-        WriteError::Invalid(p) => invalid(p),
-        WriteError::Other(e) => e.into(),
-    })
-}
+/// Export endpoints are for admin keys; the path is `{env}/exports/{id}`.
+type OneExport = (Authorized<Admin>, Path<(String, String)>);
 
 fn exports(state: &AppState) -> Exports {
     Exports::new(state.store.clone())
@@ -78,13 +72,10 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 
 pub async fn batched_list(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
+    Authorized { env, .. }: Authorized<Reader>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
     for key in q.keys() {
         if !["from", "to", "format"].contains(&key.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -169,24 +160,15 @@ pub async fn batched_download(
     Ok(resp)
 }
 
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
-    let bytes = read_body(headers, body, 256 * 1024, "256 KiB for an export request").await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("body must be a JSON object: {e}")))
-}
-
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Authorized { env, .. }: Authorized<Admin>,
+    JsonBody(input, _): JsonBody<Value, Request>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let input = json_body(&headers, body).await?;
-    let (ex, secret) = written(exports(&state).create(&env, &input, &state.exports).await)?;
+    let (ex, secret) = exports(&state)
+        .create(&env, &input, &state.exports)
+        .await
+        .map_err(rejected(Subject::Export))?;
     let mut out = ex.public();
     if let Some(s) = secret {
         out["secret"] = Value::String(s.expose());
@@ -196,11 +178,9 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
+    auth: Authorized<Admin>,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let all = exports(&state).list(&env).await?;
+    let all = exports(&state).list(&auth.env).await?;
     Ok(Json(json!({
         "exports": all.values().map(|e| e.public()).collect::<Vec<_>>(),
     })))
@@ -208,29 +188,23 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneExport,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     Ok(Json(exports(&state).get(&env, &id).await?.public()))
 }
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneExport,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     exports(&state).delete(&env, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn status(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneExport,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     let ex = exports(&state).get(&env, &id).await?;
     Ok(Json(
         worker::status(&state.store, &state.exports, &env, &ex, chrono::Utc::now()).await?,
@@ -239,45 +213,37 @@ pub async fn status(
 
 async fn set_paused(
     state: &AppState,
-    headers: &HeaderMap,
     env: &str,
     id: &str,
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(headers, env, &[Role::Admin]).await?;
-    let ex = exports(state).set_paused(env, id, paused, None).await?;
-    if !paused {
-        // A resumed export runs at once instead of waiting out its backoff.
-        let mut st = crate::exports::state::load(&state.store, env, id).await?;
-        st.next_attempt_at = None;
-        crate::exports::state::save(&state.store, env, id, &st).await?;
-    }
+    let ex = if paused {
+        exports(state).set_paused(env, id, true, None).await?
+    } else {
+        exports(state).resume(env, id).await?
+    };
     Ok(Json(ex.public()))
 }
 
 pub async fn pause(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneExport,
 ) -> Result<Json<Value>, ApiError> {
-    set_paused(&state, &headers, &env, &id, true).await
+    set_paused(&state, &env, &id, true).await
 }
 
 pub async fn resume(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneExport,
 ) -> Result<Json<Value>, ApiError> {
-    set_paused(&state, &headers, &env, &id, false).await
+    set_paused(&state, &env, &id, false).await
 }
 
 /// Runs the export's due windows now (ignoring backoff) and reports them.
 pub async fn run(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneExport,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     let ex = exports(&state).get(&env, &id).await?;
     let runner = Runner::new(state.store.clone(), state.exports.clone());
     let report = runner.run_now(&env, &ex, chrono::Utc::now()).await?;
@@ -287,12 +253,9 @@ pub async fn run(
 /// Re-exports the windows of `from..to` in the background (they replace what is there).
 pub async fn backfill(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    (_, Path((env, id))): OneExport,
+    JsonBody(input, _): JsonBody<Value, Request>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let input = json_body(&headers, body).await?;
     let field = |name: &str| -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
         let text = input
             .get(name)

@@ -4,21 +4,20 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::{Admin, Authorized, Reader};
+use super::body::{BodyKind, JsonBody};
 use super::error::ApiError;
-use super::ingest_api::read_body;
-use crate::auth::Role;
 use crate::users::fields::{FieldType, Registry};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewField {
+pub struct NewField {
     name: String,
     #[serde(rename = "type")]
     field_type: String,
@@ -26,19 +25,17 @@ struct NewField {
     label: Option<String>,
 }
 
+impl BodyKind for NewField {
+    const BYTES: Option<usize> = Some(64 * 1024);
+    const LIMIT_NAME: &'static str = "64 KiB for a field";
+    const EXPECTED: &'static str = "{\"name\": .., \"type\": .., \"label\"?: ..}";
+}
+
 pub async fn post_field(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Authorized { env, .. }: Authorized<Admin>,
+    JsonBody(new, _): JsonBody<NewField, NewField>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let body = read_body(&headers, body, 64 * 1024, "64 KiB for a field").await?;
-    let new: NewField = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "body must be {{\"name\": .., \"type\": .., \"label\"?: ..}}: {e}"
-        ))
-    })?;
     let Some(field_type) = FieldType::parse(&new.field_type) else {
         return Err(ApiError::bad_request(format!(
             "type: '{}' is not one of text, number, boolean, datetime, list",
@@ -53,13 +50,9 @@ pub async fn post_field(
 
 pub async fn get_fields(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
+    auth: Authorized<Reader>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Admin, Role::Read])
-        .await?;
-    let fields = Registry::new(state.store.clone()).list(&env).await?;
+    let fields = Registry::new(state.store.clone()).list(&auth.env).await?;
     Ok(Json(
         json!({"fields": fields.into_values().collect::<Vec<_>>()}),
     ))
@@ -67,10 +60,9 @@ pub async fn get_fields(
 
 pub async fn delete_field(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Admin>,
     Path((env, name)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     let def = Registry::new(state.store.clone())
         .delete(&env, &name)
         .await?;

@@ -1,13 +1,20 @@
 //! The HTTP API.
 //!
-//! - [`error`]: JSON error bodies and their status codes.
+//! - [`error`]: JSON error bodies and their status codes; the one 400 body for a list of
+//!   problems.
+//! - [`auth`]: the `Authorized<Role>` extractor (a handler's role is in its signature).
+//! - [`body`]: size-limited request bodies and the `JsonBody` extractor.
 //! - [`ingest_api`]: `POST /v1/{env}/events`.
 //! - [`users_api`]: profile reads and writes under `/v1/{env}/users`.
 //! - [`fields_api`]: the custom field registry, `/v1/{env}/fields`.
 //! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
+//! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
+//! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
+pub mod auth;
+pub mod body;
 pub mod error;
 pub mod exports_api;
 pub mod fields_api;

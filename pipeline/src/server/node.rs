@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OnceCell, watch};
 
+use crate::supervisor::Supervisor;
+
 use super::{AppState, router};
 use crate::auth::{KeyAdmin, KeyCache, Role};
 use crate::config::{AckMode, Config};
@@ -95,10 +97,10 @@ pub async fn run(
         exports: exports.clone(),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut sup = Supervisor::new();
     let http = {
         let state = state.clone();
-        let mut stop_rx = stop_rx.clone();
+        let mut stop_rx = sup.stop_signal();
         let app = router(state.clone());
         tokio::spawn(async move {
             let signal = async move {
@@ -116,75 +118,120 @@ pub async fn run(
     println!("tidemark: listening on http://{addr}");
     tracing::info!(%addr, data = %config.data, "listening");
 
-    let started = start_ingest(&config, &store, &state, metrics.clone(), stop_rx.clone()).await;
+    let started = start_ingest(&config, &store, &state, metrics.clone(), sup.stop_signal()).await;
     let flusher = match started {
         Ok(f) => f,
         Err(e) => {
-            let _ = stop_tx.send(true);
+            sup.stop();
             let _ = http.await;
             return Err(e);
         }
     };
-    spawn_key_refresh(keys, stop_rx.clone());
-    spawn_optimize(&config, store.clone(), metrics, stop_rx.clone());
-    spawn_maintenance(&config, store.clone(), stop_rx.clone());
-    spawn_segments(&config, store.clone(), stop_rx.clone());
-    let webhooks_task = match (config.webhooks.enabled, webhooks.key.clone()) {
-        (true, Ok(key)) => Some(spawn_webhooks(
-            &config,
-            store.clone(),
-            key,
-            webhooks.client.clone(),
-            stop_rx.clone(),
-        )),
-        _ => None,
-    };
-    let exports_task = (config.exports.enabled && exports.key.is_ok())
-        .then(|| spawn_exports(store.clone(), exports.clone(), stop_rx.clone()));
-    if config.jobs.enabled {
-        let commits = state.ingestor.get().map(|i| i.committed.clone());
-        let runner = Runner::new(store.clone(), config.job_options());
-        let schedule = Schedule {
-            debounce: config.jobs.debounce,
-            poll_interval: config.jobs.poll_interval,
-        };
-        tokio::spawn(service::run_loop(
-            runner,
-            schedule,
-            commits,
-            state.profile_writes.clone(),
-            stop_rx.clone(),
-        ));
-    }
+    start_background(&mut sup, &config, &store, &state, keys, metrics);
+    start_sinks(&mut sup, &config, &store, &webhooks, &exports);
     println!("tidemark: ready");
 
     let served = http
         .await
         .map_err(|e| Error::Unavailable(format!("http server task: {e}")))?;
     // No request is in flight any more: flush what was acknowledged.
-    let _ = stop_tx.send(true);
+    sup.stop();
     let flushed = flusher
         .await
         .map_err(|e| Error::Unavailable(format!("flusher task: {e}")))?;
-    // The webhook worker commits the attempts it logged before it stops.
-    if let Some(task) = webhooks_task
-        && tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .is_err()
-    {
-        tracing::warn!("webhooks: the worker did not stop within 10 s");
-    }
-    if let Some(task) = exports_task
-        && tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .is_err()
-    {
-        tracing::warn!("exports: the worker did not stop within 10 s");
-    }
+    // Then every background task, in the order started (the webhook worker commits the
+    // attempts it logged before it stops).
+    sup.shutdown(SHUTDOWN_GRACE).await;
     served?;
     flushed?;
     println!("tidemark: stopped");
     Ok(())
+}
+
+/// How long shutdown waits for each background task.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The node's background tasks besides the sinks: key refresh, compaction, retention,
+/// segment evaluation and the job loop.
+fn start_background(
+    sup: &mut Supervisor,
+    config: &Config,
+    store: &Store,
+    state: &AppState,
+    keys: Arc<KeyCache>,
+    metrics: Arc<Metrics>,
+) {
+    sup.every("key refresh", KEY_REFRESH, move || {
+        let keys = keys.clone();
+        async move {
+            if let Err(e) = keys.refresh().await {
+                tracing::warn!(error = %e, "cannot refresh API keys");
+            }
+        }
+    });
+    let (s, target) = (store.clone(), config.optimize_target_size);
+    sup.every("compaction", config.optimize_interval, move || {
+        optimize_pass(s.clone(), metrics.clone(), target)
+    });
+    let (s, retention) = (store.clone(), config.retention.clone());
+    sup.every("retention", retention.interval, move || {
+        maintenance_pass(s.clone(), retention.clone())
+    });
+    if config.jobs.enabled {
+        let s = store.clone();
+        sup.every("segments", config.segments.interval, move || {
+            segments_pass(s.clone())
+        });
+        let commits = state.ingestor.get().map(|i| i.committed.clone());
+        let runner = Runner::new(store.clone(), config.job_options());
+        let schedule = Schedule {
+            debounce: config.jobs.debounce,
+            poll_interval: config.jobs.poll_interval,
+        };
+        let stop = sup.stop_signal();
+        let writes = state.profile_writes.clone();
+        sup.spawn(
+            "jobs",
+            service::run_loop(runner, schedule, commits, writes, stop),
+        );
+    }
+}
+
+/// The webhook and export workers, each when enabled and the master key is there
+/// (`tidemark serve` and `tidemark sinks run`). Returns how many were started.
+pub fn start_sinks(
+    sup: &mut Supervisor,
+    config: &Config,
+    store: &Store,
+    webhooks: &crate::webhooks::Context,
+    exports: &crate::exports::Context,
+) -> usize {
+    let mut started = 0;
+    if let (true, Ok(key)) = (config.webhooks.enabled, webhooks.key.clone()) {
+        let (store, config, client) = (
+            store.clone(),
+            config.webhooks.clone(),
+            webhooks.client.clone(),
+        );
+        sup.restarting("webhooks", move |stop| {
+            crate::webhooks::worker::run(
+                store.clone(),
+                config.clone(),
+                key.clone(),
+                client.clone(),
+                stop,
+            )
+        });
+        started += 1;
+    }
+    if config.exports.enabled && exports.key.is_ok() {
+        let (store, ctx) = (store.clone(), exports.clone());
+        sup.restarting("exports", move |stop| {
+            crate::exports::worker::run(store.clone(), ctx.clone(), stop)
+        });
+        started += 1;
+    }
+    started
 }
 
 /// Recovery, then the log and the flusher. Returns the flusher's task.
@@ -257,179 +304,75 @@ async fn start_ingest(
     Ok(task)
 }
 
-/// The webhook delivery worker; restarted after an error.
-pub fn spawn_webhooks(
-    config: &Config,
-    store: Store,
-    key: tidemark_sinks::crypto::MasterKey,
-    client: tidemark_sinks::client::SafeClient,
-    stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let config = config.webhooks.clone();
-    tokio::spawn(async move {
-        loop {
-            let run = crate::webhooks::worker::run(
-                store.clone(),
-                config.clone(),
-                key.clone(),
-                client.clone(),
-                stop.clone(),
-            );
-            match run.await {
-                Ok(()) => return,
-                Err(_) if *stop.borrow() => return,
-                Err(e) => tracing::error!(error = %e, "webhooks: worker stopped; restarting"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    })
-}
+/// How often a node re-reads the API keys (a revoked key stops working within this).
+const KEY_REFRESH: Duration = Duration::from_secs(2);
 
-/// The export worker; restarted after an error.
-pub fn spawn_exports(
-    store: Store,
-    ctx: crate::exports::Context,
-    stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match crate::exports::worker::run(store.clone(), ctx.clone(), stop.clone()).await {
-                Ok(()) => return,
-                Err(_) if *stop.borrow() => return,
-                Err(e) => tracing::error!(error = %e, "exports: worker stopped; restarting"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    })
-}
-
-fn spawn_key_refresh(keys: Arc<KeyCache>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stop.changed() => return,
-            }
-            if let Err(e) = keys.refresh().await {
-                tracing::warn!(error = %e, "cannot refresh API keys");
+/// Compacts the last day of `events` and the webhook delivery log.
+async fn optimize_pass(store: Store, metrics: Arc<Metrics>, target: u64) {
+    let since = (chrono::Utc::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    let result = match store.load_table(events_table::TABLE).await {
+        Ok(Some(t)) => events_table::optimize_since(t, &since, target)
+            .await
+            .map(|(_, n)| n),
+        Ok(None) => Ok(0),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(n) => {
+            metrics.optimize_files_removed.inc_by(n);
+            if n > 0 {
+                tracing::info!(files_removed = n, "compacted events");
             }
         }
-    });
-}
-
-fn spawn_optimize(
-    config: &Config,
-    store: Store,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let (interval, target) = (config.optimize_interval, config.optimize_target_size);
-    if interval.is_zero() {
-        return;
+        Err(e) => tracing::warn!(error = %e, "compaction of events failed"),
     }
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.changed() => return,
-            }
-            let since = (chrono::Utc::now() - chrono::Duration::days(1))
-                .format("%Y-%m-%d")
-                .to_string();
-            let result = match store.load_table(events_table::TABLE).await {
-                Ok(Some(t)) => events_table::optimize_since(t, &since, target)
-                    .await
-                    .map(|(_, n)| n),
-                Ok(None) => Ok(0),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(n) => {
-                    metrics.optimize_files_removed.inc_by(n);
-                    if n > 0 {
-                        tracing::info!(files_removed = n, "compacted events");
-                    }
+    // The webhook delivery log gets a small file per log commit.
+    let log = crate::webhooks::log::TABLE;
+    match store.load_table(log).await {
+        Ok(Some(t)) => match crate::webhooks::log::optimize(t, target).await {
+            Ok((_, n)) => {
+                metrics.optimize_files_removed.inc_by(n);
+                if n > 0 {
+                    tracing::info!(files_removed = n, "compacted {log}");
                 }
-                Err(e) => tracing::warn!(error = %e, "compaction of events failed"),
             }
-            // The webhook delivery log gets a small file per log commit.
-            let log = crate::webhooks::log::TABLE;
-            match store.load_table(log).await {
-                Ok(Some(t)) => match crate::webhooks::log::optimize(t, target).await {
-                    Ok((_, n)) => {
-                        metrics.optimize_files_removed.inc_by(n);
-                        if n > 0 {
-                            tracing::info!(files_removed = n, "compacted {log}");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "compaction of {log} failed"),
-                },
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "compaction of {log} failed"),
-            }
-        }
-    });
+            Err(e) => tracing::warn!(error = %e, "compaction of {log} failed"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "compaction of {log} failed"),
+    }
 }
 
-/// Every `retention.interval`: deletes events past their environment's retention, then
-/// VACUUMs every table (files that left it more than `retention.vacuum_after` ago).
-fn spawn_maintenance(config: &Config, store: Store, mut stop: watch::Receiver<bool>) {
-    let retention = config.retention.clone();
-    if retention.interval.is_zero() {
-        return;
-    }
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(retention.interval) => {}
-                _ = stop.changed() => return,
-            }
-            match crate::users::erase::apply_retention(&store, &retention).await {
-                Ok(deleted) => {
-                    for (env, rows) in deleted {
-                        tracing::info!(environment = %env, ?rows, "retention deleted old events");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "retention failed"),
-            }
-            match crate::users::erase::vacuum_all(&store, retention.vacuum_after).await {
-                Ok(deleted) => {
-                    let n: usize = deleted.values().sum();
-                    if n > 0 {
-                        tracing::info!(files = n, "vacuum deleted old files");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "vacuum failed"),
+/// Deletes events past their environment's retention, then VACUUMs every table (files
+/// that left it more than `retention.vacuum_after` ago).
+async fn maintenance_pass(store: Store, retention: crate::config::RetentionConfig) {
+    match crate::users::erase::apply_retention(&store, &retention).await {
+        Ok(deleted) => {
+            for (env, rows) in deleted {
+                tracing::info!(environment = %env, ?rows, "retention deleted old events");
             }
         }
-    });
+        Err(e) => tracing::warn!(error = %e, "retention failed"),
+    }
+    match crate::users::erase::vacuum_all(&store, retention.vacuum_after).await {
+        Ok(deleted) => {
+            let n: usize = deleted.values().sum();
+            if n > 0 {
+                tracing::info!(files = n, "vacuum deleted old files");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "vacuum failed"),
+    }
 }
 
-/// Every `segments.interval`: evaluates every segment and records enter/exit changes.
-fn spawn_segments(config: &Config, store: Store, mut stop: watch::Receiver<bool>) {
-    let interval = config.segments.interval;
-    if interval.is_zero() || !config.jobs.enabled {
-        return;
+/// Evaluates every segment and records enter/exit changes (for relative time conditions,
+/// which change with the clock alone).
+async fn segments_pass(store: Store) {
+    let now = chrono::Utc::now().timestamp_micros();
+    match crate::segments::job::run_all(&store, now).await {
+        Ok(runs) => crate::segments::job::log_runs(&runs),
+        Err(e) => tracing::warn!(error = %e, "segment evaluation failed; will retry"),
     }
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.changed() => return,
-            }
-            let now = chrono::Utc::now().timestamp_micros();
-            match crate::segments::job::run_all(&store, now).await {
-                Ok(runs) => {
-                    for r in runs
-                        .iter()
-                        .filter(|r| r.entered + r.exited + r.repaired > 0)
-                    {
-                        tracing::info!(environment = %r.environment, run = r.run, entered = r.entered,
-                            exited = r.exited, repaired = r.repaired, "segments evaluated");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "segment evaluation failed; will retry"),
-            }
-        }
-    });
 }

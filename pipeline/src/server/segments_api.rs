@@ -4,47 +4,31 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::ApiError;
-use super::ingest_api::read_body;
-use crate::auth::Role;
-use crate::ingest::event::Problem;
-use crate::segments::store::{Segments, Stored, WriteError};
+use super::auth::{Admin, Authorized, Reader};
+use super::body::{BodyKind, JsonBody};
+use super::error::{ApiError, rejected};
+use crate::problem::Subject;
+use crate::segments::store::{Segments, Stored};
 use crate::segments::{compile, def, preview};
 
 /// Sample ids a preview returns.
 const SAMPLE: usize = 20;
 
-fn invalid(problems: Vec<Problem>) -> ApiError {
-    let total = problems.len();
-    let mut e = ApiError::invalid(
-        format!("the segment definition has {total} problem(s)"),
-        problems,
-        total,
-    );
-    e.body.error = "invalid_segment";
-    e
+/// A segment definition.
+pub struct Definition;
+
+impl BodyKind for Definition {
+    const BYTES: Option<usize> = Some(1024 * 1024);
+    const LIMIT_NAME: &'static str = "1 MiB for a segment";
+    const EXPECTED: &'static str = "a JSON segment definition";
 }
 
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::Invalid(p) => invalid(p),
-            WriteError::Other(e) => e.into(),
-        }
-    }
-}
-
-async fn json_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
-    let bytes = read_body(headers, body, 1024 * 1024, "1 MiB for a segment").await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("body must be a JSON segment definition: {e}")))
-}
+type DefinitionBody = JsonBody<Value, Definition>;
 
 /// The compiled SQL and its bound values, for explain.
 fn explain(segment: &def::Segment, env: &str) -> Value {
@@ -67,27 +51,23 @@ fn stored_json(id: &str, s: &Stored) -> Value {
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    auth: Authorized<Admin>,
+    JsonBody(doc, _): DefinitionBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let doc = json_body(&headers, body).await?;
     let id = doc["id"].as_str().unwrap_or_default().to_string();
     let stored = Segments::new(state.store.clone())
-        .put(&env, doc, false)
-        .await?;
+        .put(&auth.env, doc, false)
+        .await
+        .map_err(rejected(Subject::Segment))?;
     Ok((StatusCode::CREATED, Json(stored_json(&id, &stored))))
 }
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Admin>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(mut doc, _): DefinitionBody,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let mut doc = json_body(&headers, body).await?;
     match doc.get("id").and_then(Value::as_str) {
         None => {
             if let Some(o) = doc.as_object_mut() {
@@ -103,31 +83,25 @@ pub async fn update(
     }
     let stored = Segments::new(state.store.clone())
         .put(&env, doc, true)
-        .await?;
+        .await
+        .map_err(rejected(Subject::Segment))?;
     Ok(Json(stored_json(&id, &stored)))
 }
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
+    auth: Authorized<Reader>,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
-    let all = Segments::new(state.store.clone()).list(&env).await?;
+    let all = Segments::new(state.store.clone()).list(&auth.env).await?;
     let items: Vec<Value> = all.iter().map(|(id, s)| stored_json(id, s)).collect();
     Ok(Json(json!({"segments": items})))
 }
 
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Reader>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
     let segments = Segments::new(state.store.clone());
     let stored = segments.get(&env, &id).await?;
     let mut out = stored_json(&id, &stored);
@@ -141,10 +115,9 @@ pub async fn get_one(
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Admin>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     let stored = Segments::new(state.store.clone()).delete(&env, &id).await?;
     Ok(Json(json!({"deleted": stored_json(&id, &stored)})))
 }
@@ -152,14 +125,9 @@ pub async fn delete(
 /// An unsaved definition's member count and first [`SAMPLE`] user ids (by id).
 pub async fn preview_segment(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Authorized { env, .. }: Authorized<Reader>,
+    JsonBody(mut doc, _): DefinitionBody,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
-    let mut doc = json_body(&headers, body).await?;
     if let Some(o) = doc.as_object_mut() {
         o.entry("id").or_insert_with(|| json!("preview"));
         o.entry("name").or_insert_with(|| json!("preview"));
@@ -169,7 +137,7 @@ pub async fn preview_segment(
         .await?
     {
         Ok(s) => s,
-        Err(p) => return Err(invalid(p)),
+        Err(p) => return Err(ApiError::problems(Subject::Segment, p, 0)),
     };
     let compiled = compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
     let ctx = crate::query::session(&state.store, Some(&env)).await?;
@@ -182,13 +150,10 @@ pub async fn preview_segment(
 /// `GET /v1/{env}/segments/{id}/members?limit=&cursor=` (read or admin key).
 pub async fn members(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Reader>,
     Path((env, id)): Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
     Segments::new(state.store.clone()).get(&env, &id).await?;
     let (mut limit, mut cursor) = (100usize, None);
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {

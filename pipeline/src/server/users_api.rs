@@ -12,10 +12,10 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::{Admin, Authorized, Reader, Writer};
+use super::body::{BodyKind, JsonBody, read_body};
 use super::error::ApiError;
-use super::ingest_api::read_body;
-use crate::auth::Role;
-use crate::ingest::event::{MAX_PROBLEMS, Problem};
+use crate::problem::{Problem, Subject};
 use crate::users::changes::{self, BatchItem, Update};
 use crate::users::fields::Registry;
 use crate::users::read;
@@ -28,15 +28,30 @@ pub struct UserQuery {
     events: Option<String>,
 }
 
+/// One profile update (`PUT /v1/{env}/users/{id}`).
+pub struct OneUpdate;
+
+impl BodyKind for OneUpdate {
+    const BYTES: Option<usize> = None;
+    const LIMIT_NAME: &'static str = "limits.max_body_bytes";
+    const EXPECTED: &'static str = "an object with set, set_once, unset and tags";
+}
+
+/// A batch of updates (`POST /v1/{env}/users:batch`).
+pub struct Updates;
+
+impl BodyKind for Updates {
+    const BYTES: Option<usize> = None;
+    const LIMIT_NAME: &'static str = "limits.max_body_bytes";
+    const EXPECTED: &'static str = "a JSON array of updates ({\"id\": .., \"set\": ..})";
+}
+
 pub async fn get_user(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Reader>,
     Path((env, id)): Path<(String, String)>,
     Query(q): Query<UserQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
     let events = match q.events.as_deref() {
         None => 0,
         Some(n) => match n.parse::<usize>() {
@@ -51,7 +66,7 @@ pub async fn get_user(
     };
     let found = read::user(&state.store, &env, &id, events)
         .await
-        .map_err(|e| internal("cannot read the profile", e))?;
+        .map_err(|e| ApiError::from(e).context("cannot read the profile"))?;
     match found {
         Some(profile) => Ok(Json(profile)),
         None => Err(ApiError::new(
@@ -64,28 +79,6 @@ pub async fn get_user(
     }
 }
 
-fn internal(what: &str, e: crate::Error) -> ApiError {
-    tracing::error!(error = %e, "{what}");
-    if e.is_retryable() {
-        ApiError::unavailable(format!("{what}: {e}"))
-    } else {
-        ApiError::internal(format!("{what}: {e}"))
-    }
-}
-
-fn invalid(problems: Vec<Problem>) -> ApiError {
-    let total = problems.len();
-    let mut problems = problems;
-    problems.truncate(MAX_PROBLEMS);
-    let mut e = ApiError::invalid(
-        format!("{total} problem(s); nothing was written"),
-        problems,
-        total,
-    );
-    e.body.error = "invalid_update";
-    e
-}
-
 /// Validates `items` (index, user id, update) and appends them in one commit.
 async fn write_updates(
     state: &AppState,
@@ -95,7 +88,7 @@ async fn write_updates(
     let fields = Registry::new(state.store.clone())
         .list(env)
         .await
-        .map_err(|e| internal("cannot read the field registry", e))?;
+        .map_err(|e| ApiError::from(e).context("cannot read the field registry"))?;
     let mut problems = Vec::new();
     let mut ops = Vec::new();
     for (i, (id, update)) in items.iter().enumerate() {
@@ -109,62 +102,32 @@ async fn write_updates(
         ));
     }
     if !problems.is_empty() {
-        return Err(invalid(problems));
+        return Err(ApiError::problems(Subject::Update, problems, 0));
     }
-    let batch = changes::rows(env, &ops, "api").map_err(|e| internal("cannot build rows", e))?;
+    let batch = changes::rows(env, &ops, "api")
+        .map_err(|e| ApiError::from(e).context("cannot build rows"))?;
     changes::append(&state.store, vec![batch])
         .await
-        .map_err(|e| internal("cannot store the update", e))?;
+        .map_err(|e| ApiError::from(e).context("cannot store the update"))?;
     state.profile_writes.notify_one();
     Ok(ops.iter().map(Vec::len).sum())
 }
 
 pub async fn put_user(
     State(state): State<Arc<AppState>>,
+    _: Authorized<Writer>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    JsonBody(update, _): JsonBody<Update, OneUpdate>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
-        .await?;
-    let body = read_body(
-        &headers,
-        body,
-        state.limits.max_body_bytes,
-        "limits.max_body_bytes",
-    )
-    .await?;
-    let update: Update = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "body must be an object with set, set_once, unset and tags: {e}"
-        ))
-    })?;
     let n = write_updates(&state, &env, vec![(id.clone(), update)]).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "changes": n}))))
 }
 
 pub async fn post_batch(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Authorized { env, .. }: Authorized<Writer>,
+    JsonBody(raw, _): JsonBody<Vec<Box<RawValue>>, Updates>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
-        .await?;
-    let body = read_body(
-        &headers,
-        body,
-        state.limits.max_body_bytes,
-        "limits.max_body_bytes",
-    )
-    .await?;
-    let raw: Vec<&RawValue> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "body must be a JSON array of updates ({{\"id\": .., \"set\": ..}}): {e}"
-        ))
-    })?;
     if raw.is_empty() {
         return Err(ApiError::bad_request("the batch is empty"));
     }
@@ -188,7 +151,7 @@ pub async fn post_batch(
         }
     }
     if !problems.is_empty() {
-        return Err(invalid(problems));
+        return Err(ApiError::problems(Subject::Update, problems, 0));
     }
     let users = items.len();
     let n = write_updates(&state, &env, items).await?;
@@ -201,17 +164,18 @@ pub async fn post_batch(
 /// Erases the user everywhere (admin key): profile, changes, events, event stats.
 pub async fn delete_user(
     State(state): State<Arc<AppState>>,
+    Authorized { principal, .. }: Authorized<Admin>,
     Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = state.authorize(&headers, &env, &[Role::Admin]).await?;
     if let Err(e) = changes::validate_user_id(&id, state.limits.max_string_len) {
         return Err(ApiError::bad_request(format!("id: user id {e}")));
     }
     let runner = crate::jobs::Runner::new(state.store.clone(), state.job_options.clone());
     let erasure = crate::users::erase::erase(&runner, &env, &id, &principal.key_id)
         .await
-        .map_err(|e| internal("the erasure failed; retry it (it is idempotent)", e))?;
+        .map_err(|e| {
+            ApiError::from(e).context("the erasure failed; retry it (it is idempotent)")
+        })?;
     Ok(Json(json!({
         "erasure": erasure,
         "note": "old files that held the rows are deleted by VACUUM after retention.vacuum_after; `tidemark users erasures` shows when none is left"
@@ -222,14 +186,11 @@ pub async fn delete_user(
 /// key). 200 with the report; `failed` counts the rows that were skipped.
 pub async fn post_import(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
+    Authorized { env, .. }: Authorized<Writer>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Ingest, Role::Admin])
-        .await?;
     let mut opts = crate::users::import::ImportOptions {
         max_id_len: state.limits.max_string_len,
         ..Default::default()
@@ -278,13 +239,9 @@ pub async fn post_import(
 /// admin key): profiles matching every filter, ordered by id, one page at a time.
 pub async fn list_users(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
+    Authorized { env, .. }: Authorized<Reader>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state
-        .authorize(&headers, &env, &[Role::Read, Role::Admin])
-        .await?;
     let mut q = read::ListQuery {
         limit: 100,
         ..Default::default()

@@ -6,47 +6,39 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::ApiError;
-use super::ingest_api::read_body;
-use crate::auth::Role;
-use crate::ingest::event::Problem;
-use crate::webhooks::subscription::{self, Subscriptions, WriteError};
+use super::auth::{Admin, Authorized};
+use super::body::{BodyKind, JsonBody};
+use super::error::{ApiError, rejected};
+use crate::problem::{Subject, WriteError};
+use crate::webhooks::subscription::{self, Subscriptions};
 use crate::webhooks::{self, follow::Follower};
 
-fn invalid(problems: Vec<Problem>) -> ApiError {
-    let total = problems.len();
-    let mut e = ApiError::invalid(
-        format!("the webhook subscription has {total} problem(s)"),
-        problems,
-        total,
-    );
-    e.body.error = "invalid_webhook";
-    e
+/// A subscription or the options of an action on one.
+pub struct Request;
+
+impl BodyKind for Request {
+    const BYTES: Option<usize> = Some(64 * 1024);
+    const LIMIT_NAME: &'static str = "64 KiB for a webhook request";
+    const EXPECTED: &'static str = "a JSON object";
 }
 
-impl From<WriteError> for ApiError {
-    fn from(e: WriteError) -> Self {
-        match e {
-            WriteError::Invalid(p) => invalid(p),
-            WriteError::Other(e) => e.into(),
-        }
-    }
+/// The options of `rotate-secret`, which may be left out.
+pub struct Options;
+
+impl BodyKind for Options {
+    const BYTES: Option<usize> = Request::BYTES;
+    const LIMIT_NAME: &'static str = Request::LIMIT_NAME;
+    const EXPECTED: &'static str = Request::EXPECTED;
+    const EMPTY_IS_OBJECT: bool = true;
 }
 
-async fn json_body(headers: &HeaderMap, body: Body, empty_ok: bool) -> Result<Value, ApiError> {
-    let bytes = read_body(headers, body, 64 * 1024, "64 KiB for a webhook request").await?;
-    if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("body must be a JSON object: {e}")))
-}
+/// Every webhook endpoint is for admin keys; the path is `{env}/webhooks/{id}`.
+type OneWebhook = (Authorized<Admin>, Path<(String, String)>);
 
 fn subs(state: &AppState) -> Subscriptions {
     Subscriptions::new(state.store.clone())
@@ -54,18 +46,16 @@ fn subs(state: &AppState) -> Subscriptions {
 
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    Authorized { env, .. }: Authorized<Admin>,
+    JsonBody(input, _): JsonBody<Value, Request>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let input = json_body(&headers, body, false).await?;
     let ctx = &state.webhooks;
     let key = ctx.key()?;
     let start = Follower::new(state.store.clone())?.head(-1).await?;
     let (sub, secret) = subs(&state)
         .create(&env, &input, key, start, &|u| ctx.check_url(u))
-        .await?;
+        .await
+        .map_err(rejected(Subject::Webhook))?;
     let mut out = sub.public();
     out["secret"] = Value::String(secret.expose());
     Ok((StatusCode::CREATED, Json(out)))
@@ -73,11 +63,9 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    Path(env): Path<String>,
-    headers: HeaderMap,
+    auth: Authorized<Admin>,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let all = subs(&state).list(&env).await?;
+    let all = subs(&state).list(&auth.env).await?;
     Ok(Json(json!({
         "webhooks": all.values().map(|s| s.public()).collect::<Vec<_>>()
     })))
@@ -85,21 +73,16 @@ pub async fn list(
 
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneWebhook,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     Ok(Json(subs(&state).get(&env, &id).await?.public()))
 }
 
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    (_, Path((env, id))): OneWebhook,
+    JsonBody(input, _): JsonBody<Value, Request>,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let input = json_body(&headers, body, false).await?;
     let ctx = &state.webhooks;
     let sub = subs(&state)
         .modify(&env, &id, |sub| {
@@ -107,55 +90,51 @@ pub async fn update(
                 .map(|_| ())
                 .map_err(WriteError::Invalid)
         })
-        .await?;
+        .await
+        .map_err(rejected(Subject::Webhook))?;
     Ok(Json(sub.public()))
 }
 
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneWebhook,
 ) -> Result<StatusCode, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     subs(&state).delete(&env, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST …/{id}/pause` and `…/resume`.
-pub async fn set_paused(
-    state: Arc<AppState>,
-    env: String,
-    id: String,
-    headers: HeaderMap,
+async fn set_paused(
+    state: &AppState,
+    env: &str,
+    id: &str,
     paused: bool,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let sub = subs(&state).set_paused(&env, &id, paused).await?;
+    let sub = subs(state)
+        .set_paused(env, id, paused)
+        .await
+        .map_err(rejected(Subject::Webhook))?;
     Ok(Json(sub.public()))
 }
 
 pub async fn pause(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneWebhook,
 ) -> Result<Json<Value>, ApiError> {
-    set_paused(state, env, id, headers, true).await
+    set_paused(&state, &env, &id, true).await
 }
 
 pub async fn resume(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneWebhook,
 ) -> Result<Json<Value>, ApiError> {
-    set_paused(state, env, id, headers, false).await
+    set_paused(&state, &env, &id, false).await
 }
 
 pub async fn test(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    (_, Path((env, id))): OneWebhook,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     let sub = subs(&state).get(&env, &id).await?;
     Ok(Json(
         webhooks::send_test(&state.webhooks, &env, &sub).await?,
@@ -164,14 +143,14 @@ pub async fn test(
 
 pub async fn recover(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    (_, Path((env, id))): OneWebhook,
+    JsonBody(input, _): JsonBody<Value, Request>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let input = json_body(&headers, body, false).await?;
     let since = parse_since(input.get("since"))?;
-    let sub = subs(&state).request_recover(&env, &id, since).await?;
+    let sub = subs(&state)
+        .request_recover(&env, &id, since)
+        .await
+        .map_err(rejected(Subject::Webhook))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": sub.id, "recover_since": since})),
@@ -190,12 +169,9 @@ pub fn parse_since(v: Option<&Value>) -> Result<chrono::DateTime<chrono::Utc>, A
 
 pub async fn rotate_secret(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    (_, Path((env, id))): OneWebhook,
+    JsonBody(input, _): JsonBody<Value, Options>,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
-    let input = json_body(&headers, body, true).await?;
     let ctx = &state.webhooks;
     let key = ctx.key()?;
     let new = match input.get("secret").and_then(Value::as_str) {
@@ -224,7 +200,8 @@ pub async fn rotate_secret(
         chrono::Duration::from_std(grace).map_err(|_| ApiError::bad_request("grace: too long"))?;
     let sub = subs(&state)
         .rotate_secret(&env, &id, key, &new, grace)
-        .await?;
+        .await
+        .map_err(rejected(Subject::Webhook))?;
     let mut out = sub.public();
     out["secret"] = Value::String(new.expose());
     Ok(Json(out))
@@ -232,11 +209,9 @@ pub async fn rotate_secret(
 
 pub async fn deliveries(
     State(state): State<Arc<AppState>>,
-    Path((env, id)): Path<(String, String)>,
+    (_, Path((env, id))): OneWebhook,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.authorize(&headers, &env, &[Role::Admin]).await?;
     subs(&state).get(&env, &id).await?;
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -50,9 +51,8 @@ impl Docs {
         Docs { store, paths }
     }
 
-    async fn latest_version(&self, doc: Doc) -> Result<Option<u64>> {
-        let dir = self.paths.doc_dir(doc);
-        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
+    async fn latest_version(&self, dir: &Path) -> Result<Option<u64>> {
+        let metas: Vec<_> = self.store.list(Some(dir)).try_collect().await?;
         Ok(metas
             .iter()
             .filter_map(|m| Paths::parse_doc_version(&m.location))
@@ -66,12 +66,18 @@ impl Docs {
 
     /// The newest version of `doc` and its number, or `None` if it was never written.
     pub async fn latest<T: DeserializeOwned>(&self, doc: Doc) -> Result<Option<(u64, T)>> {
+        self.latest_in(&self.paths.doc_dir(doc)).await
+    }
+
+    /// [`Docs::latest`] of the document whose versions live in `dir` (a config document's
+    /// directory, or a state document's such as [`Paths::export_state`]).
+    pub async fn latest_in<T: DeserializeOwned>(&self, dir: &Path) -> Result<Option<(u64, T)>> {
         // A version can vanish between list and get when a writer prunes; list again then.
         for _ in 0..MAX_ATTEMPTS {
-            let Some(version) = self.latest_version(doc).await? else {
+            let Some(version) = self.latest_version(dir).await? else {
                 return Ok(None);
             };
-            match self.store.get(&self.paths.doc_version(doc, version)).await {
+            match self.store.get(&Paths::version_in(dir, version)).await {
                 Ok(got) => {
                     let bytes = got.bytes().await?;
                     let value = serde_json::from_slice(&bytes)?;
@@ -81,21 +87,28 @@ impl Docs {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::Unavailable(format!(
-            "config document {doc:?} keeps changing"
-        )))
+        Err(Error::Unavailable(format!("document {dir} keeps changing")))
     }
 
     /// Applies `change` to the newest version and writes the result as the next version.
     /// `change` may run several times when other writers race; it must be a pure function
     /// of its input. Returns the version written and the new value.
-    pub async fn update<T, F>(&self, doc: Doc, mut change: F) -> Result<(u64, T)>
+    pub async fn update<T, F>(&self, doc: Doc, change: F) -> Result<(u64, T)>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> Result<T>,
+    {
+        self.update_in(&self.paths.doc_dir(doc), change).await
+    }
+
+    /// [`Docs::update`] of the document whose versions live in `dir`.
+    pub async fn update_in<T, F>(&self, dir: &Path, mut change: F) -> Result<(u64, T)>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> Result<T>,
     {
         for _ in 0..MAX_ATTEMPTS {
-            let current = self.latest::<T>(doc).await?;
+            let current = self.latest_in::<T>(dir).await?;
             let next_version = current.as_ref().map_or(1, |(v, _)| v + 1);
             let value = change(current.map(|(_, v)| v))?;
             let body = serde_json::to_vec_pretty(&value)?;
@@ -103,14 +116,14 @@ impl Docs {
                 mode: PutMode::Create,
                 ..Default::default()
             };
-            let key = self.paths.doc_version(doc, next_version);
+            let key = Paths::version_in(dir, next_version);
             match self
                 .store
                 .put_opts(&key, PutPayload::from(body), opts)
                 .await
             {
                 Ok(_) => {
-                    self.prune(doc, next_version).await;
+                    self.prune(dir, next_version).await;
                     return Ok((next_version, value));
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => continue,
@@ -118,18 +131,30 @@ impl Docs {
             }
         }
         Err(Error::Unavailable(format!(
-            "config document {doc:?}: too many concurrent writers"
+            "document {dir}: too many concurrent writers"
         )))
     }
 
+    /// Deletes every version of the document in `dir` (a state document whose owner is gone).
+    pub async fn delete_in(&self, dir: &Path) -> Result<()> {
+        let metas: Vec<_> = self.store.list(Some(dir)).try_collect().await?;
+        for m in metas {
+            match self.store.delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes versions older than the last [`KEEP_VERSIONS`]; failures are harmless.
-    async fn prune(&self, doc: Doc, newest: u64) {
+    async fn prune(&self, dir: &Path, newest: u64) {
         if newest <= KEEP_VERSIONS {
             return;
         }
         let old = newest - KEEP_VERSIONS;
         // Only the one version that just fell out of the window: each write prunes one.
-        let _ = self.store.delete(&self.paths.doc_version(doc, old)).await;
+        let _ = self.store.delete(&Paths::version_in(dir, old)).await;
     }
 }
 

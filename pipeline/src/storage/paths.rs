@@ -70,7 +70,12 @@ impl Paths {
 
     /// One version of a config document.
     pub fn doc_version(&self, doc: Doc, version: u64) -> Path {
-        self.doc_dir(doc).join(format!("{version:020}.json"))
+        Self::version_in(&self.doc_dir(doc), version)
+    }
+
+    /// Version `version` of the versioned document whose directory is `dir`.
+    pub fn version_in(dir: &Path, version: u64) -> Path {
+        dir.clone().join(format!("{version:020}.json"))
     }
 
     /// Parses a version back out of a key made by [`Paths::doc_version`].
@@ -97,14 +102,26 @@ impl Paths {
             .join(subscription)
     }
 
-    /// The progress of one scheduled export (`state.json`).
+    /// The progress of one scheduled export: a versioned document (create-only numbered
+    /// versions in this directory, as config documents are), since the worker and the
+    /// API's resume both change it.
     pub fn export_state(&self, environment: &str, export: &str) -> Path {
+        self.export_states(environment).join(export)
+    }
+
+    /// Where exports before versioned state kept theirs (`<export>.json`, one overwritten
+    /// object), read once when no version exists yet.
+    pub fn legacy_export_state(&self, environment: &str, export: &str) -> Path {
+        self.export_states(environment)
+            .join(format!("{export}.json"))
+    }
+
+    fn export_states(&self, environment: &str) -> Path {
         self.root()
             .join("_tidemark")
             .join("state")
             .join("exports")
             .join(environment)
-            .join(format!("{export}.json"))
     }
 
     /// A file of a Delta table, from an `add` action's relative path (a URI path,

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::fields::FieldDef;
 use crate::Result;
-use crate::ingest::event::Problem;
+use crate::problem::Problem;
 use crate::storage::events_table::{timestamp_type, writer_properties};
 use crate::storage::{Store, TableSpec};
 

@@ -4,12 +4,15 @@
 //! - [`follow`]: the rows each new `events` commit appended;
 //! - [`state`]: a subscription's cursor, pending chunks and failed messages;
 //! - [`log`]: the `deliveries` table (every attempt; what a restart recovers from);
+//! - [`batch`]: the pure batching decisions: which events join, when a batch is cut,
+//!   where the cursor moves and when it is written;
 //! - [`worker`]: follows `events`, cuts messages, runs one [`tidemark_sinks::endpoint`]
 //!   task per subscription, logs every attempt.
 //!
 //! Signing, the SSRF-safe client, the retry schedule and the per-endpoint task live in
 //! `tidemark-sinks`.
 
+pub mod batch;
 pub mod follow;
 pub mod log;
 pub mod state;
@@ -155,15 +158,7 @@ pub async fn send_test(
     )
 }
 
-/// A time given by a user: RFC 3339, or a duration ago (`24h`, `3d`).
+/// A time given by a user ([`crate::reltime`]): RFC 3339, or a duration ago (`24h`, `3d`).
 pub fn parse_time(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.to_utc());
-    }
-    match humantime::parse_duration(text) {
-        Ok(d) => Ok(chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?),
-        Err(_) => Err(format!(
-            "{text:?} is neither an RFC 3339 time nor a duration such as 24h"
-        )),
-    }
+    crate::reltime::parse_time(text).map(|t| t.at_time(chrono::Utc::now()))
 }

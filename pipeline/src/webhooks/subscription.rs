@@ -11,7 +11,7 @@ use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::filter::glob_match;
 use tidemark_sinks::sign::Secret;
 
-use crate::ingest::event::Problem;
+use crate::problem::Problem;
 use crate::storage::Store;
 use crate::storage::paths::Doc;
 use crate::{Error, Result};
@@ -147,25 +147,10 @@ impl Subscription {
 
 pub type WebhooksDoc = crate::storage::docs::ByEnvironment<Subscription>;
 
-/// Why a write was refused.
-#[derive(Debug)]
-pub enum WriteError {
-    Invalid(Vec<Problem>),
-    Other(Error),
-}
-
-impl From<Error> for WriteError {
-    fn from(e: Error) -> Self {
-        WriteError::Other(e)
-    }
-}
+use crate::problem::WriteError;
 
 fn problem(field: &str, message: impl Into<String>) -> Problem {
-    Problem {
-        index: 0,
-        field: Some(field.to_string()),
-        message: message.into(),
-    }
+    Problem::field(field, message)
 }
 
 /// The settable fields of a subscription (create or update).

@@ -1,5 +1,6 @@
 //! The delivery worker: one task that follows `events`, cuts each subscription's
-//! matching events into messages (stored before they are sent), feeds one
+//! matching events into messages (when, decided by [`super::batch`]; stored before they
+//! are sent), feeds one
 //! [`Endpoint`] task per subscription, and commits every attempt to `deliveries`.
 //!
 //! A message is done when its final attempt (delivered, or failed after the whole
@@ -10,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -23,6 +24,7 @@ use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::endpoint::{Endpoint, Message, Report, Settings, Status, Target};
 use tokio::sync::{mpsc, watch};
 
+use super::batch::{self, Batching, Cut};
 use super::follow::{Follower, NewEvent};
 use super::log::{self as dlog, Row};
 use super::state::{Chunk, Progress, StoredMessage, SubState};
@@ -52,12 +54,12 @@ struct Sub {
     /// Durable: every event of versions <= cursor is in a chunk (or matched nothing).
     cursor: i64,
     /// What `cursor.json` holds, and when it was written.
-    written: (Progress, Instant),
+    written: (Progress, DateTime<Utc>),
     failing_since: Option<DateTime<Utc>>,
     /// Events of versions <= read_to are in `open` or in chunks.
     read_to: i64,
     open: Vec<NewEvent>,
-    open_since: Option<Instant>,
+    open_since: Option<DateTime<Utc>>,
     chunks: BTreeMap<i64, ChunkProgress>,
     recover_seq: u64,
 }
@@ -164,17 +166,16 @@ impl Worker {
             .read(from, MAX_COMMITS_PER_PASS, &envs)
             .await?;
         if last > from {
+            let now = self.clock.now();
             for s in self.subs.values_mut() {
                 if s.read_to >= last {
                     continue;
                 }
                 for e in &events {
-                    if e.version > s.read_to
-                        && e.environment == s.sub_env()
-                        && s.sub.filter.matches(&e.event_name, &e.category)
-                    {
+                    let matches = s.sub.filter.matches(&e.event_name, &e.category);
+                    if batch::joins(e.version, &e.environment, &s.env, s.read_to, matches) {
                         if s.open.is_empty() {
-                            s.open_since = Some(Instant::now());
+                            s.open_since = Some(now);
                         }
                         s.open.push(e.clone());
                     }
@@ -189,49 +190,51 @@ impl Worker {
         Ok(())
     }
 
-    /// Turns `open` events into a stored chunk when a batch is full or has waited long
-    /// enough, and advances the cursor.
+    /// Applies [`Batching::decide`]: stores the open events as a chunk of messages when
+    /// the batch is cut, and advances the cursor.
     async fn cut(&mut self, key: &Key) -> Result<()> {
+        let now = self.clock.now();
         let Some(s) = self.subs.get_mut(key) else {
             return Ok(());
         };
-        let max = s.sub.max_events.max(1) as usize;
-        let waited = s
-            .open_since
-            .is_some_and(|t| t.elapsed() >= Duration::from_millis(s.sub.max_wait_ms));
-        if !s.open.is_empty() && (s.open.len() >= max || waited) {
-            let profiles = if s.sub.include_profile {
-                let users: Vec<String> = s.open.iter().map(|e| e.user_id.clone()).collect();
-                profiles(&self.store, &key.0, users).await?
-            } else {
-                HashMap::new()
-            };
-            let messages: Vec<StoredMessage> = s
-                .open
-                .chunks(max)
-                .map(|batch| StoredMessage {
-                    id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-                    event_ids: batch.iter().map(|e| e.event_id.clone()).collect(),
-                    body: body(&key.0, &s.sub.id, batch, &profiles),
-                    failed_at: None,
-                })
-                .collect();
-            let chunk = Chunk {
-                to_version: s.read_to,
-                written_at: self.clock.now(),
-                messages,
-            };
-            s.state.write_chunk(&chunk).await?;
-            s.open.clear();
-            s.open_since = None;
-            s.cursor = s.read_to;
-            // The chunk's version stands for the cursor until the next write.
-            s.written.0.version = s.cursor;
-            s.start_chunk(chunk, &HashMap::new());
-        } else if s.open.is_empty() && s.read_to > s.cursor {
-            s.cursor = s.read_to;
+        let batching = Batching::new(s.sub.max_events, s.sub.max_wait_ms);
+        match batching.decide(s.open.len(), s.open_since, now, s.read_to, s.cursor) {
+            Cut::Hold => {}
+            Cut::Advance { cursor } => s.cursor = cursor,
+            Cut::Chunk { messages, cursor } => {
+                let profiles = if s.sub.include_profile {
+                    let users: Vec<String> = s.open.iter().map(|e| e.user_id.clone()).collect();
+                    profiles(&self.store, &key.0, users).await?
+                } else {
+                    HashMap::new()
+                };
+                let messages: Vec<StoredMessage> = messages
+                    .into_iter()
+                    .map(|range| {
+                        let batch = &s.open[range];
+                        StoredMessage {
+                            id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
+                            event_ids: batch.iter().map(|e| e.event_id.clone()).collect(),
+                            body: body(&key.0, &s.sub.id, batch, &profiles),
+                            failed_at: None,
+                        }
+                    })
+                    .collect();
+                let chunk = Chunk {
+                    to_version: cursor,
+                    written_at: now,
+                    messages,
+                };
+                s.state.write_chunk(&chunk).await?;
+                s.open.clear();
+                s.open_since = None;
+                s.cursor = cursor;
+                // The chunk's version stands for the cursor until the next write.
+                s.written.0.version = s.cursor;
+                s.start_chunk(chunk, &HashMap::new());
+            }
         }
-        s.save_progress(false).await
+        s.save_progress(false, now).await
     }
 
     /// Starts, updates and stops endpoint tasks to match the `webhooks` document.
@@ -262,7 +265,7 @@ impl Worker {
                     {
                         s.recover(r.since, self.clock.now()).await?;
                         s.recover_seq = r.seq;
-                        s.save_progress(true).await?;
+                        s.save_progress(true, self.clock.now()).await?;
                     }
                 } else {
                     let s = self.start(env, sub, target).await?;
@@ -333,7 +336,7 @@ impl Worker {
             endpoint,
             state,
             cursor,
-            written: (progress.clone(), Instant::now()),
+            written: (progress.clone(), self.clock.now()),
             failing_since: progress.failing_since,
             read_to: cursor,
             open: Vec::new(),
@@ -349,7 +352,7 @@ impl Worker {
         {
             s.recover(r.since, self.clock.now()).await?;
             s.recover_seq = r.seq;
-            s.save_progress(true).await?;
+            s.save_progress(true, self.clock.now()).await?;
         }
         Ok(s)
     }
@@ -473,21 +476,16 @@ impl Sub {
     /// Writes `cursor.json` when something other than the version changed (or `now`),
     /// and for a new version at most every [`IDLE_CURSOR_EVERY`] (re-reading a few
     /// versions after a crash only finds events that matched nothing).
-    async fn save_progress(&mut self, now: bool) -> Result<()> {
+    async fn save_progress(&mut self, force: bool, now: DateTime<Utc>) -> Result<()> {
         let p = self.progress();
         let (old, at) = &self.written;
         let changed = p.recover_seq != old.recover_seq || p.failing_since != old.failing_since;
-        let moved = p.version != old.version && at.elapsed() >= IDLE_CURSOR_EVERY;
-        if now || changed || moved {
+        let moved = p.version != old.version;
+        if batch::write_cursor(force, changed, moved, *at, now, IDLE_CURSOR_EVERY) {
             self.state.write_progress(&p).await?;
-            self.written = (p, Instant::now());
+            self.written = (p, now);
         }
         Ok(())
-    }
-
-    fn sub_env(&self) -> &str {
-        // The key's environment; kept on the state path too.
-        self.env.as_str()
     }
 
     /// Tracks a stored chunk and hands its unfinished messages to the endpoint.

@@ -1,0 +1,126 @@
+//! Request bodies: [`read_body`] (size limit before and after gzip, a timeout for slow
+//! senders) and the [`JsonBody`] extractor every JSON endpoint takes its input with.
+
+use std::io::Read;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// A client that sends its body slower than this is cut off (408).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub(super) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The request body (gzip decoded), at most `limit` bytes; `limit_name` says where the
+/// limit comes from in the 413 message (e.g. `limits.max_body_bytes`).
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    limit_name: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "request body is larger than the limit of {limit} bytes ({limit_name})"
+        ))
+    };
+    if let Some(len) =
+        header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    let bytes = read.map_err(|e| {
+        let is_limit = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if is_limit {
+            too_large()
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let encoding = header_str(headers, header::CONTENT_ENCODING)
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    match encoding.as_str() {
+        "" | "identity" => Ok(bytes.to_vec()),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::with_capacity(bytes.len() * 4);
+            let mut dec = flate2::read::MultiGzDecoder::new(&bytes[..]).take(limit as u64 + 1);
+            dec.read_to_end(&mut out)
+                .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
+            if out.len() > limit {
+                return Err(ApiError::too_large(format!(
+                    "decompressed request body is larger than the limit of {limit} bytes ({limit_name})"
+                )));
+            }
+            Ok(out)
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Encoding '{other}' is not supported; use gzip or none"),
+        )),
+    }
+}
+
+/// What one kind of JSON body may be: its size limit and what a 400 says it must be.
+pub trait BodyKind: Send + Sync + 'static {
+    /// The limit in bytes; `None`: `limits.max_body_bytes`.
+    const BYTES: Option<usize>;
+    /// Where the limit comes from, for the 413 message.
+    const LIMIT_NAME: &'static str;
+    /// Completes "body must be …" in the 400 message.
+    const EXPECTED: &'static str;
+    /// An empty (or all-blank) body reads as `{}`.
+    const EMPTY_IS_OBJECT: bool = false;
+}
+
+/// A JSON body of kind `K`, parsed into `T`: `413` over the limit, `400` naming what the
+/// body must be.
+pub struct JsonBody<T, K>(pub T, pub PhantomData<K>);
+
+impl<T, K> FromRequest<Arc<AppState>> for JsonBody<T, K>
+where
+    T: DeserializeOwned,
+    K: BodyKind,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let (limit, name) = match K::BYTES {
+            Some(n) => (n, K::LIMIT_NAME),
+            None => (state.limits.max_body_bytes, "limits.max_body_bytes"),
+        };
+        let bytes = read_body(&parts.headers, body, limit, name).await?;
+        let bytes: &[u8] = if K::EMPTY_IS_OBJECT && bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(|v| JsonBody(v, PhantomData))
+            .map_err(|e| ApiError::bad_request(format!("body must be {}: {e}", K::EXPECTED)))
+    }
+}

@@ -1,0 +1,224 @@
+//! Background tasks under one supervisor: each is started with a name, all share one stop
+//! signal, and [`Supervisor::shutdown`] stops them and waits for each in the order they
+//! were started (a task that does not stop within the grace period is named in a warning
+//! and left to end with the process).
+//!
+//! The shapes a task takes:
+//! - [`Supervisor::every`]: a pass every interval until stop (key refresh, compaction,
+//!   retention, segments);
+//! - [`Supervisor::restarting`]: a long-running worker that is restarted a second after
+//!   it fails (webhooks, exports);
+//! - [`Supervisor::spawn`]: a task that watches the stop signal itself (the job loop).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Result;
+
+pub struct Supervisor {
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    /// How long a failed worker waits before it is started again (1 s).
+    pub restart_after: Duration,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Supervisor {
+    pub fn new() -> Supervisor {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Supervisor {
+            stop_tx,
+            stop_rx,
+            tasks: Vec::new(),
+            restart_after: Duration::from_secs(1),
+        }
+    }
+
+    /// The stop signal: turns true once [`Supervisor::stop`] is called.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop_rx.clone()
+    }
+
+    /// Tells every task to stop (without waiting for them).
+    pub fn stop(&self) {
+        let _ = self.stop_tx.send(true);
+    }
+
+    /// Names of the tasks started, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.tasks.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Runs `task`, which ends by itself once the stop signal turns true.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push((name, tokio::spawn(task)));
+    }
+
+    /// Runs `pass` every `interval` (the first after one interval) until stop; a pass in
+    /// progress finishes first. A zero interval means the task is off.
+    pub fn every<F, Fut>(&mut self, name: &'static str, interval: Duration, mut pass: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        if interval.is_zero() {
+            return;
+        }
+        let mut stop = self.stop_signal();
+        self.spawn(name, async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+                pass().await;
+            }
+        });
+    }
+
+    /// Runs the worker `run(stop)` until it returns `Ok` (it stopped) or fails after the
+    /// stop signal; any other failure is logged and the worker started again.
+    pub fn restarting<F, Fut>(&mut self, name: &'static str, mut run: F)
+    where
+        F: FnMut(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send,
+    {
+        let stop = self.stop_signal();
+        let restart_after = self.restart_after;
+        self.spawn(name, async move {
+            loop {
+                match run(stop.clone()).await {
+                    Ok(()) => return,
+                    Err(_) if *stop.borrow() => return,
+                    Err(e) => tracing::error!(task = name, error = %e, "stopped; restarting"),
+                }
+                let mut stop = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(restart_after) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// Stops every task and waits for each in order, at most `grace` each. Returns the
+    /// names of the tasks that did not stop in time.
+    pub async fn shutdown(self, grace: Duration) -> Vec<&'static str> {
+        self.stop();
+        let mut late = Vec::new();
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(grace, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(task = name, error = %e, "task ended abnormally"),
+                Err(_) => {
+                    tracing::warn!(task = name, "did not stop within {} s", grace.as_secs());
+                    late.push(name);
+                }
+            }
+        }
+        late
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::sync::mpsc;
+
+    use crate::Error;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn every_runs_passes_until_stopped_then_shutdown_waits() {
+        let mut sup = Supervisor::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sup.every("tick", Duration::from_millis(5), move || {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(());
+            }
+        });
+        sup.every("off", Duration::ZERO, || async {});
+        assert_eq!(sup.names(), vec!["tick"], "a zero interval starts nothing");
+        for _ in 0..3 {
+            let pass = tokio::time::timeout(WAIT, rx.recv()).await;
+            assert_eq!(pass.ok().flatten(), Some(()));
+        }
+        assert_eq!(sup.shutdown(WAIT).await, Vec::<&str>::new());
+        rx.close();
+        while rx.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "no pass after shutdown");
+    }
+
+    #[tokio::test]
+    async fn failed_workers_restart_and_stop_ends_them() {
+        let mut sup = Supervisor::new();
+        sup.restart_after = Duration::from_millis(1);
+        let starts = Arc::new(AtomicU32::new(0));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = starts.clone();
+        sup.restarting("worker", move |mut stop| {
+            let (s, tx) = (s.clone(), tx.clone());
+            async move {
+                if s.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err(Error::Unavailable("flaky".into()));
+                }
+                let _ = tx.send(());
+                let _ = stop.changed().await;
+                Ok(())
+            }
+        });
+        let running = tokio::time::timeout(WAIT, rx.recv()).await;
+        assert_eq!(running.ok().flatten(), Some(()));
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            3,
+            "two failures, two restarts"
+        );
+        assert!(sup.shutdown(WAIT).await.is_empty());
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            3,
+            "not restarted after it stopped"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_names_tasks_that_do_not_stop() {
+        let mut sup = Supervisor::new();
+        let stopped = Arc::new(AtomicU32::new(0));
+        for name in ["first", "second"] {
+            let mut stop = sup.stop_signal();
+            let stopped = stopped.clone();
+            sup.spawn(name, async move {
+                let _ = stop.changed().await;
+                stopped.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        sup.spawn("stuck", std::future::pending());
+        let late = sup.shutdown(Duration::from_millis(200)).await;
+        assert_eq!(late, vec!["stuck"]);
+        assert_eq!(
+            stopped.load(Ordering::SeqCst),
+            2,
+            "both stopped before shutdown returned"
+        );
+    }
+}
