@@ -40,7 +40,7 @@ async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
         "SELECT CAST(min(received_at) AS VARCHAR) AS lo, CAST(max(received_at) AS VARCHAR) AS hi, count(*) AS n FROM events",
     )
     .await?;
-    let rows = tidemark::jobs::views::to_json_rows(&bounds)?;
+    let rows = tidemark::query::to_json_rows(&bounds)?;
     let parse = |k: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
         let text = rows[0][k].as_str().context("no events")?;
         Ok(

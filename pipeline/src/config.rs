@@ -341,17 +341,6 @@ pub struct Overrides {
 }
 
 impl Config {
-    /// The job runner's settings.
-    pub fn job_options(&self) -> crate::jobs::JobOptions {
-        crate::jobs::JobOptions {
-            clock_skew_tolerance: self.jobs.clock_skew_tolerance,
-            dedup_window: self.dedup_window,
-            compact_files: self.jobs.compact_files,
-            evaluate_segments: !self.segments.interval.is_zero(),
-            ..Default::default()
-        }
-    }
-
     /// Loads the layers. `file` is the config file to read; when it is `None`,
     /// `./tidemark.toml` is read if it exists.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {

@@ -11,6 +11,7 @@
 //!   log with group commit, and the flusher that commits WAL segments to Delta.
 //! - [`jobs`]: the SQL jobs (`sql/jobs/`) that derive `profiles` and `event_stats`
 //!   incrementally, and the views readers see them through.
+//! - [`refresh`]: the loop that runs the jobs after commits, then the segments.
 //! - [`users`]: custom fields, profile writes (`profile_changes`), profile reads.
 //! - [`server`]: the HTTP API (axum): ingest, users, fields and ops endpoints.
 //! - [`query`]: DataFusion over the Delta tables, used by `tidemark sql`.
@@ -29,7 +30,9 @@ pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod problem;
+pub mod profiles;
 pub mod query;
+pub mod refresh;
 pub mod reltime;
 pub mod segments;
 pub mod server;

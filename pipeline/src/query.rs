@@ -17,34 +17,13 @@ pub enum Format {
     Json,
 }
 
-/// Top-level directories of the store root that may hold tables (the `load_table` of
-/// each tells whether it does).
-pub async fn table_dirs(store: &Store) -> Result<Vec<String>> {
-    let root = store.paths().root();
-    let listing = store
-        .object_store()
-        .list_with_delimiter(Some(&root))
-        .await?;
-    let mut names = Vec::new();
-    for dir in listing.common_prefixes {
-        let Some(name) = dir.filename().map(str::to_string) else {
-            continue;
-        };
-        if !name.starts_with('_') && !name.starts_with('.') {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// A session with every table registered; with `environment`, each table is a view of
 /// that environment's rows only.
 pub async fn session(store: &Store, environment: Option<&str>) -> Result<SessionContext> {
     let config = SessionConfig::new().with_information_schema(true);
     let mut ctx = SessionContext::new_with_config(config);
     tidemark_udfs::register_all(&mut ctx)?;
-    for name in table_dirs(store).await? {
+    for name in crate::storage::table_dirs(store).await? {
         if Job::by_name(&name).is_some() {
             // registered below as merged views
             continue;
@@ -124,4 +103,22 @@ pub async fn query(
 ) -> Result<Vec<RecordBatch>> {
     let ctx = session(store, environment).await?;
     run(&ctx, sql).await
+}
+
+/// Rows as JSON objects (nulls kept as `null`, timestamps as RFC 3339 text).
+pub fn to_json_rows(batches: &[arrow::array::RecordBatch]) -> Result<Vec<serde_json::Value>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(serde_json::from_slice(&buf)?)
 }

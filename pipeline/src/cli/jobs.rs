@@ -7,8 +7,8 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DataArgs;
-use crate::jobs::service::{self, Schedule};
 use crate::jobs::{Runner, status};
+use crate::refresh::{self, Schedule};
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
@@ -34,7 +34,10 @@ pub enum JobsCommand {
 
 fn runner(file: Option<&Path>, data: DataArgs) -> anyhow::Result<(Runner, crate::config::Config)> {
     let (config, store) = super::open_store(file, data)?;
-    Ok((Runner::new(store, config.job_options()), config))
+    Ok((
+        Runner::new(store, crate::jobs::JobOptions::from_config(&config)),
+        config,
+    ))
 }
 
 fn print_reports(reports: &[crate::jobs::RunReport]) {
@@ -77,7 +80,7 @@ pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                     debounce: config.jobs.debounce,
                     poll_interval: config.jobs.poll_interval,
                 };
-                service::run_loop(runner, schedule, None, Default::default(), stop_rx).await;
+                refresh::run_loop(runner, schedule, None, Default::default(), stop_rx).await;
                 println!("tidemark: stopped");
                 Ok(ExitCode::SUCCESS)
             })

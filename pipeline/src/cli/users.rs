@@ -9,7 +9,7 @@ use clap::Subcommand;
 use super::{DataArgs, Target};
 use crate::auth::validate_environment;
 use crate::jobs::Runner;
-use crate::users::erase::{self, ErasureStatus};
+use crate::profiles::erase::{self, ErasureStatus};
 
 #[derive(Subcommand, Debug)]
 pub enum UsersCommand {
@@ -69,7 +69,8 @@ pub fn run(file: Option<&Path>, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
                 at: Target { env, data },
             } => {
                 let (config, store) = super::open_store(file, data)?;
-                let runner = Runner::new(store.clone(), config.job_options());
+                let runner =
+                    Runner::new(store.clone(), crate::jobs::JobOptions::from_config(&config));
                 let erasure = erase::erase(&runner, &env, &id, "cli").await?;
                 let status = erase::status(&store, &erasure, config.retention.vacuum_after).await?;
                 println!("{}", describe(&status));
@@ -108,7 +109,7 @@ pub fn vacuum(
     rt.block_on(async move {
         let (config, store) = super::open_store(file, data)?;
         let retention = retention.unwrap_or(config.retention.vacuum_after);
-        let deleted = erase::vacuum_all(&store, retention).await?;
+        let deleted = crate::storage::retention::vacuum_all(&store, retention).await?;
         for (table, n) in &deleted {
             println!("{table}: {n} file(s) deleted");
         }
@@ -121,7 +122,7 @@ pub fn retention(file: Option<&Path>, data: DataArgs) -> anyhow::Result<ExitCode
     let rt = super::runtime()?;
     rt.block_on(async move {
         let (config, store) = super::open_store(file, data)?;
-        let deleted = erase::apply_retention(&store, &config.retention).await?;
+        let deleted = crate::storage::retention::apply_retention(&store, &config.retention).await?;
         if deleted.is_empty() {
             println!("no events older than the retention");
         }

@@ -24,7 +24,8 @@ use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::export::Format;
 
 use super::Context;
-use super::run::{EVENT_COLUMNS, FileOptions, plan, write_files};
+use super::run::{FileOptions, write_files};
+use super::source::{EVENT_COLUMNS, plan};
 use super::window::{Interval, sql_timestamp};
 use crate::jobs::inputs::events_at;
 use crate::storage::{Store, events_table};

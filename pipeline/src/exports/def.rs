@@ -14,56 +14,12 @@ use tidemark_sinks::sign::Secret;
 use url::Url;
 
 use super::Context;
+use super::source::{self, Query, SourceKind};
 use super::window::Interval;
-use crate::problem::Problem;
+use crate::problem::{Problem, WriteError};
 use crate::storage::Store;
 use crate::storage::paths::Doc;
 use crate::{Error, Result};
-
-/// What an export reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// Events received in the window (optionally filtered).
-    Events,
-    /// Snapshots as of the run.
-    Profiles,
-    EventStats,
-    SegmentMembers,
-    /// Segment enter/exit changes made in the window.
-    SegmentChanges,
-    /// A read-only query; `{window_start}` / `{window_end}` become timestamp literals.
-    Sql,
-}
-
-impl SourceKind {
-    pub const NAMES: &'static str =
-        "events, profiles, event_stats, segment_members, segment_changes, sql";
-
-    pub fn parse(text: &str) -> Option<SourceKind> {
-        serde_json::from_value(Value::String(text.to_string())).ok()
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Events => "events",
-            SourceKind::Profiles => "profiles",
-            SourceKind::EventStats => "event_stats",
-            SourceKind::SegmentMembers => "segment_members",
-            SourceKind::SegmentChanges => "segment_changes",
-            SourceKind::Sql => "sql",
-        }
-    }
-
-    /// A snapshot source exports the table as it is when the window runs; missed
-    /// windows collapse into the newest (an old snapshot cannot be reproduced).
-    pub fn is_snapshot(self) -> bool {
-        matches!(
-            self,
-            SourceKind::Profiles | SourceKind::EventStats | SourceKind::SegmentMembers
-        )
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Export {
@@ -94,6 +50,16 @@ pub struct Export {
 }
 
 impl Export {
+    /// What the export reads, for [`source::source_sql`].
+    pub fn query(&self) -> Query<'_> {
+        Query {
+            kind: self.source,
+            events: &self.events,
+            categories: &self.categories,
+            sql: self.sql.as_deref(),
+        }
+    }
+
     /// The export as the API shows it (no credential, no secret).
     pub fn public(&self) -> Value {
         json!({
@@ -361,7 +327,6 @@ fn apply(
 }
 
 /// Why a write was refused.
-use crate::problem::WriteError;
 
 /// The exports of a store.
 #[derive(Clone, Debug)]
@@ -427,8 +392,8 @@ impl Exports {
         if ex.sql.is_some() {
             let window = ex.interval.window(ex.start);
             let session = crate::query::session(&self.store, Some(environment)).await?;
-            let q = super::run::source_sql(&ex, window);
-            if let Err(e) = super::run::plan(&session, &q).await {
+            let q = source::source_sql(&ex.query(), window);
+            if let Err(e) = source::plan(&session, &q).await {
                 return Err(WriteError::Invalid(vec![problem("sql", e.to_string())]));
             }
         }

@@ -3,7 +3,8 @@
 //! - [`def`]: the config document `exports` (definitions, validation, encrypted
 //!   credentials and signing secrets);
 //! - [`window`]: intervals, windows and the object names they give;
-//! - [`run`]: exporting one window: the source query, files, the manifest written last;
+//! - [`source`]: what an export reads: source kinds and the SQL of one window;
+//! - [`run`]: exporting one window: files, the manifest written last;
 //! - [`schedule`]: the pure decisions: due windows, window close, late-row re-export,
 //!   the state after a window, backoff and pause;
 //! - [`state`]: an export's progress, a versioned document under
@@ -19,6 +20,7 @@ pub mod batched;
 pub mod def;
 pub mod run;
 pub mod schedule;
+pub mod source;
 pub mod state;
 pub mod window;
 pub mod worker;

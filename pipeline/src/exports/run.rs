@@ -7,81 +7,15 @@
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use chrono::Utc;
-use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tidemark_sinks::export::{Destination, EncodeOptions, sha256_hex};
 
-use super::def::{Export, SourceKind};
-use super::window::{Window, rfc3339, sql_timestamp};
+use super::def::Export;
+use super::source::{plan, source_sql};
+use super::window::{Window, rfc3339};
 use crate::{Error, Result};
-
-/// The `events` columns exports and batches carry.
-pub const EVENT_COLUMNS: &str =
-    "event_id, event_name, category, user_id, occurred_at, received_at, platform, properties";
-
-/// `'text'` as a SQL string literal.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-/// A `*` glob as a LIKE pattern with `\` escaping `%`, `_` and `\`.
-fn like_pattern(glob: &str) -> String {
-    let mut out = String::new();
-    for c in glob.chars() {
-        match c {
-            '*' => out.push('%'),
-            '%' | '_' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The query of one window of `export` (over the environment's views).
-pub fn source_sql(export: &Export, w: Window) -> String {
-    let (start, end) = (sql_timestamp(w.start), sql_timestamp(w.end));
-    match export.source {
-        SourceKind::Events => {
-            let mut sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE received_at >= {start} AND received_at < {end}"
-            );
-            if !export.categories.is_empty() {
-                let list: Vec<String> = export.categories.iter().map(|c| quote(c)).collect();
-                sql.push_str(&format!(" AND category IN ({})", list.join(", ")));
-            }
-            if !export.events.is_empty() {
-                let likes: Vec<String> = export
-                    .events
-                    .iter()
-                    .map(|g| format!("event_name LIKE {} ESCAPE '\\'", quote(&like_pattern(g))))
-                    .collect();
-                sql.push_str(&format!(" AND ({})", likes.join(" OR ")));
-            }
-            sql.push_str(" ORDER BY received_at, event_id");
-            sql
-        }
-        SourceKind::Profiles => "SELECT * FROM profiles ORDER BY user_id".into(),
-        SourceKind::EventStats => "SELECT * FROM event_stats ORDER BY user_id, event_name".into(),
-        SourceKind::SegmentMembers => {
-            "SELECT * FROM segment_members ORDER BY segment_id, user_id".into()
-        }
-        SourceKind::SegmentChanges => format!(
-            "SELECT * FROM segment_changes WHERE at >= {start} AND at < {end} \
-             ORDER BY at, segment_id, user_id, change"
-        ),
-        SourceKind::Sql => export
-            .sql
-            .clone()
-            .unwrap_or_default()
-            .replace("{window_start}", &start)
-            .replace("{window_end}", &end),
-    }
-}
 
 /// Rows per batch in export sessions: 4x DataFusion's default. Exports read everything
 /// and sort it, and bigger batches mean fewer sorted runs to merge and less per-batch
@@ -99,15 +33,6 @@ pub fn tune(session: &SessionContext) {
     if let Err(e) = set {
         tracing::warn!(error = %e, "exports: batch size not set");
     }
-}
-
-/// Plans `sql` read-only.
-pub async fn plan(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    Ok(ctx.sql_with_options(sql, options).await?)
 }
 
 /// One written file of a window.
@@ -250,7 +175,7 @@ pub async fn run_window(
     if before.contains(&manifest) {
         dest.delete(&manifest).await.map_err(export_err)?;
     }
-    let df = plan(session, &source_sql(export, w)).await?;
+    let df = plan(session, &source_sql(&export.query(), w)).await?;
     let mut files = Vec::new();
     let format = export.format;
     let rows = write_files(df, format, options, |n, rows, bytes| {
@@ -296,16 +221,4 @@ pub async fn run_window(
         files,
         rows,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_become_escaped_like_patterns() {
-        assert_eq!(like_pattern("page_*"), "page\\_%");
-        assert_eq!(like_pattern("100%*x\\"), "100\\%%x\\\\");
-        assert_eq!(quote("it's"), "'it''s'");
-    }
 }

@@ -11,9 +11,10 @@ use deltalake::logstore::get_actions;
 use tokio::sync::watch;
 
 use super::Context;
-use super::def::{Export, Exports, SourceKind};
+use super::def::{Export, Exports};
 use super::run::{FileOptions, WindowReport, run_window};
 use super::schedule::{self, AfterFailure, Schedule};
+use super::source::SourceKind;
 use super::state::{self, ExportState};
 use super::window::Window;
 use crate::storage::Store;

@@ -7,7 +7,6 @@
 //!   committed with the rows.
 //! - [`status`]: cursors and lag for `tidemark jobs status`.
 //! - [`views`]: how readers see the derived tables (partial rows merged).
-//! - [`service`]: the loop inside `tidemark serve` and `tidemark jobs run`.
 //!
 //! Derived tables hold partial aggregates: each incremental run appends one row per key
 //! it touched, and readers see them folded by the job's merge SQL (first = min, last =
@@ -18,7 +17,6 @@ pub mod defs;
 pub mod inputs;
 pub mod plan;
 pub mod runner;
-pub mod service;
 pub mod status;
 pub mod views;
 

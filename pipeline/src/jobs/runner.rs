@@ -39,6 +39,19 @@ pub struct JobOptions {
     pub evaluate_segments: bool,
 }
 
+impl JobOptions {
+    /// The runner's settings in `config`.
+    pub fn from_config(config: &crate::config::Config) -> JobOptions {
+        JobOptions {
+            clock_skew_tolerance: config.jobs.clock_skew_tolerance,
+            dedup_window: config.dedup_window,
+            compact_files: config.jobs.compact_files,
+            evaluate_segments: !config.segments.interval.is_zero(),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for JobOptions {
     fn default() -> Self {
         JobOptions {

@@ -89,21 +89,3 @@ fn registry_batch(doc: &FieldsDoc, environment: Option<&str>) -> Result<RecordBa
         ],
     )?)
 }
-
-/// Rows as JSON objects (nulls kept as `null`, timestamps as RFC 3339 text).
-pub fn to_json_rows(batches: &[arrow::array::RecordBatch]) -> Result<Vec<serde_json::Value>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::JsonArray>(&mut buf);
-        for b in batches {
-            w.write(b)?;
-        }
-        w.finish()?;
-    }
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(serde_json::from_slice(&buf)?)
-}

@@ -34,7 +34,7 @@ use sha2::Digest;
 use super::compile;
 use super::membership::{self, Change, Members, apply};
 use super::store::Segments;
-use crate::jobs::views::to_json_rows;
+use crate::query::to_json_rows;
 use crate::storage::events_table::{self, timestamp_type, writer_properties};
 use crate::storage::{Store, TableSpec};
 use crate::{Result, query};
@@ -441,12 +441,7 @@ pub fn log_runs(runs: &[SegmentRun]) {
 
 /// Runs every environment that has segments (or members to drop).
 pub async fn run_all(store: &Store, now_us: i64) -> Result<Vec<SegmentRun>> {
-    let doc = store
-        .docs()
-        .latest::<super::store::SegmentsDoc>(crate::storage::paths::Doc::Segments)
-        .await?
-        .map(|(_, d)| d)
-        .unwrap_or_default();
+    let doc = Segments::new(store.clone()).all().await?;
     let mut out = Vec::new();
     for env in doc.environments.keys() {
         out.push(run_environment(store, env, now_us).await?);

@@ -19,7 +19,7 @@ pub mod store;
 use datafusion::prelude::SessionContext;
 
 use crate::Result;
-use crate::jobs::views::to_json_rows;
+use crate::query::to_json_rows;
 
 /// Replaces `profiles` and `event_stats` in `ctx` by in-memory copies, so evaluating many
 /// segments reads (and, for the Delta views, merges) them once instead of once per segment.

@@ -24,10 +24,8 @@ pub struct Stored {
     pub version: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SegmentsDoc {
-    pub environments: BTreeMap<String, BTreeMap<String, Stored>>,
-}
+/// The `segments` config document: environment -> id -> stored definition.
+pub type SegmentsDoc = crate::storage::docs::ByEnvironment<Stored>;
 
 use crate::problem::WriteError;
 
@@ -52,13 +50,12 @@ impl Segments {
     }
 
     pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Stored>> {
-        Ok(self
-            .store
-            .docs()
-            .latest::<SegmentsDoc>(Doc::Segments)
-            .await?
-            .and_then(|(_, mut d)| d.environments.remove(environment))
-            .unwrap_or_default())
+        Ok(self.all().await?.take(environment))
+    }
+
+    /// Every environment's segments.
+    pub async fn all(&self) -> Result<SegmentsDoc> {
+        self.store.docs().by_environment(Doc::Segments).await
     }
 
     pub async fn get(&self, environment: &str, id: &str) -> Result<Stored> {

@@ -24,8 +24,8 @@ use crate::ingest::flusher::Flusher;
 use crate::ingest::log::{Log, LogOptions};
 use crate::ingest::{Ingestor, recovery};
 use crate::jobs::Runner;
-use crate::jobs::service::{self, Schedule};
 use crate::metrics::Metrics;
+use crate::refresh::{self, Schedule};
 use crate::storage::docs::Docs;
 use crate::storage::paths::wal as wal_paths;
 use crate::storage::{Store, events_table};
@@ -92,7 +92,7 @@ pub async fn run(
         limits: config.limits.clone(),
         shutting_down: AtomicBool::new(false),
         profile_writes: Arc::new(Notify::new()),
-        job_options: config.job_options(),
+        job_options: crate::jobs::JobOptions::from_config(&config),
         webhooks: webhooks.clone(),
         exports: exports.clone(),
     });
@@ -183,7 +183,7 @@ fn start_background(
             segments_pass(s.clone())
         });
         let commits = state.ingestor.get().map(|i| i.committed.clone());
-        let runner = Runner::new(store.clone(), config.job_options());
+        let runner = Runner::new(store.clone(), crate::jobs::JobOptions::from_config(&config));
         let schedule = Schedule {
             debounce: config.jobs.debounce,
             poll_interval: config.jobs.poll_interval,
@@ -192,7 +192,7 @@ fn start_background(
         let writes = state.profile_writes.clone();
         sup.spawn(
             "jobs",
-            service::run_loop(runner, schedule, commits, writes, stop),
+            refresh::run_loop(runner, schedule, commits, writes, stop),
         );
     }
 }
@@ -348,7 +348,7 @@ async fn optimize_pass(store: Store, metrics: Arc<Metrics>, target: u64) {
 /// Deletes events past their environment's retention, then VACUUMs every table (files
 /// that left it more than `retention.vacuum_after` ago).
 async fn maintenance_pass(store: Store, retention: crate::config::RetentionConfig) {
-    match crate::users::erase::apply_retention(&store, &retention).await {
+    match crate::storage::retention::apply_retention(&store, &retention).await {
         Ok(deleted) => {
             for (env, rows) in deleted {
                 tracing::info!(environment = %env, ?rows, "retention deleted old events");
@@ -356,7 +356,7 @@ async fn maintenance_pass(store: Store, retention: crate::config::RetentionConfi
         }
         Err(e) => tracing::warn!(error = %e, "retention failed"),
     }
-    match crate::users::erase::vacuum_all(&store, retention.vacuum_after).await {
+    match crate::storage::retention::vacuum_all(&store, retention.vacuum_after).await {
         Ok(deleted) => {
             let n: usize = deleted.values().sum();
             if n > 0 {

@@ -16,9 +16,9 @@ use super::auth::{Admin, Authorized, Reader, Writer};
 use super::body::{BodyKind, JsonBody, read_body};
 use super::error::ApiError;
 use crate::problem::{Problem, Subject};
+use crate::profiles::read;
 use crate::users::changes::{self, BatchItem, Update};
 use crate::users::fields::Registry;
-use crate::users::read;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,7 +171,7 @@ pub async fn delete_user(
         return Err(ApiError::bad_request(format!("id: user id {e}")));
     }
     let runner = crate::jobs::Runner::new(state.store.clone(), state.job_options.clone());
-    let erasure = crate::users::erase::erase(&runner, &env, &id, &principal.key_id)
+    let erasure = crate::profiles::erase::erase(&runner, &env, &id, &principal.key_id)
         .await
         .map_err(|e| {
             ApiError::from(e).context("the erasure failed; retry it (it is idempotent)")

@@ -3,10 +3,12 @@
 //! - [`paths`]: the only place that builds storage keys and table URLs.
 //! - [`docs`]: versioned JSON config documents written create-only, newest wins.
 //! - [`events_table`]: the `events` Delta table (schema, create, idempotent append, compaction).
+//! - [`retention`]: deleting events past their retention, and VACUUM of every table.
 
 pub mod docs;
 pub mod events_table;
 pub mod paths;
+pub mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -248,6 +250,27 @@ fn register_s3_logstore() {
 
 fn parse_url(data: &str) -> Result<Url> {
     Url::parse(data).map_err(|e| Error::Invalid(format!("data: '{data}' is not a valid URL: {e}")))
+}
+
+/// Top-level directories of the store root that may hold tables (the `load_table` of
+/// each tells whether it does).
+pub async fn table_dirs(store: &Store) -> Result<Vec<String>> {
+    let root = store.paths().root();
+    let listing = store
+        .object_store()
+        .list_with_delimiter(Some(&root))
+        .await?;
+    let mut names = Vec::new();
+    for dir in listing.common_prefixes {
+        let Some(name) = dir.filename().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with('_') && !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(test)]

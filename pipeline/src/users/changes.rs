@@ -3,23 +3,20 @@
 //! validation against the field registry, and the appends.
 //!
 //! Each operation on one field or tag is one row. The ops of one update (a PUT, one item
-//! of a batch, one CSV row) share a `change_id`: 16 hex digits of the write's time in
-//! microseconds (strictly increasing within a process) and 16 of a random node and
-//! sequence part, so text order is write order and ids never repeat. Within one update a
+//! of a batch, one CSV row) share a change id ([`super::change_id`]). Within one update a
 //! `set` beats a `set_once` of the same field.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
 use deltalake::protocol::SaveMode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::change_id::next_change_id;
 use super::fields::FieldDef;
 use crate::Result;
 use crate::problem::Problem;
@@ -60,35 +57,6 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 pub fn schema() -> SchemaRef {
     SCHEMA.clone()
-}
-
-/// The smallest change id at time `t`: changes before a field's declaration sort below it.
-pub fn change_id_floor(t: DateTime<Utc>) -> String {
-    format!("{:016x}{:016x}", t.timestamp_micros().max(0), 0)
-}
-
-/// Strictly increasing microseconds within this process.
-fn next_micros() -> i64 {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let now = Utc::now().timestamp_micros();
-    let mut prev = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = now.max(prev + 1);
-        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(p) => prev = p,
-        }
-    }
-}
-
-/// A change id and its time.
-pub fn next_change_id() -> (String, i64) {
-    static NODE: LazyLock<u32> = LazyLock::new(rand::random);
-    let us = next_micros();
-    (
-        format!("{us:016x}{:08x}{:08x}", *NODE, rand::random::<u32>()),
-        us,
-    )
 }
 
 /// The body of `PUT /v1/{env}/users/{id}`.
@@ -383,6 +351,8 @@ pub async fn append(store: &Store, batches: Vec<RecordBatch>) -> Result<DeltaTab
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::users::change_id::change_id_floor;
+    use chrono::Utc;
     use crate::users::fields::FieldType;
     use serde_json::json;
 

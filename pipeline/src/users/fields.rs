@@ -200,10 +200,7 @@ pub struct FieldDef {
 }
 
 /// The `fields` config document: environment -> name -> definition.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct FieldsDoc {
-    pub environments: BTreeMap<String, BTreeMap<String, FieldDef>>,
-}
+pub type FieldsDoc = crate::storage::docs::ByEnvironment<FieldDef>;
 
 /// `[a-z][a-z0-9_]{0,63}` and not reserved.
 pub fn validate_name(name: &str) -> Result<()> {
@@ -237,24 +234,12 @@ impl Registry {
 
     /// The fields of `environment`, by name.
     pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, FieldDef>> {
-        Ok(self
-            .store
-            .docs()
-            .latest::<FieldsDoc>(Doc::Fields)
-            .await?
-            .and_then(|(_, mut d)| d.environments.remove(environment))
-            .unwrap_or_default())
+        Ok(self.all().await?.take(environment))
     }
 
     /// Every environment's fields.
     pub async fn all(&self) -> Result<FieldsDoc> {
-        Ok(self
-            .store
-            .docs()
-            .latest::<FieldsDoc>(Doc::Fields)
-            .await?
-            .map(|(_, d)| d)
-            .unwrap_or_default())
+        self.store.docs().by_environment(Doc::Fields).await
     }
 
     /// Declares a field; an existing name is a conflict (`Error::Invalid` naming it).
@@ -279,7 +264,7 @@ impl Registry {
             field_type,
             label,
             created_at: now,
-            since_change_id: super::changes::change_id_floor(now),
+            since_change_id: super::change_id::change_id_floor(now),
         };
         let added = def.clone();
         self.store

@@ -1,18 +1,16 @@
-//! Customer data written by the users API and the importer, and profile reads.
+//! Customer data written by the users API and the importer (reads and erasure are in
+//! [`crate::profiles`], above the jobs).
 //!
 //! - [`fields`]: the custom field registry (config document) and typed value checks.
+//! - [`change_id`]: the time-ordered ids that order profile changes.
 //! - [`changes`]: the `profile_changes` Delta table, the update document, validation.
-//! - [`read`]: one profile as JSON (activity, tags, typed fields, event stats, events)
-//!   and the filtered, paged list.
 //! - [`import`]: the CSV importer (CLI and API).
-//! - [`erase`]: erasure of a user everywhere, its audit entries, retention and VACUUM.
 //!
 //! Writes are appended to `profile_changes`; the `profile_attributes` job
 //! (`sql/jobs/profile_attributes.sql`) folds them in change order, and readers see them
 //! in `profiles` (`sql/jobs/profiles_view.sql`).
 
+pub mod change_id;
 pub mod changes;
-pub mod erase;
 pub mod fields;
 pub mod import;
-pub mod read;

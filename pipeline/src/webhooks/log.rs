@@ -264,7 +264,7 @@ pub async fn recent(
         .drop_columns(&["environment"])?
         .collect()
         .await?;
-    crate::jobs::views::to_json_rows(&batches)
+    crate::query::to_json_rows(&batches)
 }
 
 #[cfg(test)]

@@ -601,7 +601,7 @@ async fn profiles(
         .collect()
         .await?;
     let mut out = HashMap::new();
-    for mut row in crate::jobs::views::to_json_rows(&batches)? {
+    for mut row in crate::query::to_json_rows(&batches)? {
         let Some(obj) = row.as_object_mut() else {
             continue;
         };

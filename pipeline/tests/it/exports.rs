@@ -258,7 +258,7 @@ async fn scheduled_windows_are_exact_under_late_rows_and_backfills() {
         "SELECT {} FROM events WHERE received_at >= TIMESTAMP '2026-01-01T00:35:00Z' \
          AND received_at < TIMESTAMP '2026-01-01T00:40:00Z' AND event_name <> 'ignored' \
          ORDER BY received_at, event_id",
-        tidemark::exports::run::EVENT_COLUMNS
+        tidemark::exports::source::EVENT_COLUMNS
     );
     let want = session.sql(&sql).await.unwrap().collect().await.unwrap();
     let got: Vec<RecordBatch> = out.manifests[w]["files"]

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use datafusion::prelude::{SessionContext, col, lit};
 use serde_json::{Map, Value};
 
-use super::fields::{FieldDef, Registry};
-use crate::jobs::views::to_json_rows;
+use crate::query::to_json_rows;
 use crate::storage::Store;
+use crate::users::fields::{FieldDef, FieldType, Registry};
 use crate::{Result, query};
 
 /// Most recent events returned with `?events=N`.
@@ -176,10 +176,10 @@ pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<Lis
         let get = ctx
             .udf("json_get")?
             .call(vec![col("fields"), lit(name.as_str())]);
-        let cond = if def.field_type == super::fields::FieldType::List {
+        let cond = if def.field_type == FieldType::List {
             ctx.udf("json_list_contains")?
                 .call(vec![get, lit(value.as_str())])
-        } else if def.field_type == super::fields::FieldType::Number {
+        } else if def.field_type == FieldType::Number {
             // numerically: 3 and 3.0 are the same number
             let n: f64 = value
                 .trim()

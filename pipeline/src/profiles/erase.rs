@@ -1,4 +1,4 @@
-//! Erasure of a user everywhere, its audit trail, event retention and VACUUM.
+//! Erasure of a user everywhere and its audit trail.
 //!
 //! An erasure deletes the user's rows (Delta DELETE) from the source tables (`events`,
 //! `profile_changes`), brings the jobs past those deletes, then deletes the user's rows
@@ -20,7 +20,6 @@ use datafusion::functions::crypto::expr_fn::sha256;
 use datafusion::functions::encoding::expr_fn::encode;
 use datafusion::prelude::{Expr, col, lit};
 use deltalake::DeltaTable;
-use deltalake::operations::vacuum::VacuumMode;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -224,72 +223,4 @@ pub async fn status(
         vacuum_eligible_at: (pending > 0).then(|| erasure.completed_at + after),
         complete: pending == 0,
     })
-}
-
-/// Deletes the events of each environment older than its retention (whole days by
-/// `received_date`, a metadata-only delete of partitions). Returns rows deleted.
-pub async fn apply_retention(
-    store: &Store,
-    config: &crate::config::RetentionConfig,
-) -> Result<BTreeMap<String, Option<usize>>> {
-    let mut out = BTreeMap::new();
-    let Some(events) = store
-        .load_table(crate::storage::events_table::TABLE)
-        .await?
-    else {
-        return Ok(out);
-    };
-    let envs = environments_of(&events).await?;
-    let mut table = events;
-    for env in envs {
-        let days = config.days(&env);
-        let cutoff = (Utc::now() - chrono::Duration::days(i64::from(days))).date_naive();
-        let predicate = col("environment")
-            .eq(lit(env.as_str()))
-            .and(
-                col("received_date").lt(lit(datafusion::common::ScalarValue::Date32(Some(
-                    (cutoff - chrono::NaiveDate::default()).num_days() as i32,
-                )))),
-            );
-        let (t, metrics) = table.delete().with_predicate(predicate).await?;
-        table = t;
-        if metrics.num_removed_files > 0 {
-            out.insert(env, metrics.num_deleted_rows);
-        }
-    }
-    Ok(out)
-}
-
-/// The environments with files in `events` (from partition values).
-async fn environments_of(events: &DeltaTable) -> Result<Vec<String>> {
-    let mut envs: Vec<String> = events
-        .get_file_uris()?
-        .filter_map(|u| {
-            u.split('/')
-                .find_map(|seg| seg.strip_prefix("environment=").map(str::to_string))
-        })
-        .collect();
-    envs.sort();
-    envs.dedup();
-    Ok(envs)
-}
-
-/// VACUUM (full: also orphaned files of crashed writers) of every table, deleting files
-/// that left their table more than `retention` ago. Returns files deleted per table.
-pub async fn vacuum_all(store: &Store, retention: Duration) -> Result<BTreeMap<String, usize>> {
-    let mut out = BTreeMap::new();
-    for name in crate::query::table_dirs(store).await? {
-        let Some(table) = store.load_table(&name).await? else {
-            continue;
-        };
-        let period = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-        let (_, metrics) = table
-            .vacuum()
-            .with_retention_period(period)
-            .with_enforce_retention_duration(false)
-            .with_mode(VacuumMode::Full)
-            .await?;
-        out.insert(name, metrics.files_deleted.len());
-    }
-    Ok(out)
 }

@@ -1,4 +1,5 @@
-//! The job loop: inside `tidemark serve` it runs after each `events` commit (debounced),
+//! The refresh loop, above the jobs and the segments it runs in turn: inside
+//! `tidemark serve` it runs the jobs after each `events` commit (debounced),
 //! and every `poll_interval` to pick up commits of other nodes; `tidemark jobs run` polls.
 //! When a pass changed the profiles, the segments are evaluated right after it (and
 //! `serve` also evaluates them every `segments.interval`, for relative time conditions).
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
-use super::runner::Runner;
+use crate::jobs::Runner;
 
 /// When the loop runs.
 #[derive(Debug, Clone, Copy)]
