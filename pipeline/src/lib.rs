@@ -2,23 +2,35 @@
 //!
 //! # Layout
 //!
+//! Base:
 //! - [`config`]: the layered configuration (defaults -> `tidemark.toml` -> `TIDEMARK_*` -> flags).
+//! - [`error`]: the crate's error and `Result`, classified (user, retryable, internal).
+//! - [`problem`]: problems with user input, listed all at once, and `WriteError`.
+//! - [`reltime`]: the one grammar of times users write (RFC 3339 or `-7d`, `24h`, `+1d`).
 //! - [`storage`]: the object store behind everything, the one place that builds storage
-//!   paths ([`storage::paths`]), versioned JSON config documents ([`storage::docs`]) and the
-//!   Delta tables ([`storage::events_table`]).
+//!   paths ([`storage::paths`]), versioned JSON documents ([`storage::docs`]), the Delta
+//!   tables ([`storage::events_table`]) and retention ([`storage::retention`]).
 //! - [`auth`]: environments and API keys (hashed at rest, verified in constant time).
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`supervisor`]: background tasks with one stop signal and an ordered shutdown.
+//!
+//! Data path, each layer using only those above it:
 //! - [`ingest`]: event parsing and validation into Arrow, the dedup index, the write-ahead
 //!   log with group commit, and the flusher that commits WAL segments to Delta.
+//! - [`users`]: what is written about users: custom fields, profile changes, CSV import.
 //! - [`jobs`]: the SQL jobs (`sql/jobs/`) that derive `profiles` and `event_stats`
 //!   incrementally, and the views readers see them through.
+//! - [`query`]: DataFusion sessions over the tables (one environment's views), JSON rows.
+//! - [`segments`]: segment definitions, their SQL, membership runs and previews.
+//! - [`profiles`]: what is read about users (profiles, lists) and erasure.
 //! - [`refresh`]: the loop that runs the jobs after commits, then the segments.
-//! - [`users`]: custom fields, profile writes (`profile_changes`), profile reads.
-//! - [`server`]: the HTTP API (axum): ingest, users, fields and ops endpoints.
-//! - [`query`]: DataFusion over the Delta tables, used by `tidemark sql`.
-//! - [`metrics`]: Prometheus counters and histograms.
-//! - [`reltime`]: the one grammar of times users write (RFC 3339 or `-7d`, `24h`, `+1d`).
-//! - [`problem`]: problems with user input, listed all at once, and `WriteError`.
-//! - [`supervisor`]: background tasks with one stop signal and an ordered shutdown.
+//! - [`webhooks`]: subscriptions and the delivery worker (signing and sending are in
+//!   `tidemark-sinks`).
+//! - [`exports`]: the batched pull API and scheduled exports (encoders and destinations
+//!   are in `tidemark-sinks`).
+//!
+//! Doors:
+//! - [`server`]: the HTTP API (axum) and running a node.
 //! - [`cli`]: the `tidemark` command line.
 
 pub mod auth;

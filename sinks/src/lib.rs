@@ -11,18 +11,23 @@
 //! - [`clock`]: wall time, injectable so tests can drive a paused clock;
 //! - [`export`]: bulk-export file writers (Parquet zstd, NDJSON gzip, CSV) and
 //!   destinations (object-store prefixes, signed HTTPS POSTs);
-//! - [`endpoint`]: one subscription's delivery task (concurrency, rate limit, retries,
-//!   auto-pause).
+//! - [`webhook`]: the webhook sink: one subscription's delivery task (concurrency, rate
+//!   limit, retries, auto-pause).
+//!
+//! Every sink follows one shape: its configuration with validation, request building,
+//! the driving loop, and the shared compliance test (`tests/it/compliance.rs`): acked
+//! only after delivery, retried exactly as [`retry`] judges the answer and [`delivery`]
+//! decides, signatures that verify with an independent library.
 
 pub mod client;
 pub mod clock;
 pub mod crypto;
 pub mod delivery;
-pub mod endpoint;
 pub mod export;
 pub mod filter;
 pub mod retry;
 pub mod sign;
+pub mod webhook;
 
 /// Errors of this crate, each naming what was wrong.
 #[derive(Debug, thiserror::Error)]

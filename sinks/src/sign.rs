@@ -94,13 +94,13 @@ pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8
 /// Sets the Standard Webhooks headers of one attempt (`webhook-id`, `webhook-timestamp`,
 /// `webhook-signature`) on `headers`.
 pub fn set_headers(
-    headers: &mut reqwest::header::HeaderMap,
+    headers: &mut http::header::HeaderMap,
     secrets: &[Secret],
     id: &str,
     timestamp: i64,
     body: &[u8],
 ) {
-    use reqwest::header::HeaderValue;
+    use http::header::HeaderValue;
     let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
     headers.insert("webhook-id", value(id));
     headers.insert("webhook-timestamp", HeaderValue::from(timestamp));

@@ -1,5 +1,5 @@
 //! Functions the tidemark SQL jobs call, written once as plain Rust and adapted to
-//! DataFusion here (and to Arroyo in `udfs/arroyo/`).
+//! DataFusion here (other hosts, such as Arroyo, can adapt the same plain functions).
 //!
 //! # Layout
 //!

@@ -352,8 +352,8 @@ pub async fn append(store: &Store, batches: Vec<RecordBatch>) -> Result<DeltaTab
 mod tests {
     use super::*;
     use crate::users::change_id::change_id_floor;
-    use chrono::Utc;
     use crate::users::fields::FieldType;
+    use chrono::Utc;
     use serde_json::json;
 
     fn fields() -> BTreeMap<String, FieldDef> {

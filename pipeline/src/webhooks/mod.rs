@@ -121,8 +121,8 @@ pub async fn send_test(
     let mut headers =
         tidemark_sinks::client::header_map(&custom).map_err(|e| Error::Invalid(e.to_string()))?;
     headers.insert(
-        reqwest::header::CONTENT_TYPE,
-        reqwest::header::HeaderValue::from_static("application/json"),
+        http::header::CONTENT_TYPE,
+        http::header::HeaderValue::from_static("application/json"),
     );
     tidemark_sinks::sign::set_headers(
         &mut headers,
@@ -132,7 +132,7 @@ pub async fn send_test(
         body.as_bytes(),
     );
     let url = url::Url::parse(&sub.url).map_err(|e| Error::Invalid(format!("url: {e}")))?;
-    let method = reqwest::Method::from_bytes(sub.method.as_bytes())
+    let method = http::Method::from_bytes(sub.method.as_bytes())
         .map_err(|e| Error::Invalid(format!("method: {e}")))?;
     Ok(
         match ctx

@@ -233,7 +233,7 @@ pub fn apply(
                 for (name, value) in h {
                     let path = format!("headers.{name}");
                     let lower = name.to_ascii_lowercase();
-                    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                         problems.push(problem(&path, "is not a valid header name"));
                     } else if RESERVED_HEADERS.contains(&lower.as_str()) {
                         problems.push(problem(
@@ -243,7 +243,7 @@ pub fn apply(
                     } else {
                         match value.as_str() {
                             Some(s)
-                                if reqwest::header::HeaderValue::from_str(s).is_ok()
+                                if http::header::HeaderValue::from_str(s).is_ok()
                                     && s.len() <= 4096 =>
                             {
                                 headers.insert(lower, s.to_string());

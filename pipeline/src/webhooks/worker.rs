@@ -21,7 +21,7 @@ use serde_json::Value;
 use tidemark_sinks::client::SafeClient;
 use tidemark_sinks::clock::SharedClock;
 use tidemark_sinks::crypto::MasterKey;
-use tidemark_sinks::endpoint::{Endpoint, Message, Report, Settings, Status, Target};
+use tidemark_sinks::webhook::{Endpoint, Message, Report, Settings, Status, Target};
 use tokio::sync::{mpsc, watch};
 
 use super::batch::{self, Batching, Cut};
@@ -294,7 +294,7 @@ impl Worker {
     fn target(&self, sub: &Subscription) -> Result<Target> {
         Ok(Target {
             url: url::Url::parse(&sub.url).map_err(|e| Error::Invalid(format!("url: {e}")))?,
-            method: reqwest::Method::from_bytes(sub.method.as_bytes())
+            method: http::Method::from_bytes(sub.method.as_bytes())
                 .map_err(|e| Error::Invalid(format!("method: {e}")))?,
             headers: sub.headers.clone().into_iter().collect(),
             secrets: sub.signing_secrets(&self.key, self.clock.now())?,

@@ -1,38 +1,21 @@
-//! Bulk-export writers: one file format encoder ([`FileWriter`]: Parquet zstd, NDJSON gzip,
-//! CSV) and the destinations files go to ([`Destination`]: an object-store prefix, or an
-//! HTTPS endpoint that gets one signed POST per file).
-//!
-//! Everything here is deterministic for the same rows in the same order: the same window
-//! exported twice gives the same bytes, so re-runs replace objects with identical ones.
+//! File encoders: Parquet (zstd, row groups encoded in parallel), NDJSON (gzip) and CSV,
+//! deterministic for the same rows in the same order, so a re-run writes the same bytes.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use flate2::Compression as Gzip;
 use flate2::write::GzEncoder;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_writer::{
-    ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory,
-    compute_leaves,
-};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use parquet::file::writer::SerializedFileWriter;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use super::parquet::ParallelParquet;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use url::Url;
 
-use crate::client::SafeClient;
-use crate::retry::{RetryPolicy, Verdict, judge, judge_failure};
-use crate::sign::Secret;
 use crate::{Error, Result};
 
 /// The file formats of exports and of the batched pull API.
@@ -110,124 +93,6 @@ impl Default for EncodeOptions {
     }
 }
 
-/// Rows per Parquet row group (the parquet crate's default).
-const ROW_GROUP_ROWS: usize = 1024 * 1024;
-
-/// A Parquet file whose row groups are encoded column by column on several threads (the
-/// parquet crate's `ArrowColumnWriter` API); the bytes do not depend on the thread count.
-struct ParallelParquet {
-    writer: SerializedFileWriter<Vec<u8>>,
-    factory: ArrowRowGroupWriterFactory,
-    buffered: Vec<RecordBatch>,
-    buffered_rows: usize,
-    row_groups: usize,
-    threads: usize,
-}
-
-impl ParallelParquet {
-    fn new(schema: SchemaRef, props: WriterProperties, threads: usize) -> Result<ParallelParquet> {
-        // ArrowWriter sets up the file (and embeds the Arrow schema); we take it apart.
-        let (writer, factory) = ArrowWriter::try_new(Vec::new(), schema, Some(props))
-            .and_then(ArrowWriter::into_serialized_writer)
-            .map_err(arrow_err)?;
-        Ok(ParallelParquet {
-            writer,
-            factory,
-            buffered: Vec::new(),
-            buffered_rows: 0,
-            row_groups: 0,
-            threads: threads.max(1),
-        })
-    }
-
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let mut batch = batch.clone();
-        while batch.num_rows() > 0 {
-            let take = (ROW_GROUP_ROWS - self.buffered_rows).min(batch.num_rows());
-            self.buffered.push(batch.slice(0, take));
-            self.buffered_rows += take;
-            batch = batch.slice(take, batch.num_rows() - take);
-            if self.buffered_rows == ROW_GROUP_ROWS {
-                self.flush()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Encodes the buffered rows as one row group, a column per task.
-    fn flush(&mut self) -> Result<()> {
-        if self.buffered_rows == 0 {
-            return Ok(());
-        }
-        let batches = std::mem::take(&mut self.buffered);
-        self.buffered_rows = 0;
-        let writers = self
-            .factory
-            .create_column_writers(self.row_groups)
-            .map_err(arrow_err)?;
-        self.row_groups += 1;
-        // leaves[b][c]: leaf column c of batch b (one per writer, in order).
-        let mut leaves: Vec<Vec<ArrowLeafColumn>> = Vec::with_capacity(batches.len());
-        for b in &batches {
-            let mut row = Vec::with_capacity(writers.len());
-            for (field, array) in b.schema_ref().fields().iter().zip(b.columns()) {
-                row.extend(compute_leaves(field, array).map_err(arrow_err)?);
-            }
-            leaves.push(row);
-        }
-        let slots: Vec<std::sync::Mutex<Option<ArrowColumnWriter>>> = writers
-            .into_iter()
-            .map(|w| std::sync::Mutex::new(Some(w)))
-            .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let encode_one = |c: usize| -> Result<ArrowColumnChunk> {
-            let mut w = slots[c]
-                .lock()
-                .ok()
-                .and_then(|mut s| s.take())
-                .ok_or_else(|| Error::Export("column writer taken twice".into()))?;
-            for row in &leaves {
-                w.write(&row[c]).map_err(arrow_err)?;
-            }
-            w.close().map_err(arrow_err)
-        };
-        let work = || -> Result<Vec<(usize, ArrowColumnChunk)>> {
-            let mut done = Vec::new();
-            loop {
-                let c = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if c >= slots.len() {
-                    return Ok(done);
-                }
-                done.push((c, encode_one(c)?));
-            }
-        };
-        let threads = self.threads.min(slots.len()).max(1);
-        let mut chunks: Vec<(usize, ArrowColumnChunk)> = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-            let mut all = work()?;
-            for h in others {
-                all.extend(
-                    h.join()
-                        .map_err(|_| Error::Export("an encoding thread panicked".into()))??,
-                );
-            }
-            Ok::<_, Error>(all)
-        })?;
-        chunks.sort_by_key(|(c, _)| *c);
-        let mut rg = self.writer.next_row_group().map_err(arrow_err)?;
-        for (_, chunk) in chunks {
-            chunk.append_to_row_group(&mut rg).map_err(arrow_err)?;
-        }
-        rg.close().map_err(arrow_err)?;
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<Vec<u8>> {
-        self.flush()?;
-        self.writer.into_inner().map_err(arrow_err)
-    }
-}
-
 /// Encodes `batches` as one file.
 pub fn encode(
     format: Format,
@@ -256,7 +121,7 @@ pub struct FileWriter {
     rows: u64,
 }
 
-fn arrow_err(e: impl std::fmt::Display) -> Error {
+pub(super) fn arrow_err(e: impl std::fmt::Display) -> Error {
     Error::Export(format!("encoding: {e}"))
 }
 
@@ -453,203 +318,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// An HTTPS endpoint that receives one signed POST per file.
-#[derive(Clone)]
-pub struct HttpTarget {
-    pub url: Url,
-    pub headers: HeaderMap,
-    pub secrets: Vec<Secret>,
-    pub client: SafeClient,
-    /// Attempts within one run; the export's own backoff retries the window later.
-    pub retry: RetryPolicy,
-}
-
-/// Where an export's files go.
-#[derive(Clone)]
-pub enum Destination {
-    /// An object-store prefix (`s3://`, `gs://`, `az://`, `file://`, `memory://`).
-    Store {
-        store: Arc<dyn ObjectStore>,
-        prefix: Path,
-    },
-    Http(Box<HttpTarget>),
-}
-
-impl std::fmt::Debug for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Destination::Store { store, prefix } => write!(f, "Store({store}, {prefix})"),
-            Destination::Http(t) => write!(f, "Http({})", t.url),
-        }
-    }
-}
-
-/// Opens an object-store URL with its options (credentials, endpoint, region: the keys
-/// `object_store` knows, e.g. `aws_access_key_id`, `aws_endpoint`,
-/// `google_service_account`, `azure_storage_account_name`).
-pub fn open_store(
-    url: &Url,
-    options: &BTreeMap<String, String>,
-    field: &str,
-) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    match url.scheme() {
-        "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "file" | "memory" => {}
-        other => {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "unsupported scheme {other}://; use s3://, gs://, az://, file:// or https://"
-                ),
-            ));
-        }
-    }
-    let (store, prefix) = object_store::parse_url_opts(url, options.iter())
-        .map_err(|e| Error::invalid(field, e.to_string()))?;
-    Ok((Arc::from(store), prefix))
-}
-
-impl Destination {
-    /// Writes (or replaces) `name` under the prefix / POSTs it.
-    pub async fn put(&self, name: &str, bytes: Bytes, content_type: &str) -> Result<()> {
-        match self {
-            Destination::Store { store, prefix } => {
-                let path = join(prefix, name);
-                store
-                    .put(&path, bytes.into())
-                    .await
-                    .map_err(|e| Error::Export(format!("writing {path}: {e}")))?;
-                Ok(())
-            }
-            Destination::Http(t) => t.post(name, bytes, content_type).await,
-        }
-    }
-
-    /// The names (relative to the prefix) that start with `start`; nothing for HTTP.
-    /// Lists from `start` on (`list_with_offset`), so a directory of many older windows is
-    /// not read each time.
-    pub async fn list(&self, start: &str) -> Result<Vec<String>> {
-        use futures::TryStreamExt;
-        let Destination::Store { store, prefix } = self else {
-            return Ok(Vec::new());
-        };
-        let full = join(prefix, start);
-        let parts: Vec<_> = full.parts().collect();
-        let dir: Path = parts[..parts.len().saturating_sub(1)]
-            .iter()
-            .cloned()
-            .collect();
-        let file_prefix = full.filename().unwrap_or_default().to_string();
-        let listed: Vec<_> = store
-            .list_with_offset(Some(&dir), &full)
-            .try_collect()
-            .await
-            .map_err(|e| Error::Export(format!("listing {dir}: {e}")))?;
-        let base = prefix.as_ref();
-        let mut names: Vec<String> = listed
-            .into_iter()
-            .filter(|m| {
-                m.location.parts().count() == parts.len()
-                    && m.location
-                        .filename()
-                        .is_some_and(|f| f.starts_with(&file_prefix))
-            })
-            .map(|m| {
-                let loc = m.location.as_ref();
-                loc.strip_prefix(base)
-                    .unwrap_or(loc)
-                    .trim_start_matches('/')
-                    .to_string()
-            })
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-
-    /// Deletes `name` (missing is fine); nothing for HTTP.
-    pub async fn delete(&self, name: &str) -> Result<()> {
-        if let Destination::Store { store, prefix } = self {
-            let path = join(prefix, name);
-            match store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(Error::Export(format!("deleting {path}: {e}"))),
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads `name` back (tests and verification); `None` for HTTP.
-    pub async fn get(&self, name: &str) -> Result<Option<Bytes>> {
-        let Destination::Store { store, prefix } = self else {
-            return Ok(None);
-        };
-        let path = join(prefix, name);
-        match store.get(&path).await {
-            Ok(r) => {
-                Ok(Some(r.bytes().await.map_err(|e| {
-                    Error::Export(format!("reading {path}: {e}"))
-                })?))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::Export(format!("reading {path}: {e}"))),
-        }
-    }
-}
-
-fn join(prefix: &Path, name: &str) -> Path {
-    name.split('/')
-        .filter(|p| !p.is_empty())
-        .fold(prefix.clone(), |p, part| p.join(part))
-}
-
-impl HttpTarget {
-    /// POSTs one file, signed like a webhook. The `webhook-id` is derived from the file
-    /// name, so a re-sent file carries the same id and receivers can de-duplicate.
-    async fn post(&self, name: &str, bytes: Bytes, content_type: &str) -> Result<()> {
-        let id = format!("exp_{}", &sha256_hex(name.as_bytes())[..32]);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let now = chrono::Utc::now();
-            let mut headers = self.headers.clone();
-            headers.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_str(content_type).map_err(arrow_err)?,
-            );
-            if let Ok(v) = HeaderValue::from_str(name) {
-                headers.insert(HeaderName::from_static("tidemark-export-file"), v);
-            }
-            crate::sign::set_headers(&mut headers, &self.secrets, &id, now.timestamp(), &bytes);
-            let (error, after) = match self
-                .client
-                .send(reqwest::Method::POST, &self.url, headers, bytes.clone())
-                .await
-            {
-                Ok(r) => match judge(&r, now) {
-                    Verdict::Delivered => return Ok(()),
-                    Verdict::Gone => ("HTTP 410 Gone".to_string(), None),
-                    Verdict::Retry { error, after } => (error, after),
-                },
-                Err(f) => match judge_failure(&f) {
-                    Verdict::Retry { error, after } => (error, after),
-                    _ => (f.message, None),
-                },
-            };
-            match self.retry.delay_before(attempt + 1) {
-                Some(d) => {
-                    let wait = after.unwrap_or(d).min(Duration::from_secs(300));
-                    tokio::time::sleep(wait).await;
-                }
-                None => {
-                    return Err(Error::Export(format!(
-                        "POST {name} to {}: {error} after {attempt} attempt(s)",
-                        self.url
-                    )));
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -813,61 +481,5 @@ mod tests {
             // A lone null is written `""` so the row is not an empty line.
             "tags\n\"[\"\"vip\"\",\"\"a,b\"\"]\"\n\"\"\n"
         );
-    }
-
-    #[test]
-    fn formats_and_schemes_are_named_in_errors() {
-        let e = Format::parse("xml", "format").unwrap_err().to_string();
-        assert!(e.starts_with("format: unknown format \"xml\""), "{e}");
-        let url = Url::parse("ftp://host/x").expect("url");
-        let e = open_store(&url, &BTreeMap::new(), "destination")
-            .expect_err("refused")
-            .to_string();
-        assert!(e.contains("destination: unsupported scheme ftp://"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn store_destination_replaces_and_lists_by_prefix() {
-        let dir = tempfile_dir();
-        let url = Url::from_directory_path(&dir).expect("url");
-        let (store, prefix) = open_store(&url, &BTreeMap::new(), "d").expect("open");
-        let d = Destination::Store { store, prefix };
-        d.put("events/a-b.csv", Bytes::from("1"), "text/csv")
-            .await
-            .expect("put");
-        d.put("events/a-b-1.csv", Bytes::from("2"), "text/csv")
-            .await
-            .expect("put");
-        d.put("events/a-c.csv", Bytes::from("3"), "text/csv")
-            .await
-            .expect("put");
-        d.put("events/a-b.csv", Bytes::from("4"), "text/csv")
-            .await
-            .expect("replace");
-        assert_eq!(
-            d.list("events/a-b").await.expect("list"),
-            vec!["events/a-b-1.csv", "events/a-b.csv"]
-        );
-        assert_eq!(
-            d.get("events/a-b.csv").await.expect("get"),
-            Some(Bytes::from("4"))
-        );
-        d.delete("events/a-b-1.csv").await.expect("delete");
-        d.delete("events/missing").await.expect("missing is fine");
-        assert_eq!(
-            d.list("events/a-").await.expect("list"),
-            vec!["events/a-b.csv", "events/a-c.csv"]
-        );
-        std::fs::remove_dir_all(&dir).ok();
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "tidemark-sinks-export-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).expect("dir");
-        dir
     }
 }

@@ -1,95 +1,22 @@
-//! One subscription's delivery task: its own queue, in-flight limit and rate limit, so
-//! a slow or dead endpoint only ever holds up its own messages.
-//!
-//! What follows an attempt (retry, fail, pause) is decided by [`crate::delivery`]; this
-//! task only queues, sends and reports. Every attempt is signed afresh (the `webhook-timestamp` is the attempt's time; the
-//! `webhook-id` is the message's, the same on every attempt) and reported, whatever its
-//! outcome, to the caller, which logs it and decides when a message is done for good.
+//! The webhook sink's driving loop: queue, in-flight limit, rate limit, timers for
+//! retries, and settling each attempt with [`crate::delivery::decide`].
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use url::Url;
 
+use super::request::{Done, Prepared, attempt};
+use super::{Attempt, Message, Report, Settings, Status, Target};
 use crate::client::SafeClient;
 use crate::clock::SharedClock;
-pub use crate::delivery::Status;
 use crate::delivery::{Attempted, decide};
-use crate::retry::{RetryPolicy, Verdict, judge, judge_failure};
-use crate::sign::{Secret, set_headers};
-
-/// A message to deliver.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// `webhook-id`: the same on every attempt and after restarts.
-    pub id: String,
-    /// The exact bytes sent and signed.
-    pub body: Bytes,
-    /// Attempts already made (0 for a new message).
-    pub attempts: u32,
-    /// The earliest time of the next attempt (a retry restored after a restart).
-    pub not_before: Option<DateTime<Utc>>,
-    /// The caller's handle (e.g. which stored chunk holds the message).
-    pub tag: u64,
-}
-
-/// Where and how to deliver; replaced while running by [`Endpoint::update`].
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub url: Url,
-    pub method: reqwest::Method,
-    pub headers: Vec<(String, String)>,
-    /// Signing secrets, newest first (several during a rotation).
-    pub secrets: Vec<Secret>,
-    pub max_in_flight: usize,
-    /// Attempts started per second at most (None = unlimited).
-    pub rate_per_sec: Option<u32>,
-    pub paused: bool,
-}
-
-/// The task's fixed settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub policy: RetryPolicy,
-    /// Pause the endpoint after failing continuously for this long.
-    pub pause_after: Duration,
-}
-
-/// One attempt, as the delivery log records it.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub endpoint: String,
-    pub message_id: String,
-    pub tag: u64,
-    /// 1-based.
-    pub attempt: u32,
-    pub at: DateTime<Utc>,
-    pub status: Status,
-    pub http_status: Option<u16>,
-    pub latency: Duration,
-    pub error: Option<String>,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// When the endpoint's current run of failures began (None after a success).
-    pub failing_since: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Report {
-    Attempt(Attempt),
-    /// The endpoint paused itself (410 Gone, or failing for `pause_after`).
-    Paused {
-        endpoint: String,
-        reason: String,
-    },
-}
 
 /// Handle of a running endpoint task; dropping it stops the task.
 #[derive(Debug)]
@@ -145,28 +72,6 @@ impl Endpoint {
 
     pub fn update(&self, target: Target) {
         let _ = self.target.send(Arc::new(Prepared::new(target)));
-    }
-}
-
-/// A target with its fixed headers parsed once (not per attempt).
-#[derive(Debug)]
-struct Prepared {
-    target: Target,
-    headers: reqwest::header::HeaderMap,
-}
-
-impl Prepared {
-    fn new(target: Target) -> Prepared {
-        let mut headers = crate::client::header_map(&target.headers).unwrap_or_else(|e| {
-            // Subscriptions are validated when written; a bad header here is dropped.
-            tracing::warn!(error = %e, "dropping custom headers");
-            reqwest::header::HeaderMap::new()
-        });
-        headers.insert(
-            reqwest::header::CONTENT_TYPE,
-            reqwest::header::HeaderValue::from_static("application/json"),
-        );
-        Prepared { target, headers }
     }
 }
 
@@ -231,15 +136,6 @@ struct Worker {
     /// Paused by this task (410, failing too long) until the target says paused too:
     /// from then on the target decides (a resume clears both).
     self_paused: bool,
-}
-
-/// What an attempt task hands back.
-struct Done {
-    message: Message,
-    at: DateTime<Utc>,
-    verdict: Verdict,
-    http_status: Option<u16>,
-    latency: Duration,
 }
 
 impl Worker {
@@ -401,47 +297,5 @@ async fn sleep_until_opt(clock: &SharedClock, at: Option<DateTime<Utc>>) {
     match at {
         Some(at) => clock.sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Signs and sends one attempt.
-async fn attempt(
-    client: SafeClient,
-    clock: SharedClock,
-    prepared: Arc<Prepared>,
-    message: Message,
-) -> Done {
-    let at = clock.now();
-    let target = &prepared.target;
-    let mut headers = prepared.headers.clone();
-    set_headers(
-        &mut headers,
-        &target.secrets,
-        &message.id,
-        at.timestamp(),
-        &message.body,
-    );
-    let sent = client
-        .send(
-            target.method.clone(),
-            &target.url,
-            headers,
-            message.body.clone(),
-        )
-        .await;
-    let (verdict, http_status, latency) = match sent {
-        Ok(response) => (
-            judge(&response, at),
-            Some(response.status),
-            response.latency,
-        ),
-        Err(failure) => (judge_failure(&failure), None, failure.latency),
-    };
-    Done {
-        message,
-        at,
-        verdict,
-        http_status,
-        latency,
     }
 }

@@ -2,8 +2,6 @@
 //! connect time, signatures checked by the `standardwebhooks` crate, redirects and
 //! capped bodies, TLS verification and connection reuse.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,9 +15,9 @@ use tidemark_sinks::client::{
     ClientOptions, Failure, FailureKind, Response, SafeClient, blocked_examples,
 };
 use tidemark_sinks::clock::SystemClock;
-use tidemark_sinks::endpoint::{Endpoint, Message, Report, Settings, Status, Target};
 use tidemark_sinks::retry::RetryPolicy;
 use tidemark_sinks::sign::Secret;
+use tidemark_sinks::webhook::{Endpoint, Message, Report, Settings, Status, Target};
 use tokio::sync::mpsc;
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
