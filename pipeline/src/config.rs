@@ -417,6 +417,13 @@ impl Config {
                 "must be at least 1 day",
             );
         }
+        self.validate_sinks()?;
+        self.limits.validate()
+    }
+
+    /// The `webhooks` and `exports` sections.
+    fn validate_sinks(&self) -> Result<()> {
+        let fail = |field: &str, msg: &str| Err(Error::Config(format!("{field}: {msg}")));
         let w = &self.webhooks;
         if w.retry_schedule.is_empty() || w.retry_schedule.len() > 20 {
             return fail("webhooks.retry_schedule", "must list 1 to 20 delays");
@@ -468,7 +475,14 @@ impl Config {
         {
             return fail("exports.public_url", "must be an http:// or https:// URL");
         }
-        let l = &self.limits;
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<()> {
+        let fail = |field: &str, msg: &str| Err(Error::Config(format!("{field}: {msg}")));
+        let l = self;
         if l.max_body_bytes < 1024 {
             return fail("limits.max_body_bytes", "must be at least 1024");
         }
@@ -486,7 +500,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// An example configuration file with every setting and its default.
     pub fn example() -> String {
         EXAMPLE.to_string()
@@ -533,102 +549,7 @@ fn flatten_figment_error(e: figment::Error) -> String {
         .join("; ")
 }
 
-const EXAMPLE: &str = r#"# tidemark.toml: every setting with its default.
-# Layers: these defaults -> this file -> TIDEMARK_* environment variables
-# (nested keys with a double underscore, e.g. TIDEMARK_LIMITS__MAX_BODY_BYTES) -> flags.
-
-# Storage root: a local directory, or s3://bucket/prefix, or memory:// (tests).
-data = "./tidemark-data"
-listen = "127.0.0.1:8420"
-# wal_dir = "./tidemark-wal"   # default: <data>/_tidemark/wal when data is local
-
-# "wal": acknowledge after fsync to the local write-ahead log (group commit).
-# "commit": acknowledge only after the Delta commit (no local disk needed).
-ack = "wal"
-flush_interval = "1s"
-flush_rows = 500000
-max_pending_bytes = 1073741824
-dedup_window = "1h"
-dedup_max_entries = 20000000
-optimize_interval = "15m"
-optimize_target_size = 134217728
-commit_timeout = "30s"
-
-[storage]
-# aws_endpoint = "http://127.0.0.1:9000"
-# aws_region = "us-east-1"
-# aws_allow_http = "true"
-
-[limits]
-max_body_bytes = 16777216
-max_events_per_batch = 10000
-max_properties_bytes = 32768
-max_properties_depth = 16
-max_string_len = 512
-
-[jobs]
-# Derive profiles and event_stats inside `tidemark serve`, a moment after each commit.
-enabled = true
-debounce = "500ms"
-poll_interval = "5s"
-# occurred_at later than received_at + this is clamped to received_at.
-clock_skew_tolerance = "5m"
-compact_files = 64
-
-[webhooks]
-# Delivery worker inside serve (false when `tidemark sinks run` runs elsewhere; one per store).
-enabled = true
-# Delay before each attempt (first try, then retries), each retry delay spread by ±jitter.
-retry_schedule = ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
-jitter = 0.2
-# A subscription failing continuously this long is paused (resume with `tidemark webhooks resume`).
-pause_after = "24h"
-# Private/loopback/link-local destinations are refused unless inside one of these ranges.
-allow_networks = []   # e.g. ["10.20.0.0/16"]
-connect_timeout = "5s"
-timeout = "15s"
-max_response_bytes = 65536
-poll_interval = "200ms"
-log_interval = "500ms"
-rotation_grace = "24h"
-# Secrets are encrypted with TIDEMARK_MASTER_KEY (base64 of 32 bytes) or this generated file.
-# master_key_file = "./tidemark-data/_tidemark/master.key"
-
-[exports]
-# Export worker inside serve (false when `tidemark sinks run` runs elsewhere; one per store).
-enabled = true
-poll_interval = "5s"
-# A window closes `grace` + flush_interval after its end (late-committed events are not missed).
-grace = "30s"
-# An export failing continuously this long is paused (resume with `tidemark exports resume`).
-pause_after = "24h"
-max_backoff = "1h"
-# Attempts of each HTTPS POST within one run; then the window is retried with backoff.
-http_retry_schedule = ["0s", "1s", "5s"]
-max_rows_per_file = 1000000
-zstd_level = 3
-max_windows_per_pass = 24
-# Pull API download links expire after this.
-download_ttl = "15m"
-# Base of download links (default: from the request's Host header).
-# public_url = "https://tidemark.example.com"
-
-[retention]
-# Events received more than this many days ago are deleted (per environment below).
-events_days = 365
-# environments = { staging = 30 }
-environments = {}
-# How often serve applies retention and VACUUM (0s = never).
-interval = "1h"
-# VACUUM deletes files removed from tables longer ago than this (erased rows live in them
-# until then; `tidemark users erasures` says when none is left).
-vacuum_after = "7d"
-
-[segments]
-# How often serve evaluates every segment, besides right after profiles change
-# (0s = never: evaluate with `tidemark segments run`).
-interval = "60s"
-"#;
+const EXAMPLE: &str = include_str!("config_example.toml");
 
 #[cfg(test)]
 mod tests {

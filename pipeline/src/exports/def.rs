@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::export::{Destination, Format, HttpTarget};
 use tidemark_sinks::retry::RetryPolicy;
@@ -145,6 +145,122 @@ struct Input {
     options: BTreeMap<String, String>,
 }
 
+/// A string field of `obj` (absent or null: `None`).
+fn text(obj: &Map<String, Value>, name: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            problems.push(problem(name, "must be a string"));
+            None
+        }
+    }
+}
+
+/// `source`, `filter` and `sql`, which depend on each other.
+fn apply_source(ex: &mut Export, obj: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    match text(obj, "source", problems) {
+        None if !obj.contains_key("source") => problems.push(problem(
+            "source",
+            format!("is required: one of {}", SourceKind::NAMES),
+        )),
+        None => {}
+        Some(s) => match SourceKind::parse(&s) {
+            Some(k) => ex.source = k,
+            None => problems.push(problem(
+                "source",
+                format!(
+                    "unknown source {s:?}; expected one of {}",
+                    SourceKind::NAMES
+                ),
+            )),
+        },
+    }
+    if let Some(f) = obj.get("filter") {
+        match crate::webhooks::checks::parse_filter(f) {
+            Ok(f) => {
+                ex.events = f.events;
+                ex.categories = f.categories;
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+        if ex.source != SourceKind::Events {
+            problems.push(problem("filter", "applies to the events source only"));
+        }
+    }
+    ex.sql = text(obj, "sql", problems);
+    match (&ex.sql, ex.source) {
+        (None, SourceKind::Sql) => problems.push(problem("sql", "is required for source sql")),
+        (Some(_), s) if s != SourceKind::Sql => {
+            problems.push(problem("sql", "applies to source sql only"))
+        }
+        (Some(q), _) if q.trim().is_empty() || q.len() > 100_000 => {
+            problems.push(problem("sql", "must be 1 to 100000 bytes"))
+        }
+        _ => {}
+    }
+}
+
+/// The object-store `options` (names lower-cased).
+fn options(obj: &Map<String, Value>, problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
+    let mut options = BTreeMap::new();
+    match obj.get("options") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match v.as_str() {
+                    Some(s) => {
+                        options.insert(k.to_ascii_lowercase(), s.to_string());
+                    }
+                    None => problems.push(problem(&format!("options.{k}"), "must be a string")),
+                }
+            }
+        }
+        Some(_) => problems.push(problem("options", "must be an object of name: value")),
+    }
+    options
+}
+
+/// The `destination` as stored: an https URL the address policy accepts (no options,
+/// no credentials), or an object-store URL that opens with `options`.
+fn check_destination(
+    d: &str,
+    options: &BTreeMap<String, String>,
+    ctx: &Context,
+) -> std::result::Result<String, Vec<Problem>> {
+    let u =
+        Url::parse(d).map_err(|e| vec![problem("destination", format!("not a valid URL: {e}"))])?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return match tidemark_sinks::export::open_store(&u, options, "destination") {
+            Ok(_) => Ok(u.to_string().trim_end_matches('/').to_string()),
+            Err(tidemark_sinks::Error::Invalid { field, message }) => {
+                Err(vec![problem(&field, message)])
+            }
+            Err(other) => Err(vec![problem("destination", other.to_string())]),
+        };
+    }
+    let mut problems = Vec::new();
+    if !options.is_empty() {
+        problems.push(problem(
+            "options",
+            "apply to object-store destinations only",
+        ));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        problems.push(problem("destination", "must not contain credentials"));
+    } else if let Err(reason) = ctx.client.check_url(&u) {
+        problems.push(problem(
+            "destination",
+            format!("destination refused: {}", reason.message),
+        ));
+    }
+    if problems.is_empty() {
+        Ok(u.to_string())
+    } else {
+        Err(problems)
+    }
+}
+
 /// Builds an export from `input`, collecting every problem.
 fn apply(
     ex: &mut Export,
@@ -163,56 +279,8 @@ fn apply(
             ));
         }
     }
-    let text = |name: &str, problems: &mut Vec<Problem>| -> Option<String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => {
-                problems.push(problem(name, "must be a string"));
-                None
-            }
-        }
-    };
-    match text("source", &mut problems) {
-        None if !obj.contains_key("source") => problems.push(problem(
-            "source",
-            format!("is required: one of {}", SourceKind::NAMES),
-        )),
-        None => {}
-        Some(s) => match SourceKind::parse(&s) {
-            Some(k) => ex.source = k,
-            None => problems.push(problem(
-                "source",
-                format!(
-                    "unknown source {s:?}; expected one of {}",
-                    SourceKind::NAMES
-                ),
-            )),
-        },
-    }
-    if let Some(f) = obj.get("filter") {
-        match crate::webhooks::subscription::parse_filter(f) {
-            Ok(f) => {
-                ex.events = f.events;
-                ex.categories = f.categories;
-            }
-            Err(mut p) => problems.append(&mut p),
-        }
-        if ex.source != SourceKind::Events {
-            problems.push(problem("filter", "applies to the events source only"));
-        }
-    }
-    ex.sql = text("sql", &mut problems);
-    match (&ex.sql, ex.source) {
-        (None, SourceKind::Sql) => problems.push(problem("sql", "is required for source sql")),
-        (Some(_), s) if s != SourceKind::Sql => {
-            problems.push(problem("sql", "applies to source sql only"))
-        }
-        (Some(q), _) if q.trim().is_empty() || q.len() > 100_000 => {
-            problems.push(problem("sql", "must be 1 to 100000 bytes"))
-        }
-        _ => {}
-    }
+    let text = |name: &str, problems: &mut Vec<Problem>| text(obj, name, problems);
+    apply_source(ex, obj, &mut problems);
     match text("interval", &mut problems) {
         None => {}
         Some(s) => match Interval::parse(&s) {
@@ -235,57 +303,15 @@ fn apply(
             )),
         }
     }
-    let mut options = BTreeMap::new();
-    match obj.get("options") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                match v.as_str() {
-                    Some(s) => {
-                        options.insert(k.to_ascii_lowercase(), s.to_string());
-                    }
-                    None => problems.push(problem(&format!("options.{k}"), "must be a string")),
-                }
-            }
-        }
-        Some(_) => problems.push(problem("options", "must be an object of name: value")),
-    }
+    let options = options(obj, &mut problems);
     match text("destination", &mut problems) {
         None => problems.push(problem(
             "destination",
             "is required: s3://bucket/prefix, gs://, az://, file:///dir or https://host/path",
         )),
-        Some(d) => match Url::parse(&d) {
-            Err(e) => problems.push(problem("destination", format!("not a valid URL: {e}"))),
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {
-                if !options.is_empty() {
-                    problems.push(problem(
-                        "options",
-                        "apply to object-store destinations only",
-                    ));
-                }
-                if !u.username().is_empty() || u.password().is_some() {
-                    problems.push(problem("destination", "must not contain credentials"));
-                } else if let Err(reason) = ctx.client.check_url(&u) {
-                    problems.push(problem(
-                        "destination",
-                        format!("destination refused: {}", reason.message),
-                    ));
-                } else {
-                    ex.destination = u.to_string();
-                }
-            }
-            Ok(u) => {
-                if let Err(e) = tidemark_sinks::export::open_store(&u, &options, "destination") {
-                    let (field, message) = match e {
-                        tidemark_sinks::Error::Invalid { field, message } => (field, message),
-                        other => ("destination".into(), other.to_string()),
-                    };
-                    problems.push(problem(&field, message));
-                } else {
-                    ex.destination = u.to_string().trim_end_matches('/').to_string();
-                }
-            }
+        Some(d) => match check_destination(&d, &options, ctx) {
+            Ok(d) => ex.destination = d,
+            Err(mut p) => problems.append(&mut p),
         },
     }
     if let Some(s) = text("start", &mut problems) {

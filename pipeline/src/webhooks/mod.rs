@@ -1,8 +1,10 @@
 //! Webhook subscriptions and their delivery.
 //!
 //! - [`subscription`]: the config document `webhooks`, validation, encrypted secrets;
+//! - [`checks`]: checks of a subscription's URL, headers and event filter;
 //! - [`follow`]: the rows each new `events` commit appended;
 //! - [`state`]: a subscription's cursor, pending chunks and failed messages;
+//! - [`message`]: the body of a message (events, optionally with profiles);
 //! - [`log`]: the `deliveries` table (every attempt; what a restart recovers from);
 //! - [`batch`]: the pure batching decisions: which events join, when a batch is cut,
 //!   where the cursor moves and when it is written;
@@ -13,8 +15,10 @@
 //! `tidemark-sinks`.
 
 pub mod batch;
+pub mod checks;
 pub mod follow;
 pub mod log;
+pub mod message;
 pub mod state;
 pub mod subscription;
 pub mod worker;

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use datafusion::prelude::{col, lit};
 use deltalake::DeltaTable;
-use serde_json::Value;
 use tidemark_sinks::client::SafeClient;
 use tidemark_sinks::clock::SharedClock;
 use tidemark_sinks::crypto::MasterKey;
@@ -27,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use super::batch::{self, Batching, Cut};
 use super::follow::{Follower, NewEvent};
 use super::log::{self as dlog, Row};
+use super::message::{body, profiles};
 use super::state::{Chunk, Progress, StoredMessage, SubState};
 use super::subscription::{Subscription, Subscriptions};
 use crate::config::WebhooksConfig;
@@ -554,68 +553,6 @@ impl Sub {
         }
         Ok(())
     }
-}
-
-/// The JSON body of one message: the exact bytes that are signed and sent.
-fn body(env: &str, sub_id: &str, events: &[NewEvent], profiles: &HashMap<String, Value>) -> String {
-    let mut out =
-        String::with_capacity(128 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
-    out.push_str(r#"{"type":"events","environment":"#);
-    out.push_str(&Value::from(env).to_string());
-    out.push_str(r#","subscription_id":"#);
-    out.push_str(&Value::from(sub_id).to_string());
-    out.push_str(r#","events":["#);
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        match profiles.get(&e.user_id) {
-            Some(p) => {
-                // `{…}` -> `{…,"profile":{…}}`
-                out.push_str(&e.json[..e.json.len() - 1]);
-                out.push_str(r#","profile":"#);
-                out.push_str(&p.to_string());
-                out.push('}');
-            }
-            None => out.push_str(&e.json),
-        }
-    }
-    out.push_str("]}");
-    out
-}
-
-/// The current profile (tags, typed fields, activity) of each of `users`.
-async fn profiles(
-    store: &Store,
-    env: &str,
-    mut users: Vec<String>,
-) -> Result<HashMap<String, Value>> {
-    users.sort();
-    users.dedup();
-    let ctx = crate::query::session(store, Some(env)).await?;
-    let list: Vec<_> = users.iter().map(|u| lit(u.as_str())).collect();
-    let batches = ctx
-        .table("profiles")
-        .await?
-        .filter(col("user_id").in_list(list, false))?
-        .collect()
-        .await?;
-    let mut out = HashMap::new();
-    for mut row in crate::query::to_json_rows(&batches)? {
-        let Some(obj) = row.as_object_mut() else {
-            continue;
-        };
-        obj.remove("environment");
-        if let Some(Value::String(fields)) = obj.get("fields")
-            && let Ok(parsed) = serde_json::from_str::<Value>(fields)
-        {
-            obj.insert("fields".into(), parsed);
-        }
-        if let Some(Value::String(user)) = obj.remove("user_id") {
-            out.insert(user, row);
-        }
-    }
-    Ok(out)
 }
 
 /// Runs a worker with the system clock until `stop`.
