@@ -129,24 +129,7 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 file: def_file,
                 at: Target { env, data },
             } => {
-                let mut doc = read_definition(&def_file)?;
-                if let Some(o) = doc.as_object_mut() {
-                    o.entry("id").or_insert_with(|| "preview".into());
-                    o.entry("name").or_insert_with(|| "preview".into());
-                }
-                let (_, store) = super::open_store(file, data)?;
-                let segment = Segments::new(store.clone())
-                    .validate(&env, &doc)
-                    .await?
-                    .map_err(|p| problems_error(&def_file, &p))?;
-                let compiled =
-                    compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
-                let ctx = crate::query::session(&store, Some(&env)).await?;
-                let (count, sample) = preview(&ctx, &compiled, 20).await?;
-                println!("{count} member(s)");
-                for id in sample {
-                    println!("  {id}");
-                }
+                preview_file(file, def_file, env, data).await?;
             }
             SegmentsCommand::Explain {
                 id,
@@ -166,28 +149,7 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 }
             }
             SegmentsCommand::Run { now, data } => {
-                let now = match now {
-                    None => chrono::Utc::now().timestamp_micros(),
-                    Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
-                        .map_err(|e| anyhow::anyhow!("--now: '{t}' is not an RFC 3339 time: {e}"))?
-                        .timestamp_micros(),
-                };
-                let (_, store) = super::open_store(file, data)?;
-                for r in crate::segments::job::run_all(&store, now).await? {
-                    println!(
-                        "{}: run {}, {} segment(s), {} entered, {} exited{}",
-                        r.environment,
-                        r.run,
-                        r.segments,
-                        r.entered,
-                        r.exited,
-                        if r.repaired > 0 {
-                            format!(", {} change(s) of an interrupted run completed", r.repaired)
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
+                run_segments(file, now, data).await?;
             }
             SegmentsCommand::Members {
                 id,
@@ -210,4 +172,62 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `segments preview`: the member count and a sample of an unsaved definition.
+async fn preview_file(
+    file: Option<&Path>,
+    def_file: PathBuf,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let mut doc = read_definition(&def_file)?;
+    if let Some(o) = doc.as_object_mut() {
+        o.entry("id").or_insert_with(|| "preview".into());
+        o.entry("name").or_insert_with(|| "preview".into());
+    }
+    let (_, store) = super::open_store(file, data)?;
+    let segment = Segments::new(store.clone())
+        .validate(&env, &doc)
+        .await?
+        .map_err(|p| problems_error(&def_file, &p))?;
+    let compiled = compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
+    let ctx = crate::query::session(&store, Some(&env)).await?;
+    let (count, sample) = preview(&ctx, &compiled, 20).await?;
+    println!("{count} member(s)");
+    for id in sample {
+        println!("  {id}");
+    }
+    Ok(())
+}
+
+/// `segments run`: evaluates every segment now (or at `--now`).
+async fn run_segments(
+    file: Option<&Path>,
+    now: Option<String>,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let now = match now {
+        None => chrono::Utc::now().timestamp_micros(),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
+            .map_err(|e| anyhow::anyhow!("--now: '{t}' is not an RFC 3339 time: {e}"))?
+            .timestamp_micros(),
+    };
+    let (_, store) = super::open_store(file, data)?;
+    for r in crate::segments::job::run_all(&store, now).await? {
+        println!(
+            "{}: run {}, {} segment(s), {} entered, {} exited{}",
+            r.environment,
+            r.run,
+            r.segments,
+            r.entered,
+            r.exited,
+            if r.repaired > 0 {
+                format!(", {} change(s) of an interrupted run completed", r.repaired)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }

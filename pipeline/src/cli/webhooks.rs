@@ -246,26 +246,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 paused,
                 at: Target { env, data },
             } => {
-                let (config, store) = super::open_store(file, data)?;
-                let ctx = Context::new(&config, &store)?;
-                let mut input = sub.to_json()?;
-                if let Some(s) = secret {
-                    input["secret"] = json!(s);
-                }
-                if paused {
-                    input["enabled"] = json!(false);
-                }
-                let start = Follower::new(store.clone())?.head(-1).await?;
-                let created = Subscriptions::new(store)
-                    .create(&env, &input, ctx.key()?, start, &|u| ctx.check_url(u))
-                    .await;
-                let (s, secret) = match created {
-                    Ok(x) => x,
-                    Err(WriteError::Invalid(p)) => return Err(problems_error(&p)),
-                    Err(WriteError::Other(e)) => return Err(e.into()),
-                };
-                println!("added webhook {}", s.id);
-                println!("signing secret (shown only now): {}", secret.expose());
+                add(file, sub, secret, paused, env, data).await?;
             }
             WebhooksCommand::List {
                 json,
@@ -337,36 +318,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 json,
                 at: Target { env, data },
             } => {
-                if !(1..=1000).contains(&limit) {
-                    anyhow::bail!("--limit: must be from 1 to 1000");
-                }
-                if let Some(s) = &status
-                    && !["delivered", "retrying", "failed", "gone"].contains(&s.as_str())
-                {
-                    anyhow::bail!("--status: must be one of delivered, retrying, failed, gone");
-                }
-                let (_, store) = super::open_store(file, data)?;
-                Subscriptions::new(store.clone()).get(&env, &id).await?;
-                let rows =
-                    webhooks::log::recent(&store, &env, &id, status.as_deref(), limit).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&rows)?);
-                } else if rows.is_empty() {
-                    println!("no deliveries yet");
-                } else {
-                    for r in rows {
-                        println!(
-                            "{}  {}  attempt {}  {:<9} http={} {}ms {}",
-                            r["at"].as_str().unwrap_or_default(),
-                            r["message_id"].as_str().unwrap_or_default(),
-                            r["attempt"],
-                            r["status"].as_str().unwrap_or_default(),
-                            r["http_status"],
-                            r["latency_ms"],
-                            r["error"].as_str().unwrap_or_default(),
-                        );
-                    }
-                }
+                deliveries(file, id, limit, status, json, env, data).await?;
             }
             WebhooksCommand::Recover {
                 id,
@@ -392,27 +344,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 grace,
                 at: Target { env, data },
             } => {
-                let (config, store) = super::open_store(file, data)?;
-                let ctx = Context::new(&config, &store)?;
-                let new = match secret {
-                    Some(s) => tidemark_sinks::sign::Secret::parse(&s)
-                        .map_err(|e| anyhow::anyhow!("--{e}"))?,
-                    None => tidemark_sinks::sign::Secret::generate(),
-                };
-                let grace = grace.map_or(ctx.config.rotation_grace, Into::into);
-                let grace = chrono::Duration::from_std(grace)
-                    .map_err(|_| anyhow::anyhow!("--grace: too long"))?;
-                let key = ctx.key()?;
-                written(
-                    Subscriptions::new(store)
-                        .rotate_secret(&env, &id, key, &new, grace)
-                        .await,
-                )?;
-                println!("new signing secret (shown only now): {}", new.expose());
-                println!(
-                    "the previous secret keeps signing for {}",
-                    humantime::format_duration(grace.to_std().unwrap_or_default())
-                );
+                rotate_secret(file, id, secret, grace, env, data).await?;
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -461,4 +393,110 @@ pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Resul
         println!("tidemark: sinks stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `webhooks add`: creates the subscription and prints its secret once.
+async fn add(
+    file: Option<&std::path::Path>,
+    sub: SubscriptionArgs,
+    secret: Option<String>,
+    paused: bool,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let (config, store) = super::open_store(file, data)?;
+    let ctx = Context::new(&config, &store)?;
+    let mut input = sub.to_json()?;
+    if let Some(s) = secret {
+        input["secret"] = json!(s);
+    }
+    if paused {
+        input["enabled"] = json!(false);
+    }
+    let start = Follower::new(store.clone())?.head(-1).await?;
+    let created = Subscriptions::new(store)
+        .create(&env, &input, ctx.key()?, start, &|u| ctx.check_url(u))
+        .await;
+    let (s, secret) = match created {
+        Ok(x) => x,
+        Err(WriteError::Invalid(p)) => return Err(problems_error(&p)),
+        Err(WriteError::Other(e)) => return Err(e.into()),
+    };
+    println!("added webhook {}", s.id);
+    println!("signing secret (shown only now): {}", secret.expose());
+    Ok(())
+}
+
+/// `webhooks deliveries`: the latest attempts of a subscription.
+async fn deliveries(
+    file: Option<&std::path::Path>,
+    id: String,
+    limit: usize,
+    status: Option<String>,
+    json: bool,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    if !(1..=1000).contains(&limit) {
+        anyhow::bail!("--limit: must be from 1 to 1000");
+    }
+    if let Some(s) = &status
+        && !["delivered", "retrying", "failed", "gone"].contains(&s.as_str())
+    {
+        anyhow::bail!("--status: must be one of delivered, retrying, failed, gone");
+    }
+    let (_, store) = super::open_store(file, data)?;
+    Subscriptions::new(store.clone()).get(&env, &id).await?;
+    let rows = webhooks::log::recent(&store, &env, &id, status.as_deref(), limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("no deliveries yet");
+    } else {
+        for r in rows {
+            println!(
+                "{}  {}  attempt {}  {:<9} http={} {}ms {}",
+                r["at"].as_str().unwrap_or_default(),
+                r["message_id"].as_str().unwrap_or_default(),
+                r["attempt"],
+                r["status"].as_str().unwrap_or_default(),
+                r["http_status"],
+                r["latency_ms"],
+                r["error"].as_str().unwrap_or_default(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `webhooks rotate-secret`: a new secret; the old one signs during the grace period.
+async fn rotate_secret(
+    file: Option<&std::path::Path>,
+    id: String,
+    secret: Option<String>,
+    grace: Option<humantime::Duration>,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let (config, store) = super::open_store(file, data)?;
+    let ctx = Context::new(&config, &store)?;
+    let new = match secret {
+        Some(s) => tidemark_sinks::sign::Secret::parse(&s).map_err(|e| anyhow::anyhow!("--{e}"))?,
+        None => tidemark_sinks::sign::Secret::generate(),
+    };
+    let grace = grace.map_or(ctx.config.rotation_grace, Into::into);
+    let grace =
+        chrono::Duration::from_std(grace).map_err(|_| anyhow::anyhow!("--grace: too long"))?;
+    let key = ctx.key()?;
+    written(
+        Subscriptions::new(store)
+            .rotate_secret(&env, &id, key, &new, grace)
+            .await,
+    )?;
+    println!("new signing secret (shown only now): {}", new.expose());
+    println!(
+        "the previous secret keeps signing for {}",
+        humantime::format_duration(grace.to_std().unwrap_or_default())
+    );
+    Ok(())
 }
