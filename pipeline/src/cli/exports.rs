@@ -146,11 +146,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
                 id,
                 at: Target { env, data },
             } => {
-                let (config, store) = super::open_store(file, data)?;
-                let ctx = Context::new(&config, &store)?;
-                let ex = Exports::new(store.clone()).get(&env, &id).await?;
-                let s = worker::status(&store, &ctx, &env, &ex, chrono::Utc::now()).await?;
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                status(file, id, env, data).await?;
             }
             ExportsCommand::Run {
                 id,
@@ -292,5 +288,20 @@ async fn backfill(
     let done = done?;
     let rows: u64 = done.iter().map(|r| r.rows).sum();
     println!("backfilled {} window(s), {rows} rows", done.len());
+    Ok(())
+}
+
+/// `exports status`: the last good window, lag, errors and backoff.
+async fn status(
+    file: Option<&std::path::Path>,
+    id: String,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let (config, store) = super::open_store(file, data)?;
+    let ctx = Context::new(&config, &store)?;
+    let ex = Exports::new(store.clone()).get(&env, &id).await?;
+    let s = worker::status(&store, &ctx, &env, &ex, chrono::Utc::now()).await?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
     Ok(())
 }

@@ -135,18 +135,7 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 id,
                 at: Target { env, data },
             } => {
-                let (_, store) = super::open_store(file, data)?;
-                let segments = Segments::new(store);
-                let stored = segments.get(&env, &id).await?;
-                let segment = segments
-                    .validate(&env, &stored.definition)
-                    .await?
-                    .map_err(|p| problems_error(Path::new(&id), &p))?;
-                let c = compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
-                println!("{}", c.sql);
-                for (i, p) in c.params.iter().enumerate() {
-                    println!("-- ${} = {p}", i + 1);
-                }
+                explain(file, id, env, data).await?;
             }
             SegmentsCommand::Run { now, data } => {
                 run_segments(file, now, data).await?;
@@ -228,6 +217,28 @@ async fn run_segments(
                 String::new()
             }
         );
+    }
+    Ok(())
+}
+
+/// `segments explain`: the compiled SQL of a stored segment and its bound values.
+async fn explain(
+    file: Option<&Path>,
+    id: String,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let (_, store) = super::open_store(file, data)?;
+    let segments = Segments::new(store);
+    let stored = segments.get(&env, &id).await?;
+    let segment = segments
+        .validate(&env, &stored.definition)
+        .await?
+        .map_err(|p| problems_error(Path::new(&id), &p))?;
+    let c = compile::compile(&segment, &env, chrono::Utc::now().timestamp_micros());
+    println!("{}", c.sql);
+    for (i, p) in c.params.iter().enumerate() {
+        println!("-- ${} = {p}", i + 1);
     }
     Ok(())
 }

@@ -252,35 +252,14 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 json,
                 at: Target { env, data },
             } => {
-                let (_, store) = super::open_store(file, data)?;
-                let all = Subscriptions::new(store).list(&env).await?;
-                if json {
-                    let list: Vec<Value> = all.values().map(|s| s.public()).collect();
-                    println!("{}", serde_json::to_string_pretty(&list)?);
-                } else if all.is_empty() {
-                    println!("no webhooks in environment {env}");
-                } else {
-                    all.values().for_each(print_sub);
-                }
+                list(file, json, env, data).await?;
             }
             WebhooksCommand::Update {
                 id,
                 sub,
                 at: Target { env, data },
             } => {
-                let (config, store) = super::open_store(file, data)?;
-                let ctx = Context::new(&config, &store)?;
-                let input = sub.to_json()?;
-                let s = written(
-                    Subscriptions::new(store)
-                        .modify(&env, &id, |s| {
-                            subscription::apply(s, &input, false, &|u| ctx.check_url(u))
-                                .map(|_| ())
-                                .map_err(WriteError::Invalid)
-                        })
-                        .await,
-                )?;
-                print_sub(&s);
+                update(file, id, sub, env, data).await?;
             }
             WebhooksCommand::Pause {
                 id,
@@ -325,18 +304,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 since,
                 at: Target { env, data },
             } => {
-                let since =
-                    webhooks::parse_time(&since).map_err(|m| anyhow::anyhow!("--since: {m}"))?;
-                let (_, store) = super::open_store(file, data)?;
-                written(
-                    Subscriptions::new(store)
-                        .request_recover(&env, &id, since)
-                        .await,
-                )?;
-                println!(
-                    "recovery of messages failed since {} requested; the worker re-sends them",
-                    since.to_rfc3339()
-                );
+                recover(file, id, since, env, data).await?;
             }
             WebhooksCommand::RotateSecret {
                 id,
@@ -498,5 +466,71 @@ async fn rotate_secret(
         "the previous secret keeps signing for {}",
         humantime::format_duration(grace.to_std().unwrap_or_default())
     );
+    Ok(())
+}
+
+/// `webhooks update`: changes the fields given.
+async fn update(
+    file: Option<&std::path::Path>,
+    id: String,
+    sub: SubscriptionArgs,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let (config, store) = super::open_store(file, data)?;
+    let ctx = Context::new(&config, &store)?;
+    let input = sub.to_json()?;
+    let s = written(
+        Subscriptions::new(store)
+            .modify(&env, &id, |s| {
+                subscription::apply(s, &input, false, &|u| ctx.check_url(u))
+                    .map(|_| ())
+                    .map_err(WriteError::Invalid)
+            })
+            .await,
+    )?;
+    print_sub(&s);
+    Ok(())
+}
+
+/// `webhooks recover`: asks the worker to re-send messages failed since a time.
+async fn recover(
+    file: Option<&std::path::Path>,
+    id: String,
+    since: String,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let since = webhooks::parse_time(&since).map_err(|m| anyhow::anyhow!("--since: {m}"))?;
+    let (_, store) = super::open_store(file, data)?;
+    written(
+        Subscriptions::new(store)
+            .request_recover(&env, &id, since)
+            .await,
+    )?;
+    println!(
+        "recovery of messages failed since {} requested; the worker re-sends them",
+        since.to_rfc3339()
+    );
+    Ok(())
+}
+
+/// `webhooks list`: the subscriptions of an environment.
+async fn list(
+    file: Option<&std::path::Path>,
+    json: bool,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let (_, store) = super::open_store(file, data)?;
+    let all = Subscriptions::new(store).list(&env).await?;
+    if json {
+        let list: Vec<Value> = all.values().map(|s| s.public()).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if all.is_empty() {
+        println!("no webhooks in environment {env}");
+    } else {
+        all.values().for_each(print_sub);
+    }
     Ok(())
 }

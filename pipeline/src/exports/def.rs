@@ -201,6 +201,42 @@ fn apply_source(ex: &mut Export, obj: &Map<String, Value>, problems: &mut Vec<Pr
     }
 }
 
+/// `interval`, `format` and `start` (aligned down to the interval).
+fn apply_schedule(ex: &mut Export, obj: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    match text(obj, "interval", problems) {
+        None => {}
+        Some(s) => match Interval::parse(&s) {
+            Some(i) => ex.interval = i,
+            None => problems.push(problem(
+                "interval",
+                format!(
+                    "unknown interval {s:?}; expected one of {}",
+                    Interval::NAMES
+                ),
+            )),
+        },
+    }
+    if let Some(s) = text(obj, "format", problems) {
+        match Format::parse(&s, "format") {
+            Ok(f) => ex.format = f,
+            Err(e) => problems.push(problem(
+                "format",
+                e.to_string().trim_start_matches("format: ").to_string(),
+            )),
+        }
+    }
+    if let Some(s) = text(obj, "start", problems) {
+        match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => ex.start = t.to_utc(),
+            Err(e) => problems.push(problem(
+                "start",
+                format!("must be an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"),
+            )),
+        }
+    }
+    ex.start = ex.interval.floor(ex.start);
+}
+
 /// The object-store `options` (names lower-cased).
 fn options(obj: &Map<String, Value>, problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
     let mut options = BTreeMap::new();
@@ -281,28 +317,7 @@ fn apply(
     }
     let text = |name: &str, problems: &mut Vec<Problem>| text(obj, name, problems);
     apply_source(ex, obj, &mut problems);
-    match text("interval", &mut problems) {
-        None => {}
-        Some(s) => match Interval::parse(&s) {
-            Some(i) => ex.interval = i,
-            None => problems.push(problem(
-                "interval",
-                format!(
-                    "unknown interval {s:?}; expected one of {}",
-                    Interval::NAMES
-                ),
-            )),
-        },
-    }
-    if let Some(s) = text("format", &mut problems) {
-        match Format::parse(&s, "format") {
-            Ok(f) => ex.format = f,
-            Err(e) => problems.push(problem(
-                "format",
-                e.to_string().trim_start_matches("format: ").to_string(),
-            )),
-        }
-    }
+    apply_schedule(ex, obj, &mut problems);
     let options = options(obj, &mut problems);
     match text("destination", &mut problems) {
         None => problems.push(problem(
@@ -314,16 +329,6 @@ fn apply(
             Err(mut p) => problems.append(&mut p),
         },
     }
-    if let Some(s) = text("start", &mut problems) {
-        match DateTime::parse_from_rfc3339(&s) {
-            Ok(t) => ex.start = t.to_utc(),
-            Err(e) => problems.push(problem(
-                "start",
-                format!("must be an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"),
-            )),
-        }
-    }
-    ex.start = ex.interval.floor(ex.start);
     match obj.get("description") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.len() <= 1024 => ex.description = Some(s.clone()),

@@ -43,6 +43,39 @@ pub enum Seen {
     InFlight,
 }
 
+/// What a batch keeps after the index answered for its event ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Per event of the batch: store it (events without an id are always kept).
+    pub keep: Vec<bool>,
+    /// The keys this request now holds in flight (to confirm or forget).
+    pub fresh: Vec<u128>,
+    /// Some id is being stored by a concurrent request: refuse the batch (503) so the
+    /// client retries, instead of acknowledging what is not stored yet.
+    pub in_flight: bool,
+}
+
+/// Decides which of `events` events are stored: `positions` are the events that carry
+/// an id, `keys` their keys and `seen` the index's answer for each.
+pub fn verdict(events: usize, positions: &[usize], keys: &[u128], seen: &[Seen]) -> Verdict {
+    let mut out = Verdict {
+        keep: vec![true; events],
+        fresh: Vec::with_capacity(keys.len()),
+        in_flight: false,
+    };
+    for ((pos, key), s) in positions.iter().zip(keys).zip(seen) {
+        match s {
+            Seen::New => out.fresh.push(*key),
+            Seen::Stored => out.keep[*pos] = false,
+            Seen::InFlight => {
+                out.keep[*pos] = false;
+                out.in_flight = true;
+            }
+        }
+    }
+    out
+}
+
 /// The dedup key of an event id in an environment.
 pub fn key(environment: &str, event_id: &str) -> u128 {
     let mut buf = Vec::with_capacity(environment.len() + event_id.len() + 1);
@@ -161,6 +194,16 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_drop_stored_ids_and_refuse_in_flight_ones() {
+        // Events 0 and 2 carry ids; event 1 has none and is always kept.
+        let v = verdict(3, &[0, 2], &[7, 9], &[Seen::Stored, Seen::New]);
+        assert_eq!(v.keep, vec![false, true, true]);
+        assert_eq!((v.fresh, v.in_flight), (vec![9], false));
+        let v = verdict(2, &[0, 1], &[7, 9], &[Seen::New, Seen::InFlight]);
+        assert_eq!((v.fresh, v.in_flight), (vec![7], true));
+    }
 
     #[test]
     fn repeats_within_the_window_are_duplicates() {

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::config::{AckMode, Limits};
 use crate::metrics::Metrics;
-use dedup::{Dedup, Seen};
+use dedup::Dedup;
 use event::{BatchError, BodyFormat};
 
 /// The answer to an accepted batch.
@@ -96,19 +96,11 @@ impl Ingestor {
             })
             .unzip();
         let seen = self.dedup.check_and_insert(&keys, now_s);
-        let mut keep = vec![true; events.len()];
-        let mut fresh = Vec::with_capacity(keys.len());
-        let mut in_flight = false;
-        for ((pos, key), s) in positions.iter().zip(&keys).zip(&seen) {
-            match s {
-                Seen::New => fresh.push(*key),
-                Seen::Stored => keep[*pos] = false,
-                Seen::InFlight => {
-                    keep[*pos] = false;
-                    in_flight = true;
-                }
-            }
-        }
+        let dedup::Verdict {
+            keep,
+            fresh,
+            in_flight,
+        } = dedup::verdict(events.len(), &positions, &keys, &seen);
         if in_flight {
             self.dedup.forget(&fresh);
             return Err(IngestError::Unavailable(
@@ -152,24 +144,7 @@ impl Ingestor {
             .wal_pending_bytes
             .set(self.log.pending_bytes() as i64);
         if self.mode == AckMode::Commit {
-            let mut committed = self.committed.clone();
-            let wait = committed.wait_for(|c| *c >= seq);
-            match tokio::time::timeout(self.commit_timeout, wait).await {
-                Ok(Ok(_)) => {}
-                _ => {
-                    // The segment may still commit later: keep the keys in flight until it
-                    // does, so a retry cannot be acknowledged before the data is stored.
-                    let (dedup, mut committed) = (self.dedup.clone(), self.committed.clone());
-                    tokio::spawn(async move {
-                        if committed.wait_for(|c| *c >= seq).await.is_ok() {
-                            dedup.confirm(&fresh);
-                        }
-                    });
-                    return Err(IngestError::Unavailable(
-                        "the batch was not committed within commit_timeout; retry with the same event_ids".into(),
-                    ));
-                }
-            }
+            self.wait_committed(seq, &fresh).await?;
         }
         self.dedup.confirm(&fresh);
         self.metrics.accepted(environment, accepted as u64);
@@ -177,5 +152,30 @@ impl Ingestor {
             .ack_latency
             .observe(started.elapsed().as_secs_f64());
         Ok(outcome)
+    }
+
+    /// With `ack = "commit"`: waits until WAL segment `seq` is committed to Delta, at most
+    /// `commit_timeout`.
+    async fn wait_committed(&self, seq: u64, fresh: &[u128]) -> Result<(), IngestError> {
+        let mut committed = self.committed.clone();
+        let wait = committed.wait_for(|c| *c >= seq);
+        match tokio::time::timeout(self.commit_timeout, wait).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                // The segment may still commit later: keep the keys in flight until it
+                // does, so a retry cannot be acknowledged before the data is stored.
+                let (dedup, mut committed) = (self.dedup.clone(), self.committed.clone());
+                let fresh = fresh.to_vec();
+                tokio::spawn(async move {
+                    if committed.wait_for(|c| *c >= seq).await.is_ok() {
+                        dedup.confirm(&fresh);
+                    }
+                });
+                return Err(IngestError::Unavailable(
+                    "the batch was not committed within commit_timeout; retry with the same event_ids".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }

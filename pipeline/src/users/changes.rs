@@ -118,6 +118,53 @@ pub fn validate_user_id(id: &str, max_len: usize) -> std::result::Result<(), Str
     Ok(())
 }
 
+/// The message for a field that is not declared.
+fn unknown_field(name: &str, fields: &BTreeMap<String, FieldDef>) -> String {
+    let known = if fields.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        format!("; known fields: {}", names.join(", "))
+    };
+    format!(
+        "unknown field '{name}'; declare it first (POST /v1/{{env}}/fields or `tidemark fields add`){known}"
+    )
+}
+
+/// The `tags.add` and `tags.remove` of an update: non-empty, short, no control
+/// characters, not both added and removed.
+fn validate_tags(
+    user_id: &str,
+    tags: &Tags,
+    ops: &mut Vec<Op>,
+    problem: &mut impl FnMut(String, String),
+) {
+    for (section, list, kind) in [
+        ("tags.add", &tags.add, op::TAG),
+        ("tags.remove", &tags.remove, op::UNTAG),
+    ] {
+        for (i, tag) in list.iter().enumerate() {
+            let path = format!("{section}[{i}]");
+            if tag.trim().is_empty() {
+                problem(path, "tag must not be empty".into());
+            } else if tag.len() > MAX_TAG_BYTES {
+                problem(path, format!("tag is longer than {MAX_TAG_BYTES} bytes"));
+            } else if tag.chars().any(char::is_control) {
+                problem(path, "tag must not contain control characters".into());
+            } else if kind == op::UNTAG && tags.add.contains(tag) {
+                problem(path, format!("tag '{tag}' is both added and removed"));
+            } else {
+                ops.push(Op {
+                    user_id: user_id.into(),
+                    op: kind,
+                    name: tag.clone(),
+                    value: None,
+                });
+            }
+        }
+    }
+}
+
 /// Validates `update` of `user_id` against `fields`; problems carry `index` and the
 /// field path (e.g. `set.plan`, `tags.add[2]`).
 pub fn validate(
@@ -141,19 +188,7 @@ pub fn validate(
         problem("id".into(), format!("user id {e}"));
         return ops;
     }
-    let unknown = |name: &str| {
-        format!(
-            "unknown field '{name}'; declare it first (POST /v1/{{env}}/fields or `tidemark fields add`){}",
-            if fields.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; known fields: {}",
-                    fields.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            }
-        )
-    };
+    let unknown = |name: &str| unknown_field(name, fields);
     for (section, map, kind) in [
         ("set", &update.set, op::SET),
         ("set_once", &update.set_once, op::SET_ONCE),
@@ -192,30 +227,7 @@ pub fn validate(
             });
         }
     }
-    for (section, list, kind) in [
-        ("tags.add", &update.tags.add, op::TAG),
-        ("tags.remove", &update.tags.remove, op::UNTAG),
-    ] {
-        for (i, tag) in list.iter().enumerate() {
-            let path = format!("{section}[{i}]");
-            if tag.trim().is_empty() {
-                problem(path, "tag must not be empty".into());
-            } else if tag.len() > MAX_TAG_BYTES {
-                problem(path, format!("tag is longer than {MAX_TAG_BYTES} bytes"));
-            } else if tag.chars().any(char::is_control) {
-                problem(path, "tag must not contain control characters".into());
-            } else if kind == op::UNTAG && update.tags.add.contains(tag) {
-                problem(path, format!("tag '{tag}' is both added and removed"));
-            } else {
-                ops.push(Op {
-                    user_id: user_id.into(),
-                    op: kind,
-                    name: tag.clone(),
-                    value: None,
-                });
-            }
-        }
-    }
+    validate_tags(user_id, &update.tags, &mut ops, &mut problem);
     if ops.is_empty() && problems.len() == start {
         problems.push(Problem {
             index,

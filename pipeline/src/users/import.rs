@@ -131,6 +131,103 @@ struct Parsed {
     errors: Vec<RowError>,
 }
 
+/// Lists `e` unless [`MAX_LISTED`] errors are listed already.
+fn report(errors: &mut Vec<RowError>, e: RowError) {
+    if errors.len() < MAX_LISTED {
+        errors.push(e);
+    }
+}
+
+/// A row the CSV reader could not read.
+fn unreadable(e: &csv::Error) -> RowError {
+    RowError {
+        line: e.position().map_or(0, csv::Position::line),
+        column: None,
+        reason: match e.kind() {
+            csv::ErrorKind::UnequalLengths {
+                expected_len, len, ..
+            } => format!(
+                "the row has {len} fields but the header has {expected_len} (check the quoting)"
+            ),
+            csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".into(),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// Checks every cell of a row: the user id, the tags and the typed field values (kept in
+/// `cells` with their column). Returns the id and whether the row is bad.
+fn check_row<'r>(
+    record: &'r csv::StringRecord,
+    columns: &[Column],
+    opts: &ImportOptions,
+    line: u64,
+    cells: &mut Vec<(usize, String)>,
+    errors: &mut Vec<RowError>,
+) -> (&'r str, bool) {
+    let mut bad = false;
+    let mut id = "";
+    cells.clear();
+    for (i, (cell, column)) in record.iter().zip(columns).enumerate() {
+        match column {
+            Column::Id => {
+                id = cell;
+                if let Err(e) = changes::validate_user_id(cell, opts.max_id_len) {
+                    bad = true;
+                    report(
+                        errors,
+                        RowError {
+                            line,
+                            column: Some("id".into()),
+                            reason: format!("user id {e}"),
+                        },
+                    );
+                }
+            }
+            Column::Tags => {
+                for t in cell.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+                    if t.len() > changes::MAX_TAG_BYTES || t.chars().any(char::is_control) {
+                        bad = true;
+                        report(
+                            errors,
+                            RowError {
+                                line,
+                                column: Some("tags".into()),
+                                reason: format!(
+                                    "tag '{t}' is longer than {} bytes or has control characters",
+                                    changes::MAX_TAG_BYTES
+                                ),
+                            },
+                        );
+                    }
+                }
+            }
+            Column::Field {
+                header, field_type, ..
+            } => {
+                if cell.trim().is_empty() {
+                    continue;
+                }
+                match field_type.parse_text(cell) {
+                    Ok(v) => cells.push((i, v)),
+                    Err(reason) => {
+                        bad = true;
+                        report(
+                            errors,
+                            RowError {
+                                line,
+                                column: Some(header.clone()),
+                                reason,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+    (id, bad)
+}
+
 /// Parses the rows of `rdr` (header already read) on this blocking thread, sending full
 /// chunks of changes to `tx` (`None`: a dry run).
 fn parse(
@@ -146,11 +243,6 @@ fn parse(
         failed: 0,
         errors: Vec::new(),
     };
-    let report = |errors: &mut Vec<RowError>, e: RowError| {
-        if errors.len() < MAX_LISTED {
-            errors.push(e);
-        }
-    };
     let mut builder = ChangeBuilder::new(environment, "import");
     let mut record = csv::StringRecord::new();
     let mut cells: Vec<(usize, String)> = Vec::with_capacity(columns.len());
@@ -161,88 +253,13 @@ fn parse(
             Err(e) => {
                 out.rows += 1;
                 out.failed += 1;
-                let line = e.position().map_or(0, csv::Position::line);
-                report(
-                    &mut out.errors,
-                    RowError {
-                        line,
-                        column: None,
-                        reason: match e.kind() {
-                            csv::ErrorKind::UnequalLengths {
-                                expected_len, len, ..
-                            } => format!(
-                                "the row has {len} fields but the header has {expected_len} (check the quoting)"
-                            ),
-                            csv::ErrorKind::Utf8 { .. } => "the row is not valid UTF-8".into(),
-                            _ => e.to_string(),
-                        },
-                    },
-                );
+                report(&mut out.errors, unreadable(&e));
                 continue;
             }
         }
         out.rows += 1;
         let line = record.position().map_or(0, csv::Position::line);
-        let mut bad = false;
-        let mut id = "";
-        cells.clear();
-        for (i, (cell, column)) in record.iter().zip(columns).enumerate() {
-            match column {
-                Column::Id => {
-                    id = cell;
-                    if let Err(e) = changes::validate_user_id(cell, opts.max_id_len) {
-                        bad = true;
-                        report(
-                            &mut out.errors,
-                            RowError {
-                                line,
-                                column: Some("id".into()),
-                                reason: format!("user id {e}"),
-                            },
-                        );
-                    }
-                }
-                Column::Tags => {
-                    for t in cell.split(';').map(str::trim).filter(|t| !t.is_empty()) {
-                        if t.len() > changes::MAX_TAG_BYTES || t.chars().any(char::is_control) {
-                            bad = true;
-                            report(
-                                &mut out.errors,
-                                RowError {
-                                    line,
-                                    column: Some("tags".into()),
-                                    reason: format!(
-                                        "tag '{t}' is longer than {} bytes or has control characters",
-                                        changes::MAX_TAG_BYTES
-                                    ),
-                                },
-                            );
-                        }
-                    }
-                }
-                Column::Field {
-                    header, field_type, ..
-                } => {
-                    if cell.trim().is_empty() {
-                        continue;
-                    }
-                    match field_type.parse_text(cell) {
-                        Ok(v) => cells.push((i, v)),
-                        Err(reason) => {
-                            bad = true;
-                            report(
-                                &mut out.errors,
-                                RowError {
-                                    line,
-                                    column: Some(header.clone()),
-                                    reason,
-                                },
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        let (id, bad) = check_row(&record, columns, opts, line, &mut cells, &mut out.errors);
         if bad {
             out.failed += 1;
             continue;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::sign::Secret;
 
@@ -125,6 +125,61 @@ const FIELDS: &[&str] = &[
     "secret",
 ];
 
+/// `max_events`, `max_wait_ms`, `max_in_flight` and `rate_limit` (null: none).
+fn apply_limits(sub: &mut Subscription, obj: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    let int = |name: &str, min: u64, max: u64, problems: &mut Vec<Problem>| -> Option<u64> {
+        let v = obj.get(name)?;
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                problems.push(problem(
+                    name,
+                    format!("must be an integer from {min} to {max}"),
+                ));
+                None
+            }
+        }
+    };
+    if let Some(n) = int("max_events", 1, MAX_EVENTS_LIMIT.into(), problems) {
+        sub.max_events = n as u32;
+    }
+    if let Some(n) = int("max_wait_ms", 0, MAX_WAIT_LIMIT_MS, problems) {
+        sub.max_wait_ms = n;
+    }
+    if let Some(n) = int("max_in_flight", 1, MAX_IN_FLIGHT_LIMIT.into(), problems) {
+        sub.max_in_flight = n as u32;
+    }
+    match obj.get("rate_limit") {
+        None => {}
+        Some(Value::Null) => sub.rate_limit = None,
+        Some(_) => {
+            if let Some(n) = int("rate_limit", 1, 100_000, problems) {
+                sub.rate_limit = Some(n as u32);
+            }
+        }
+    }
+}
+
+/// `include_profile` and `enabled` (a disabled subscription is paused by a user).
+fn apply_flags(sub: &mut Subscription, obj: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    for name in ["include_profile", "enabled"] {
+        if let Some(v) = obj.get(name) {
+            match v.as_bool() {
+                Some(b) if name == "include_profile" => sub.include_profile = b,
+                Some(b) => {
+                    sub.paused = !b;
+                    if b {
+                        sub.paused_reason = None;
+                    } else if sub.paused_reason.is_none() {
+                        sub.paused_reason = Some("paused by a user".into());
+                    }
+                }
+                None => problems.push(problem(name, "must be true or false")),
+            }
+        }
+    }
+}
+
 /// Applies the fields present in `input` to `sub`, collecting every problem. `check_url`
 /// judges the URL's destination (the address policy of the deployment).
 pub fn apply(
@@ -172,58 +227,8 @@ pub fn apply(
             Err(mut p) => problems.append(&mut p),
         }
     }
-    let int = |name: &str, min: u64, max: u64, problems: &mut Vec<Problem>| -> Option<u64> {
-        let v = obj.get(name)?;
-        match v.as_u64() {
-            Some(n) if (min..=max).contains(&n) => Some(n),
-            _ => {
-                problems.push(problem(
-                    name,
-                    format!("must be an integer from {min} to {max}"),
-                ));
-                None
-            }
-        }
-    };
-    if let Some(n) = int("max_events", 1, MAX_EVENTS_LIMIT.into(), &mut problems) {
-        sub.max_events = n as u32;
-    }
-    if let Some(n) = int("max_wait_ms", 0, MAX_WAIT_LIMIT_MS, &mut problems) {
-        sub.max_wait_ms = n;
-    }
-    if let Some(n) = int(
-        "max_in_flight",
-        1,
-        MAX_IN_FLIGHT_LIMIT.into(),
-        &mut problems,
-    ) {
-        sub.max_in_flight = n as u32;
-    }
-    match obj.get("rate_limit") {
-        None => {}
-        Some(Value::Null) => sub.rate_limit = None,
-        Some(_) => {
-            if let Some(n) = int("rate_limit", 1, 100_000, &mut problems) {
-                sub.rate_limit = Some(n as u32);
-            }
-        }
-    }
-    for name in ["include_profile", "enabled"] {
-        if let Some(v) = obj.get(name) {
-            match v.as_bool() {
-                Some(b) if name == "include_profile" => sub.include_profile = b,
-                Some(b) => {
-                    sub.paused = !b;
-                    if b {
-                        sub.paused_reason = None;
-                    } else if sub.paused_reason.is_none() {
-                        sub.paused_reason = Some("paused by a user".into());
-                    }
-                }
-                None => problems.push(problem(name, "must be true or false")),
-            }
-        }
-    }
+    apply_limits(sub, obj, &mut problems);
+    apply_flags(sub, obj, &mut problems);
     match obj.get("description") {
         None => {}
         Some(Value::Null) => sub.description = None,
