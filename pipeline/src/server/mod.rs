@@ -75,10 +75,29 @@ impl AppState {
     }
 }
 
+/// Every route. Bodies are read with our own limit (for a clear 413), so axum's default
+/// limit is off.
 pub fn router(state: Arc<AppState>) -> Router {
-    // Bodies are read with our own limit (for a clear 413); disable axum's default.
     Router::new()
         .route("/v1/{env}/events", post(ingest_api::post_events))
+        .merge(users_routes())
+        .merge(segments_routes())
+        .merge(webhooks_routes())
+        .merge(exports_routes())
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+type Routes = Router<Arc<AppState>>;
+
+/// Users, imports and the field registry.
+fn users_routes() -> Routes {
+    Router::new()
         .route(
             "/v1/{env}/users/{id}",
             get(users_api::get_user)
@@ -93,6 +112,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(fields_api::get_fields).post(fields_api::post_field),
         )
         .route("/v1/{env}/fields/{name}", delete(fields_api::delete_field))
+}
+
+fn segments_routes() -> Routes {
+    Router::new()
         .route(
             "/v1/{env}/segments",
             get(segments_api::list).post(segments_api::create),
@@ -111,31 +134,36 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/{env}/segments/{id}/members",
             get(segments_api::members),
         )
+}
+
+fn webhooks_routes() -> Routes {
+    let one = "/v1/{env}/webhooks/{id}";
+    Router::new()
         .route(
             "/v1/{env}/webhooks",
             get(webhooks_api::list).post(webhooks_api::create),
         )
         .route(
-            "/v1/{env}/webhooks/{id}",
+            one,
             get(webhooks_api::get_one)
                 .patch(webhooks_api::update)
                 .delete(webhooks_api::delete),
         )
-        .route("/v1/{env}/webhooks/{id}/pause", post(webhooks_api::pause))
-        .route("/v1/{env}/webhooks/{id}/resume", post(webhooks_api::resume))
-        .route("/v1/{env}/webhooks/{id}/test", post(webhooks_api::test))
+        .route(&format!("{one}/pause"), post(webhooks_api::pause))
+        .route(&format!("{one}/resume"), post(webhooks_api::resume))
+        .route(&format!("{one}/test"), post(webhooks_api::test))
+        .route(&format!("{one}/recover"), post(webhooks_api::recover))
         .route(
-            "/v1/{env}/webhooks/{id}/recover",
-            post(webhooks_api::recover),
-        )
-        .route(
-            "/v1/{env}/webhooks/{id}/rotate-secret",
+            &format!("{one}/rotate-secret"),
             post(webhooks_api::rotate_secret),
         )
-        .route(
-            "/v1/{env}/webhooks/{id}/deliveries",
-            get(webhooks_api::deliveries),
-        )
+        .route(&format!("{one}/deliveries"), get(webhooks_api::deliveries))
+}
+
+/// The batched pull API and scheduled exports.
+fn exports_routes() -> Routes {
+    let one = "/v1/{env}/exports/{id}";
+    Router::new()
         .route(
             "/v1/{env}/analytics/batched",
             get(exports_api::batched_list),
@@ -148,23 +176,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/{env}/exports",
             get(exports_api::list).post(exports_api::create),
         )
-        .route(
-            "/v1/{env}/exports/{id}",
-            get(exports_api::get_one).delete(exports_api::delete),
-        )
-        .route("/v1/{env}/exports/{id}/status", get(exports_api::status))
-        .route("/v1/{env}/exports/{id}/pause", post(exports_api::pause))
-        .route("/v1/{env}/exports/{id}/resume", post(exports_api::resume))
-        .route("/v1/{env}/exports/{id}/run", post(exports_api::run))
-        .route(
-            "/v1/{env}/exports/{id}/backfill",
-            post(exports_api::backfill),
-        )
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+        .route(one, get(exports_api::get_one).delete(exports_api::delete))
+        .route(&format!("{one}/status"), get(exports_api::status))
+        .route(&format!("{one}/pause"), post(exports_api::pause))
+        .route(&format!("{one}/resume"), post(exports_api::resume))
+        .route(&format!("{one}/run"), post(exports_api::run))
+        .route(&format!("{one}/backfill"), post(exports_api::backfill))
 }
