@@ -40,6 +40,29 @@ impl Problem {
     }
 }
 
+/// A JSON object and the problems found with its keys.
+pub type Object<'a> = (&'a serde_json::Map<String, serde_json::Value>, Vec<Problem>);
+
+/// `input` as a JSON object whose keys are all in `fields`: the object, and a problem for
+/// each unknown key (named by it); `Err` when `input` is not an object at all.
+pub fn object_of<'a>(
+    input: &'a serde_json::Value,
+    fields: &[&str],
+) -> Result<Object<'a>, Vec<Problem>> {
+    let Some(obj) = input.as_object() else {
+        return Err(vec![Problem::field("(body)", "must be a JSON object")]);
+    };
+    let problems = obj
+        .keys()
+        .filter(|key| !fields.contains(&key.as_str()))
+        .map(|key| {
+            let expected = fields.join(", ");
+            Problem::field(key, format!("unknown field; expected one of {expected}"))
+        })
+        .collect();
+    Ok((obj, problems))
+}
+
 /// What was validated: names the error code and the sentence that sums the problems up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
@@ -101,6 +124,22 @@ impl From<Error> for WriteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn objects_name_their_unknown_keys() {
+        let input = serde_json::json!({"url": "x", "urll": "y"});
+        let (obj, problems) = object_of(&input, &["url", "method"]).expect("an object");
+        assert_eq!(obj.len(), 2);
+        assert_eq!(
+            problems,
+            vec![Problem::field(
+                "urll",
+                "unknown field; expected one of url, method"
+            )]
+        );
+        let e = object_of(&serde_json::json!([1]), &["url"]).expect_err("not an object");
+        assert_eq!(e[0].line(), "(body): must be a JSON object");
+    }
 
     #[test]
     fn lines_name_the_field() {

@@ -174,10 +174,20 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    /// name, verdict, attempt, then the status, next attempt and failing-since expected.
+    type Case = (
+        &'static str,
+        Verdict,
+        Attempted,
+        Status,
+        Option<&'static str>,
+        Option<&'static str>,
+    );
+
     #[test]
     fn each_verdict_has_its_decision() {
         let p = policy();
-        let cases: Vec<(&str, Verdict, Attempted, Status, Option<&str>, Option<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             // name, verdict, attempt, status, next attempt, failing since
             (
                 "2xx",

@@ -303,18 +303,7 @@ fn apply(
     input: &Value,
     ctx: &Context,
 ) -> std::result::Result<Input, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let Some(obj) = input.as_object() else {
-        return Err(vec![problem("(body)", "must be a JSON object")]);
-    };
-    for key in obj.keys() {
-        if !FIELDS.contains(&key.as_str()) {
-            problems.push(problem(
-                key,
-                format!("unknown field; expected one of {}", FIELDS.join(", ")),
-            ));
-        }
-    }
+    let (obj, mut problems) = crate::problem::object_of(input, FIELDS)?;
     let text = |name: &str, problems: &mut Vec<Problem>| text(obj, name, problems);
     apply_source(ex, obj, &mut problems);
     apply_schedule(ex, obj, &mut problems);
@@ -356,8 +345,6 @@ fn apply(
         Err(problems)
     }
 }
-
-/// Why a write was refused.
 
 /// The exports of a store.
 #[derive(Clone, Debug)]

@@ -73,7 +73,7 @@ impl Schedule {
         now: DateTime<Utc>,
         force: bool,
     ) -> bool {
-        force || (!paused && !state.next_attempt_at.is_some_and(|t| t > now))
+        force || (!paused && state.next_attempt_at.is_none_or(|t| t <= now))
     }
 
     /// The `events` version after which commits must be checked for late rows, if any:

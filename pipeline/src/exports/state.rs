@@ -95,3 +95,48 @@ pub async fn delete(store: &Store, environment: &str, id: &str) -> Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{ObjectStoreExt, PutPayload};
+    use std::collections::BTreeMap;
+
+    #[tokio::test]
+    async fn versions_build_on_the_legacy_file_and_race_without_losing_a_change() {
+        let store = Store::open("memory://export-state-test", &BTreeMap::new()).expect("store");
+        // An export from before versioned state: one overwritten `<id>.json`.
+        let old = ExportState {
+            windows_done: 7,
+            failures: 2,
+            ..Default::default()
+        };
+        let legacy = store.paths().legacy_export_state("prod", "ex_1");
+        let body = serde_json::to_vec(&old).expect("json");
+        store
+            .object_store()
+            .put(&legacy, PutPayload::from(body))
+            .await
+            .expect("put");
+        assert_eq!(load(&store, "prod", "ex_1").await.expect("load"), old);
+        // The first version starts from it.
+        let st = update(&store, "prod", "ex_1", |s| s.windows_done += 1)
+            .await
+            .expect("update");
+        assert_eq!((st.windows_done, st.failures), (8, 2));
+        // Two writers (the worker and a resume) both land.
+        let (a, b) = tokio::join!(
+            update(&store, "prod", "ex_1", |s| s.windows_done += 1),
+            update(&store, "prod", "ex_1", |s| s.failures = 0),
+        );
+        a.expect("worker");
+        b.expect("resume");
+        let st = load(&store, "prod", "ex_1").await.expect("load");
+        assert_eq!((st.windows_done, st.failures), (9, 0));
+        delete(&store, "prod", "ex_1").await.expect("delete");
+        assert_eq!(
+            load(&store, "prod", "ex_1").await.expect("load"),
+            ExportState::default()
+        );
+    }
+}

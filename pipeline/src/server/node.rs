@@ -183,7 +183,7 @@ fn start_background(
             segments_pass(s.clone())
         });
         let commits = state.ingestor.get().map(|i| i.committed.clone());
-        let runner = Runner::new(store.clone(), crate::jobs::JobOptions::from_config(&config));
+        let runner = Runner::new(store.clone(), crate::jobs::JobOptions::from_config(config));
         let schedule = Schedule {
             debounce: config.jobs.debounce,
             poll_interval: config.jobs.poll_interval,

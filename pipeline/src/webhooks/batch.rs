@@ -115,6 +115,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one message of events 0..n
     fn batches_are_cut_by_size_or_by_time() {
         let b = Batching::new(3, 1000);
         let cases = [

@@ -188,18 +188,7 @@ pub fn apply(
     creating: bool,
     check_url: &dyn Fn(&url::Url) -> std::result::Result<(), String>,
 ) -> std::result::Result<Option<Secret>, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let Some(obj) = input.as_object() else {
-        return Err(vec![problem("(body)", "must be a JSON object")]);
-    };
-    for key in obj.keys() {
-        if !FIELDS.contains(&key.as_str()) {
-            problems.push(problem(
-                key,
-                format!("unknown field; expected one of {}", FIELDS.join(", ")),
-            ));
-        }
-    }
+    let (obj, mut problems) = crate::problem::object_of(input, FIELDS)?;
     if creating && !obj.contains_key("url") {
         problems.push(problem("url", "is required"));
     }
