@@ -281,12 +281,7 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
                 id,
                 at: Target { env, data },
             } => {
-                let (config, store) = super::open_store(file, data)?;
-                let ctx = Context::new(&config, &store)?;
-                let sub = Subscriptions::new(store).get(&env, &id).await?;
-                let result = webhooks::send_test(&ctx, &env, &sub).await?;
-                println!("{}", serde_json::to_string_pretty(&result)?);
-                if result["delivered"] != json!(true) {
+                if !send_test(file, id, env, data).await? {
                     return Ok(ExitCode::from(2));
                 }
             }
@@ -533,4 +528,19 @@ async fn list(
         all.values().for_each(print_sub);
     }
     Ok(())
+}
+
+/// `webhooks test`: one signed message now; whether it was delivered (exit 2 if not).
+async fn send_test(
+    file: Option<&std::path::Path>,
+    id: String,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<bool> {
+    let (config, store) = super::open_store(file, data)?;
+    let ctx = Context::new(&config, &store)?;
+    let sub = Subscriptions::new(store).get(&env, &id).await?;
+    let result = webhooks::send_test(&ctx, &env, &sub).await?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(result["delivered"] == json!(true))
 }

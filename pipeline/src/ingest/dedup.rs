@@ -43,6 +43,15 @@ pub enum Seen {
     InFlight,
 }
 
+/// The events of a batch that carry an id (their positions) and those ids' keys.
+pub fn keys_of(environment: &str, events: &[super::event::Event<'_>]) -> (Vec<usize>, Vec<u128>) {
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.event_id.as_ref().map(|id| (i, key(environment, id))))
+        .unzip()
+}
+
 /// What a batch keeps after the index answered for its event ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {

@@ -86,15 +86,7 @@ impl Ingestor {
         let received_us = now_us();
         let now_s = (received_us / 1_000_000) as u32;
 
-        let (positions, keys): (Vec<usize>, Vec<u128>) = events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                e.event_id
-                    .as_ref()
-                    .map(|id| (i, dedup::key(environment, id)))
-            })
-            .unzip();
+        let (positions, keys) = dedup::keys_of(environment, &events);
         let seen = self.dedup.check_and_insert(&keys, now_s);
         let dedup::Verdict {
             keep,

@@ -12,7 +12,7 @@ use flate2::write::GzEncoder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::parquet::ParallelParquet;
+use super::parquet::{ParallelParquet, arrow_err};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -119,10 +119,6 @@ pub struct FileWriter {
     schema: SchemaRef,
     json_columns: Vec<usize>,
     rows: u64,
-}
-
-pub(super) fn arrow_err(e: impl std::fmt::Display) -> Error {
-    Error::Export(format!("encoding: {e}"))
 }
 
 /// The schema files are written with: string and binary views (DataFusion's in-memory

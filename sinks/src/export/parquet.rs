@@ -10,8 +10,12 @@ use parquet::arrow::arrow_writer::{
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
-use super::format::arrow_err;
 use crate::{Error, Result};
+
+/// An encoding error of any format.
+pub(super) fn arrow_err(e: impl std::fmt::Display) -> Error {
+    Error::Export(format!("encoding: {e}"))
+}
 
 /// Rows per Parquet row group (the parquet crate's default).
 const ROW_GROUP_ROWS: usize = 1024 * 1024;
