@@ -325,7 +325,7 @@ impl Default for Config {
 }
 
 /// `TIDEMARK_*` variables that are not settings of this file.
-const NON_CONFIG_ENV: &[&str] = &["CONFIG", "LOG", "MASTER_KEY", "CRASH_AFTER"];
+const NON_CONFIG_ENV: &[&str] = &["CONFIG", "ENV", "LOG", "MASTER_KEY", "CRASH_AFTER"];
 
 /// Values given on the command line; `None` means "not given".
 #[derive(Debug, Default, Clone, Serialize)]

@@ -3,7 +3,7 @@
 -- (environment, user_id, kind, name); kind is 'field' or 'tag'.
 --
 -- change_id is 32 characters whose text order is the write order (see
--- pipeline/src/users/changes.rs), so "first" and "last" are min and max of text that
+-- pipeline/src/users/change_id.rs), so "first" and "last" are min and max of text that
 -- starts with it:
 --   first_set_id  the first `set` of the field
 --   first_once    the first `set_once`: its change id, then the value's JSON text

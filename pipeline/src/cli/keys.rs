@@ -5,22 +5,20 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::DataArgs;
+use super::{DataArgs, Target};
 use crate::auth::{KeyAdmin, Role};
 use crate::storage::docs::Docs;
 
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Create a key; the key is printed alone on the last line of stdout.
+    /// The environment (`--env`) is created if it does not exist.
     Create {
-        /// Environment the key belongs to (created if it does not exist).
-        #[arg(long = "env", value_name = "ENV")]
-        environment: String,
         /// What the key may do.
         #[arg(long, value_parser = ["ingest", "read", "admin"])]
         role: String,
         #[command(flatten)]
-        data: DataArgs,
+        at: Target,
     },
     /// List keys (ids, environments, roles; never the secrets).
     List {
@@ -52,9 +50,12 @@ pub fn run(file: Option<&Path>, cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         match cmd {
             KeysCommand::Create {
-                environment,
                 role,
-                data,
+                at:
+                    Target {
+                        env: environment,
+                        data,
+                    },
             } => {
                 let role: Role = role.parse()?;
                 let admin = admin(file, data)?;
