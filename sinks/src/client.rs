@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -26,7 +26,7 @@ use url::{Host, Url};
 use crate::{Error, Result};
 
 /// Address ranges refused unless allow-listed, with the name used in errors.
-const BLOCKED: &[(&str, &str)] = &[
+const RANGES: &[(&str, &str)] = &[
     ("0.0.0.0/8", "unspecified"),
     ("10.0.0.0/8", "private"),
     ("100.64.0.0/10", "CGNAT"),
@@ -34,17 +34,36 @@ const BLOCKED: &[(&str, &str)] = &[
     ("169.254.0.0/16", "link-local"),
     ("172.16.0.0/12", "private"),
     ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation"),
     ("192.168.0.0/16", "private"),
     ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
     ("224.0.0.0/4", "multicast"),
     ("240.0.0.0/4", "reserved"),
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
+    // Prefixes that embed an IPv4 address a gateway may forward to: NAT64, 6to4, Teredo.
+    ("64:ff9b::/96", "NAT64"),
+    ("64:ff9b:1::/48", "local-use NAT64"),
+    ("100::/64", "discard-only"),
+    ("2001::/32", "Teredo"),
+    ("2001:db8::/32", "documentation"),
+    ("2002::/16", "6to4"),
+    ("3fff::/20", "documentation"),
     ("fc00::/7", "unique local (ULA)"),
     ("fe80::/10", "link-local"),
     ("fec0::/10", "site-local"),
     ("ff00::/8", "multicast"),
 ];
+
+/// [`RANGES`] parsed once.
+static BLOCKED: LazyLock<Vec<(IpNet, &'static str)>> = LazyLock::new(|| {
+    RANGES
+        .iter()
+        .filter_map(|(cidr, name)| cidr.parse().ok().map(|net| (net, *name)))
+        .collect()
+});
 
 /// Which destination addresses may be connected to.
 #[derive(Debug, Clone, Default)]
@@ -92,10 +111,9 @@ impl AddressPolicy {
 }
 
 fn blocked_range(ip: IpAddr) -> Option<&'static str> {
-    BLOCKED.iter().find_map(|(cidr, name)| {
-        let net: IpNet = cidr.parse().ok()?;
-        net.contains(&ip).then_some(*name)
-    })
+    BLOCKED
+        .iter()
+        .find_map(|(net, name)| net.contains(&ip).then_some(*name))
 }
 
 /// Resolves `host` with the system resolver and keeps only the addresses the policy
@@ -566,12 +584,44 @@ pub fn blocked_examples() -> Vec<IpAddr> {
         IpAddr::V6("fe80::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
         IpAddr::V6("ff02::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
         IpAddr::V6("::ffff:10.0.0.1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)),
+        // 169.254.169.254 through NAT64, 6to4 and Teredo.
+        IpAddr::V6("64:ff9b::a9fe:a9fe".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+        IpAddr::V6(
+            "64:ff9b:1::a9fe:a9fe"
+                .parse()
+                .unwrap_or(Ipv6Addr::LOCALHOST),
+        ),
+        IpAddr::V6("2002:a9fe:a9fe::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+        IpAddr::V6(
+            "2001:0:4136:e378:8000:63bf:5601:5601"
+                .parse()
+                .unwrap_or(Ipv6Addr::LOCALHOST),
+        ),
+        IpAddr::V6("2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+        IpAddr::V6("3fff::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
+        IpAddr::V6("100::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
     ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_range_parses_once() {
+        assert_eq!(
+            BLOCKED.len(),
+            RANGES.len(),
+            "a range in RANGES does not parse"
+        );
+        let e = AddressPolicy::default()
+            .check("64:ff9b::a9fe:a9fe".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(e, "64:ff9b::a9fe:a9fe is a NAT64 address");
+    }
 
     #[test]
     fn every_blocked_range_is_refused_and_public_addresses_pass() {

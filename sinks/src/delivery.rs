@@ -4,6 +4,9 @@
 //! Cases:
 //! - 2xx: delivered; the endpoint's run of failures ends;
 //! - 410 Gone: the message waits for a resume and the endpoint pauses;
+//! - a 4xx the receiver means for good (not 408, 409, 425, 429; see
+//!   [`crate::retry::RETRYABLE_4XX`]): failed at once, no further attempt; it still counts
+//!   as a failure of the endpoint (a receiver that refuses everything gets paused);
 //! - any other failure: retried after the policy's delay before the next attempt, or the
 //!   receiver's `Retry-After` (429 and 503, see [`crate::retry::judge`]) when it gave one;
 //!   failed once the schedule has no attempt left;
@@ -92,6 +95,16 @@ pub fn decide(
             pause: (!a.paused)
                 .then(|| format!("the endpoint answered 410 Gone at {}", at.to_rfc3339())),
         },
+        Verdict::Rejected { error } => {
+            let since = a.failing_since.unwrap_or(at);
+            Decision {
+                status: Status::Failed,
+                next_attempt_at: None,
+                error: Some(error),
+                failing_since: Some(since),
+                pause: pause_for(a.paused, at, since, pause_after),
+            }
+        }
         Verdict::Retry { error, after } => {
             let since = a.failing_since.unwrap_or(at);
             let next_attempt_at = policy
@@ -100,14 +113,7 @@ pub fn decide(
                     let delay = after.unwrap_or(delay);
                     at + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
                 });
-            let failing_for = (at - since).to_std().unwrap_or_default();
-            let pause = (!a.paused && failing_for >= pause_after).then(|| {
-                format!(
-                    "failing continuously since {} (for {})",
-                    since.to_rfc3339(),
-                    humanize(failing_for)
-                )
-            });
+            let pause = pause_for(a.paused, at, since, pause_after);
             Decision {
                 status: if next_attempt_at.is_some() {
                     Status::Retrying
@@ -121,6 +127,24 @@ pub fn decide(
             }
         }
     }
+}
+
+/// The reason to pause an endpoint failing since `since` at `at`, once that lasted
+/// `pause_after` (and it is not paused already).
+fn pause_for(
+    paused: bool,
+    at: DateTime<Utc>,
+    since: DateTime<Utc>,
+    pause_after: Duration,
+) -> Option<String> {
+    let failing_for = (at - since).to_std().unwrap_or_default();
+    (!paused && failing_for >= pause_after).then(|| {
+        format!(
+            "failing continuously since {} (for {})",
+            since.to_rfc3339(),
+            humanize(failing_for)
+        )
+    })
 }
 
 fn humanize(d: Duration) -> String {
@@ -234,6 +258,16 @@ mod tests {
                 Verdict::Gone,
                 attempted("10:00:00", 1, None),
                 Status::Gone,
+                None,
+                Some("10:00:00"),
+            ),
+            (
+                "a final 4xx: failed at once",
+                Verdict::Rejected {
+                    error: "HTTP 400".into(),
+                },
+                attempted("10:00:00", 1, None),
+                Status::Failed,
                 None,
                 Some("10:00:00"),
             ),

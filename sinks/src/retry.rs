@@ -64,6 +64,9 @@ pub enum Verdict {
     Delivered,
     /// 410 Gone: the receiver asks us to stop; the subscription is paused.
     Gone,
+    /// A 4xx other than [`RETRYABLE_4XX`]: the receiver refuses this message, and sending
+    /// it again will not change that. It fails at once; the endpoint stays on.
+    Rejected { error: String },
     /// Any other failure. `after` is the receiver's `Retry-After` (429 and 503 only).
     Retry {
         error: String,
@@ -71,12 +74,20 @@ pub enum Verdict {
     },
 }
 
-/// Judges a response: 2xx delivered, 410 gone, redirects and everything else retried.
+/// The 4xx answers that may succeed later (timeout, conflict, too early, rate limit);
+/// every other 4xx is final.
+pub const RETRYABLE_4XX: [u16; 4] = [408, 409, 425, 429];
+
+/// Judges a response: 2xx delivered, 410 gone, other 4xx rejected except
+/// [`RETRYABLE_4XX`], redirects and everything else retried.
 pub fn judge(response: &Response, now: DateTime<Utc>) -> Verdict {
     let status = response.status;
     match status {
         200..=299 => Verdict::Delivered,
         410 => Verdict::Gone,
+        400..=499 if !RETRYABLE_4XX.contains(&status) => Verdict::Rejected {
+            error: described(status, &response.body),
+        },
         300..=399 => Verdict::Retry {
             error: format!(
                 "HTTP {status}: redirect to {} not followed",
@@ -92,19 +103,21 @@ pub fn judge(response: &Response, now: DateTime<Utc>) -> Verdict {
                     .and_then(|v| parse_retry_after(v, now)),
                 _ => None,
             };
-            let snippet: String = String::from_utf8_lossy(&response.body)
-                .chars()
-                .take(200)
-                .collect();
             Verdict::Retry {
-                error: if snippet.is_empty() {
-                    format!("HTTP {status}")
-                } else {
-                    format!("HTTP {status}: {snippet}")
-                },
+                error: described(status, &response.body),
                 after,
             }
         }
+    }
+}
+
+/// `HTTP 503: <the first 200 characters of the body>`.
+fn described(status: u16, body: &[u8]) -> String {
+    let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    if snippet.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {snippet}")
     }
 }
 
@@ -184,6 +197,18 @@ mod tests {
         // Retry-After only counts on 429 and 503.
         let v = judge(&response(500, Some("7")), now);
         assert!(matches!(v, Verdict::Retry { after: None, .. }));
+        // A 4xx is final unless it may pass later.
+        for status in [400, 401, 403, 404, 413, 422] {
+            let v = judge(&response(status, None), now);
+            let want = Verdict::Rejected {
+                error: format!("HTTP {status}: busy"),
+            };
+            assert_eq!(v, want, "{status}");
+        }
+        for status in RETRYABLE_4XX {
+            let v = judge(&response(status, None), now);
+            assert!(matches!(v, Verdict::Retry { .. }), "{status}: {v:?}");
+        }
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

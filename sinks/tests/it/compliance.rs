@@ -2,7 +2,8 @@
 //! each sink delivers one payload to a real local receiver that answers from a script,
 //! and the test asserts that the payload is acked only after a 2xx, that it is retried
 //! exactly when `retry::judge` classifies the answer as retryable (5xx, 429 with its
-//! `Retry-After`, timeouts, and whatever 4xx rule that module has), that a 410 stops it,
+//! `Retry-After`, timeouts, 408/409/425), that any other 4xx fails it at once, that a 410
+//! stops it,
 //! and that every attempt's signature verifies with the `standardwebhooks` crate.
 
 use std::sync::{Arc, Mutex};
@@ -268,7 +269,7 @@ async fn compliance(sink: Sink) {
         let (outcome, _, seen) = run(sink, vec![Answer::Status(status)]).await;
         let want = match classified(status) {
             Verdict::Retry { .. } => (Outcome::Delivered, 2),
-            Verdict::Gone => (Outcome::NotDelivered, 1),
+            Verdict::Gone | Verdict::Rejected { .. } => (Outcome::NotDelivered, 1),
             Verdict::Delivered => unreachable!("{status} is not a success"),
         };
         assert_eq!((outcome, seen.len()), want, "{sink:?}: HTTP {status}");
