@@ -134,6 +134,10 @@ pub struct WebhooksConfig {
     /// How long a rotated-out secret still signs.
     #[serde(with = "humantime_serde")]
     pub rotation_grace: Duration,
+    /// Attempts in `deliveries` older than this are deleted with the other retention
+    /// (`retention.interval`, `tidemark retention`); `0s` keeps them all.
+    #[serde(with = "humantime_serde")]
+    pub deliveries_retention: Duration,
     /// The generated master-key file, when `TIDEMARK_MASTER_KEY` is not set
     /// (default: `<data>/_tidemark/master.key` on a local data directory).
     pub master_key_file: Option<PathBuf>,
@@ -153,6 +157,7 @@ impl Default for WebhooksConfig {
             poll_interval: Duration::from_millis(200),
             log_interval: Duration::from_millis(500),
             rotation_grace: Duration::from_secs(24 * 3600),
+            deliveries_retention: Duration::from_secs(30 * 86400),
             master_key_file: None,
         }
     }

@@ -107,7 +107,8 @@ pub enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
-    /// Delete events older than each environment's retention (retention.events_days).
+    /// Delete events older than each environment's retention (retention.events_days) and
+    /// delivery attempts older than webhooks.deliveries_retention.
     Retention(DataArgs),
     /// Run a read-only SQL query over the tables, straight from the store.
     Sql(sql::SqlArgs),

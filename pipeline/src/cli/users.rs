@@ -133,6 +133,14 @@ pub fn retention(file: Option<&Path>, data: DataArgs) -> anyhow::Result<ExitCode
                 config.retention.days(env)
             );
         }
+        let keep = config.webhooks.deliveries_retention;
+        let rows = crate::webhooks::log::apply_retention(&store, keep, chrono::Utc::now()).await?;
+        if rows > 0 {
+            println!(
+                "deliveries: deleted {rows} attempt(s) older than {}",
+                humantime::format_duration(keep)
+            );
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

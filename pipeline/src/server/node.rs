@@ -174,8 +174,9 @@ fn start_background(
         optimize_pass(s.clone(), metrics.clone(), target)
     });
     let (s, retention) = (store.clone(), config.retention.clone());
+    let deliveries = config.webhooks.deliveries_retention;
     sup.every("retention", retention.interval, move || {
-        maintenance_pass(s.clone(), retention.clone())
+        maintenance_pass(s.clone(), retention.clone(), deliveries)
     });
     if config.jobs.enabled {
         let s = store.clone();
@@ -345,9 +346,14 @@ async fn optimize_pass(store: Store, metrics: Arc<Metrics>, target: u64) {
     }
 }
 
-/// Deletes events past their environment's retention, then VACUUMs every table (files
-/// that left it more than `retention.vacuum_after` ago).
-async fn maintenance_pass(store: Store, retention: crate::config::RetentionConfig) {
+/// Deletes events past their environment's retention and delivery attempts past
+/// `deliveries`, then VACUUMs every table (files that left it more than
+/// `retention.vacuum_after` ago).
+async fn maintenance_pass(
+    store: Store,
+    retention: crate::config::RetentionConfig,
+    deliveries: Duration,
+) {
     match crate::storage::retention::apply_retention(&store, &retention).await {
         Ok(deleted) => {
             for (env, rows) in deleted {
@@ -355,6 +361,11 @@ async fn maintenance_pass(store: Store, retention: crate::config::RetentionConfi
             }
         }
         Err(e) => tracing::warn!(error = %e, "retention failed"),
+    }
+    match crate::webhooks::log::apply_retention(&store, deliveries, chrono::Utc::now()).await {
+        Ok(0) => {}
+        Ok(rows) => tracing::info!(rows, "retention deleted old delivery attempts"),
+        Err(e) => tracing::warn!(error = %e, "retention of deliveries failed"),
     }
     match crate::storage::retention::vacuum_all(&store, retention.vacuum_after).await {
         Ok(deleted) => {

@@ -136,6 +136,29 @@ pub async fn optimize(table: DeltaTable, target_size: u64) -> Result<(DeltaTable
     Ok((table, metrics.num_files_removed))
 }
 
+/// Deletes the attempts logged more than `keep` before `now` (`keep` zero: none).
+/// Returns the rows deleted. Messages still being delivered are unaffected unless their
+/// chunk is older than `keep` (a subscription paused that long): those are sent again
+/// under their `webhook-id` after a restart, as at-least-once allows.
+pub async fn apply_retention(
+    store: &Store,
+    keep: std::time::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize> {
+    if keep.is_zero() {
+        return Ok(0);
+    }
+    let Some(table) = store.load_table(TABLE).await? else {
+        return Ok(0);
+    };
+    let keep_us = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+    let cutoff = now.timestamp_micros().saturating_sub(keep_us);
+    let at =
+        datafusion::common::ScalarValue::TimestampMicrosecond(Some(cutoff), Some("UTC".into()));
+    let (_, metrics) = table.delete().with_predicate(col("at").lt(lit(at))).await?;
+    Ok(metrics.num_deleted_rows.unwrap_or(0))
+}
+
 /// The newest row of a message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Last {
@@ -271,6 +294,54 @@ pub async fn recent(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn retention_deletes_only_attempts_older_than_it() {
+        let store = Store::open("memory://deliveries-retention", &Default::default()).unwrap();
+        let day_us = 86_400_000_000i64;
+        let now = chrono::DateTime::from_timestamp(1_795_946_400, 0).unwrap();
+        let row = |id: &str, days_ago: i64| Row {
+            environment: "default".into(),
+            subscription_id: "wh_1".into(),
+            message_id: id.into(),
+            event_ids: vec![],
+            attempt: 1,
+            status: "delivered".into(),
+            http_status: Some(204),
+            latency_ms: 3,
+            error: None,
+            at_us: now.timestamp_micros() - days_ago * day_us,
+            next_attempt_at_us: None,
+        };
+        let table = open_or_create(&store).await.unwrap();
+        let rows = [
+            row("old", 31),
+            row("older", 90),
+            row("recent", 29),
+            row("today", 0),
+        ];
+        append(table, &rows).await.unwrap();
+        let month = std::time::Duration::from_secs(30 * 86_400);
+        assert_eq!(
+            apply_retention(&store, std::time::Duration::ZERO, now)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(apply_retention(&store, month, now).await.unwrap(), 2);
+        let left = recent(&store, "default", "wh_1", None, 10).await.unwrap();
+        let mut ids: Vec<&str> = left
+            .iter()
+            .map(|r| r["message_id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec!["recent", "today"]);
+        assert_eq!(
+            apply_retention(&store, month, now).await.unwrap(),
+            0,
+            "idempotent"
+        );
+    }
 
     #[tokio::test]
     async fn optimize_compacts_log_commits_and_keeps_every_row() {
