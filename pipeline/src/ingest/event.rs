@@ -105,6 +105,8 @@ struct RawFields<'a> {
     platform: Option<&'a RawValue>,
     properties: Option<&'a RawValue>,
     unknown: Vec<String>,
+    /// Known fields given more than once (JSON allows it; the last would silently win).
+    repeated: Vec<String>,
 }
 
 const KNOWN_FIELDS: &str =
@@ -136,7 +138,9 @@ impl<'de> Visitor<'de> for FieldsVisitor {
                     continue;
                 }
             };
-            *slot = Some(value);
+            if slot.replace(value).is_some() && !f.repeated.iter().any(|r| r == key.as_ref()) {
+                f.repeated.push(key.into_owned());
+            }
         }
         Ok(f)
     }
@@ -302,6 +306,13 @@ fn parse_event<'a>(
             index,
             field: Some(name.clone()),
             message: format!("unknown field; known fields are {KNOWN_FIELDS}"),
+        });
+    }
+    for name in &fields.repeated {
+        problems.push(Problem {
+            index,
+            field: Some(name.clone()),
+            message: "is given more than once; give each field once".into(),
         });
     }
     let mut problem = |field: &str, message: String| {
@@ -583,6 +594,22 @@ mod tests {
             parse_batch(&[b'[', 0xff, b']'], BodyFormat::JsonArray, &limits()),
             Err(BatchError::Malformed(m)) if m.contains("UTF-8")
         ));
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_by_name() {
+        let body = r#"[
+            {"event_name":"a","user_id":"u","event_name":"b","event_name":"c"}
+        ]"#;
+        let p = problems(body);
+        assert_eq!(
+            p,
+            vec![(
+                0,
+                Some("event_name".to_string()),
+                "is given more than once; give each field once".to_string()
+            )]
+        );
     }
 
     #[test]
