@@ -406,7 +406,7 @@ async fn deliveries(
     if let Some(s) = &status
         && !["delivered", "retrying", "failed", "gone"].contains(&s.as_str())
     {
-        anyhow::bail!("--status: must be one of delivered, retrying, failed, gone");
+        anyhow::bail!("--status: '{s}' is not one of delivered, retrying, failed, gone");
     }
     let (_, store) = super::open_store(file, data)?;
     Subscriptions::new(store.clone()).get(&env, &id).await?;

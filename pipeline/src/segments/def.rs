@@ -41,12 +41,21 @@ fn text<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     o.get(key).and_then(Value::as_str)
 }
 
+/// The refusal of a value that is not one of `allowed`, naming the value given.
+fn not_one_of(v: Option<&Value>, allowed: &str) -> String {
+    match v {
+        None => format!("is required: one of {allowed}"),
+        Some(Value::String(s)) => format!("'{s}' is not one of {allowed}"),
+        Some(other) => format!("{other} is not one of {allowed}"),
+    }
+}
+
 fn parse_match(ctx: &mut Ctx, v: Option<&Value>, path: &str) -> bool {
     match v.and_then(Value::as_str) {
         Some("all") => false,
         Some("any") => true,
         _ => {
-            ctx.problem(path, "must be \"all\" or \"any\"");
+            ctx.problem(path, not_one_of(v, "all, any"));
             false
         }
     }
@@ -166,7 +175,10 @@ fn parse_tag(ctx: &mut Ctx, o: &Map<String, Value>, path: &str) -> Option<Condit
         ctx.problem(&format!("{path}.tag"), "must be a non-empty string");
     }
     if has.is_none() {
-        ctx.problem(&format!("{path}.op"), "must be \"has\" or \"has_not\"");
+        ctx.problem(
+            &format!("{path}.op"),
+            not_one_of(o.get("op"), "has, has_not"),
+        );
     }
     Some(Condition::Tag {
         tag: tag?.to_string(),
@@ -188,7 +200,10 @@ fn parse_event(ctx: &mut Ctx, o: &Map<String, Value>, path: &str) -> Option<Cond
         Some("did") => Some(true),
         Some("did_not") => Some(false),
         _ => {
-            ctx.problem(&format!("{path}.op"), "must be \"did\" or \"did_not\"");
+            ctx.problem(
+                &format!("{path}.op"),
+                not_one_of(o.get("op"), "did, did_not"),
+            );
             None
         }
     };
@@ -308,7 +323,7 @@ fn parse_field(ctx: &mut Ctx, o: &Map<String, Value>, path: &str) -> Option<Cond
     else {
         ctx.problem(
             &format!("{path}.op"),
-            format!("must be one of {}", FIELD_OPS.map(|(n, _)| n).join(", ")),
+            not_one_of(o.get("op"), &FIELD_OPS.map(|(n, _)| n).join(", ")),
         );
         return None;
     };
@@ -585,7 +600,7 @@ mod tests {
                         "unknown key; this condition takes tag, op",
                     ),
                     p("conditions[0].tag", "must be a non-empty string"),
-                    p("conditions[0].op", "must be \"has\" or \"has_not\""),
+                    p("conditions[0].op", "'is' is not one of has, has_not"),
                 ],
             ),
             (
@@ -654,7 +669,7 @@ mod tests {
             (
                 json!({"match": "some", "conditions": []}),
                 vec![
-                    p("conditions[0].match", "must be \"all\" or \"any\""),
+                    p("conditions[0].match", "'some' is not one of all, any"),
                     p(
                         "conditions[0].conditions",
                         "must hold at least one condition",
@@ -665,6 +680,24 @@ mod tests {
         for (doc, want) in cases {
             assert_eq!(one(doc.clone()), Err(want), "{doc}");
         }
+    }
+
+    #[test]
+    fn refusals_name_the_value_given() {
+        let op = |c: Value| one(c).expect_err("refused")[0].1.clone();
+        let ops = FIELD_OPS.map(|(n, _)| n).join(", ");
+        assert_eq!(
+            op(json!({"field": "plan", "op": "frobnicate", "value": "x"})),
+            format!("'frobnicate' is not one of {ops}")
+        );
+        assert_eq!(
+            op(json!({"field": "plan", "value": "x"})),
+            format!("is required: one of {ops}")
+        );
+        assert_eq!(
+            op(json!({"event": "open", "op": 3})),
+            "3 is not one of did, did_not"
+        );
     }
 
     #[test]

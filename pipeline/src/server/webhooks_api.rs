@@ -226,9 +226,9 @@ pub async fn deliveries(
     if let Some(s) = status
         && !["delivered", "retrying", "failed", "gone"].contains(&s)
     {
-        return Err(ApiError::bad_request(
-            "status: must be one of delivered, retrying, failed, gone",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "status: '{s}' is not one of delivered, retrying, failed, gone"
+        )));
     }
     let rows = webhooks::log::recent(&state.store, &env, &id, status, limit).await?;
     Ok(Json(json!({ "deliveries": rows })))

@@ -183,7 +183,7 @@ pub fn parse_filter(v: &Value) -> std::result::Result<Filter, Vec<Problem>> {
         if !CATEGORIES.contains(&c.as_str()) {
             problems.push(problem(
                 &format!("filter.categories[{i}]"),
-                format!("must be one of {}", CATEGORIES.join(", ")),
+                format!("must be one of {}, not '{c}'", CATEGORIES.join(", ")),
             ));
         }
     }
