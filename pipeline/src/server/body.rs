@@ -84,6 +84,29 @@ pub(super) async fn read_body(
     }
 }
 
+/// The one content-type rule of the JSON endpoints (events have their own, which adds
+/// NDJSON): none, `application/json` or a `+json` type; anything else (a form-encoded
+/// body from `curl -d`, say) is a 415 that names it.
+pub(super) fn check_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = header_str(headers, header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime.is_empty() || mime == "application/json" || mime.ends_with("+json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("Content-Type '{mime}' is not supported; send application/json"),
+    ))
+}
+
 /// What one kind of JSON body may be: its size limit and what a 400 says it must be.
 pub trait BodyKind: Send + Sync + 'static {
     /// The limit in bytes; `None`: `limits.max_body_bytes`.
@@ -109,6 +132,7 @@ where
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let (parts, body) = req.into_parts();
+        check_json_type(&parts.headers)?;
         let (limit, name) = match K::BYTES {
             Some(n) => (n, K::LIMIT_NAME),
             None => (state.limits.max_body_bytes, "limits.max_body_bytes"),
@@ -122,5 +146,37 @@ where
         serde_json::from_slice(bytes)
             .map(|v| JsonBody(v, PhantomData))
             .map_err(|e| ApiError::bad_request(format!("body must be {}: {e}", K::EXPECTED)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn json_endpoints_share_one_content_type_rule() {
+        let with = |ct: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            }
+            check_json_type(&h)
+        };
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("application/merge-patch+json"),
+        ] {
+            assert!(with(ok).is_ok(), "{ok:?}");
+        }
+        let e = with(Some("application/x-www-form-urlencoded")).expect_err("refused");
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            e.body.message,
+            "Content-Type 'application/x-www-form-urlencoded' is not supported; send application/json"
+        );
+        assert!(with(Some("text/plain")).is_err());
     }
 }
