@@ -436,7 +436,7 @@ impl Config {
         if !(0.0..=1.0).contains(&w.jitter) {
             return fail("webhooks.jitter", "must be between 0 and 1");
         }
-        if let Err(e) = tidemark_sinks::client::AddressPolicy::parse_allow(
+        if let Err(e) = tidemark_sinks::address::AddressPolicy::parse_allow(
             &w.allow_networks,
             "webhooks.allow_networks",
         ) {

@@ -3,6 +3,7 @@
 //!
 //! - [`sign`]: Standard Webhooks v1 secrets and signatures;
 //! - [`crypto`]: encryption of secrets at rest under a master key;
+//! - [`address`]: the connect-time address guard (refused ranges, `allow_networks`);
 //! - [`client`]: the HTTP client that refuses private destinations at connect time;
 //! - [`retry`]: the retry schedule and how a response is judged;
 //! - [`delivery`]: the decision after an attempt (delivered, retry at, failed, gone,
@@ -19,6 +20,7 @@
 //! only after delivery, retried exactly as [`retry`] judges the answer and [`delivery`]
 //! decides, signatures that verify with an independent library.
 
+pub mod address;
 pub mod client;
 pub mod clock;
 pub mod crypto;

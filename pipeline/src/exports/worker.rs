@@ -145,16 +145,16 @@ impl Runner {
         Ok(out)
     }
 
-    /// The windows due at `now`, after accounting for the `events` commits since the last
-    /// pass ([`Schedule::note_commits`]).
+    /// The windows due at `now` from state `st`, after accounting for the `events` commits
+    /// since the last pass ([`Schedule::note_commits`]).
     async fn due(
         &self,
         environment: &str,
         export: &Export,
         sched: &Schedule,
+        mut st: ExportState,
         now: DateTime<Utc>,
     ) -> Result<Vec<Window>> {
-        let mut st = state::load(&self.store, environment, &export.id).await?;
         if export.source == SourceKind::Events {
             let head = self.head().await?;
             let earliest = match sched.late_rows_after(&st, head) {
@@ -225,7 +225,10 @@ impl Runner {
         if !sched.should_run(&st, export.paused, now, force) {
             return Ok(report);
         }
-        let result = match self.due(environment, export, &sched, now).await {
+        // Window transitions leave the failure fields alone: `st` tells whether this good
+        // pass ends a run of failures.
+        let was_failing = st.failures > 0 || st.next_attempt_at.is_some();
+        let result = match self.due(environment, export, &sched, st, now).await {
             Ok(windows) => {
                 self.run_windows(environment, export, &windows, sched.snapshot, |_| {})
                     .await
@@ -234,8 +237,7 @@ impl Runner {
         };
         match result {
             Ok(windows) => {
-                let st = state::load(&self.store, environment, &export.id).await?;
-                if st.failures > 0 || st.next_attempt_at.is_some() {
+                if was_failing {
                     state::update(
                         &self.store,
                         environment,

@@ -84,19 +84,20 @@ pub(super) async fn read_body(
     }
 }
 
+/// The request's media type, lower-cased and without parameters (`""` when absent).
+pub(super) fn media_type(headers: &HeaderMap) -> String {
+    header_str(headers, header::CONTENT_TYPE)
+        .and_then(|ct| ct.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// The one content-type rule of the JSON endpoints (events have their own, which adds
 /// NDJSON): none, `application/json` or a `+json` type; anything else (a form-encoded
 /// body from `curl -d`, say) is a 415 that names it.
 pub(super) fn check_json_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(ct) = header_str(headers, header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = media_type(headers);
     if mime.is_empty() || mime == "application/json" || mime.ends_with("+json") {
         return Ok(());
     }

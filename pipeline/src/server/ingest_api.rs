@@ -6,28 +6,19 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::{Roles, Writer};
-use super::body::{header_str, read_body};
+use super::body::{media_type, read_body};
 use super::error::ApiError;
 use crate::ingest::IngestError;
 use crate::ingest::event::{BatchError, BodyFormat};
 use crate::problem::Subject;
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
-    let Some(ct) = header_str(headers, header::CONTENT_TYPE) else {
-        return Ok(BodyFormat::JsonArray);
-    };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
+    match media_type(headers).as_str() {
         "" | "application/json" => Ok(BodyFormat::JsonArray),
         "application/x-ndjson"
         | "application/ndjson"

@@ -27,7 +27,8 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tidemark_sinks::client::{AddressPolicy, ClientOptions, SafeClient};
+use tidemark_sinks::address::AddressPolicy;
+use tidemark_sinks::client::{ClientOptions, SafeClient};
 use tidemark_sinks::crypto::MasterKey;
 use tidemark_sinks::retry::RetryPolicy;
 

@@ -11,9 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use bytes::Bytes;
-use tidemark_sinks::client::{
-    ClientOptions, Failure, FailureKind, Response, SafeClient, blocked_examples,
-};
+use tidemark_sinks::address::blocked_examples;
+use tidemark_sinks::client::{ClientOptions, Failure, FailureKind, Response, SafeClient};
 use tidemark_sinks::clock::SystemClock;
 use tidemark_sinks::retry::RetryPolicy;
 use tidemark_sinks::sign::Secret;
