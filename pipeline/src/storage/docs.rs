@@ -111,28 +111,42 @@ impl Docs {
             let current = self.latest_in::<T>(dir).await?;
             let next_version = current.as_ref().map_or(1, |(v, _)| v + 1);
             let value = change(current.map(|(_, v)| v))?;
-            let body = serde_json::to_vec_pretty(&value)?;
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            let key = Paths::version_in(dir, next_version);
-            match self
-                .store
-                .put_opts(&key, PutPayload::from(body), opts)
-                .await
-            {
-                Ok(_) => {
-                    self.prune(dir, next_version).await;
-                    return Ok((next_version, value));
-                }
-                Err(object_store::Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            if self.create_version(dir, next_version, &value).await? {
+                return Ok((next_version, value));
             }
         }
         Err(Error::Unavailable(format!(
             "document {dir}: too many concurrent writers"
         )))
+    }
+
+    /// Writes `value` as version `version` of the document in `dir` if no writer has written
+    /// that version yet (`PutMode::Create`). Returns whether this call created it; `false`
+    /// means another writer won the race and the caller re-reads.
+    pub async fn create_version<T: Serialize>(
+        &self,
+        dir: &Path,
+        version: u64,
+        value: &T,
+    ) -> Result<bool> {
+        let body = serde_json::to_vec_pretty(value)?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let key = Paths::version_in(dir, version);
+        match self
+            .store
+            .put_opts(&key, PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => {
+                self.prune(dir, version).await;
+                Ok(true)
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes every version of the document in `dir` (a state document whose owner is gone).
