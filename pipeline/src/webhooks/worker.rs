@@ -52,6 +52,8 @@ struct Sub {
     state: SubState,
     /// Durable: every event of versions <= cursor is in a chunk (or matched nothing).
     cursor: i64,
+    /// The version `cursor.json` holds (chunks newer than it stand for the cursor).
+    durable: i64,
     /// What `cursor.json` holds, and when it was written.
     written: (Progress, DateTime<Utc>),
     failing_since: Option<DateTime<Utc>>,
@@ -335,6 +337,8 @@ impl Worker {
             endpoint,
             state,
             cursor,
+            // Unknown (the cursor may stand on a chunk): the first chunk retired writes it.
+            durable: i64::MIN,
             written: (progress.clone(), self.clock.now()),
             failing_since: progress.failing_since,
             read_to: cursor,
@@ -456,6 +460,12 @@ impl Worker {
                 if !c.failed.is_empty() {
                     s.state.add_failed(to, c.failed).await?;
                 }
+                // The newest chunk stands for the cursor: before it goes, `cursor.json`
+                // must hold its version, or a restart would cut its events again into
+                // messages with new webhook-ids.
+                if s.durable < to && !s.chunks.keys().any(|v| *v > to) {
+                    s.save_progress(true, now).await?;
+                }
                 s.state.delete_chunk(to).await?;
             }
         }
@@ -482,6 +492,7 @@ impl Sub {
         let moved = p.version != old.version;
         if batch::write_cursor(force, changed, moved, *at, now, IDLE_CURSOR_EVERY) {
             self.state.write_progress(&p).await?;
+            self.durable = p.version;
             self.written = (p, now);
         }
         Ok(())
