@@ -10,6 +10,8 @@ use std::fmt;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::json_check::{self, Scan};
+
 use crate::config::Limits;
 use crate::problem::{MAX_PROBLEMS, Problem};
 
@@ -227,52 +229,28 @@ fn parse_category(raw: &RawValue) -> Result<Category, String> {
     }
 }
 
-/// Nesting depth of a JSON text (an object is 1). Strings are skipped correctly.
-fn json_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_str {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result<&'a str, String> {
+/// The properties' JSON text, or the problem and the path it is at.
+fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result<&'a str, (String, String)> {
     let text = raw.get();
+    let at_root = |m: String| ("properties".to_string(), m);
     if !text.starts_with('{') {
-        return Err("must be a JSON object".into());
+        return Err(at_root("must be a JSON object".into()));
     }
     if text.len() > limits.max_properties_bytes {
-        return Err(format!(
+        return Err(at_root(format!(
             "is {} bytes, more than the limit of {} (limits.max_properties_bytes)",
             text.len(),
             limits.max_properties_bytes
-        ));
+        )));
     }
-    let depth = json_depth(text);
-    if depth > limits.max_properties_depth {
-        return Err(format!(
+    match json_check::scan(text, "properties") {
+        Scan::Problem { path, message } => Err((path, message)),
+        Scan::Ok { depth } if depth > limits.max_properties_depth => Err(at_root(format!(
             "is nested {depth} levels deep, more than the limit of {} (limits.max_properties_depth)",
             limits.max_properties_depth
-        ));
+        ))),
+        Scan::Ok { .. } => Ok(text),
     }
-    Ok(text)
 }
 
 /// Validates one event object; problems are appended to `problems`.
@@ -358,7 +336,7 @@ fn parse_event<'a>(
     };
     let properties = fields.properties.filter(|r| !is_null(r)).and_then(|r| {
         parse_properties(r, limits)
-            .map_err(|m| problem("properties", m))
+            .map_err(|(path, m)| problem(&path, m))
             .ok()
     });
     if problems.len() != before {
@@ -613,8 +591,27 @@ mod tests {
     }
 
     #[test]
-    fn depth_skips_brackets_inside_strings() {
-        assert_eq!(json_depth(r#"{"a":"{[{[\"{"}"#), 1);
-        assert_eq!(json_depth(r#"{"a":[{"b":[]}]}"#), 4);
+    fn properties_with_a_duplicate_key_or_an_infinite_number_are_refused_by_path() {
+        let body = r#"[
+            {"event_name":"a","user_id":"u","properties":{"plan":"pro","plan":"free"}},
+            {"event_name":"a","user_id":"u","properties":{"cart":{"total":1e400}}},
+            {"event_name":"a","user_id":"u","properties":{"ok":[1,2,{"a":1}],"big":1e300}}
+        ]"#;
+        let p = problems(body);
+        assert_eq!(
+            p,
+            vec![
+                (
+                    0,
+                    Some("properties.plan".to_string()),
+                    "is given more than once; give each key once".to_string()
+                ),
+                (
+                    1,
+                    Some("properties.cart.total".to_string()),
+                    "1e400 is outside the range of a 64-bit float".to_string()
+                ),
+            ]
+        );
     }
 }

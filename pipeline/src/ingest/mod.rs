@@ -12,6 +12,7 @@ pub mod batch;
 pub mod dedup;
 pub mod event;
 pub mod flusher;
+pub mod json_check;
 pub mod log;
 pub mod recovery;
 pub mod wal;

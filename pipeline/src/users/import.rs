@@ -259,6 +259,9 @@ fn parse(
         }
         out.rows += 1;
         let line = record.position().map_or(0, csv::Position::line);
+        if record.iter().last().is_some_and(|f| f.ends_with('\r')) {
+            record = without_cr(std::mem::take(&mut record));
+        }
         let (id, bad) = check_row(&record, columns, opts, line, &mut cells, &mut out.errors);
         if bad {
             out.failed += 1;
@@ -310,6 +313,20 @@ fn parse(
     Ok(out)
 }
 
+/// `record` without the CR that ends its last field (a CRLF line end).
+fn without_cr(record: csv::StringRecord) -> csv::StringRecord {
+    let n = record.len();
+    if !record.iter().last().is_some_and(|f| f.ends_with('\r')) {
+        return record;
+    }
+    let mut out = csv::StringRecord::with_capacity(record.as_slice().len(), n);
+    for (i, f) in record.iter().enumerate() {
+        out.push_field(if i + 1 == n { &f[..f.len() - 1] } else { f });
+    }
+    out.set_position(record.position().cloned());
+    out
+}
+
 /// Imports `reader` into `environment` (see the module docs).
 pub async fn import(
     store: &Store,
@@ -323,14 +340,19 @@ pub async fn import(
     let dry_run = opts.dry_run;
     let (tx, mut rx) = mpsc::channel(2);
     let parser = tokio::task::spawn_blocking(move || -> Result<Parsed> {
+        // Rows end at LF only, so the reader counts lines as an editor does (ending them at
+        // CR too counts a CRLF's LF towards the next row: every row after one was reported
+        // a line early); the CR of a CRLF is taken off the last field (`without_cr`).
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(false)
+            .terminator(csv::Terminator::Any(b'\n'))
             .from_reader(reader);
         let headers = rdr
             .headers()
             .map_err(|e| Error::Invalid(format!("cannot read the header: {e}")))?
             .clone();
+        let headers = without_cr(headers);
         let columns = plan(&headers, &fields, &opts.map)?;
         let tx = (!opts.dry_run).then_some(tx);
         parse(rdr, &env, &columns, &opts, tx)
@@ -366,4 +388,56 @@ pub async fn import(
         commits,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::fields::FieldType;
+
+    /// Lines are counted as an editor shows them, whatever ends the rows (a file from
+    /// Excel ends them in CRLF; one with a quoted line break spans two lines).
+    #[tokio::test]
+    async fn bad_rows_are_reported_on_their_line_with_crlf_and_lf() {
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let store = Store::open(&format!("memory:///{name}"), &Default::default()).unwrap();
+        let registry = Registry::new(store.clone());
+        registry
+            .add("default", "score", FieldType::Number, None)
+            .await
+            .unwrap();
+        registry
+            .add("default", "note", FieldType::Text, None)
+            .await
+            .unwrap();
+        for eol in ["\r\n", "\n"] {
+            let csv = [
+                "id,score,note",
+                "a,1,x",
+                "b,2,\"two\nlines\"",
+                "c,many,x",
+                "d,4,x",
+                "",
+            ]
+            .join(eol);
+            let opts = ImportOptions {
+                dry_run: true,
+                max_id_len: 512,
+                ..Default::default()
+            };
+            let report = import(&store, "default", Box::new(std::io::Cursor::new(csv)), opts)
+                .await
+                .unwrap();
+            assert_eq!((report.rows, report.failed), (4, 1), "{eol:?} {report:?}");
+            assert_eq!(
+                report.errors,
+                vec![RowError {
+                    line: 5,
+                    column: Some("score".into()),
+                    reason: "'many' is not a number".into()
+                }],
+                "{eol:?}"
+            );
+        }
+    }
 }

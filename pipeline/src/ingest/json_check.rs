@@ -1,0 +1,272 @@
+//! One pass over an event's `properties` JSON text (already known to be valid JSON, as
+//! serde_json's `RawValue` checked it), for what JSON itself allows but readers of the
+//! stored text cannot use:
+//!
+//! - a key given twice in one object (parsers keep the last, or the first, or both);
+//!   keys are compared after unescaping, so `"a"` and `"\u0061"` are the same key;
+//! - a number outside the range of a 64-bit float (`1e400`), which Spark, DuckDB and
+//!   serde_json itself refuse to read back.
+//!
+//! It also measures the nesting depth (an object is 1). Each problem names its path
+//! (`properties.cart.items[2].price`).
+
+use std::borrow::Cow;
+
+/// What [`scan`] found: the nesting depth, or the first problem and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    Ok { depth: usize },
+    Problem { path: String, message: String },
+}
+
+enum Seg<'a> {
+    Key(Cow<'a, str>),
+    Index(usize),
+}
+
+struct Scanner<'a> {
+    text: &'a str,
+    i: usize,
+    path: Vec<Seg<'a>>,
+    max_depth: usize,
+}
+
+type Found = (String, String);
+
+/// Scans `text` (valid JSON) whose path is `root` (e.g. `properties`).
+pub fn scan(text: &str, root: &str) -> Scan {
+    let mut s = Scanner {
+        text,
+        i: 0,
+        path: Vec::new(),
+        max_depth: 0,
+    };
+    match s.value(1) {
+        Ok(()) => Scan::Ok { depth: s.max_depth },
+        Err((path, message)) => Scan::Problem {
+            path: format!("{root}{path}"),
+            message,
+        },
+    }
+}
+
+impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn ws(&mut self) {
+        while self
+            .bytes()
+            .get(self.i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.i += 1;
+        }
+    }
+
+    fn path(&self) -> String {
+        let mut out = String::new();
+        for seg in &self.path {
+            match seg {
+                Seg::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Seg::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), Found> {
+        self.ws();
+        match self.bytes().get(self.i) {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => self.array(depth),
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b't' | b'f' | b'n') => {
+                while self
+                    .bytes()
+                    .get(self.i)
+                    .is_some_and(u8::is_ascii_alphabetic)
+                {
+                    self.i += 1;
+                }
+                Ok(())
+            }
+            Some(_) => self.number(),
+            None => Ok(()),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), Found> {
+        self.max_depth = self.max_depth.max(depth);
+        self.i += 1; // {
+        let mut keys: Vec<Cow<'a, str>> = Vec::new();
+        loop {
+            self.ws();
+            match self.bytes().get(self.i) {
+                Some(b'}') | None => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b',') => {
+                    self.i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let key = self.string()?;
+            if keys.contains(&key) {
+                return Err((
+                    format!("{}.{key}", self.path()),
+                    "is given more than once; give each key once".into(),
+                ));
+            }
+            self.ws();
+            self.i += 1; // :
+            self.path.push(Seg::Key(key.clone()));
+            self.value(depth + 1)?;
+            self.path.pop();
+            keys.push(key);
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), Found> {
+        self.max_depth = self.max_depth.max(depth);
+        self.i += 1; // [
+        let mut index = 0;
+        loop {
+            self.ws();
+            match self.bytes().get(self.i) {
+                Some(b']') | None => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                Some(b',') => {
+                    self.i += 1;
+                    index += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            self.path.push(Seg::Index(index));
+            self.value(depth + 1)?;
+            self.path.pop();
+        }
+    }
+
+    /// A string at `i`, unescaped only when it has escapes.
+    fn string(&mut self) -> Result<Cow<'a, str>, Found> {
+        let start = self.i;
+        self.i += 1; // "
+        let mut escaped = false;
+        while let Some(&b) = self.bytes().get(self.i) {
+            self.i += 1;
+            match b {
+                b'\\' => {
+                    escaped = true;
+                    self.i += 1; // the escaped byte (a \uXXXX's digits are plain bytes)
+                }
+                b'"' => break,
+                _ => {}
+            }
+        }
+        let text: &'a str = &self.text[start..self.i];
+        if !escaped {
+            return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+        }
+        serde_json::from_str::<String>(text)
+            .map(Cow::Owned)
+            .map_err(|e| {
+                (
+                    self.path(),
+                    format!("has a string that cannot be read: {e}"),
+                )
+            })
+    }
+
+    fn number(&mut self) -> Result<(), Found> {
+        let start = self.i;
+        while self
+            .bytes()
+            .get(self.i)
+            .is_some_and(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+        {
+            self.i += 1;
+        }
+        let text = &self.text[start..self.i];
+        // Integers of any length read as floats past i64/u64; only an infinite one fails.
+        match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(()),
+            _ => Err((
+                self.path(),
+                format!("{text} is outside the range of a 64-bit float"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> (String, String) {
+        match scan(text, "properties") {
+            Scan::Problem { path, message } => (path, message),
+            Scan::Ok { .. } => panic!("{text} passed"),
+        }
+    }
+
+    #[test]
+    fn depth_duplicates_and_ranges() {
+        let ok = [
+            (r#"{}"#, 1),
+            (r#"{"a":"{[{[\"{"}"#, 1),
+            (r#"{"a":[{"b":[]}]}"#, 4),
+            (r#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#, 3),
+            (
+                r#"{"big":123456789012345678901234567890,"x":-1.5e300,"t":true,"n":null}"#,
+                1,
+            ),
+            (r#"{ "a" : [ 1 , 2 ] , "b" : "\"quoted\"" }"#, 2),
+            (r#"{"é":1,"e":2,"a\"b":3}"#, 1),
+        ];
+        for (text, depth) in ok {
+            assert_eq!(scan(text, "properties"), Scan::Ok { depth }, "{text}");
+        }
+        let refused = [
+            (
+                r#"{"a":1,"a":2}"#,
+                "properties.a",
+                "is given more than once",
+            ),
+            (
+                r#"{"a":1,"\u0061":2}"#,
+                "properties.a",
+                "is given more than once",
+            ),
+            (
+                r#"{"cart":{"items":[{"p":1},{"p":2,"p":3}]}}"#,
+                "properties.cart.items[1].p",
+                "is given more than once",
+            ),
+            (
+                r#"{"x":1e400}"#,
+                "properties.x",
+                "1e400 is outside the range",
+            ),
+            (
+                r#"{"a":[0,-2E999]}"#,
+                "properties.a[1]",
+                "-2E999 is outside the range",
+            ),
+        ];
+        for (text, path, message) in refused {
+            let (p, m) = problem(text);
+            assert_eq!(p, path, "{text}");
+            assert!(m.contains(message), "{text}: {m}");
+        }
+    }
+}
