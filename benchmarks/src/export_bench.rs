@@ -28,10 +28,13 @@ struct Args {
 }
 
 async fn run(args: Args) -> anyhow::Result<serde_json::Value> {
-    let config = Config {
+    let mut config = Config {
         data: args.data.clone(),
         ..Config::default()
     };
+    // The operator allows the output directory for file:// destinations.
+    std::fs::create_dir_all(&args.out)?;
+    config.exports.file_roots = vec![std::fs::canonicalize(&args.out)?];
     let store = Store::open(&args.data, &Default::default())?;
     let ctx = tidemark::exports::Context::new(&config, &store)?;
     let session = tidemark::query::session(&store, Some(&args.env)).await?;

@@ -106,7 +106,8 @@ impl Default for SegmentsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
     /// Whether `tidemark serve` runs the delivery worker (turn off when `tidemark sinks
-    /// run` does it on another machine; run one worker per store).
+    /// run` does it on another machine; of all processes on a store, the lease holder
+    /// delivers).
     pub enabled: bool,
     /// Delays before each attempt: the first try, then the retries.
     #[serde(with = "durations")]
@@ -167,7 +168,8 @@ impl Default for WebhooksConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportsConfig {
-    /// Whether `tidemark serve` runs the export worker (one worker per store).
+    /// Whether `tidemark serve` runs the export worker (of all processes on a store, the
+    /// lease holder exports).
     pub enabled: bool,
     /// How often the worker looks for closed windows.
     #[serde(with = "humantime_serde")]
@@ -196,6 +198,10 @@ pub struct ExportsConfig {
     pub download_ttl: Duration,
     /// The base URL download links start with (default: the request's `Host`).
     pub public_url: Option<String>,
+    /// Local directories `file://` destinations may write under (symlinks resolved).
+    /// Empty (the default): `file://` destinations are refused, since an environment's
+    /// admin is not the server's operator.
+    pub file_roots: Vec<PathBuf>,
 }
 
 impl Default for ExportsConfig {
@@ -216,6 +222,7 @@ impl Default for ExportsConfig {
             max_windows_per_pass: 24,
             download_ttl: Duration::from_secs(15 * 60),
             public_url: None,
+            file_roots: Vec::new(),
         }
     }
 }
@@ -292,6 +299,11 @@ pub struct Config {
     /// With `ack = "commit"`, how long a request waits for its commit before a 503.
     #[serde(with = "humantime_serde")]
     pub commit_timeout: Duration,
+    /// Several processes on one store: the webhook and export workers run on the one that
+    /// holds their lease, and segment runs take turns. A holder renews every third of this;
+    /// when it dies, another process takes over within this time.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// Extra object-store options (e.g. `aws_endpoint`, `aws_region`); `AWS_*` variables
     /// of the environment are read as well.
     pub storage: BTreeMap<String, String>,
@@ -318,6 +330,7 @@ impl Default for Config {
             optimize_interval: Duration::from_secs(15 * 60),
             optimize_target_size: 128 * 1024 * 1024,
             commit_timeout: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(15),
             storage: BTreeMap::new(),
             limits: Limits::default(),
             jobs: JobsConfig::default(),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 use crate::jobs::Runner;
+use crate::storage::lease::Leases;
 
 /// When the loop runs.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +95,8 @@ async fn run_until_caught_up(runner: &Runner, failures: &mut u32) {
 /// Evaluates every segment after the profile jobs changed the profiles.
 async fn evaluate_segments(runner: &Runner) {
     let now = chrono::Utc::now().timestamp_micros();
-    match crate::segments::job::run_all(runner.store(), now).await {
+    let leases = Leases::new(runner.store(), runner.options().lease_ttl);
+    match crate::segments::job::run_all(&leases, now).await {
         Ok(runs) => crate::segments::job::log_runs(&runs),
         Err(e) => tracing::warn!(error = %e, "segment evaluation failed; the next run retries"),
     }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Result;
+use crate::storage::lease::{Held, Leases};
 
 pub struct Supervisor {
     stop_tx: watch::Sender<bool>,
@@ -98,16 +99,46 @@ impl Supervisor {
         let stop = self.stop_signal();
         let restart_after = self.restart_after;
         self.spawn(name, async move {
-            loop {
-                match run(stop.clone()).await {
-                    Ok(()) => return,
-                    Err(_) if *stop.borrow() => return,
-                    Err(e) => tracing::error!(task = name, error = %e, "stopped; restarting"),
+            keep_running(name, &mut run, stop, restart_after).await;
+        });
+    }
+
+    /// [`Supervisor::restarting`] on the one process of the store that holds lease `name`
+    /// (see `storage::lease`): waits for the lease, runs the worker while renewing it, stops
+    /// the worker when the lease is lost (then waits for it again), and releases it at
+    /// shutdown so another process takes over at once.
+    pub fn leased<F, Fut>(&mut self, name: &'static str, leases: Leases, mut run: F)
+    where
+        F: FnMut(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<()>> + Send,
+    {
+        let mut stop = self.stop_signal();
+        let restart_after = self.restart_after;
+        self.spawn(name, async move {
+            let poll = leases.renew_every();
+            while let Some(held) = leases.acquire(name, poll, &mut stop).await {
+                let (worker_tx, worker_rx) = watch::channel(false);
+                let worker_tx = std::sync::Arc::new(worker_tx);
+                let renewer = tokio::spawn(renew_until_stopped(
+                    leases.clone(),
+                    held,
+                    stop.clone(),
+                    worker_tx.clone(),
+                ));
+                keep_running(name, &mut run, worker_rx, restart_after).await;
+                let _ = worker_tx.send(true); // the worker stopped: so does the renewal
+
+                match renewer.await {
+                    Ok(Some(held)) => {
+                        if let Err(e) = leases.release(held).await {
+                            tracing::warn!(lease = name, error = %e, "cannot release the lease; it expires");
+                        }
+                    }
+                    Ok(None) => tracing::warn!(lease = name, "lease lost; worker stopped"),
+                    Err(e) => tracing::error!(lease = name, error = %e, "lease renewal ended abnormally"),
                 }
-                let mut stop = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(restart_after) => {}
-                    _ = stop.changed() => return,
+                if *stop.borrow() {
+                    return;
                 }
             }
         });
@@ -130,6 +161,62 @@ impl Supervisor {
         }
         late
     }
+}
+
+/// Runs `run(stop)` until it returns `Ok` or fails after `stop`; restarts it otherwise.
+async fn keep_running<F, Fut>(
+    name: &'static str,
+    run: &mut F,
+    stop: watch::Receiver<bool>,
+    restart_after: Duration,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    loop {
+        match run(stop.clone()).await {
+            Ok(()) => return,
+            Err(_) if *stop.borrow() => return,
+            Err(e) => tracing::error!(task = name, error = %e, "stopped; restarting"),
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(restart_after) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Renews `held` every [`Leases::renew_every`] until `stop` (returns the lease, to be
+/// released) or until it is lost or cannot be renewed for [`Leases::give_up_after`]
+/// (returns `None`); either way it tells the worker to stop through `worker`. It also
+/// ends when the worker stopped by itself.
+async fn renew_until_stopped(
+    leases: Leases,
+    mut held: Held,
+    mut stop: watch::Receiver<bool>,
+    worker: std::sync::Arc<watch::Sender<bool>>,
+) -> Option<Held> {
+    let mut worker_done = worker.subscribe();
+    let kept = loop {
+        tokio::select! {
+            _ = tokio::time::sleep(leases.renew_every()) => {}
+            _ = stop.changed() => break Some(held),
+            _ = worker_done.changed() => break Some(held),
+        }
+        match leases.renew(&mut held).await {
+            Ok(true) => {}
+            Ok(false) => break None,
+            Err(e) => {
+                tracing::warn!(lease = %held.name, error = %e, "cannot renew the lease");
+                if held.renewed.elapsed() >= leases.give_up_after() {
+                    break None;
+                }
+            }
+        }
+    };
+    let _ = worker.send(true);
+    kept
 }
 
 #[cfg(test)]

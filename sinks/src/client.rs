@@ -28,7 +28,7 @@ use crate::{Error, Result};
 
 /// Resolves `host` with the system resolver and keeps only the addresses the policy
 /// allows; the connection then goes to one of exactly these addresses.
-async fn resolve(
+pub(crate) async fn resolve(
     policy: &AddressPolicy,
     host: &str,
     port: u16,

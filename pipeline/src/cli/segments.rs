@@ -11,6 +11,7 @@ use crate::problem::Problem;
 use crate::problem::{Subject, WriteError};
 use crate::segments::store::Segments;
 use crate::segments::{compile, preview};
+use crate::storage::lease::Leases;
 
 #[derive(Subcommand, Debug)]
 pub enum SegmentsCommand {
@@ -202,8 +203,9 @@ async fn run_segments(
             .map_err(|e| anyhow::anyhow!("--now: '{t}' is not an RFC 3339 time: {e}"))?
             .timestamp_micros(),
     };
-    let (_, store) = super::open_store(file, data)?;
-    for r in crate::segments::job::run_all(&store, now).await? {
+    let (config, store) = super::open_store(file, data)?;
+    let leases = Leases::new(&store, config.lease_ttl);
+    for r in crate::segments::job::run_all(&leases, now).await? {
         println!(
             "{}: run {}, {} segment(s), {} entered, {} exited{}",
             r.environment,

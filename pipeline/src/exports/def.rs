@@ -114,8 +114,9 @@ impl Export {
                 .map_err(|e| Error::Invalid(format!("export {}: options: {e}", self.id)))?,
             None => BTreeMap::new(),
         };
-        let (store, prefix) = tidemark_sinks::export::open_store(&url, &options, "destination")
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let (store, prefix) =
+            tidemark_sinks::export::open_store(&url, &options, "destination", &ctx.rules)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Destination::Store { store, prefix })
     }
 }
@@ -267,7 +268,7 @@ fn check_destination(
     let u =
         Url::parse(d).map_err(|e| vec![problem("destination", format!("not a valid URL: {e}"))])?;
     if !matches!(u.scheme(), "http" | "https") {
-        return match tidemark_sinks::export::open_store(&u, options, "destination") {
+        return match tidemark_sinks::export::open_store(&u, options, "destination", &ctx.rules) {
             Ok(_) => Ok(u.to_string().trim_end_matches('/').to_string()),
             Err(tidemark_sinks::Error::Invalid { field, message }) => {
                 Err(vec![problem(&field, message)])

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tidemark_sinks::client::SafeClient;
 use tidemark_sinks::crypto::MasterKey;
+use tidemark_sinks::export::DestinationRules;
 
 use crate::config::{Config, ExportsConfig};
 use crate::storage::Store;
@@ -44,15 +45,24 @@ pub struct Context {
     pub key: std::result::Result<MasterKey, String>,
     /// The SSRF-safe client of webhooks (same address policy) for HTTPS destinations.
     pub client: SafeClient,
+    /// What object-store destinations may reach: the same address policy, and the
+    /// operator's `file_roots`.
+    pub rules: DestinationRules,
 }
 
 impl Context {
     pub fn new(config: &Config, store: &Store) -> Result<Context> {
+        let client = crate::webhooks::client(&config.webhooks)?;
+        let rules = DestinationRules {
+            policy: std::sync::Arc::new(client.policy().clone()),
+            file_roots: config.exports.file_roots.clone(),
+        };
         Ok(Context {
             config: config.exports.clone(),
             flush_interval: config.flush_interval,
             key: crate::webhooks::master_key(config, store).map_err(|e| e.to_string()),
-            client: crate::webhooks::client(&config.webhooks)?,
+            client,
+            rules,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct JobOptions {
     pub target_partitions: Option<usize>,
     /// Evaluate the segments after a pass that changed profiles (the job loop).
     pub evaluate_segments: bool,
+    /// The ttl of the lease segment runs take turns with (`lease_ttl`).
+    pub lease_ttl: Duration,
 }
 
 impl JobOptions {
@@ -47,6 +49,7 @@ impl JobOptions {
             dedup_window: config.dedup_window,
             compact_files: config.jobs.compact_files,
             evaluate_segments: !config.segments.interval.is_zero(),
+            lease_ttl: config.lease_ttl,
             ..Default::default()
         }
     }
@@ -61,6 +64,7 @@ impl Default for JobOptions {
             max_versions_per_run: 500,
             target_partitions: None,
             evaluate_segments: true,
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use arrow::array::{
     Array, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -36,6 +37,7 @@ use super::membership::{self, Change, Members, apply};
 use super::store::Segments;
 use crate::query::to_json_rows;
 use crate::storage::events_table::{self, timestamp_type, writer_properties};
+use crate::storage::lease::Leases;
 use crate::storage::{Store, TableSpec};
 use crate::{Result, query};
 
@@ -439,12 +441,24 @@ pub fn log_runs(runs: &[SegmentRun]) {
     }
 }
 
-/// Runs every environment that has segments (or members to drop).
-pub async fn run_all(store: &Store, now_us: i64) -> Result<Vec<SegmentRun>> {
-    let doc = Segments::new(store.clone()).all().await?;
-    let mut out = Vec::new();
-    for env in doc.environments.keys() {
-        out.push(run_environment(store, env, now_us).await?);
-    }
-    Ok(out)
+/// The lease segment runs take turns with (one run at a time on a store).
+pub const LEASE: &str = "segments";
+
+/// Runs every environment that has segments (or members to drop), holding the
+/// [`LEASE`] (waiting while another process runs them).
+pub async fn run_all(leases: &Leases, now_us: i64) -> Result<Vec<SegmentRun>> {
+    leases
+        .exclusive(LEASE, LEASE_POLL, async {
+            let store = leases.store();
+            let doc = Segments::new(store.clone()).all().await?;
+            let mut out = Vec::new();
+            for env in doc.environments.keys() {
+                out.push(run_environment(store, env, now_us).await?);
+            }
+            Ok(out)
+        })
+        .await
 }
+
+/// How often a segment run waiting for another one checks the lease.
+const LEASE_POLL: Duration = Duration::from_millis(200);

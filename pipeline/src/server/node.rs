@@ -27,6 +27,7 @@ use crate::jobs::Runner;
 use crate::metrics::Metrics;
 use crate::refresh::{self, Schedule};
 use crate::storage::docs::Docs;
+use crate::storage::lease::Leases;
 use crate::storage::paths::wal as wal_paths;
 use crate::storage::{Store, events_table};
 use crate::{Error, Result};
@@ -179,9 +180,9 @@ fn start_background(
         maintenance_pass(s.clone(), retention.clone(), deliveries)
     });
     if config.jobs.enabled {
-        let s = store.clone();
+        let leases = Leases::new(store, config.lease_ttl);
         sup.every("segments", config.segments.interval, move || {
-            segments_pass(s.clone())
+            segments_pass(leases.clone())
         });
         let commits = state.ingestor.get().map(|i| i.committed.clone());
         let runner = Runner::new(store.clone(), crate::jobs::JobOptions::from_config(config));
@@ -199,7 +200,8 @@ fn start_background(
 }
 
 /// The webhook and export workers, each when enabled and the master key is there
-/// (`tidemark serve` and `tidemark sinks run`). Returns how many were started.
+/// (`tidemark serve` and `tidemark sinks run`), each on the one process of the store that
+/// holds its lease. Returns how many were started.
 pub fn start_sinks(
     sup: &mut Supervisor,
     config: &Config,
@@ -208,13 +210,14 @@ pub fn start_sinks(
     exports: &crate::exports::Context,
 ) -> usize {
     let mut started = 0;
+    let leases = Leases::new(store, config.lease_ttl);
     if let (true, Ok(key)) = (config.webhooks.enabled, webhooks.key.clone()) {
         let (store, config, client) = (
             store.clone(),
             config.webhooks.clone(),
             webhooks.client.clone(),
         );
-        sup.restarting("webhooks", move |stop| {
+        sup.leased("webhooks", leases.clone(), move |stop| {
             crate::webhooks::worker::run(
                 store.clone(),
                 config.clone(),
@@ -227,7 +230,7 @@ pub fn start_sinks(
     }
     if config.exports.enabled && exports.key.is_ok() {
         let (store, ctx) = (store.clone(), exports.clone());
-        sup.restarting("exports", move |stop| {
+        sup.leased("exports", leases.clone(), move |stop| {
             crate::exports::worker::run(store.clone(), ctx.clone(), stop)
         });
         started += 1;
@@ -380,9 +383,9 @@ async fn maintenance_pass(
 
 /// Evaluates every segment and records enter/exit changes (for relative time conditions,
 /// which change with the clock alone).
-async fn segments_pass(store: Store) {
+async fn segments_pass(leases: Leases) {
     let now = chrono::Utc::now().timestamp_micros();
-    match crate::segments::job::run_all(&store, now).await {
+    match crate::segments::job::run_all(&leases, now).await {
         Ok(runs) => crate::segments::job::log_runs(&runs),
         Err(e) => tracing::warn!(error = %e, "segment evaluation failed; will retry"),
     }

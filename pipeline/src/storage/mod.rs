@@ -7,6 +7,7 @@
 
 pub mod docs;
 pub mod events_table;
+pub mod lease;
 pub mod paths;
 pub mod retention;
 

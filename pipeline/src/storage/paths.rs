@@ -124,6 +124,11 @@ impl Paths {
             .join(environment)
     }
 
+    /// The versions of lease `name` (one worker per store holds it; see `storage::lease`).
+    pub fn lease(&self, name: &str) -> Path {
+        self.root().join("_tidemark").join("leases").join(name)
+    }
+
     /// A file of a Delta table, from an `add` action's relative path (a URI path,
     /// percent-encoded).
     pub fn table_file(&self, table: &str, relative: &str) -> Path {

@@ -39,6 +39,16 @@ fn ev(id: String, received: DateTime<Utc>, name: &str) -> Ev {
 }
 
 /// `s3://bucket/<prefix>` on `s3` and the options that reach it.
+/// Destination rules that let the test's own S3 server (on loopback) through.
+fn loopback() -> tidemark_sinks::export::DestinationRules {
+    tidemark_sinks::export::DestinationRules {
+        policy: std::sync::Arc::new(tidemark_sinks::address::AddressPolicy::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+        ])),
+        file_roots: Vec::new(),
+    }
+}
+
 fn s3_destination(s3: &S3Server, prefix: &str) -> (String, Value) {
     (
         format!("s3://{S3_BUCKET}/{prefix}"),
@@ -66,8 +76,13 @@ struct Exported {
 async fn read_exported(s3: &S3Server, prefix: &str, source: &str) -> Exported {
     let (url, options) = s3_destination(s3, prefix);
     let options: BTreeMap<String, String> = serde_json::from_value(options).unwrap();
-    let (store, root) =
-        tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d").unwrap();
+    let (store, root) = tidemark_sinks::export::open_store(
+        &url::Url::parse(&url).unwrap(),
+        &options,
+        "d",
+        &loopback(),
+    )
+    .unwrap();
     let dir = root.clone().join(source);
     let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.unwrap();
     let mut manifests: BTreeMap<String, Value> = BTreeMap::new();
@@ -150,6 +165,8 @@ fn test_config(data: &str) -> Config {
     };
     config.exports.max_rows_per_file = 300;
     config.exports.max_windows_per_pass = 4;
+    // The test's S3 server is on loopback, refused unless allowed.
+    config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
     config
 }
 
@@ -306,8 +323,13 @@ fn cli_ok(ts: &TestStore, args: &[&str]) -> String {
 async fn manifest_count(s3: &S3Server, prefix: &str) -> usize {
     let (url, options) = s3_destination(s3, prefix);
     let options: BTreeMap<String, String> = serde_json::from_value(options).unwrap();
-    let (store, root) =
-        tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d").unwrap();
+    let (store, root) = tidemark_sinks::export::open_store(
+        &url::Url::parse(&url).unwrap(),
+        &options,
+        "d",
+        &loopback(),
+    )
+    .unwrap();
     let listed: Vec<_> = store.list(Some(&root)).try_collect().await.unwrap();
     listed
         .iter()
@@ -324,7 +346,8 @@ async fn sigkill_mid_export_and_backfill_leave_every_event_once() {
     let ts = TestStore::new(Backend::Local);
     write_config(
         &ts,
-        "[webhooks]\nenabled = true\n[exports]\npoll_interval = \"100ms\"\nmax_rows_per_file = 150\n",
+        "[webhooks]\nenabled = true\nallow_networks = [\"127.0.0.0/8\"]\n\
+         [exports]\npoll_interval = \"100ms\"\nmax_rows_per_file = 150\n",
     );
     let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
     // Three hours of closed 5-minute windows, 600 events each, in 9 commits.
@@ -777,11 +800,20 @@ async fn batched_pull_api_serves_closed_hours_with_expiring_links() {
 async fn exports_api_https_destination_status_and_auto_pause() {
     let rx = Receiver::start(1).await;
     let ts = TestStore::new(Backend::Local);
+    let root = ts.tmp.path().join("exports");
     write_config(
         &ts,
-        "[webhooks]\nallow_networks = [\"127.0.0.0/8\"]\n\
-         [exports]\nenabled = false\npause_after = \"1s\"\nhttp_retry_schedule = [\"0s\", \"100ms\"]\n",
+        &format!(
+            "[webhooks]\nallow_networks = [\"127.0.0.0/8\"]\n\
+             [exports]\nenabled = false\npause_after = \"1s\"\nhttp_retry_schedule = [\"0s\", \"100ms\"]\n\
+             file_roots = [{:?}]\n",
+            root.display().to_string()
+        ),
     );
+    std::fs::create_dir_all(&root).unwrap();
+    let inside = url::Url::from_directory_path(root.join("x"))
+        .unwrap()
+        .to_string();
     let store = Store::open(&ts.data, &BTreeMap::new()).unwrap();
     // Two closed 15-minute windows of events (a window closes 31 s after its end), even
     // when the test starts right after a quarter hour; a third, empty one may close too.
@@ -831,29 +863,53 @@ async fn exports_api_https_destination_status_and_auto_pause() {
             "destination refused",
         ),
         (
-            json!({"source": "sql", "sql": "SELEC nonsense", "destination": "file:///tmp/x"}),
+            json!({"source": "sql", "sql": "SELEC nonsense", "destination": inside}),
             "sql",
             "SQL error",
         ),
         (
-            json!({"source": "sql", "destination": "file:///tmp/x"}),
+            json!({"source": "sql", "destination": inside}),
             "sql",
             "is required for source sql",
         ),
         (
-            json!({"source": "profiles", "filter": {"events": ["a"]}, "destination": "file:///tmp/x"}),
+            json!({"source": "profiles", "filter": {"events": ["a"]}, "destination": inside}),
             "filter",
             "applies to the events source only",
         ),
         (
-            json!({"source": "events", "destination": "file:///tmp/x", "secret": "whsec_x"}),
+            json!({"source": "events", "destination": inside, "secret": "whsec_x"}),
             "secret",
             "",
         ),
         (
-            json!({"source": "events", "destination": "file:///tmp/x", "start": "noon"}),
+            json!({"source": "events", "destination": inside, "start": "noon"}),
             "start",
             "must be an RFC 3339 time",
+        ),
+        // Holes 1 and 2 of issue 16: file:// outside the operator's roots, and object-store
+        // endpoints in refused ranges (the metadata service), are refused at create.
+        (
+            json!({"source": "events", "destination": "file:///etc/cron.d"}),
+            "destination",
+            "is not under an allowed directory (exports.file_roots:",
+        ),
+        (
+            json!({"source": "events", "destination": format!("{inside}../../../escape")}),
+            "destination",
+            "is not under an allowed directory",
+        ),
+        (
+            json!({"source": "events", "destination": "s3://b/p",
+                   "options": {"aws_endpoint": "http://169.254.169.254/latest/meta-data"}}),
+            "options.aws_endpoint",
+            "169.254.169.254 is a link-local address",
+        ),
+        (
+            json!({"source": "events", "destination": "s3://b/p",
+                   "options": {"aws_endpiont": "https://s3.example.com"}}),
+            "options.aws_endpiont",
+            "is not an option of this destination's store",
         ),
         (json!({"source": "events"}), "destination", "is required"),
     ] {
@@ -1000,7 +1056,7 @@ async fn exports_api_https_destination_status_and_auto_pause() {
     // A profiles snapshot to file://: one window (the newest closed), every profile.
     let profiles = ts.sql_until("SELECT count(*) AS n FROM profiles", |r| r[0]["n"] == 4);
     assert_eq!(profiles[0]["n"], 4);
-    let dir = ts.tmp.path().join("out");
+    let dir = root.join("out");
     let (status, snap) = call(
         "POST",
         &url,

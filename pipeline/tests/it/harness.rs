@@ -171,11 +171,21 @@ impl TestStore {
 
     /// Starts `tidemark serve` on 127.0.0.1:0 and waits until it is ready.
     pub fn serve(&self, extra_args: &[&str], extra_env: &[(&str, &str)]) -> Node {
+        self.serve_with_wal(&self.wal_dir, extra_args, extra_env)
+    }
+
+    /// [`TestStore::serve`] with its own WAL directory (another node on the same store).
+    pub fn serve_with_wal(
+        &self,
+        wal_dir: &std::path::Path,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Node {
         let mut cmd = self.command();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&self.data)
             .arg("--wal-dir")
-            .arg(&self.wal_dir)
+            .arg(wal_dir)
             .args(extra_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -23,6 +23,7 @@ fn options() -> JobOptions {
         max_versions_per_run: 4,
         target_partitions: Some(2),
         evaluate_segments: false,
+        ..JobOptions::default()
     }
 }
 

@@ -26,6 +26,7 @@ macro_rules! on_both_backends {
 mod harness;
 
 mod cli;
+mod cluster;
 mod compaction;
 mod crash;
 mod delta_readers;

@@ -2,16 +2,13 @@
 //! `file://`, `memory://`), or an HTTPS endpoint ([`super::http`]). Writing a name again
 //! replaces it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
-use url::Url;
 
 use super::http::HttpTarget;
 use crate::{Error, Result};
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// Where an export's files go.
 #[derive(Clone)]
@@ -31,30 +28,6 @@ impl std::fmt::Debug for Destination {
             Destination::Http(t) => write!(f, "Http({})", t.url),
         }
     }
-}
-
-/// Opens an object-store URL with its options (credentials, endpoint, region: the keys
-/// `object_store` knows, e.g. `aws_access_key_id`, `aws_endpoint`,
-/// `google_service_account`, `azure_storage_account_name`).
-pub fn open_store(
-    url: &Url,
-    options: &BTreeMap<String, String>,
-    field: &str,
-) -> Result<(Arc<dyn ObjectStore>, Path)> {
-    match url.scheme() {
-        "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure" | "file" | "memory" => {}
-        other => {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "unsupported scheme {other}://; use s3://, gs://, az://, file:// or https://"
-                ),
-            ));
-        }
-    }
-    let (store, prefix) = object_store::parse_url_opts(url, options.iter())
-        .map_err(|e| Error::invalid(field, e.to_string()))?;
-    Ok((Arc::from(store), prefix))
 }
 
 impl Destination {
@@ -160,18 +133,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("format: unknown format \"xml\""), "{e}");
-        let url = Url::parse("ftp://host/x").expect("url");
-        let e = open_store(&url, &BTreeMap::new(), "destination")
-            .expect_err("refused")
-            .to_string();
-        assert!(e.contains("destination: unsupported scheme ftp://"), "{e}");
     }
 
     #[tokio::test]
     async fn store_destination_replaces_and_lists_by_prefix() {
         let dir = tempfile_dir();
-        let url = Url::from_directory_path(&dir).expect("url");
-        let (store, prefix) = open_store(&url, &BTreeMap::new(), "d").expect("open");
+        let url = url::Url::from_directory_path(&dir).expect("url");
+        let rules = super::super::DestinationRules {
+            file_roots: vec![dir.clone()],
+            ..Default::default()
+        };
+        let (store, prefix) =
+            super::super::open_store(&url, &Default::default(), "d", &rules).expect("open");
         let d = Destination::Store { store, prefix };
         d.put("events/a-b.csv", Bytes::from("1"), "text/csv")
             .await
