@@ -37,6 +37,10 @@ pub struct Limits {
     pub max_properties_depth: usize,
     /// Maximum length in bytes of `event_id`, `event_name`, `user_id` and `platform`.
     pub max_string_len: usize,
+    /// A request body (of any endpoint) that has not fully arrived this long after the
+    /// headers is answered 408 and its connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +51,7 @@ impl Default for Limits {
             max_properties_bytes: 32 * 1024,
             max_properties_depth: 16,
             max_string_len: 512,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -501,6 +506,9 @@ impl Limits {
     fn validate(&self) -> Result<()> {
         let fail = |field: &str, msg: &str| Err(Error::Config(format!("{field}: {msg}")));
         let l = self;
+        if l.body_timeout.is_zero() {
+            return fail("limits.body_timeout", "must be more than 0s");
+        }
         if l.max_body_bytes < 1024 {
             return fail("limits.max_body_bytes", "must be at least 1024");
         }

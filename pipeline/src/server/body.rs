@@ -13,20 +13,18 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 
-/// A client that sends its body slower than this is cut off (408).
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 pub(super) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The request body (gzip decoded), at most `limit` bytes; `limit_name` says where the
-/// limit comes from in the 413 message (e.g. `limits.max_body_bytes`).
+/// limit comes from in the 413 message (e.g. `limits.max_body_bytes`). A body that has not
+/// arrived within `timeout` is answered 408 (and the connection closed).
 pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    limit_name: &str,
+    (limit, limit_name): (usize, &str),
+    timeout: std::time::Duration,
 ) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::too_large(format!(
@@ -39,14 +37,14 @@ pub(super) async fn read_body(
     {
         return Err(too_large());
     }
-    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit));
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
     let Ok(read) = read.await else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
             format!(
-                "the request body did not arrive within {} s",
-                BODY_TIMEOUT.as_secs()
+                "the request body did not arrive within {} (limits.body_timeout)",
+                humantime::format_duration(timeout)
             ),
         ));
     };
@@ -138,7 +136,13 @@ where
             Some(n) => (n, K::LIMIT_NAME),
             None => (state.limits.max_body_bytes, "limits.max_body_bytes"),
         };
-        let bytes = read_body(&parts.headers, body, limit, name).await?;
+        let bytes = read_body(
+            &parts.headers,
+            body,
+            (limit, name),
+            state.limits.body_timeout,
+        )
+        .await?;
         let bytes: &[u8] = if K::EMPTY_IS_OBJECT && bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {

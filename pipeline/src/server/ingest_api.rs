@@ -76,8 +76,8 @@ async fn handle(
     let body = read_body(
         headers,
         body,
-        state.limits.max_body_bytes,
-        "limits.max_body_bytes",
+        (state.limits.max_body_bytes, "limits.max_body_bytes"),
+        state.limits.body_timeout,
     )
     .await?;
     match ingestor.ingest(env, &body, format).await {

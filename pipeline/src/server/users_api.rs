@@ -226,7 +226,13 @@ pub async fn post_import(
         }
     }
     let limit = crate::users::import::MAX_BYTES as usize;
-    let body = read_body(&headers, body, limit, "the importer's 128 MB").await?;
+    let body = read_body(
+        &headers,
+        body,
+        (limit, "the importer's 128 MB"),
+        state.limits.body_timeout,
+    )
+    .await?;
     let reader: Box<dyn std::io::Read + Send> = Box::new(std::io::Cursor::new(body));
     let report = crate::users::import::import(&state.store, &env, reader, opts).await?;
     if report.commits > 0 {

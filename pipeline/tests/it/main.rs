@@ -25,6 +25,7 @@ macro_rules! on_both_backends {
 
 mod harness;
 
+mod auth_matrix;
 mod cli;
 mod cluster;
 mod compaction;

@@ -1,0 +1,268 @@
+//! The auth matrix (issue 16): every endpoint x every key (none, malformed, revoked,
+//! ingest, read, admin of the path's environment, admin of another environment),
+//! asserting the status. [`ENDPOINTS`] is the one table of who may call what; the README's
+//! API reference lists the same rows (checked here too).
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use crate::harness::{Backend, TestStore, client};
+
+/// Which keys an endpoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No key (health, readiness, metrics).
+    Public,
+    /// An ingest or admin key of the path's environment.
+    Ingest,
+    /// A read or admin key of the path's environment.
+    Read,
+    /// An admin key of the path's environment.
+    Admin,
+    /// No key: a signed, expiring link that the list answer gives.
+    Link,
+}
+
+impl Access {
+    /// As the README's API reference writes it.
+    fn readme(self) -> &'static str {
+        match self {
+            Access::Public => "none",
+            Access::Ingest => "ingest, admin",
+            Access::Read => "read, admin",
+            Access::Admin => "admin",
+            Access::Link => "signed link",
+        }
+    }
+}
+
+use Access::*;
+
+/// Every route of `tidemark serve`: method, path, who may call it.
+pub const ENDPOINTS: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Public),
+    ("GET", "/readyz", Public),
+    ("GET", "/metrics", Public),
+    ("POST", "/v1/{env}/events", Ingest),
+    ("GET", "/v1/{env}/users", Read),
+    ("GET", "/v1/{env}/users/{id}", Read),
+    ("PUT", "/v1/{env}/users/{id}", Ingest),
+    ("DELETE", "/v1/{env}/users/{id}", Admin),
+    ("POST", "/v1/{env}/users:batch", Ingest),
+    ("POST", "/v1/{env}/imports", Ingest),
+    ("GET", "/v1/{env}/fields", Read),
+    ("POST", "/v1/{env}/fields", Admin),
+    ("DELETE", "/v1/{env}/fields/{name}", Admin),
+    ("GET", "/v1/{env}/segments", Read),
+    ("POST", "/v1/{env}/segments", Admin),
+    ("POST", "/v1/{env}/segments:preview", Read),
+    ("GET", "/v1/{env}/segments/{id}", Read),
+    ("PUT", "/v1/{env}/segments/{id}", Admin),
+    ("DELETE", "/v1/{env}/segments/{id}", Admin),
+    ("GET", "/v1/{env}/segments/{id}/members", Read),
+    ("GET", "/v1/{env}/webhooks", Admin),
+    ("POST", "/v1/{env}/webhooks", Admin),
+    ("GET", "/v1/{env}/webhooks/{id}", Admin),
+    ("PATCH", "/v1/{env}/webhooks/{id}", Admin),
+    ("DELETE", "/v1/{env}/webhooks/{id}", Admin),
+    ("POST", "/v1/{env}/webhooks/{id}/pause", Admin),
+    ("POST", "/v1/{env}/webhooks/{id}/resume", Admin),
+    ("POST", "/v1/{env}/webhooks/{id}/test", Admin),
+    ("POST", "/v1/{env}/webhooks/{id}/recover", Admin),
+    ("POST", "/v1/{env}/webhooks/{id}/rotate-secret", Admin),
+    ("GET", "/v1/{env}/webhooks/{id}/deliveries", Admin),
+    ("GET", "/v1/{env}/analytics/batched", Read),
+    ("GET", "/v1/{env}/analytics/batched/{file}", Link),
+    ("GET", "/v1/{env}/exports", Admin),
+    ("POST", "/v1/{env}/exports", Admin),
+    ("GET", "/v1/{env}/exports/{id}", Admin),
+    ("DELETE", "/v1/{env}/exports/{id}", Admin),
+    ("GET", "/v1/{env}/exports/{id}/status", Admin),
+    ("POST", "/v1/{env}/exports/{id}/pause", Admin),
+    ("POST", "/v1/{env}/exports/{id}/resume", Admin),
+    ("POST", "/v1/{env}/exports/{id}/run", Admin),
+    ("POST", "/v1/{env}/exports/{id}/backfill", Admin),
+];
+
+/// The keys tried on every endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Missing,
+    Malformed,
+    Revoked,
+    Ingest,
+    Read,
+    Admin,
+    OtherEnvAdmin,
+}
+
+const KEYS: [Key; 7] = [
+    Key::Missing,
+    Key::Malformed,
+    Key::Revoked,
+    Key::Ingest,
+    Key::Read,
+    Key::Admin,
+    Key::OtherEnvAdmin,
+];
+
+/// What the status must be: exactly `Some(code)`, or `None` for "got past auth" (neither
+/// 401 nor 403: the handler's own answer).
+fn expected(access: Access, key: Key) -> Option<u16> {
+    let allowed = match (access, key) {
+        (Public, _) => return None,
+        // A download link is checked by its signature; a key neither helps nor hurts.
+        (Link, _) => return Some(403),
+        (_, Key::Missing | Key::Malformed | Key::Revoked) => return Some(401),
+        (_, Key::OtherEnvAdmin) => return Some(403),
+        (_, Key::Admin) => true,
+        (Ingest, k) => k == Key::Ingest,
+        (Read, k) => k == Key::Read,
+        (Admin, _) => false,
+    };
+    if allowed { None } else { Some(403) }
+}
+
+/// A body the endpoint reads (auth is checked first, so any will do).
+fn body_for(method: &str, path: &str) -> Option<(&'static str, String)> {
+    match method {
+        "GET" | "DELETE" => None,
+        _ if path.ends_with("/imports") => Some(("text/csv", "id\nx\n".into())),
+        _ if path.ends_with("/events") => Some((
+            "application/json",
+            json!([{"event_name": "auth-matrix", "user_id": "m"}]).to_string(),
+        )),
+        _ => Some(("application/json", "{}".into())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_endpoint_by_every_key() {
+    let ts = TestStore::new(Backend::Local);
+    let node = ts.serve(&[], &[]);
+    let mut keys: BTreeMap<Key, Option<String>> = BTreeMap::new();
+    keys.insert(Key::Missing, None);
+    keys.insert(Key::Malformed, Some("Bearer tm_not-a-key".into()));
+    keys.insert(Key::Ingest, Some(format!("Bearer {}", node.ingest_key())));
+    keys.insert(
+        Key::Admin,
+        Some(format!("Bearer {}", node.admin_key.clone().unwrap())),
+    );
+    for (k, role, env) in [
+        (Key::Read, "read", "default"),
+        (Key::OtherEnvAdmin, "admin", "other"),
+        (Key::Revoked, "read", "default"),
+    ] {
+        keys.insert(k, Some(format!("Bearer {}", ts.create_key(env, role))));
+    }
+    let revoked = keys[&Key::Revoked].clone().unwrap();
+    let out = ts.cli(&["keys", "revoke", &revoked["Bearer tm_".len()..][..12]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server re-reads keys every 2 s; wait until the new ones and the revocation show.
+    let http = client();
+    let probe = |auth: String| {
+        let http = http.clone();
+        let url = node.url("/v1/default/fields");
+        async move {
+            http.get(url)
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while probe(revoked.clone()).await != 401
+        || probe(keys[&Key::Read].clone().unwrap()).await != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "keys not refreshed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let mut wrong = Vec::new();
+    let mut tried = 0;
+    for (method, path, access) in ENDPOINTS {
+        let url = node.url(
+            &path
+                .replace("{env}", "default")
+                .replace("{id}", "nope")
+                .replace("{name}", "nope")
+                .replace("{file}", "nope.ndjson"),
+        );
+        for key in KEYS {
+            let mut req = http.request(method.parse().unwrap(), &url);
+            if let Some(auth) = &keys[&key] {
+                req = req.header("authorization", auth);
+            }
+            if let Some((ct, body)) = body_for(method, path) {
+                req = req.header("content-type", ct).body(body);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            tried += 1;
+            let ok = match expected(*access, key) {
+                Some(code) => status == code,
+                None => status != 401 && status != 403 && status < 500,
+            };
+            // Every refusal is JSON that says what was wrong.
+            let explained = status < 400
+                || serde_json::from_str::<serde_json::Value>(&text)
+                    .is_ok_and(|v| v["message"].as_str().is_some_and(|m| !m.is_empty()));
+            if !ok || !explained {
+                wrong.push(format!(
+                    "{method} {path} with {key:?}: {status} (want {:?}) {text}",
+                    expected(*access, key)
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {tried}:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(tried, ENDPOINTS.len() * KEYS.len());
+    eprintln!(
+        "auth matrix: {tried} requests, {} endpoints x {} keys",
+        ENDPOINTS.len(),
+        KEYS.len()
+    );
+}
+
+/// The README's API reference (between `<!-- api-reference -->` markers) lists exactly
+/// [`ENDPOINTS`].
+#[test]
+fn the_readme_lists_the_same_table() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("<!-- api-reference -->")
+        .nth(1)
+        .expect("README has an <!-- api-reference --> section");
+    let rows: Vec<(String, String, String)> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<String> = l
+                .trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect();
+            (cells[0].clone(), cells[1].clone(), cells[2].clone())
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = ENDPOINTS
+        .iter()
+        .map(|(m, p, a)| (m.to_string(), p.to_string(), a.readme().to_string()))
+        .collect();
+    assert_eq!(rows, want);
+}
