@@ -188,7 +188,19 @@ fn checked_string<'a>(raw: &'a RawValue, limits: &Limits) -> Result<Cow<'a, str>
     if s.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
+    if let Some(c) = s.chars().find(|c| is_bidi_control(*c)) {
+        return Err(format!(
+            "must not contain bidirectional control characters (U+{:04X}): they make an id \
+             display as another",
+            c as u32
+        ));
+    }
     Ok(s)
+}
+
+/// The Unicode bidirectional embedding, override and isolate controls (and the marks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn parse_occurred_at(raw: &RawValue) -> Result<i64, String> {
@@ -355,6 +367,11 @@ fn parse_event<'a>(
 
 /// Splits the body into raw events without validating them.
 fn split_body(body: &str, format: BodyFormat) -> Result<Vec<&RawValue>, BatchError> {
+    if body.starts_with('\u{feff}') {
+        return Err(BatchError::Malformed(
+            "body starts with a byte order mark (U+FEFF); send the JSON without one".into(),
+        ));
+    }
     match format {
         BodyFormat::JsonArray => {
             let trimmed = body.trim_start();

@@ -13,6 +13,11 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 
+/// A UTF-8 byte order mark, which JSON texts must not start with (RFC 8259 8.1).
+pub const BOM: &[u8] = b"\xef\xbb\xbf";
+pub const BOM_MESSAGE: &str =
+    "body starts with a byte order mark (U+FEFF); send the JSON without one";
+
 pub(super) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -148,6 +153,9 @@ where
         } else {
             &bytes
         };
+        if bytes.starts_with(BOM) {
+            return Err(ApiError::bad_request(BOM_MESSAGE));
+        }
         serde_json::from_slice(bytes)
             .map(|v| JsonBody(v, PhantomData))
             .map_err(|e| ApiError::bad_request(format!("body must be {}: {e}", K::EXPECTED)))

@@ -153,6 +153,6 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
+        format!("method {method} is not allowed on {}", uri.path()),
     )
 }

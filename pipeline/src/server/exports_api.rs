@@ -105,9 +105,10 @@ pub async fn batched_list(
 
 pub async fn batched_download(
     State(state): State<Arc<AppState>>,
-    Path((env, file)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let Path((env, file)) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let bad = || {
         ApiError::new(
             StatusCode::FORBIDDEN,

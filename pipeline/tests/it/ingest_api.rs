@@ -365,7 +365,10 @@ async fn ops_endpoints() {
     let r = c.get(node.events_url("default")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     let v = r.json::<Value>().await.unwrap();
-    assert_eq!(v["message"], "GET is not allowed on /v1/default/events");
+    assert_eq!(
+        v["message"],
+        "method GET is not allowed on /v1/default/events"
+    );
     assert!(node.terminate().success());
 }
 

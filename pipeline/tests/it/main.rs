@@ -26,6 +26,7 @@ macro_rules! on_both_backends {
 mod harness;
 
 mod auth_matrix;
+mod bad_input;
 mod cli;
 mod cluster;
 mod compaction;
