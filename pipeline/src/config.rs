@@ -270,6 +270,50 @@ impl RetentionConfig {
     }
 }
 
+/// `[storage]`: object-store options by name, and fault injection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorageConfig {
+    /// Fault injection for tests and drills (`rate`, `delay_rate`, `max_delay`; off).
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub faults: crate::storage::faults::FaultConfig,
+    /// Options by `object_store` name (`aws_endpoint`, `aws_region`, …).
+    #[serde(flatten, deserialize_with = "scalars_as_strings")]
+    pub options: BTreeMap<String, String>,
+}
+
+fn is_off(f: &crate::storage::faults::FaultConfig) -> bool {
+    !f.is_on()
+}
+
+/// Option values as strings, whatever TOML or an environment variable made of them
+/// (`aws_allow_http = true`, `TIDEMARK_STORAGE__AWS_ALLOW_HTTP=true`).
+fn scalars_as_strings<'de, D>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        B(bool),
+        I(i64),
+        F(f64),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::B(b) => b.to_string(),
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
 /// The whole configuration of a tidemark node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -310,8 +354,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// Extra object-store options (e.g. `aws_endpoint`, `aws_region`); `AWS_*` variables
-    /// of the environment are read as well.
-    pub storage: BTreeMap<String, String>,
+    /// of the environment are read as well. `[storage.faults]` injects faults (off).
+    pub storage: StorageConfig,
     pub limits: Limits,
     pub jobs: JobsConfig,
     pub retention: RetentionConfig,
@@ -336,7 +380,7 @@ impl Default for Config {
             optimize_target_size: 128 * 1024 * 1024,
             commit_timeout: Duration::from_secs(30),
             lease_ttl: Duration::from_secs(15),
-            storage: BTreeMap::new(),
+            storage: StorageConfig::default(),
             limits: Limits::default(),
             jobs: JobsConfig::default(),
             retention: RetentionConfig::default(),

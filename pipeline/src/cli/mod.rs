@@ -144,7 +144,7 @@ fn open_store(
             ..Default::default()
         },
     )?;
-    let store = crate::storage::Store::open(&config.data, &config.storage)?;
+    let store = crate::storage::Store::open_config(&config.data, &config.storage)?;
     Ok((config, store))
 }
 

@@ -28,6 +28,8 @@ pub struct Flusher {
     pub queue: VecDeque<Segment>,
     /// The WAL directory's lock, released when the flusher is done with the WAL.
     pub wal_lock: Option<std::fs::File>,
+    /// A commit failed: the next one first checks whether it landed anyway.
+    pub verify_next: bool,
 }
 
 impl Flusher {
@@ -65,15 +67,29 @@ impl Flusher {
         if let Some(seg) = self.log.rotate().await? {
             self.queue.push_back(seg);
         }
-        while let Some(seg) = self.queue.front() {
+        while let Some(seq) = self.queue.front().map(|s| s.seq) {
+            let landed = self.already_committed(seq as i64).await?;
+            let Some(seg) = self.queue.front() else {
+                break;
+            };
             let started = Instant::now();
-            let result = events_table::append(
-                self.table.clone(),
-                seg.batches.clone(),
-                self.app_id.as_deref(),
-                seg.seq as i64,
-            )
-            .await;
+            let result = if landed {
+                // A commit whose answer was lost (a timeout after the store applied it):
+                // committing again would store the segment twice.
+                tracing::warn!(
+                    segment = seg.seq,
+                    "segment found committed; not committing it again"
+                );
+                Ok(self.table.clone())
+            } else {
+                events_table::append(
+                    self.table.clone(),
+                    seg.batches.clone(),
+                    self.app_id.as_deref(),
+                    seg.seq as i64,
+                )
+                .await
+            };
             match result {
                 Ok(table) => {
                     self.table = table;
@@ -96,6 +112,8 @@ impl Flusher {
                 }
                 Err(e) => {
                     self.metrics.commit_failures.inc();
+                    // The commit may have landed all the same: check before the next one.
+                    self.verify_next = true;
                     // Refresh the handle; the next attempt starts from the newest version.
                     let _ = self.table.update_state().await;
                     return Err(e);
@@ -103,5 +121,20 @@ impl Flusher {
             }
         }
         Ok(())
+    }
+
+    /// After a failed commit, whether segment `seq` is in the table all the same (its
+    /// `txn` version says so). Without a WAL (`ack = "commit"`) there is no txn to check.
+    async fn already_committed(&mut self, seq: i64) -> Result<bool> {
+        let Some(app_id) = self.app_id.clone() else {
+            return Ok(false);
+        };
+        if !self.verify_next {
+            return Ok(false);
+        }
+        self.table.update_state().await?;
+        let committed = events_table::committed_version(&self.table, &app_id).await?;
+        self.verify_next = false;
+        Ok(committed.is_some_and(|v| v >= seq))
     }
 }

@@ -75,10 +75,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    let store = Store::open(&config.data, &config.storage)?;
+    let store = Store::open_config(&config.data, &config.storage)?;
     let admin = KeyAdmin::new(Docs::new(store.object_store(), store.paths().clone()));
-    bootstrap(&admin, addr).await?;
-    let keys = Arc::new(KeyCache::load(admin).await?);
+    with_retries("bootstrap", || bootstrap(&admin, addr)).await?;
+    let keys =
+        Arc::new(with_retries("loading the API keys", || KeyCache::load(admin.clone())).await?);
     let metrics = Arc::new(Metrics::new());
     let webhooks = crate::webhooks::Context::new(&config, &store)?;
     if let Err(e) = &webhooks.key {
@@ -119,7 +120,10 @@ pub async fn run(
     println!("tidemark: listening on http://{addr}");
     tracing::info!(%addr, data = %config.data, "listening");
 
-    let started = start_ingest(&config, &store, &state, metrics.clone(), sup.stop_signal()).await;
+    let started = with_retries("recovery", || {
+        start_ingest(&config, &store, &state, metrics.clone(), sup.stop_signal())
+    })
+    .await;
     let flusher = match started {
         Ok(f) => f,
         Err(e) => {
@@ -145,8 +149,36 @@ pub async fn run(
     sup.shutdown(SHUTDOWN_GRACE).await;
     served?;
     flushed?;
+    if let Some(stats) = store.fault_stats() {
+        println!("tidemark: storage faults: {stats}");
+    }
     println!("tidemark: stopped");
     Ok(())
+}
+
+/// Runs a startup step that reads the store again after a failure of the store (a store
+/// that fails one request in a while must not keep a node down), up to 8 times with
+/// backoff; a refusal of the configuration or of the data is returned at once.
+async fn with_retries<T, F, Fut>(what: &str, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e @ (Error::Config(_) | Error::Invalid(_) | Error::Wal { .. })) => return Err(e),
+            Err(e) if attempt >= 8 => return Err(e),
+            Err(e) => {
+                tracing::warn!(step = what, attempt, error = %e, "startup step failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// How long shutdown waits for each background task.
@@ -299,6 +331,7 @@ async fn start_ingest(
         flush_now,
         queue: VecDeque::new(),
         wal_lock,
+        verify_next: false,
     };
     let task = tokio::spawn(flusher.run(stop_rx));
     state

@@ -7,6 +7,7 @@
 
 pub mod docs;
 pub mod events_table;
+pub mod faults;
 pub mod lease;
 pub mod paths;
 pub mod retention;
@@ -50,9 +51,29 @@ pub struct Store {
     paths: Paths,
     /// The local directory when the root is on the local filesystem.
     local_dir: Option<PathBuf>,
+    /// Counts of injected faults, when `[storage.faults]` is on.
+    faults: Option<Arc<faults::FaultStats>>,
 }
 
 impl Store {
+    /// [`Store::open`] with the options of `[storage]`, on a [`faults::FaultyStore`] when
+    /// `[storage.faults]` is on (its counts are in [`Store::fault_stats`]).
+    pub fn open_config(data: &str, storage: &crate::config::StorageConfig) -> Result<Store> {
+        let mut store = Store::open(data, &storage.options)?;
+        if storage.faults.is_on() {
+            tracing::warn!(faults = ?storage.faults, "storage fault injection is on");
+            let faulty = faults::FaultyStore::new(store.root.clone(), storage.faults.clone());
+            store.faults = Some(faulty.stats.clone());
+            store.root = Arc::new(faulty);
+        }
+        Ok(store)
+    }
+
+    /// What fault injection did so far (`None`: it is off).
+    pub fn fault_stats(&self) -> Option<&faults::FaultStats> {
+        self.faults.as_deref()
+    }
+
     /// Opens `data`: a local directory (created if missing), `file://`, `s3://bucket/prefix`
     /// or `memory://name` (process-local, shared by every open of the same URL).
     pub fn open(data: &str, options: &BTreeMap<String, String>) -> Result<Store> {
@@ -84,6 +105,7 @@ impl Store {
                     root: store,
                     paths: Paths::new(base),
                     local_dir: None,
+                    faults: None,
                 })
             }
             Some(("s3" | "s3a", _)) => {
@@ -112,6 +134,7 @@ impl Store {
                     root: Arc::new(s3),
                     paths: Paths::new(base),
                     local_dir: None,
+                    faults: None,
                 })
             }
             Some((scheme, _)) => Err(Error::Invalid(format!(
@@ -134,6 +157,7 @@ impl Store {
             root: Arc::new(LocalFileSystem::new()),
             paths: Paths::new(base),
             local_dir: Some(dir),
+            faults: None,
         })
     }
 

@@ -214,6 +214,7 @@ impl TestStore {
             admin_key: None,
             ingest_key: None,
             lines: Vec::new(),
+            later: None,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
@@ -231,6 +232,7 @@ impl TestStore {
                     let ready = line == "tidemark: ready";
                     node.lines.push(line);
                     if ready {
+                        node.later = Some(rx);
                         return node;
                     }
                 }
@@ -271,6 +273,8 @@ pub struct Node {
     pub admin_key: Option<String>,
     pub ingest_key: Option<String>,
     pub lines: Vec<String>,
+    /// What the node prints after it is ready.
+    later: Option<mpsc::Receiver<String>>,
 }
 
 impl Node {
@@ -313,6 +317,21 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// [`Node::terminate`], then what the node printed after it was ready (stdout lines,
+    /// and stderr lines prefixed `stderr: `).
+    pub fn terminate_with_output(mut self) -> Vec<String> {
+        let rx = self.later.take();
+        let status = self.terminate();
+        assert!(status.success(), "tidemark exited with {status}");
+        let mut out = Vec::new();
+        if let Some(rx) = rx {
+            while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+                out.push(line);
+            }
+        }
+        out
     }
 
     /// SIGKILL, no chance to flush.

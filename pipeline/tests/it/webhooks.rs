@@ -657,7 +657,7 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
     config.webhooks.pause_after = Duration::from_secs(20 * 3600);
     config.webhooks.poll_interval = Duration::from_millis(50);
     config.webhooks.log_interval = Duration::from_millis(50);
-    let store = Store::open(&config.data, &config.storage).unwrap();
+    let store = Store::open(&config.data, &config.storage.options).unwrap();
     let key = webhooks::master_key(&config, &store).unwrap();
     let subs = Subscriptions::new(store.clone());
     let mut secrets = HashMap::new();
