@@ -9,7 +9,9 @@
 //! - [`reltime`]: the one grammar of times users write (RFC 3339 or `-7d`, `24h`, `+1d`).
 //! - [`storage`]: the object store behind everything, the one place that builds storage
 //!   paths ([`storage::paths`]), versioned JSON documents ([`storage::docs`]), the Delta
-//!   tables ([`storage::events_table`]) and retention ([`storage::retention`]).
+//!   tables ([`storage::events_table`]), retention ([`storage::retention`]), the leases
+//!   that give each singleton worker one process per store ([`storage::lease`]) and
+//!   storage fault injection ([`storage::faults`]).
 //! - [`auth`]: environments and API keys (hashed at rest, verified in constant time).
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`supervisor`]: background tasks with one stop signal and an ordered shutdown.

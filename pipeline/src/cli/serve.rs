@@ -65,11 +65,17 @@ pub fn run(file: Option<&Path>, args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     )?;
     let rt = super::runtime()?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listen: cannot bind {}: {e}", config.listen))?;
         node::run(config, listener, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Every task was stopped in order and everything acknowledged is committed. Dropping
+    // the runtime now would drop the futures of a Delta read that a late task still blocks
+    // on in the kernel's executor, which then panics ("TokioMultiThreadExecutor has
+    // crashed"); the process exits instead and the OS frees the rest.
+    std::mem::forget(rt);
+    code
 }

@@ -103,7 +103,9 @@ impl<'a> Scanner<'a> {
     fn object(&mut self, depth: usize) -> Result<(), Found> {
         self.max_depth = self.max_depth.max(depth);
         self.i += 1; // {
+        // A few keys are compared in a list; past that a set keeps a wide object linear.
         let mut keys: Vec<Cow<'a, str>> = Vec::new();
+        let mut set: std::collections::HashSet<Cow<'a, str>> = std::collections::HashSet::new();
         loop {
             self.ws();
             match self.bytes().get(self.i) {
@@ -118,7 +120,15 @@ impl<'a> Scanner<'a> {
                 _ => {}
             }
             let key = self.string()?;
-            if keys.contains(&key) {
+            let seen = if set.is_empty() && keys.len() < 16 {
+                keys.contains(&key)
+            } else {
+                if set.is_empty() {
+                    set.extend(keys.drain(..));
+                }
+                set.contains(&key)
+            };
+            if seen {
                 return Err((
                     format!("{}.{key}", self.path()),
                     "is given more than once; give each key once".into(),
@@ -129,7 +139,11 @@ impl<'a> Scanner<'a> {
             self.path.push(Seg::Key(key.clone()));
             self.value(depth + 1)?;
             self.path.pop();
-            keys.push(key);
+            if set.is_empty() && keys.len() < 16 {
+                keys.push(key);
+            } else {
+                set.insert(key);
+            }
         }
     }
 
@@ -233,6 +247,22 @@ mod tests {
             (r#"{ "a" : [ 1 , 2 ] , "b" : "\"quoted\"" }"#, 2),
             (r#"{"é":1,"e":2,"a\"b":3}"#, 1),
         ];
+        let wide = format!(
+            "{{{}}}",
+            (0..5000)
+                .map(|i| format!("\"k{i}\":{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(scan(&wide, "properties"), Scan::Ok { depth: 1 });
+        let wide_dup = wide.replace("}", ",\"k4321\":0}");
+        assert_eq!(
+            scan(&wide_dup, "properties"),
+            Scan::Problem {
+                path: "properties.k4321".into(),
+                message: "is given more than once; give each key once".into()
+            }
+        );
         for (text, depth) in ok {
             assert_eq!(scan(text, "properties"), Scan::Ok { depth }, "{text}");
         }

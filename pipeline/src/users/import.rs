@@ -259,7 +259,7 @@ fn parse(
         }
         out.rows += 1;
         let line = record.position().map_or(0, csv::Position::line);
-        if record.iter().last().is_some_and(|f| f.ends_with('\r')) {
+        if record.iter().next_back().is_some_and(|f| f.ends_with('\r')) {
             record = without_cr(std::mem::take(&mut record));
         }
         let (id, bad) = check_row(&record, columns, opts, line, &mut cells, &mut out.errors);
@@ -316,7 +316,7 @@ fn parse(
 /// `record` without the CR that ends its last field (a CRLF line end).
 fn without_cr(record: csv::StringRecord) -> csv::StringRecord {
     let n = record.len();
-    if !record.iter().last().is_some_and(|f| f.ends_with('\r')) {
+    if !record.iter().next_back().is_some_and(|f| f.ends_with('\r')) {
         return record;
     }
     let mut out = csv::StringRecord::with_capacity(record.as_slice().len(), n);

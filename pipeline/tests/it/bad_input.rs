@@ -102,13 +102,16 @@ fn concrete(path: &str) -> String {
         .replace("{file}", "x")
 }
 
-/// Bodies every endpoint that reads JSON must refuse.
-fn bad_json_bodies() -> Vec<(
+/// A bad body: what it is, its content type, its bytes, words its refusal may contain.
+type BadBody = (
     &'static str,
     Option<&'static str>,
     Vec<u8>,
     &'static [&'static str],
-)> {
+);
+
+/// Bodies every endpoint that reads JSON must refuse.
+fn bad_json_bodies() -> Vec<BadBody> {
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
     let deep_obj = format!("{}1{}", "{\"a\":".repeat(200), "}".repeat(200));
     vec![

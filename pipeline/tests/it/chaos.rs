@@ -4,8 +4,8 @@
 //! under one webhook-id.
 //!
 //! The README's test command runs the short versions (a 30-second fault run, 3 kills);
-//! `scripts/chaos.sh` runs the long ones (`TIDEMARK_FAULT_SECONDS`, `TIDEMARK_KILLS`), each
-//! printing a summary table.
+//! `scripts/chaos.sh` runs the long ones (`CHAOS_FAULT_SECONDS`, `CHAOS_KILLS`; not
+//! `TIDEMARK_*`, which the node would read as settings), each printing a summary table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -57,7 +57,75 @@ async fn set_up(node: &Node, rx: &Receiver) -> String {
     )
     .await;
     assert_eq!(s, 201, "{b}");
+    // Events by 5-minute window, as CSV POSTed to the receiver; the first windows (before
+    // the load) close at once, the loaded ones as the clock passes their end.
+    let start = tidemark::exports::window::Interval::FiveMinutes
+        .floor(chrono::Utc::now() - chrono::Duration::minutes(10));
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/exports"),
+        &admin,
+        Some(
+            json!({"source": "events", "interval": "5m", "format": "csv",
+                    "destination": rx.url("export"), "start": start.to_rfc3339()}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
     node.ingest_key().to_string()
+}
+
+/// The export's closed windows as the receiver holds them (the last copy of each file):
+/// (windows checked, rows, windows whose ids differ from the table's or repeat one).
+fn check_exports(ts: &TestStore, rx: &Receiver) -> (usize, usize, usize) {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in rx.at("export") {
+        let name = r.headers["tidemark-export-file"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        files.insert(name, r.body.to_vec());
+    }
+    let (mut windows, mut rows, mut wrong) = (0, 0, 0);
+    for (name, body) in &files {
+        if !name.ends_with("_manifest.json") {
+            continue;
+        }
+        let m: Value = serde_json::from_slice(body).unwrap();
+        let mut ids: Vec<String> = Vec::new();
+        for f in m["files"].as_array().unwrap() {
+            let csv = String::from_utf8_lossy(&files[f["name"].as_str().unwrap()]).into_owned();
+            let mut lines = csv.lines();
+            let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+            let col = header.iter().position(|h| *h == "event_id").unwrap();
+            ids.extend(lines.map(|l| l.split(',').nth(col).unwrap().to_string()));
+        }
+        let (start, end) = (
+            m["window"]["start"].as_str().unwrap(),
+            m["window"]["end"].as_str().unwrap(),
+        );
+        let sql = format!(
+            "SELECT event_id FROM events WHERE received_at >= TIMESTAMP '{start}' \
+             AND received_at < TIMESTAMP '{end}' ORDER BY event_id"
+        );
+        let want: Vec<String> = ts
+            .sql(&sql)
+            .iter()
+            .map(|r| r["event_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        windows += 1;
+        rows += ids.len();
+        if ids != want {
+            eprintln!(
+                "export window {start}..{end}: {} rows exported, {} in events",
+                ids.len(),
+                want.len()
+            );
+            wrong += 1;
+        }
+    }
+    (windows, rows, wrong)
 }
 
 /// Posts batches of 20 events to `url` until `stop`; returns the ids acknowledged (202).
@@ -102,6 +170,10 @@ async fn load(
 /// What the invariants came to.
 #[derive(Debug, Default)]
 struct Tally {
+    /// Closed export windows checked, rows in them, windows not equal to the table.
+    export_windows: usize,
+    exported: usize,
+    export_wrong: usize,
     acknowledged: usize,
     stored: usize,
     duplicates: usize,
@@ -155,7 +227,11 @@ async fn check(ts: &TestStore, node: Node, rx: &Receiver, acked: &BTreeSet<Strin
             ids_of.entry(e).or_default().insert(r.id.clone());
         }
     }
+    let (export_windows, exported, export_wrong) = check_exports(ts, rx);
     let tally = Tally {
+        export_windows,
+        exported,
+        export_wrong,
         acknowledged: acked.len(),
         stored: acked.iter().filter(|e| counts.contains_key(*e)).count(),
         duplicates: counts.values().filter(|n| **n > 1).count(),
@@ -201,13 +277,15 @@ fn assert_clean(t: &Tally) {
     assert_eq!(t.stored, t.acknowledged, "{t:?}");
     assert_eq!(t.undelivered, 0, "{t:?}");
     assert_eq!(t.second_ids, 0, "{t:?}");
+    assert!(t.export_windows >= 2, "{t:?}");
+    assert_eq!(t.export_wrong, 0, "{t:?}");
 }
 
 /// The whole pipeline on a store that fails 10% of operations (half of the failed writes
 /// land) and delays 10%, under load; then faults stop and a clean node must catch up.
 #[tokio::test(flavor = "multi_thread")]
 async fn under_storage_faults_nothing_acknowledged_is_lost_or_doubled() {
-    let seconds = env_or("TIDEMARK_FAULT_SECONDS", 30);
+    let seconds = env_or("CHAOS_FAULT_SECONDS", 30);
     let rx = Receiver::start(1).await;
     let ts = TestStore::new(Backend::Local);
     write_config(&ts, None);
@@ -259,6 +337,11 @@ async fn under_storage_faults_nothing_acknowledged_is_lost_or_doubled() {
             ("duplicates", t.duplicates.to_string()),
             ("delivered (at least once)", t.delivered.to_string()),
             ("under a second webhook-id", t.second_ids.to_string()),
+            (
+                "export windows / rows",
+                format!("{} / {}", t.export_windows, t.exported),
+            ),
+            ("export windows wrong", t.export_wrong.to_string()),
             ("lost", t.lost.to_string()),
         ],
     );
@@ -270,7 +353,7 @@ async fn under_storage_faults_nothing_acknowledged_is_lost_or_doubled() {
 /// invariants.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_loop_loses_nothing_acknowledged() {
-    let kills = env_or("TIDEMARK_KILLS", 3);
+    let kills = env_or("CHAOS_KILLS", 3);
     let rx = Receiver::start(1).await;
     let ts = TestStore::new(Backend::Local);
     write_config(&ts, None);
@@ -307,6 +390,11 @@ async fn sigkill_loop_loses_nothing_acknowledged() {
             ("duplicates", t.duplicates.to_string()),
             ("delivered (at least once)", t.delivered.to_string()),
             ("under a second webhook-id", t.second_ids.to_string()),
+            (
+                "export windows / rows",
+                format!("{} / {}", t.export_windows, t.exported),
+            ),
+            ("export windows wrong", t.export_wrong.to_string()),
             ("lost", t.lost.to_string()),
         ],
     );
