@@ -28,6 +28,8 @@ struct Scanner<'a> {
     text: &'a str,
     i: usize,
     path: Vec<Seg<'a>>,
+    /// The keys of the objects being read, innermost last (one allocation for all).
+    keys: Vec<Cow<'a, str>>,
     max_depth: usize,
 }
 
@@ -38,7 +40,8 @@ pub fn scan(text: &str, root: &str) -> Scan {
     let mut s = Scanner {
         text,
         i: 0,
-        path: Vec::new(),
+        path: Vec::with_capacity(8),
+        keys: Vec::with_capacity(32),
         max_depth: 0,
     };
     match s.value(1) {
@@ -103,15 +106,16 @@ impl<'a> Scanner<'a> {
     fn object(&mut self, depth: usize) -> Result<(), Found> {
         self.max_depth = self.max_depth.max(depth);
         self.i += 1; // {
-        // A few keys are compared in a list; past that a set keeps a wide object linear.
-        let mut keys: Vec<Cow<'a, str>> = Vec::new();
-        let mut set: std::collections::HashSet<Cow<'a, str>> = std::collections::HashSet::new();
-        loop {
+        // This object's keys are `keys[base..]`; past 16 of them a set keeps a wide object
+        // linear.
+        let base = self.keys.len();
+        let mut set: Option<std::collections::HashSet<Cow<'a, str>>> = None;
+        let result = loop {
             self.ws();
             match self.bytes().get(self.i) {
                 Some(b'}') | None => {
                     self.i += 1;
-                    return Ok(());
+                    break Ok(());
                 }
                 Some(b',') => {
                     self.i += 1;
@@ -120,31 +124,32 @@ impl<'a> Scanner<'a> {
                 _ => {}
             }
             let key = self.string()?;
-            let seen = if set.is_empty() && keys.len() < 16 {
-                keys.contains(&key)
-            } else {
-                if set.is_empty() {
-                    set.extend(keys.drain(..));
-                }
-                set.contains(&key)
+            let seen = match &mut set {
+                Some(set) => !set.insert(key.clone()),
+                None => self.keys[base..].contains(&key),
             };
             if seen {
-                return Err((
+                break Err((
                     format!("{}.{key}", self.path()),
                     "is given more than once; give each key once".into(),
                 ));
             }
+            if set.is_none() && self.keys.len() - base == 16 {
+                let mut all: std::collections::HashSet<_> = self.keys.drain(base..).collect();
+                all.insert(key.clone());
+                set = Some(all);
+            } else if set.is_none() {
+                self.keys.push(key.clone());
+            }
             self.ws();
             self.i += 1; // :
-            self.path.push(Seg::Key(key.clone()));
-            self.value(depth + 1)?;
+            self.path.push(Seg::Key(key));
+            let v = self.value(depth + 1);
             self.path.pop();
-            if set.is_empty() && keys.len() < 16 {
-                keys.push(key);
-            } else {
-                set.insert(key);
-            }
-        }
+            v?;
+        };
+        self.keys.truncate(base);
+        result
     }
 
     fn array(&mut self, depth: usize) -> Result<(), Found> {
@@ -176,18 +181,22 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         self.i += 1; // "
         let mut escaped = false;
-        while let Some(&b) = self.bytes().get(self.i) {
-            self.i += 1;
-            match b {
-                b'\\' => {
-                    escaped = true;
-                    self.i += 1; // the escaped byte (a \uXXXX's digits are plain bytes)
-                }
-                b'"' => break,
-                _ => {}
+        while let Some(at) = self
+            .bytes()
+            .get(self.i..)
+            .and_then(|rest| rest.iter().position(|b| matches!(b, b'"' | b'\\')))
+        {
+            self.i += at + 1;
+            if self.bytes()[self.i - 1] == b'"' {
+                break;
             }
+            escaped = true;
+            self.i += 1; // the escaped byte (a \uXXXX's digits are plain bytes)
         }
-        let text: &'a str = &self.text[start..self.i];
+        let text: &'a str = self.text.get(start..self.i).unwrap_or_default();
+        if text.len() < 2 {
+            return Ok(Cow::Borrowed(""));
+        }
         if !escaped {
             return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
         }
@@ -211,7 +220,11 @@ impl<'a> Scanner<'a> {
             self.i += 1;
         }
         let text = &self.text[start..self.i];
-        // Integers of any length read as floats past i64/u64; only an infinite one fails.
+        // Only an exponent or more than 308 digits can leave the f64 range (integers of any
+        // length read as floats past i64/u64); the rest need no parse.
+        if text.len() < 300 && !text.bytes().any(|b| b == b'e' || b == b'E') {
+            return Ok(());
+        }
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(()),
             _ => Err((
