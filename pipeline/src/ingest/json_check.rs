@@ -312,4 +312,57 @@ mod tests {
             assert!(m.contains(message), "{text}: {m}");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// Any JSON value (keys unique, as serde_json's map makes them).
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(5, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-z\"\\\\é]{0,4}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn depth(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    proptest! {
+        /// Every object serde_json writes passes with its true depth; the same object
+        /// with one of its keys written again is refused at that key's path.
+        #[test]
+        fn valid_objects_pass_and_a_repeated_key_is_found(
+            m in prop::collection::btree_map("[a-z]{1,3}", json(), 1..6),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            let obj = serde_json::Value::Object(m.clone().into_iter().collect());
+            let text = obj.to_string();
+            prop_assert_eq!(scan(&text, "p"), Scan::Ok { depth: depth(&obj) });
+            let key = pick.get(&m.keys().collect::<Vec<_>>()).to_string();
+            let again = format!("{},{}:0}}", &text[..text.len() - 1], serde_json::Value::from(key.clone()));
+            prop_assert_eq!(
+                scan(&again, "p"),
+                Scan::Problem {
+                    path: format!("p.{key}"),
+                    message: "is given more than once; give each key once".into()
+                }
+            );
+        }
+    }
 }
