@@ -217,6 +217,18 @@ impl Leases {
         poll: Duration,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Option<Held> {
+        self.acquire_logged(name, poll, stop, tracing::Level::INFO)
+            .await
+    }
+
+    /// [`Leases::acquire`], saying what happens at `level`.
+    async fn acquire_logged(
+        &self,
+        name: &str,
+        poll: Duration,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        level: tracing::Level,
+    ) -> Option<Held> {
         let mut waiting_for = None::<String>;
         loop {
             if *stop.borrow() {
@@ -224,12 +236,20 @@ impl Leases {
             }
             match self.try_take(name).await {
                 Ok(Taken::Held(h)) => {
-                    tracing::info!(lease = name, holder = %self.holder, "lease taken");
+                    if level == tracing::Level::INFO {
+                        tracing::info!(lease = name, holder = %self.holder, "lease taken");
+                    } else {
+                        tracing::debug!(lease = name, holder = %self.holder, "lease taken");
+                    }
                     return Some(h);
                 }
                 Ok(Taken::Busy { holder, .. }) => {
                     if waiting_for.as_deref() != Some(holder.as_str()) {
-                        tracing::info!(lease = name, %holder, "another process holds the lease; waiting");
+                        if level == tracing::Level::INFO {
+                            tracing::info!(lease = name, %holder, "another process holds the lease; waiting");
+                        } else {
+                            tracing::debug!(lease = name, %holder, "another process holds the lease; waiting");
+                        }
                         waiting_for = Some(holder);
                     }
                 }
@@ -252,7 +272,11 @@ impl Leases {
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         let (_never, mut stop) = tokio::sync::watch::channel(false);
-        let Some(mut held) = self.acquire(name, poll, &mut stop).await else {
+        // Runs are short and frequent: their turns are logged at debug only.
+        let acquired = self
+            .acquire_logged(name, poll, &mut stop, tracing::Level::DEBUG)
+            .await;
+        let Some(mut held) = acquired else {
             unreachable!("the stop signal of an exclusive run never turns true")
         };
         tokio::pin!(work);
