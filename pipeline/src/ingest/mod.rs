@@ -16,6 +16,7 @@ pub mod json_check;
 pub mod log;
 pub mod recovery;
 pub mod wal;
+pub mod wal_frame;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -17,11 +17,10 @@ use arrow::record_batch::RecordBatch;
 use crate::storage::paths::wal as wal_paths;
 use crate::{Error, Result};
 
+pub use super::wal_frame::{frame, unframe};
+
 const MAGIC: &[u8; 8] = b"TMWAL001";
 const HEADER_LEN: usize = 16;
-const FRAME_LEN: usize = 8;
-/// Refuse absurd lengths from a corrupt frame instead of allocating them.
-const MAX_RECORD: usize = 1 << 30;
 
 /// Encodes a batch as the payload of one record.
 pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
@@ -38,35 +37,6 @@ pub fn encode_batch(batch: &RecordBatch) -> Result<Vec<u8>> {
 pub fn decode_batches(payload: &[u8]) -> Result<Vec<RecordBatch>> {
     let reader = StreamReader::try_new(Cursor::new(payload), None)?;
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
-}
-
-/// Appends the frame of `payload` to `out`.
-pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// The intact records of a segment's body, and whether a torn or corrupt tail followed.
-pub fn unframe(mut body: &[u8]) -> (Vec<&[u8]>, bool) {
-    let mut records = Vec::new();
-    while !body.is_empty() {
-        if body.len() < FRAME_LEN {
-            return (records, true);
-        }
-        let len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
-        let crc = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-        if len > MAX_RECORD || body.len() < FRAME_LEN + len {
-            return (records, true);
-        }
-        let payload = &body[FRAME_LEN..FRAME_LEN + len];
-        if crc32fast::hash(payload) != crc {
-            return (records, true);
-        }
-        records.push(payload);
-        body = &body[FRAME_LEN + len..];
-    }
-    (records, false)
 }
 
 fn wal_err(path: &Path, message: impl Into<String>) -> Error {
@@ -225,7 +195,7 @@ mod tests {
         let second_at = buf.len();
         frame(b"second", &mut buf);
         frame(b"third", &mut buf);
-        buf[second_at + FRAME_LEN + 2] ^= 1;
+        buf[second_at + 8 + 2] ^= 1; // a byte of the second payload
         let (records, torn) = unframe(&buf);
         assert_eq!(records, vec![&b"first"[..]]);
         assert!(torn);
