@@ -271,26 +271,49 @@ impl Leases {
         poll: Duration,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        // Each run claims as a holder of its own: two runs in one process (serve's pass
+        // and the job loop's) must exclude each other too, and a claim by the same holder
+        // would count as a renewal.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let this = Leases {
+            holder: format!("{}/run-{run}", self.holder),
+            ..self.clone()
+        };
         let (_never, mut stop) = tokio::sync::watch::channel(false);
         // Runs are short and frequent: their turns are logged at debug only.
-        let acquired = self
+        let acquired = this
             .acquire_logged(name, poll, &mut stop, tracing::Level::DEBUG)
             .await;
         let Some(mut held) = acquired else {
             unreachable!("the stop signal of an exclusive run never turns true")
         };
-        tokio::pin!(work);
-        let out = loop {
-            tokio::select! {
-                out = &mut work => break out,
-                _ = tokio::time::sleep(self.renew_every()) => {
-                    if !matches!(self.renew(&mut held).await, Ok(true)) {
-                        tracing::warn!(lease = name, "lease lost during an exclusive run");
+        // Renewed from a task of its own: `work` may hold its thread for a while (a
+        // DataFusion plan), and a renewal that waited for it could let the lease expire.
+        let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+        let renewer = {
+            let leases = this.clone();
+            let mut held = held.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(leases.renew_every()) => {
+                            if !matches!(leases.renew(&mut held).await, Ok(true)) {
+                                tracing::warn!(lease = %name, "lease lost during an exclusive run");
+                            }
+                        }
+                        _ = done_rx.changed() => return held,
                     }
                 }
-            }
+            })
         };
-        if let Err(e) = self.release(held).await {
+        let out = work.await;
+        let _ = done_tx.send(true);
+        if let Ok(renewed) = renewer.await {
+            held = renewed;
+        }
+        if let Err(e) = this.release(held).await {
             tracing::warn!(lease = name, error = %e, "cannot release the lease; it expires");
         }
         out
@@ -427,7 +450,9 @@ mod tests {
         let most = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..4)
             .map(|i| {
-                let l = Leases::as_holder(&s, TTL, &format!("p{i}"));
+                // Two holders, each running two at a time: runs of one process exclude
+                // each other as well.
+                let l = Leases::as_holder(&s, TTL, &format!("p{}", i % 2));
                 let (inside, most) = (inside.clone(), most.clone());
                 tokio::spawn(async move {
                     l.exclusive("run", Duration::from_millis(5), async {

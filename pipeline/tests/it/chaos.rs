@@ -27,7 +27,8 @@ fn write_config(ts: &TestStore, faults: Option<f64>) {
     let mut text = "[jobs]\ndebounce = \"100ms\"\npoll_interval = \"1s\"\n\
          [segments]\ninterval = \"2s\"\n\
          [webhooks]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval = \"100ms\"\nlog_interval = \"300ms\"\n\
-         retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\", \"2s\", \"5s\", \"5s\", \"5s\", \"5s\", \"5s\"]\n"
+         retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\", \"2s\", \"5s\", \"5s\", \"5s\", \"5s\", \"5s\"]\n\
+         [exports]\npoll_interval = \"200ms\"\ngrace = \"0s\"\nmax_backoff = \"2s\"\n"
         .to_string();
     if let Some(rate) = faults {
         text.push_str(&format!(
@@ -197,6 +198,23 @@ async fn check(ts: &TestStore, node: Node, rx: &Receiver, acked: &BTreeSet<Strin
         if got.len() == acked.len() || Instant::now() > deadline {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The windows closed before the load are exported (an export that failed under faults
+    // retries within max_backoff).
+    while rx
+        .at("export")
+        .iter()
+        .filter(|r| {
+            r.headers["tidemark-export-file"]
+                .to_str()
+                .unwrap_or_default()
+                .ends_with("_manifest.json")
+        })
+        .count()
+        < 2
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // The jobs caught up with every commit.
