@@ -24,14 +24,14 @@ for t in "${targets[@]}"; do
   log="$work.log"
   cargo fuzz run --sanitizer none --target-dir "$target_dir" --fuzz-dir . "$t" "$work" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || true
-  runs=$(grep -oE '^Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1)
-  last=$(grep -E '^#[0-9]+' "$log" | tail -1)
-  cov=$(echo "$last" | grep -oE 'cov: [0-9]+' | awk '{print $2}')
-  rate=$(echo "$last" | grep -oE 'exec/s: [0-9]+' | awk '{print $2}')
+  runs=$(grep -oE '^Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1 || true)
+  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  cov=$(echo "$last" | grep -oE 'cov: [0-9]+' | awk '{print $2}' || true)
+  rate=$(echo "$last" | grep -oE 'exec/s: [0-9]+' | awk '{print $2}' || true)
   crashes=$(ls "artifacts/$t" 2>/dev/null | grep -c '^crash-' || true)
   printf '%-14s %12s %10s %8s %8s\n' "$t" "${runs:-?}" "${rate:-?}" "${cov:-?}" "$crashes"
-  if grep -q 'panicked\|deadly signal' "$log"; then
-    grep -m1 -A3 'panicked' "$log" | sed 's/^/    /'
+  if grep -q 'panicked\|deadly signal\|^error' "$log"; then
+    grep -m1 -A3 'panicked\|^error' "$log" | sed 's/^/    /' || true
   fi
   rm -rf "$work" "$log"
 done

@@ -81,11 +81,17 @@ impl AddressPolicy {
     /// `Err(reason)` when `ip` may not be connected to.
     pub fn check(&self, ip: IpAddr) -> std::result::Result<(), String> {
         // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) reaches the IPv4 host: judge that.
+        // An allowed range may be written either way.
+        let given = ip;
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        if self.allow.iter().any(|net| net.contains(&ip)) {
+        if self
+            .allow
+            .iter()
+            .any(|net| net.contains(&ip) || net.contains(&given))
+        {
             return Ok(());
         }
         match blocked_range(ip) {
@@ -186,6 +192,10 @@ mod tests {
         assert_eq!(policy.check("::ffff:127.0.0.1".parse().unwrap()), Ok(()));
         assert!(policy.check("10.0.0.1".parse().unwrap()).is_err());
         assert!(policy.check("::1".parse().unwrap()).is_err());
+        // A range written in its IPv4-mapped form allows those addresses too (found by
+        // the `address` fuzz target: it was refused after the mapping to IPv4).
+        let mapped = AddressPolicy::new(vec!["::ffff:10.0.0.0/104".parse().unwrap()]);
+        assert_eq!(mapped.check("::ffff:10.1.2.3".parse().unwrap()), Ok(()));
         let e =
             AddressPolicy::parse_allow(&["127.0.0.0/8".into(), "nope".into()], "webhooks.allow")
                 .unwrap_err()
