@@ -13,13 +13,16 @@ pub mod paths;
 pub mod retention;
 
 use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig as DeltaStorageConfig,
+    default_logstore, logstore_factories,
 };
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
@@ -58,7 +61,7 @@ pub struct Store {
 impl Store {
     /// [`Store::open`] with the options of `[storage]`, on a [`faults::FaultyStore`] when
     /// `[storage.faults]` is on (its counts are in [`Store::fault_stats`]).
-    pub fn open_config(data: &str, storage: &crate::config::StorageConfig) -> Result<Store> {
+    pub fn open_config(data: &str, storage: &StorageConfig) -> Result<Store> {
         let mut store = Store::open(data, &storage.options)?;
         if storage.faults.is_on() {
             tracing::warn!(faults = ?storage.faults, "storage fault injection is on");
@@ -242,6 +245,50 @@ impl Store {
     }
 }
 
+/// `[storage]`: object-store options by name, and fault injection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StorageConfig {
+    /// Fault injection for tests and drills (`rate`, `delay_rate`, `max_delay`; off).
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub faults: faults::FaultConfig,
+    /// Options by `object_store` name (`aws_endpoint`, `aws_region`, …).
+    #[serde(flatten, deserialize_with = "scalars_as_strings")]
+    pub options: BTreeMap<String, String>,
+}
+
+fn is_off(f: &faults::FaultConfig) -> bool {
+    !f.is_on()
+}
+
+/// Option values as strings, whatever TOML or an environment variable made of them
+/// (`aws_allow_http = true`, `TIDEMARK_STORAGE__AWS_ALLOW_HTTP=true`).
+fn scalars_as_strings<'de, D>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        B(bool),
+        I(i64),
+        F(f64),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::S(s) => s,
+                Scalar::B(b) => b.to_string(),
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
 /// deltalake resolves a log store by URL scheme even when we hand it the object store;
 /// `s3://` gets the default log store (commits by conditional put, `If-None-Match`), which
 /// needs no DynamoDB lock and no AWS SDK.
@@ -253,7 +300,7 @@ impl LogStoreFactory for S3LogStoreFactory {
         prefixed_store: ObjectStoreRef,
         root_store: ObjectStoreRef,
         location: &Url,
-        options: &StorageConfig,
+        options: &DeltaStorageConfig,
     ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
         Ok(default_logstore(
             prefixed_store,

@@ -73,16 +73,22 @@ struct Exported {
     files: BTreeMap<String, Vec<RecordBatch>>,
 }
 
-async fn read_exported(s3: &S3Server, prefix: &str, source: &str) -> Exported {
+/// The test's S3 destination under `prefix`, opened as the worker opens it.
+fn open_s3_destination(
+    s3: &S3Server,
+    prefix: &str,
+) -> (
+    std::sync::Arc<dyn object_store::ObjectStore>,
+    object_store::path::Path,
+) {
     let (url, options) = s3_destination(s3, prefix);
     let options: BTreeMap<String, String> = serde_json::from_value(options).unwrap();
-    let (store, root) = tidemark_sinks::export::open_store(
-        &url::Url::parse(&url).unwrap(),
-        &options,
-        "d",
-        &loopback(),
-    )
-    .unwrap();
+    tidemark_sinks::export::open_store(&url::Url::parse(&url).unwrap(), &options, "d", &loopback())
+        .unwrap()
+}
+
+async fn read_exported(s3: &S3Server, prefix: &str, source: &str) -> Exported {
+    let (store, root) = open_s3_destination(s3, prefix);
     let dir = root.clone().join(source);
     let listed: Vec<_> = store.list(Some(&dir)).try_collect().await.unwrap();
     let mut manifests: BTreeMap<String, Value> = BTreeMap::new();
@@ -321,15 +327,7 @@ fn cli_ok(ts: &TestStore, args: &[&str]) -> String {
 }
 
 async fn manifest_count(s3: &S3Server, prefix: &str) -> usize {
-    let (url, options) = s3_destination(s3, prefix);
-    let options: BTreeMap<String, String> = serde_json::from_value(options).unwrap();
-    let (store, root) = tidemark_sinks::export::open_store(
-        &url::Url::parse(&url).unwrap(),
-        &options,
-        "d",
-        &loopback(),
-    )
-    .unwrap();
+    let (store, root) = open_s3_destination(s3, prefix);
     let listed: Vec<_> = store.list(Some(&root)).try_collect().await.unwrap();
     listed
         .iter()
