@@ -319,13 +319,12 @@ impl Node {
         }
     }
 
-    /// [`Node::terminate`], then what the node printed after it was ready (stdout lines,
-    /// and stderr lines prefixed `stderr: `).
+    /// [`Node::terminate`], then `exit: <status>` and what the node printed after it was
+    /// ready (stdout lines, and stderr lines prefixed `stderr: `).
     pub fn terminate_with_output(mut self) -> Vec<String> {
         let rx = self.later.take();
         let status = self.terminate();
-        assert!(status.success(), "tidemark exited with {status}");
-        let mut out = Vec::new();
+        let mut out = vec![format!("exit: {status}")];
         if let Some(rx) = rx {
             while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
                 out.push(line);
