@@ -65,11 +65,25 @@ impl Store {
         let mut store = Store::open(data, &storage.options)?;
         if storage.faults.is_on() {
             tracing::warn!(faults = ?storage.faults, "storage fault injection is on");
-            let faulty = faults::FaultyStore::new(store.root.clone(), storage.faults.clone());
-            store.faults = Some(faulty.stats.clone());
-            store.root = Arc::new(faulty);
+            let mut stats = None;
+            store = store.wrapped(|root| {
+                let faulty = faults::FaultyStore::new(root, storage.faults.clone());
+                stats = Some(faulty.stats.clone());
+                Arc::new(faulty)
+            });
+            store.faults = stats;
         }
         Ok(store)
+    }
+
+    /// This store with every operation (Delta tables' included) going through `wrap` of
+    /// its object store: fault injection, and tests that make one operation misbehave.
+    pub fn wrapped(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>,
+    ) -> Store {
+        self.root = wrap(self.root.clone());
+        self
     }
 
     /// What fault injection did so far (`None`: it is off).
