@@ -62,6 +62,11 @@ struct Sub {
     open: Vec<NewEvent>,
     open_since: Option<DateTime<Utc>>,
     chunks: BTreeMap<i64, ChunkProgress>,
+    /// A chunk whose write failed: written again, the same, before anything new is cut
+    /// (the failed write may have landed; cutting its events again, with later ones, into
+    /// a chunk of another version would leave the first one stored, to be sent after a
+    /// restart under other webhook-ids).
+    unwritten: Option<Chunk>,
     recover_seq: u64,
 }
 
@@ -198,6 +203,9 @@ impl Worker {
         let Some(s) = self.subs.get_mut(key) else {
             return Ok(());
         };
+        if let Some(chunk) = s.unwritten.take() {
+            s.store_chunk(chunk).await?;
+        }
         let batching = Batching::new(s.sub.max_events, s.sub.max_wait_ms);
         match batching.decide(s.open.len(), s.open_since, now, s.read_to, s.cursor) {
             Cut::Hold => {}
@@ -226,13 +234,9 @@ impl Worker {
                     written_at: now,
                     messages,
                 };
-                s.state.write_chunk(&chunk).await?;
                 s.open.clear();
                 s.open_since = None;
-                s.cursor = cursor;
-                // The chunk's version stands for the cursor until the next write.
-                s.written.0.version = s.cursor;
-                s.start_chunk(chunk, &HashMap::new());
+                s.store_chunk(chunk).await?;
             }
         }
         s.save_progress(false, now).await
@@ -345,6 +349,7 @@ impl Worker {
             open: Vec::new(),
             open_since: None,
             chunks: BTreeMap::new(),
+            unwritten: None,
             recover_seq: progress.recover_seq,
         };
         for chunk in chunks {
@@ -495,6 +500,20 @@ impl Sub {
             self.durable = p.version;
             self.written = (p, now);
         }
+        Ok(())
+    }
+
+    /// Writes a newly cut chunk and starts sending it; on failure keeps it as
+    /// [`Sub::unwritten`], to be written again as it is.
+    async fn store_chunk(&mut self, chunk: Chunk) -> Result<()> {
+        if let Err(e) = self.state.write_chunk(&chunk).await {
+            self.unwritten = Some(chunk);
+            return Err(e);
+        }
+        self.cursor = chunk.to_version;
+        // The chunk's version stands for the cursor until the next write.
+        self.written.0.version = self.cursor;
+        self.start_chunk(chunk, &HashMap::new());
         Ok(())
     }
 
