@@ -146,9 +146,10 @@ def run(data: str, out: str, variant: str) -> dict:
                 max("at") FILTER (WHERE category <> 'system' AND platform = 'android') AS last_seen_android_at,
                 max("at") FILTER (WHERE category <> 'system' AND platform = 'web') AS last_seen_web_at,
                 max("at") FILTER (WHERE category <> 'system' AND platform = 'server') AS last_seen_server_at,
-                count(*) AS event_count,
-                last(event_name ORDER BY "at", event_name) AS last_event_name,
-                max("at") AS last_event_at,
+                count(*) FILTER (WHERE category <> 'system') AS event_count,
+                last(event_name ORDER BY "at", event_name)
+                    FILTER (WHERE category <> 'system') AS last_event_name,
+                max("at") FILTER (WHERE category <> 'system') AS last_event_at,
                 max(received_at) AS updated_at
             FROM counted_events GROUP BY environment, user_id
         ) TO '{out}/profiles.parquet' (FORMAT parquet, COMPRESSION zstd)

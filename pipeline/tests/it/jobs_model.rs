@@ -117,12 +117,12 @@ pub fn expected(all: &[Ev], window: i64, skew: i64) -> Tables {
         let p = profiles.entry((e.env.clone(), e.user.clone())).or_default();
         p.created = Some(p.created.map_or(e.received, |c| c.min(e.received)));
         p.updated = Some(p.updated.map_or(e.received, |c| c.max(e.received)));
-        p.count += 1;
-        let candidate = (t, e.name.clone());
-        if p.last.as_ref().is_none_or(|l| candidate > *l) {
-            p.last = Some(candidate);
-        }
         if e.category != "system" {
+            p.count += 1;
+            let candidate = (t, e.name.clone());
+            if p.last.as_ref().is_none_or(|l| candidate > *l) {
+                p.last = Some(candidate);
+            }
             p.seen.push(t);
             let family = e
                 .platform
