@@ -11,9 +11,10 @@
 //! - [`Supervisor::spawn`]: a task that watches the stop signal itself (the job loop).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::Result;
@@ -66,8 +67,23 @@ impl Supervisor {
 
     /// Runs `pass` every `interval` (the first after one interval) until stop; a pass in
     /// progress finishes first. A zero interval means the task is off.
-    pub fn every<F, Fut>(&mut self, name: &'static str, interval: Duration, mut pass: F)
+    pub fn every<F, Fut>(&mut self, name: &'static str, interval: Duration, pass: F)
     where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        self.every_or_woken(name, interval, Arc::new(Notify::new()), pass);
+    }
+
+    /// [`Supervisor::every`], and also as soon as `wake` is notified (a notification
+    /// during a pass runs one more pass right after it; the interval restarts after each).
+    pub fn every_or_woken<F, Fut>(
+        &mut self,
+        name: &'static str,
+        interval: Duration,
+        wake: Arc<Notify>,
+        mut pass: F,
+    ) where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
     {
@@ -79,6 +95,7 @@ impl Supervisor {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
+                    _ = wake.notified() => {}
                     _ = stop.changed() => return,
                 }
                 if *stop.borrow() {
@@ -222,7 +239,6 @@ async fn renew_until_stopped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use tokio::sync::mpsc;
@@ -252,6 +268,35 @@ mod tests {
         while rx.try_recv().is_ok() {}
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(rx.try_recv().is_err(), "no pass after shutdown");
+    }
+
+    #[tokio::test]
+    async fn a_woken_pass_runs_at_once_long_before_its_interval() {
+        let mut sup = Supervisor::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        sup.every_or_woken(
+            "hourly",
+            Duration::from_secs(3600),
+            wake.clone(),
+            move || {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(());
+                }
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "no pass before a wake or the interval"
+        );
+        for _ in 0..2 {
+            wake.notify_one();
+            let pass = tokio::time::timeout(WAIT, rx.recv()).await;
+            assert_eq!(pass.ok().flatten(), Some(()), "a wake runs a pass");
+        }
+        assert_eq!(sup.shutdown(WAIT).await, Vec::<&str>::new());
     }
 
     #[tokio::test]
