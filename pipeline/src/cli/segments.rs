@@ -94,8 +94,8 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 at: Target { env, data },
             } => {
                 let doc = read_definition(&def_file)?;
-                let (_, store) = super::open_store(file, data)?;
-                match Segments::new(store).put(&env, doc, replace).await {
+                let (config, store) = super::open_store(file, data)?;
+                match Segments::new(store.clone()).put(&env, doc, replace).await {
                     Ok(s) => println!(
                         "{} segment {} (version {})",
                         if replace { "updated" } else { "added" },
@@ -105,6 +105,18 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                     Err(WriteError::Invalid(p)) => return Err(problems_error(&def_file, &p)),
                     Err(WriteError::Other(e)) => return Err(e.into()),
                 }
+                // Evaluated at once, not at a serve's next `segments.interval`.
+                let leases = Leases::new(&store, config.lease_ttl);
+                let now = chrono::Utc::now().timestamp_micros();
+                let runs = crate::segments::job::run_all(&leases, now)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "the segment is stored, but evaluating it failed: {e}; \
+                         `tidemark segments run` (or a running serve) evaluates it"
+                        )
+                    })?;
+                print_runs(&runs);
             }
             SegmentsCommand::List {
                 json,
@@ -205,7 +217,13 @@ async fn run_segments(
     };
     let (config, store) = super::open_store(file, data)?;
     let leases = Leases::new(&store, config.lease_ttl);
-    for r in crate::segments::job::run_all(&leases, now).await? {
+    print_runs(&crate::segments::job::run_all(&leases, now).await?);
+    Ok(())
+}
+
+/// One line per environment evaluated.
+fn print_runs(runs: &[crate::segments::job::SegmentRun]) {
+    for r in runs {
         println!(
             "{}: run {}, {} segment(s), {} entered, {} exited{}",
             r.environment,
@@ -220,7 +238,6 @@ async fn run_segments(
             }
         );
     }
-    Ok(())
 }
 
 /// `segments explain`: the compiled SQL of a stored segment and its bound values.

@@ -53,6 +53,9 @@ pub struct AppState {
     pub job_options: crate::jobs::JobOptions,
     /// Notified after each profile write, so the jobs fold it in soon.
     pub profile_writes: Arc<tokio::sync::Notify>,
+    /// Notified after each segment definition write, so the segments are evaluated at
+    /// once rather than at the next `segments.interval`.
+    pub segment_writes: Arc<tokio::sync::Notify>,
     /// Master key, HTTP client and settings of webhook subscriptions.
     pub webhooks: crate::webhooks::Context,
     pub exports: crate::exports::Context,

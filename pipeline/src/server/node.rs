@@ -94,6 +94,7 @@ pub async fn run(
         limits: config.limits.clone(),
         shutting_down: AtomicBool::new(false),
         profile_writes: Arc::new(Notify::new()),
+        segment_writes: Arc::new(Notify::new()),
         job_options: crate::jobs::JobOptions::from_config(&config),
         webhooks: webhooks.clone(),
         exports: exports.clone(),
@@ -213,7 +214,8 @@ fn start_background(
     });
     if config.jobs.enabled {
         let leases = Leases::new(store, config.lease_ttl);
-        sup.every("segments", config.segments.interval, move || {
+        let writes = state.segment_writes.clone();
+        sup.every_or_woken("segments", config.segments.interval, writes, move || {
             segments_pass(leases.clone())
         });
         let commits = state.ingestor.get().map(|i| i.committed.clone());
@@ -414,8 +416,9 @@ async fn maintenance_pass(
     }
 }
 
-/// Evaluates every segment and records enter/exit changes (for relative time conditions,
-/// which change with the clock alone).
+/// Evaluates every segment and records enter/exit changes: every `segments.interval` (for
+/// relative time conditions, which change with the clock alone) and at once after a
+/// definition is written through the API.
 async fn segments_pass(leases: Leases) {
     let now = chrono::Utc::now().timestamp_micros();
     match crate::segments::job::run_all(&leases, now).await {

@@ -59,6 +59,7 @@ pub async fn create(
         .put(&auth.env, doc, false)
         .await
         .map_err(rejected(Subject::Segment))?;
+    state.segment_writes.notify_one();
     Ok((StatusCode::CREATED, Json(stored_json(&id, &stored))))
 }
 
@@ -85,6 +86,7 @@ pub async fn update(
         .put(&env, doc, true)
         .await
         .map_err(rejected(Subject::Segment))?;
+    state.segment_writes.notify_one();
     Ok(Json(stored_json(&id, &stored)))
 }
 
@@ -119,6 +121,7 @@ pub async fn delete(
     Path((env, id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let stored = Segments::new(state.store.clone()).delete(&env, &id).await?;
+    state.segment_writes.notify_one();
     Ok(Json(json!({"deleted": stored_json(&id, &stored)})))
 }
 
