@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::changes::{self, ChangeBuilder, op};
-use super::fields::{FieldType, Registry};
+use super::fields::{FieldDef, FieldType, Registry};
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -79,7 +79,7 @@ enum Column {
 /// Checks the header against the registry: the column plan, or why the file is refused.
 fn plan(
     headers: &csv::StringRecord,
-    fields: &BTreeMap<String, super::fields::FieldDef>,
+    fields: &BTreeMap<String, FieldDef>,
     map: &BTreeMap<String, String>,
 ) -> Result<Vec<Column>> {
     if headers.len() > MAX_COLUMNS {
@@ -124,11 +124,15 @@ fn plan(
     Ok(columns)
 }
 
-struct Parsed {
-    rows: u64,
-    applied: u64,
-    failed: u64,
-    errors: Vec<RowError>,
+/// What reading a file's rows found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// Data rows read (the header excluded).
+    pub rows: u64,
+    pub applied: u64,
+    pub failed: u64,
+    /// The first [`MAX_LISTED`] problems.
+    pub errors: Vec<RowError>,
 }
 
 /// Lists `e` unless [`MAX_LISTED`] errors are listed already.
@@ -313,6 +317,33 @@ fn parse(
     Ok(out)
 }
 
+/// Reads a whole file on this blocking thread: the header checked against `fields` (an
+/// error refuses the file), then every row, sending chunks of changes to `tx` (`None`: a
+/// dry run). Pure but for `tx`, so it is fuzzed on its own (`pipeline/fuzz`).
+pub fn read_file(
+    reader: Box<dyn Read + Send>,
+    environment: &str,
+    fields: &BTreeMap<String, FieldDef>,
+    opts: &ImportOptions,
+    tx: Option<mpsc::Sender<arrow::array::RecordBatch>>,
+) -> Result<Parsed> {
+    // Rows end at LF only, so the reader counts lines as an editor does (ending them at CR
+    // too counts a CRLF's LF towards the next row: every row after one was reported a line
+    // early); the CR of a CRLF is taken off the last field (`without_cr`).
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_reader(reader);
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::Invalid(format!("cannot read the header: {e}")))?
+        .clone();
+    let headers = without_cr(headers);
+    let columns = plan(&headers, fields, &opts.map)?;
+    parse(rdr, environment, &columns, opts, tx)
+}
+
 /// `record` without the CR that ends its last field (a CRLF line end).
 fn without_cr(record: csv::StringRecord) -> csv::StringRecord {
     let n = record.len();
@@ -340,22 +371,8 @@ pub async fn import(
     let dry_run = opts.dry_run;
     let (tx, mut rx) = mpsc::channel(2);
     let parser = tokio::task::spawn_blocking(move || -> Result<Parsed> {
-        // Rows end at LF only, so the reader counts lines as an editor does (ending them at
-        // CR too counts a CRLF's LF towards the next row: every row after one was reported
-        // a line early); the CR of a CRLF is taken off the last field (`without_cr`).
-        let mut rdr = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .flexible(false)
-            .terminator(csv::Terminator::Any(b'\n'))
-            .from_reader(reader);
-        let headers = rdr
-            .headers()
-            .map_err(|e| Error::Invalid(format!("cannot read the header: {e}")))?
-            .clone();
-        let headers = without_cr(headers);
-        let columns = plan(&headers, &fields, &opts.map)?;
         let tx = (!opts.dry_run).then_some(tx);
-        parse(rdr, &env, &columns, &opts, tx)
+        read_file(reader, &env, &fields, &opts, tx)
     });
     let (mut changes, mut commits) = (0u64, 0u64);
     let mut write_error = None;
