@@ -6,19 +6,7 @@ use serde_json::json;
 const H: i64 = 3_600_000_000;
 
 fn fields() -> BTreeMap<String, FieldDef> {
-    [("plan", FieldType::Text), ("score", FieldType::Number)]
-        .into_iter()
-        .map(|(name, field_type)| {
-            let def = FieldDef {
-                name: name.into(),
-                field_type,
-                label: None,
-                created_at: chrono::DateTime::UNIX_EPOCH,
-                since_change_id: String::new(),
-            };
-            (name.to_string(), def)
-        })
-        .collect()
+    crate::users::fields::declared(&[("plan", FieldType::Text), ("score", FieldType::Number)])
 }
 
 fn one(condition: Value) -> Result<Condition, Vec<(String, String)>> {

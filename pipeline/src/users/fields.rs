@@ -199,6 +199,24 @@ pub struct FieldDef {
     pub since_change_id: String,
 }
 
+/// A registry of `fields` as declared once, at the epoch, with no earlier declaration
+/// (models and fuzz targets that check definitions without a store).
+pub fn declared(fields: &[(&str, FieldType)]) -> BTreeMap<String, FieldDef> {
+    fields
+        .iter()
+        .map(|(name, field_type)| {
+            let def = FieldDef {
+                name: name.to_string(),
+                field_type: *field_type,
+                label: None,
+                created_at: DateTime::UNIX_EPOCH,
+                since_change_id: String::new(),
+            };
+            (name.to_string(), def)
+        })
+        .collect()
+}
+
 /// The `fields` config document: environment -> name -> definition.
 pub type FieldsDoc = crate::storage::docs::ByEnvironment<FieldDef>;
 

@@ -52,27 +52,13 @@ struct Stat {
 }
 
 fn registry() -> BTreeMap<String, FieldDef> {
-    [
+    tidemark::users::fields::declared(&[
         ("plan", FieldType::Text),
         ("score", FieldType::Number),
         ("vip", FieldType::Boolean),
         ("renew", FieldType::Datetime),
         ("langs", FieldType::List),
-    ]
-    .into_iter()
-    .map(|(n, t)| {
-        (
-            n.to_string(),
-            FieldDef {
-                name: n.into(),
-                field_type: t,
-                label: None,
-                created_at: chrono::Utc::now(),
-                since_change_id: String::new(),
-            },
-        )
-    })
-    .collect()
+    ])
 }
 
 fn random_data(rng: &mut StdRng) -> (Vec<Profile>, Vec<Stat>) {
