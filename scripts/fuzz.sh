@@ -7,6 +7,9 @@
 # Each run starts from the seed corpus in pipeline/fuzz/corpus/<target> (found inputs go
 # to a scratch copy, not the repository); a crash leaves its input in
 # pipeline/fuzz/artifacts/<target>/ — turn it into a regression test in the normal suite.
+# A target with a dictionary (pipeline/fuzz/dict/<target>.dict: the tokens of its format)
+# runs with it. The targets that call tidemark's crates need an instrumented build of
+# them: ~40 minutes the first time on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../pipeline/fuzz"
 seconds="${1:-60}"
@@ -22,8 +25,10 @@ for t in "${targets[@]}"; do
   work="$(mktemp -d)"
   cp -r "corpus/$t/." "$work/"
   log="$work.log"
+  dict=()
+  [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
   cargo fuzz run --sanitizer none --target-dir "$target_dir" --fuzz-dir . "$t" "$work" -- \
-    -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || true
+    -max_total_time="$seconds" -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || true
   runs=$(grep -oE '^Done [0-9]+ runs' "$log" | awk '{print $2}' | tail -1 || true)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   cov=$(echo "$last" | grep -oE 'cov: [0-9]+' | awk '{print $2}' || true)
