@@ -331,6 +331,31 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Found by the csv_import fuzz target: serde_json's default float parser is not
+    /// correctly rounded, so a stored number read back became its neighbour
+    /// (1.111111111111111e+83 -> 1.1111111111111109e+83), drifting at every rewrite and
+    /// disagreeing with every other reader; the workspace enables `float_roundtrip`.
+    #[test]
+    fn numbers_are_stored_as_the_nearest_double_and_read_back_unchanged() {
+        for text in [
+            "1.111111111111111e+83",
+            "0.1",
+            "2.2250738585072014e-308",
+            "9007199254740993",
+        ] {
+            let stored = FieldType::Number.parse_text(text).unwrap();
+            let read: Value = serde_json::from_str(&stored).unwrap();
+            assert_eq!(
+                FieldType::Number.validate(&read).as_deref(),
+                Ok(stored.as_str()),
+                "{text}"
+            );
+            if let Some(f) = read.as_f64().filter(|_| text.contains(['.', 'e'])) {
+                assert_eq!(f, text.parse::<f64>().unwrap(), "{text} read as {f:e}");
+            }
+        }
+    }
+
     #[test]
     fn names() {
         assert!(validate_name("plan").is_ok());
