@@ -142,7 +142,17 @@ fn check_endpoints(options: &BTreeMap<String, String>, policy: &AddressPolicy) -
         if !(key.contains("endpoint") || key.ends_with("_url") || key.contains("authority")) {
             continue;
         }
-        let Ok(u) = Url::parse(v) else { continue };
+        // Only http(s) URLs: under another scheme the URL parser keeps an address as an
+        // opaque name (`httq://127.0.0.1` has no IP host), so it could not be judged here.
+        let u = match Url::parse(v) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => {
+                return Err(Error::invalid(
+                    format!("options.{k}"),
+                    format!("'{v}' is not an http:// or https:// URL"),
+                ));
+            }
+        };
         if let Some(ip) = literal_ip(&u)
             && let Err(reason) = policy.check(ip)
         {
@@ -398,6 +408,18 @@ mod tests {
                 "s3://b/p",
                 ("aws_metadata_endpoint", "http://[::ffff:10.0.0.1]"),
                 "options.aws_metadata_endpoint: 'http://[::ffff:10.0.0.1]' is refused: 10.0.0.1 is a private address",
+            ),
+            (
+                // found by the url_check fuzz target: under a scheme that is not http(s)
+                // the address was an opaque name, so it passed unjudged
+                "s3://b/p",
+                ("aws_endpoint", "httq://127.0.0.1:9000"),
+                "options.aws_endpoint: 'httq://127.0.0.1:9000' is not an http:// or https:// URL",
+            ),
+            (
+                "s3://b/p",
+                ("aws_endpoint", "127.0.0.1:9000"),
+                "options.aws_endpoint: '127.0.0.1:9000' is not an http:// or https:// URL",
             ),
             (
                 "gs://b/p",
