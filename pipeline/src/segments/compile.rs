@@ -21,14 +21,28 @@ pub struct Compiled {
 impl Compiled {
     /// The SQL with every parameter written as an escaped literal (text in single quotes,
     /// quotes doubled), for engines or tools that cannot bind values (sqllogictest files,
-    /// DuckDB). Only this module's own text holds `$`, so replacing placeholders is exact.
+    /// DuckDB). One pass over this module's own text, the only text that holds `$`: the
+    /// literals written in are not scanned again, so a value holding `$1` stays itself.
     pub fn inline(&self) -> String {
-        let mut sql = self.sql.clone();
-        // from the highest index down, so `$12` is not read as `$1` followed by `2`
-        for (i, p) in self.params.iter().enumerate().rev() {
-            sql = sql.replace(&format!("${}", i + 1), &literal(p));
+        let mut out = String::with_capacity(self.sql.len());
+        let mut rest = self.sql.as_str();
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let digits = rest[i + 1..].bytes().take_while(u8::is_ascii_digit).count();
+            let end = i + 1 + digits;
+            let param = rest[i + 1..end]
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_sub(1))
+                .and_then(|k| self.params.get(k));
+            match param {
+                Some(p) => out.push_str(&literal(p)),
+                None => out.push_str(&rest[i..end]),
+            }
+            rest = &rest[end..];
         }
-        sql
+        out.push_str(rest);
+        out
     }
 }
 
@@ -250,5 +264,27 @@ pub fn compile(segment: &Segment, environment: &str, now_us: i64) -> Compiled {
             "SELECT p.\"user_id\" FROM profiles p WHERE p.\"environment\" = {env} AND {body}"
         ),
         params: b.params,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by reading the segment_def fuzz target's oracle, then confirmed by it on
+    /// `{"tag": "x$1"}`: placeholders were replaced one after the other over the whole
+    /// text, so `$1` inside an earlier value's literal was replaced too (`'x'default''`).
+    #[test]
+    fn inline_writes_values_holding_placeholders_as_they_are() {
+        let c = Compiled {
+            sql: "SELECT $1, $2, $10, $3".into(),
+            params: (1..=10)
+                .map(|i| match i {
+                    2 => ScalarValue::Utf8(Some("x$1 o'brien $10".into())),
+                    _ => ScalarValue::Int64(Some(i)),
+                })
+                .collect(),
+        };
+        assert_eq!(c.inline(), "SELECT 1, 'x$1 o''brien $10', 10, 3");
     }
 }
