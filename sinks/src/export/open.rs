@@ -169,7 +169,8 @@ fn literal_ip(u: &Url) -> Option<IpAddr> {
     match u.host()? {
         Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
         Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
-        Host::Domain(_) => None,
+        // `169.254.169.254..` is a name to the URL parser but spells an address
+        Host::Domain(d) => d.trim_end_matches('.').parse().ok(),
     }
 }
 
@@ -415,6 +416,12 @@ mod tests {
                 "s3://b/p",
                 ("aws_endpoint", "httq://127.0.0.1:9000"),
                 "options.aws_endpoint: 'httq://127.0.0.1:9000' is not an http:// or https:// URL",
+            ),
+            (
+                // found by url_check: trailing dots make the address a name to the parser
+                "s3://b/p",
+                ("aws_endpoint", "http://169.254.169.254%2e%2e/"),
+                "options.aws_endpoint: 'http://169.254.169.254%2e%2e/' is refused: 169.254.169.254 is a link-local address",
             ),
             (
                 "s3://b/p",
