@@ -138,7 +138,10 @@ impl Paths {
 
     /// Top-level entries of the root, to discover tables.
     pub fn table_delta_log(&self, name: &str) -> Path {
-        self.root().join(name).join("_delta_log")
+        // Internal tables live below `_tidemark/` (`_tidemark/pending/profiles`).
+        name.split('/')
+            .fold(self.root(), |path, part| path.join(part))
+            .join("_delta_log")
     }
 }
 
@@ -186,6 +189,20 @@ mod tests {
         );
         assert_eq!(Paths::parse_doc_version(&key), Some(42));
         assert_eq!(p.table_url("events").as_str(), "s3://bucket/prefix/events/");
+    }
+
+    #[test]
+    fn internal_tables_nest_below_tidemark() {
+        let p = Paths::new(Url::parse("s3://bucket/prefix/").unwrap());
+        let name = "_tidemark/pending/profiles";
+        assert_eq!(
+            p.table_url(name).as_str(),
+            "s3://bucket/prefix/_tidemark/pending/profiles/"
+        );
+        assert_eq!(
+            p.table_delta_log(name).as_ref(),
+            "prefix/_tidemark/pending/profiles/_delta_log"
+        );
     }
 
     #[test]
