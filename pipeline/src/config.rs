@@ -71,8 +71,10 @@ pub struct JobsConfig {
     /// An `occurred_at` later than `received_at` plus this is clamped to `received_at`.
     #[serde(with = "humantime_serde")]
     pub clock_skew_tolerance: Duration,
-    /// Rewrite a derived table as one row per key once it has more files than this.
-    pub compact_files: usize,
+    /// Other Delta readers see the derived tables at most this much after tidemark does:
+    /// how often the pending partial rows are folded into the published tables.
+    #[serde(with = "humantime_serde")]
+    pub publish_interval: Duration,
 }
 
 impl Default for JobsConfig {
@@ -82,7 +84,7 @@ impl Default for JobsConfig {
             debounce: Duration::from_millis(500),
             poll_interval: Duration::from_secs(5),
             clock_skew_tolerance: Duration::from_secs(300),
-            compact_files: 64,
+            publish_interval: Duration::from_secs(30),
         }
     }
 }
@@ -430,8 +432,8 @@ impl Config {
         if self.jobs.poll_interval.is_zero() {
             return fail("jobs.poll_interval", "must be greater than 0");
         }
-        if self.jobs.compact_files < 2 {
-            return fail("jobs.compact_files", "must be at least 2");
+        if self.jobs.publish_interval.is_zero() {
+            return fail("jobs.publish_interval", "must be greater than 0");
         }
         if self.retention.events_days == 0 {
             return fail("retention.events_days", "must be at least 1");

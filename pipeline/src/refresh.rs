@@ -1,6 +1,8 @@
 //! The refresh loop, above the jobs and the segments it runs in turn: inside
 //! `tidemark serve` it runs the jobs after each `events` commit (debounced),
 //! and every `poll_interval` to pick up commits of other nodes; `tidemark jobs run` polls.
+//! Once caught up, it publishes the pending rows when the last publish is
+//! `publish_interval` old (so other Delta readers lag by at most about that much).
 //! When a pass changed the profiles, the segments are evaluated right after it (and
 //! `serve` also evaluates them every `segments.interval`, for relative time conditions).
 
@@ -31,8 +33,13 @@ pub async fn run_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let mut published_at: Option<tokio::time::Instant> = None;
     loop {
         run_until_caught_up(&runner, &mut failures).await;
+        if published_at.is_none_or(|t| t.elapsed() >= runner.options().publish_interval) {
+            publish(&runner).await;
+            published_at = Some(tokio::time::Instant::now());
+        }
         let backoff = Duration::from_millis(500 * u64::from(failures.min(6)).pow(2));
         let changed = async {
             match commits.as_mut() {
@@ -40,7 +47,14 @@ pub async fn run_loop(
                 None => std::future::pending().await,
             }
         };
+        let publish_due = async {
+            match published_at {
+                Some(t) => tokio::time::sleep_until(t + runner.options().publish_interval).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = publish_due => {}
             ok = changed => {
                 if !ok {
                     commits = None;
@@ -89,6 +103,22 @@ async fn run_until_caught_up(runner: &Runner, failures: &mut u32) {
                 return;
             }
         }
+    }
+}
+
+/// One publish pass; a failure is logged and the next pass retries.
+pub async fn publish(runner: &Runner) {
+    match runner.publish().await {
+        Ok(reports) => {
+            for r in &reports {
+                tracing::info!(
+                    job = %r.job, to_run = r.to_run, partitions = r.partitions,
+                    pending_rows = r.pending_rows, rows = r.rows_written, seconds = r.seconds,
+                    "published"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "publish failed; the next pass retries"),
     }
 }
 

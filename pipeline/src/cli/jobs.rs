@@ -1,4 +1,4 @@
-//! `tidemark jobs run|rebuild|status`.
+//! `tidemark jobs run|rebuild|publish|status`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -22,6 +22,9 @@ pub enum JobsCommand {
     },
     /// Recompute every derived table from all of `events`.
     Rebuild(DataArgs),
+    /// Fold the pending rows into the published tables now (serve and `jobs run` do it
+    /// every `jobs.publish_interval`).
+    Publish(DataArgs),
     /// Each job's cursor and its lag behind `events`.
     Status {
         #[command(flatten)]
@@ -46,6 +49,12 @@ fn print_reports(reports: &[crate::jobs::RunReport]) {
     }
 }
 
+fn print_published(reports: &[crate::jobs::publish::PublishReport]) {
+    for r in reports {
+        println!("{}: {}", r.job, r.summary());
+    }
+}
+
 pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     match cmd {
@@ -65,6 +74,7 @@ pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                     if total == 0 {
                         println!("jobs are up to date");
                     }
+                    print_published(&runner.publish().await?);
                     return Ok(ExitCode::SUCCESS);
                 }
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -101,6 +111,15 @@ pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                 println!("no events table yet: nothing to rebuild");
             }
             print_reports(&reports);
+            Ok(ExitCode::SUCCESS)
+        }
+        JobsCommand::Publish(data) => {
+            let (runner, _) = runner(file, data)?;
+            let reports = rt.block_on(runner.publish())?;
+            if reports.is_empty() {
+                println!("nothing pending: the published tables are up to date");
+            }
+            print_published(&reports);
             Ok(ExitCode::SUCCESS)
         }
         JobsCommand::Status { data, json } => {

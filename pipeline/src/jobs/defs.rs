@@ -122,7 +122,53 @@ impl Job {
         }
     }
 
-    /// The Delta `txn` app id that holds the job's cursor, committed with its rows.
+    /// The internal Delta table the incremental runs append partial rows to, with a
+    /// [`RUN_COLUMN`]; only tidemark's views merge it (see [`super::publish`]).
+    pub fn pending(self) -> &'static str {
+        match self {
+            Job::Profiles => "_tidemark/pending/profiles",
+            Job::EventStats => "_tidemark/pending/event_stats",
+            Job::Attributes => "_tidemark/pending/profile_attributes",
+        }
+    }
+
+    /// The Delta `txn` app id on the published table: the last run it holds.
+    pub fn publish_app_id(self) -> &'static str {
+        match self {
+            Job::Profiles => "tidemark-publish-profiles",
+            Job::EventStats => "tidemark-publish-event_stats",
+            Job::Attributes => "tidemark-publish-profile_attributes",
+        }
+    }
+
+    /// The columns after the user id that make a row's key, in the published files'
+    /// sort order.
+    pub fn key_columns(self) -> &'static [&'static str] {
+        match self {
+            Job::Profiles => &[],
+            Job::EventStats => &["event_name"],
+            Job::Attributes => &["kind", "name"],
+        }
+    }
+
+    /// The schema of the published table: [`Job::schema`] and [`BUCKET_COLUMN`].
+    pub fn published_schema(self) -> SchemaRef {
+        with_column(
+            &self.schema(),
+            Field::new(BUCKET_COLUMN, DataType::Utf8, false),
+        )
+    }
+
+    /// The schema of the pending table: [`Job::schema`] and [`RUN_COLUMN`].
+    pub fn pending_schema(self) -> SchemaRef {
+        with_column(
+            &self.schema(),
+            Field::new(RUN_COLUMN, DataType::Int64, false),
+        )
+    }
+
+    /// The Delta `txn` app id that holds the job's cursor, committed with its rows (on the
+    /// pending table; a rebuild or publish also moves it, see [`super::runner`]).
     pub fn app_id(self) -> &'static str {
         match self {
             Job::Profiles => "tidemark-job-profiles",
@@ -144,8 +190,30 @@ impl Job {
     }
 }
 
-/// Every derived table is partitioned by environment.
-pub const PARTITION_COLUMNS: [&str; 1] = ["environment"];
+/// The published tables' bucket of a user: the first hex digit of `md5(user_id)`, 16
+/// buckets, so any engine can compute it (`substr(md5(user_id), 1, 1)` in DuckDB, Spark,
+/// DataFusion, Trino's `substr(to_hex(md5(to_utf8(user_id))), 1, 1)` lower-cased).
+pub const BUCKET_COLUMN: &str = "user_bucket";
+
+/// The bucket expression in DataFusion SQL.
+pub const BUCKET_SQL: &str = "substr(md5(user_id), 1, 1)";
+
+/// Published tables: one row per key, files per environment and user bucket, each file
+/// sorted by user id.
+pub const PUBLISHED_PARTITIONS: [&str; 2] = ["environment", BUCKET_COLUMN];
+
+/// The pending tables' run: the source version the run that wrote the row covered up to.
+pub const RUN_COLUMN: &str = "run";
+
+/// Pending tables: one partition per run, so dropping published runs is a metadata-only
+/// delete.
+pub const PENDING_PARTITIONS: [&str; 2] = ["environment", RUN_COLUMN];
+
+fn with_column(schema: &SchemaRef, field: Field) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(field);
+    Arc::new(Schema::new(fields))
+}
 
 static PROFILES: LazyLock<SchemaRef> = LazyLock::new(|| {
     let ts = |name: &str| Field::new(name, timestamp_type(), true);

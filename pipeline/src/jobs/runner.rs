@@ -1,36 +1,47 @@
-//! Runs the SQL jobs: incremental runs that follow `events` from each job's cursor,
-//! full rebuilds, and compaction of the partial rows.
+//! Runs the SQL jobs: incremental runs that follow `events` (or `profile_changes`) from
+//! each job's cursor and append partial rows to its pending table, full rebuilds that
+//! replace the published table, and publish passes ([`super::publish`]).
 //!
-//! A job's cursor is the Delta `txn` (app id [`Job::app_id`], version = the last `events`
-//! version it covers) committed in the same Delta commit as the rows it wrote, so a crash
-//! at any point either keeps both or neither: nothing is counted twice or lost.
+//! A job's cursor is the Delta `txn` (app id [`Job::app_id`], version = the last source
+//! version it covers) committed in the same Delta commit as the pending rows it wrote, so
+//! a crash at any point either keeps both or neither: nothing is counted twice or lost.
+//! A rebuild commits its rows to the published table instead, whose mark
+//! ([`Job::publish_app_id`]) is then the source version it covered: the cursor is the
+//! greater of both. Runs and rebuilds take turns under lease [`LEASE`], so a run never
+//! straddles a rebuild.
 
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
-use deltalake::kernel::StructType;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
-use super::defs::{self, Job, Source};
+use super::defs::{self, Job, RUN_COLUMN, Source};
 use super::inputs::{self, Params};
 use super::plan::{self, PlanError};
+use super::publish::{self, PublishReport};
+use crate::storage::lease::Leases;
 use crate::storage::{Store, events_table};
 use crate::{Error, Result};
+
+/// The lease incremental runs and rebuilds take turns with.
+pub const LEASE: &str = "jobs";
+
+/// How often a process waiting for [`LEASE`] or [`publish::LEASE`] tries again.
+const LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// Settings of the job runner.
 #[derive(Debug, Clone)]
 pub struct JobOptions {
     pub clock_skew_tolerance: Duration,
     pub dedup_window: Duration,
-    /// Compact a derived table once it has more files than this.
-    pub compact_files: usize,
+    /// Publish the pending rows at most this long after a run wrote them (`jobs.publish_interval`).
+    pub publish_interval: Duration,
     /// At most this many `events` versions per run (bounds one run's memory).
     pub max_versions_per_run: i64,
     /// DataFusion partitions (`None`: one per core).
@@ -47,7 +58,7 @@ impl JobOptions {
         JobOptions {
             clock_skew_tolerance: config.jobs.clock_skew_tolerance,
             dedup_window: config.dedup_window,
-            compact_files: config.jobs.compact_files,
+            publish_interval: config.jobs.publish_interval,
             evaluate_segments: !config.segments.interval.is_zero(),
             lease_ttl: config.lease_ttl,
             ..Default::default()
@@ -60,7 +71,7 @@ impl Default for JobOptions {
         JobOptions {
             clock_skew_tolerance: Duration::from_secs(300),
             dedup_window: Duration::from_secs(3600),
-            compact_files: 64,
+            publish_interval: Duration::from_secs(30),
             max_versions_per_run: 500,
             target_partitions: None,
             evaluate_segments: true,
@@ -81,7 +92,6 @@ pub struct RunReport {
     /// Events read and counted (after dedup), rows written to the derived table.
     pub events_read: usize,
     pub rows_written: usize,
-    pub compacted: bool,
     pub seconds: f64,
     /// Unix milliseconds at the end of the run.
     pub finished_at_ms: i64,
@@ -91,24 +101,19 @@ impl RunReport {
     /// One line: what the run covered, read and wrote.
     pub fn summary(&self) -> String {
         format!(
-            "{} of versions {}..={}: {} row(s) read, {} row(s) written in {:.2} s{}",
+            "{} of versions {}..={}: {} row(s) read, {} row(s) written in {:.2} s",
             self.kind,
             self.from_version,
             self.to_version,
             self.events_read,
             self.rows_written,
             self.seconds,
-            // A rebuild always writes one row per key; say so only for incremental runs.
-            if self.compacted && self.kind != "rebuild" {
-                ", compacted"
-            } else {
-                ""
-            }
         )
     }
 }
 
 /// The job runner of one store.
+#[derive(Clone)]
 pub struct Runner {
     store: Store,
     opts: JobOptions,
@@ -144,19 +149,37 @@ impl Runner {
         Ok(ctx)
     }
 
-    /// The cursor of `job`: the last `events` version it covers (`None`: never ran).
+    fn leases(&self) -> Leases {
+        Leases::new(&self.store, self.opts.lease_ttl)
+    }
+
+    /// The cursor of `job`: the last source version it covers (`None`: never ran). The
+    /// greater of the pending table's `txn` and the published table's mark (a rebuild
+    /// moves only the latter); an old-layout published table counts as never ran.
     pub async fn cursor(&self, job: Job) -> Result<Option<i64>> {
-        match self.store.load_table(job.table()).await? {
-            None => Ok(None),
-            Some(t) => events_table::committed_version(&t, job.app_id()).await,
-        }
+        let pending = match self.store.load_table(job.pending()).await? {
+            None => None,
+            Some(t) => events_table::committed_version(&t, job.app_id()).await?,
+        };
+        let published = self.store.load_table(job.table()).await?;
+        let published = match publish::published_state(published.as_ref(), job).await? {
+            publish::Published::Current { through } => through,
+            publish::Published::Missing | publish::Published::OldLayout => return Ok(None),
+        };
+        Ok(pending.max(published))
     }
 
     /// One incremental run of every job: reads the commits of each job's source table
     /// (`events` or `profile_changes`) after its cursor (jobs at the same cursor share the
-    /// read) and appends partial rows. A job that never ran is rebuilt instead. Returns a
-    /// report per job that did work.
+    /// read) and appends partial rows to the pending tables. A job that never ran is
+    /// rebuilt instead. Returns a report per job that did work.
     pub async fn run_once(&self) -> Result<Vec<RunReport>> {
+        self.leases()
+            .exclusive(LEASE, LEASE_POLL, self.run_once_held())
+            .await
+    }
+
+    async fn run_once_held(&self) -> Result<Vec<RunReport>> {
         let mut reports = Vec::new();
         for source in defs::SOURCES {
             let Some(table) = self.store.load_table(source.table()).await? else {
@@ -237,9 +260,9 @@ impl Runner {
             // count, but move the cursor past them so the lag reads 0.
             let mut reports = Vec::new();
             for &job in jobs {
-                let table = self.derived_table(job).await?;
-                write(table, job, Vec::new(), plan.to_version, SaveMode::Append).await?;
-                reports.push(self.report(job, "incremental", &plan, 0, 0, false, started));
+                let table = self.pending_table(job).await?;
+                append_pending(table, job, Vec::new(), plan.to_version).await?;
+                reports.push(self.report(job, "incremental", &plan, 0, 0, started));
             }
             return Ok(reports);
         }
@@ -263,23 +286,13 @@ impl Runner {
         for &job in jobs {
             let rows = job_rows(&ctx, job).await?;
             let written = rows.iter().map(RecordBatch::num_rows).sum();
-            let table = self.derived_table(job).await?;
-            let table = write(table, job, rows, plan.to_version, SaveMode::Append).await?;
-            let compacted = self.compact_if_needed(table, job, plan.to_version).await?;
-            reports.push(self.report(
-                job,
-                "incremental",
-                &plan,
-                counted,
-                written,
-                compacted,
-                started,
-            ));
+            let table = self.pending_table(job).await?;
+            append_pending(table, job, rows, plan.to_version).await?;
+            reports.push(self.report(job, "incremental", &plan, counted, written, started));
         }
         Ok(reports)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         job: Job,
@@ -287,7 +300,6 @@ impl Runner {
         plan: &plan::RunPlan,
         events_read: usize,
         rows_written: usize,
-        compacted: bool,
         started: Instant,
     ) -> RunReport {
         RunReport {
@@ -297,14 +309,20 @@ impl Runner {
             to_version: plan.to_version,
             events_read,
             rows_written,
-            compacted,
             seconds: started.elapsed().as_secs_f64(),
             finished_at_ms: chrono::Utc::now().timestamp_millis(),
         }
     }
 
-    /// Recomputes every job from all of its source table and replaces the derived tables.
+    /// Recomputes every job from all of its source table and replaces the published
+    /// tables (pending rows are then dropped).
     pub async fn rebuild(&self, progress: Option<&ProgressBar>) -> Result<Vec<RunReport>> {
+        self.leases()
+            .exclusive(LEASE, LEASE_POLL, self.rebuild_held(progress))
+            .await
+    }
+
+    async fn rebuild_held(&self, progress: Option<&ProgressBar>) -> Result<Vec<RunReport>> {
         let mut reports = Vec::new();
         for source in defs::SOURCES {
             let Some(table) = self.store.load_table(source.table()).await? else {
@@ -321,7 +339,23 @@ impl Runner {
         Ok(reports)
     }
 
+    /// Rebuilds `jobs` (the caller holds [`LEASE`]; this takes [`publish::LEASE`]).
     async fn rebuild_jobs(
+        &self,
+        source_table: &DeltaTable,
+        jobs: &[Job],
+        progress: Option<&ProgressBar>,
+    ) -> Result<Vec<RunReport>> {
+        self.leases()
+            .exclusive(
+                publish::LEASE,
+                LEASE_POLL,
+                self.rebuild_jobs_held(source_table, jobs, progress),
+            )
+            .await
+    }
+
+    async fn rebuild_jobs_held(
         &self,
         source_table: &DeltaTable,
         jobs: &[Job],
@@ -350,7 +384,7 @@ impl Runner {
         let mut writes = Vec::new();
         for &job in jobs {
             step(format!("computing {} from {counted} rows", job.table()));
-            let rows = job_rows(&ctx, job).await?;
+            let rows = publish::with_buckets(&ctx, job, ctx.sql(job.sql()).await?).await?;
             let written = rows.iter().map(RecordBatch::num_rows).sum();
             tracing::debug!(
                 seconds = started.elapsed().as_secs_f64(),
@@ -358,13 +392,13 @@ impl Runner {
                 "rebuild: aggregated"
             );
             step(format!("writing {written} rows of {}", job.table()));
-            let table = self.derived_table(job).await?;
+            let table = publish::published_table(&self.store, job).await?;
             // Written in the background while the next job aggregates: Parquet encoding
             // and the next aggregation overlap.
             writes.push((
                 job,
                 written,
-                tokio::spawn(write(table, job, rows, head, SaveMode::Overwrite)),
+                tokio::spawn(publish::replace_all(table, job, rows, head)),
             ));
         }
         for (job, written, task) in writes {
@@ -375,6 +409,10 @@ impl Runner {
                 job = job.table(),
                 "rebuild: written"
             );
+            // The published table now holds every run up to `head`.
+            if let Some(pending) = self.store.load_table(job.pending()).await? {
+                publish::drop_published_runs(pending, head).await?;
+            }
             reports.push(RunReport {
                 job: job.table().into(),
                 kind: "rebuild".into(),
@@ -382,7 +420,6 @@ impl Runner {
                 to_version: head,
                 events_read: counted,
                 rows_written: written,
-                compacted: true,
                 seconds: started.elapsed().as_secs_f64(),
                 finished_at_ms: chrono::Utc::now().timestamp_millis(),
             });
@@ -395,48 +432,34 @@ impl Runner {
         (defs::SOURCES.len() + 2 * defs::ALL.len()) as u64
     }
 
-    /// Rewrites `job`'s table as one row per key when it has too many files.
-    async fn compact_if_needed(&self, table: DeltaTable, job: Job, cursor: i64) -> Result<bool> {
-        let files = table.snapshot()?.log_data().num_files();
-        if files <= self.opts.compact_files {
-            return Ok(false);
-        }
-        self.compact(table, job, cursor).await?;
-        Ok(true)
+    /// Folds the pending rows of every job into its published table (one pass, under
+    /// [`publish::LEASE`]); a report per job that had rows to fold.
+    pub async fn publish(&self) -> Result<Vec<PublishReport>> {
+        self.leases()
+            .exclusive(publish::LEASE, LEASE_POLL, async {
+                let ctx = self.session()?;
+                let mut reports = Vec::new();
+                for job in defs::ALL {
+                    if let Some(r) = publish::publish_job(&self.store, &ctx, job).await? {
+                        reports.push(r);
+                    }
+                }
+                Ok(reports)
+            })
+            .await
     }
 
-    /// Rewrites `job`'s table with its merge SQL (same rows as readers see). The runner
-    /// serializes this with its own appends; the `txn` keeps the cursor where it was.
-    pub async fn compact(&self, table: DeltaTable, job: Job, cursor: i64) -> Result<DeltaTable> {
-        let ctx = self.session()?;
-        table.update_datafusion_session(&ctx.state())?;
-        ctx.register_table(job.parts(), table.table_provider().await?)?;
-        let merged = ctx.sql(job.merge_sql()).await?.collect().await?;
-        write(table, job, merged, cursor, SaveMode::Overwrite).await
-    }
-
-    /// The derived table of `job`, created (empty) if missing.
-    async fn derived_table(&self, job: Job) -> Result<DeltaTable> {
-        if let Some(t) = self.store.load_table(job.table()).await? {
-            return Ok(t);
-        }
-        let columns = StructType::try_from_arrow(job.schema().as_ref())?;
+    /// The pending table of `job`, created (empty) if missing.
+    async fn pending_table(&self, job: Job) -> Result<DeltaTable> {
         self.store
-            .delta_table(job.table())?
-            .create()
-            .with_table_name(job.table())
-            .with_columns(columns.fields().cloned())
-            .with_partition_columns(defs::PARTITION_COLUMNS)
-            .with_configuration_property(
-                deltalake::TableProperty::DataSkippingStatsColumns,
-                Some(job.stats_columns()),
-            )
-            .with_save_mode(SaveMode::Ignore)
-            .await?;
-        self.store
-            .load_table(job.table())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("{} vanished after create", job.table())))
+            .load_or_create_table(&crate::storage::TableSpec {
+                name: job.pending(),
+                schema: job.pending_schema().as_ref(),
+                partition_columns: &defs::PENDING_PARTITIONS,
+                stats_columns: job.stats_columns(),
+                comment: None,
+            })
+            .await
     }
 
     async fn save_report(&self, report: &RunReport) {
@@ -480,26 +503,39 @@ async fn job_rows(ctx: &SessionContext, job: Job) -> Result<Vec<RecordBatch>> {
         .collect()
 }
 
-/// Writes `rows` to `job`'s table in one commit that also moves the cursor to `cursor`.
-async fn write(
+/// `batch` (the job's columns) with the [`RUN_COLUMN`] `run`.
+fn with_run(batch: &RecordBatch, job: Job, run: i64) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    columns.push(std::sync::Arc::new(arrow::array::Int64Array::from(vec![
+        run;
+        batch.num_rows()
+    ])));
+    Ok(RecordBatch::try_new(job.pending_schema(), columns)?)
+}
+
+/// Appends `rows` to `job`'s pending table as run `cursor`, in one commit that also moves
+/// the cursor to `cursor`.
+async fn append_pending(
     table: DeltaTable,
     job: Job,
     rows: Vec<RecordBatch>,
     cursor: i64,
-    mode: SaveMode,
 ) -> Result<DeltaTable> {
     let commit = CommitProperties::default()
         .with_application_transaction(Transaction::new(job.app_id(), cursor));
+    let mut rows = rows
+        .iter()
+        .map(|b| with_run(b, job, cursor))
+        .collect::<Result<Vec<_>>>()?;
     // deltalake refuses a write without batches; an empty batch still commits the cursor.
-    let rows = if rows.is_empty() {
-        vec![RecordBatch::new_empty(job.schema())]
-    } else {
-        rows
-    };
+    if rows.is_empty() {
+        rows.push(RecordBatch::new_empty(job.pending_schema()));
+    }
+    debug_assert!(rows.iter().all(|b| b.schema().index_of(RUN_COLUMN).is_ok()));
     Ok(table
         .write(rows)
-        .with_save_mode(mode)
-        .with_partition_columns(defs::PARTITION_COLUMNS)
+        .with_save_mode(SaveMode::Append)
+        .with_partition_columns(defs::PENDING_PARTITIONS)
         .with_writer_properties(events_table::writer_properties(3))
         .with_commit_properties(commit)
         .await?)

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::defs;
 use super::inputs;
+use super::publish;
 use super::runner::{RunReport, Runner};
 use crate::Result;
 
@@ -26,6 +27,10 @@ pub struct JobStatus {
     /// Age of the oldest commit the job has not covered (0 when caught up).
     pub lag_seconds: f64,
     pub last_run: Option<RunReport>,
+    /// The last run the published table holds (what other Delta readers see).
+    pub published_through: Option<i64>,
+    /// Runs written to the pending table and not yet published.
+    pub unpublished_runs: usize,
 }
 
 impl Runner {
@@ -69,6 +74,16 @@ impl Runner {
                     lag_rows = None;
                 }
             }
+            let pending = self.store().load_table(job.pending()).await?;
+            let published = self.store().load_table(job.table()).await?;
+            let published_through = match publish::published_state(published.as_ref(), job).await? {
+                publish::Published::Current { through } => through,
+                _ => None,
+            };
+            let unpublished_runs = publish::pending_runs(pending.as_ref())?
+                .into_iter()
+                .filter(|r| published_through.is_none_or(|p| *r > p))
+                .count();
             out.push(JobStatus {
                 job: job.table().into(),
                 source: job.source().table().into(),
@@ -78,6 +93,8 @@ impl Runner {
                 lag_rows,
                 lag_seconds,
                 last_run: self.last_report(job).await?,
+                published_through,
+                unpublished_runs,
             });
         }
         Ok(out)
@@ -96,6 +113,14 @@ pub fn describe(status: &JobStatus) -> String {
         "{:<18} cursor {cursor:<14} {} head {:<6} lag {} version(s), {rows} row(s), {:.1} s",
         status.job, status.source, status.head, status.lag_versions, status.lag_seconds
     );
+    line.push_str(&format!(
+        "\n{:<18} published through {}, {} run(s) pending",
+        "",
+        status
+            .published_through
+            .map_or_else(|| "nothing yet".to_string(), |p| format!("version {p}")),
+        status.unpublished_runs
+    ));
     if let Some(r) = &status.last_run {
         line.push_str(&format!("\n{:<18} last run: {}", "", r.summary()));
     }

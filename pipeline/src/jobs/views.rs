@@ -1,7 +1,9 @@
-//! How readers see the derived tables: each job's partial rows (registered as
-//! [`Job::parts`]) folded by its merge SQL under [`Job::view`], and `profiles` as
-//! `sql/jobs/profiles_view.sql` over the activity and attribute views and the field
-//! registry.
+//! How tidemark's readers (`tidemark sql`, the API, the segment job) see the derived
+//! tables: each job's published rows and its pending runs after the published mark
+//! (registered together as [`Job::parts`]) folded by its merge SQL under [`Job::view`],
+//! and `profiles` as `sql/jobs/profiles_view.sql` over the activity and attribute views
+//! and the field registry. So they see every run at once, while other Delta readers see
+//! the published tables, one row per key, up to `jobs.publish_interval` later.
 
 use std::sync::Arc;
 
@@ -11,19 +13,20 @@ use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::prelude::{SessionContext, col, lit};
 
 use super::defs::{ALL, Job, PROFILES_VIEW_SQL};
+use super::publish::{self, Published};
 use crate::Result;
 use crate::storage::Store;
 use crate::users::fields::FieldsDoc;
 
-/// Registers `job`'s merged view as [`Job::view`] over `parts` (the Delta table's
-/// provider), restricted to `environment` when given.
+/// Registers `job`'s merged view as [`Job::view`] over `parts` (rows of the job's
+/// columns), restricted to `environment` when given.
 pub async fn register(
     ctx: &SessionContext,
     job: Job,
-    parts: Arc<dyn TableProvider>,
+    parts: datafusion::dataframe::DataFrame,
     environment: Option<&str>,
 ) -> Result<()> {
-    let mut df = ctx.read_table(parts)?;
+    let mut df = parts;
     if let Some(env) = environment {
         df = df.filter(col("environment").eq(lit(env)))?;
     }
@@ -41,13 +44,7 @@ pub async fn register_all(
     environment: Option<&str>,
 ) -> Result<()> {
     for job in ALL {
-        let parts: Arc<dyn TableProvider> = match store.load_table(job.table()).await? {
-            Some(table) => {
-                table.update_datafusion_session(&ctx.state())?;
-                table.table_provider().await?
-            }
-            None => Arc::new(MemTable::try_new(job.schema(), vec![vec![]])?),
-        };
+        let parts = parts(ctx, store, job).await?;
         register(ctx, job, parts, environment).await?;
     }
     let fields = crate::users::fields::Registry::new(store.clone())
@@ -57,6 +54,38 @@ pub async fn register_all(
     let profiles = ctx.sql(PROFILES_VIEW_SQL).await?.into_view();
     ctx.register_table("profiles", profiles)?;
     Ok(())
+}
+
+/// The rows of `job` its view merges: the published rows and the pending runs after the
+/// published mark. Pending is read first: a publish that commits in between only moves
+/// the mark over runs the published table then holds.
+pub async fn parts(
+    ctx: &SessionContext,
+    store: &Store,
+    job: Job,
+) -> Result<datafusion::dataframe::DataFrame> {
+    let pending = store.load_table(job.pending()).await?;
+    let published = store.load_table(job.table()).await?;
+    let after = match publish::published_state(published.as_ref(), job).await? {
+        Published::Current { through } => through,
+        Published::Missing | Published::OldLayout => None,
+    };
+    let mut parts = match published {
+        Some(table) => {
+            table.update_datafusion_session(&ctx.state())?;
+            ctx.read_table(table.table_provider().await?)?
+                .select(publish::job_columns(job))?
+        }
+        None => {
+            let empty: Arc<dyn TableProvider> =
+                Arc::new(MemTable::try_new(job.schema(), vec![vec![]])?);
+            ctx.read_table(empty)?
+        }
+    };
+    if let Some(pending) = pending {
+        parts = parts.union(publish::pending_rows(ctx, &pending, job, after, None).await?)?;
+    }
+    Ok(parts)
 }
 
 /// The declared fields as rows: environment, name, type, since_change_id.

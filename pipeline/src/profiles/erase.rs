@@ -4,7 +4,9 @@
 //! `profile_changes`), brings the jobs past those deletes, then deletes the user's rows
 //! from every derived table. Catching the jobs up first matters: a job run that read the
 //! events before the DELETE could otherwise append the user's rows again afterwards. Once
-//! a job's cursor is past the DELETE, later runs only read newer files.
+//! a job's cursor is past the DELETE, later runs only read newer files. The derived rows
+//! are deleted from the pending and the published tables under the publish lease, so a
+//! publish pass that read the pending rows before their DELETE cannot write them back.
 //!
 //! The DELETE predicate names the user by the SHA-256 of the id, so the Delta log (which
 //! records each predicate) never holds the id; tables keep column statistics only for
@@ -127,15 +129,27 @@ pub async fn erase(
         }
     }
     catch_up(runner).await?;
-    let derived = defs::ALL
+    let derived: Vec<&str> = defs::ALL
         .iter()
-        .map(|j| j.table())
-        .chain([crate::segments::job::MEMBERS, crate::segments::job::CHANGES]);
-    for name in derived {
-        if let Some((rows, v)) = delete_from(store, name, environment, user_id).await? {
-            rows_deleted.insert(name.to_string(), rows);
-            versions.insert(name.to_string(), v);
-        }
+        .flat_map(|j| [j.pending(), j.table()])
+        .chain([crate::segments::job::MEMBERS, crate::segments::job::CHANGES])
+        .collect();
+    let leases = crate::storage::lease::Leases::new(store, runner.options().lease_ttl);
+    let poll = Duration::from_millis(100);
+    let deleted = leases
+        .exclusive(crate::jobs::publish::LEASE, poll, async {
+            let mut deleted = Vec::new();
+            for name in &derived {
+                if let Some(d) = delete_from(store, name, environment, user_id).await? {
+                    deleted.push((name.to_string(), d));
+                }
+            }
+            Ok(deleted)
+        })
+        .await?;
+    for (name, (rows, v)) in deleted {
+        rows_deleted.insert(name.clone(), rows);
+        versions.insert(name, v);
     }
     let erasure = Erasure {
         id: uuid::Uuid::now_v7().to_string(),

@@ -65,7 +65,9 @@ async fn environments_of(events: &DeltaTable) -> Result<Vec<String>> {
 /// that left their table more than `retention` ago. Returns files deleted per table.
 pub async fn vacuum_all(store: &Store, retention: Duration) -> Result<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
-    for name in super::table_dirs(store).await? {
+    // The pending tables live below `_tidemark/`, outside the listed table directories.
+    let pending = crate::jobs::defs::ALL.map(|j| j.pending().to_string());
+    for name in super::table_dirs(store).await?.into_iter().chain(pending) {
         let Some(table) = store.load_table(&name).await? else {
             continue;
         };

@@ -10,7 +10,7 @@ use tidemark::jobs::{JobOptions, Runner};
 use tidemark::storage::{Store, events_table};
 
 use crate::harness::{Backend, TestStore, client};
-use crate::jobs_model::{Ev, HOUR, MINUTE, T0, actual, commit, expected};
+use crate::jobs_model::{Ev, HOUR, MINUTE, T0, actual, commit, expected, published};
 
 const WINDOW: i64 = 30 * MINUTE;
 const SKEW: i64 = 5 * MINUTE;
@@ -19,7 +19,6 @@ fn options() -> JobOptions {
     JobOptions {
         clock_skew_tolerance: Duration::from_micros(SKEW as u64),
         dedup_window: Duration::from_micros(WINDOW as u64),
-        compact_files: 3,
         max_versions_per_run: 4,
         target_partitions: Some(2),
         evaluate_segments: false,
@@ -97,6 +96,10 @@ async fn incremental_equals_rebuild_and_model(seed: u64) {
         if rng.random_bool(0.5) {
             run_until_caught_up(&runner).await;
         }
+        if rng.random_bool(0.3) {
+            // A publish between runs: tidemark's views still see every run once.
+            runner.publish().await.unwrap();
+        }
         if rng.random_bool(0.25) {
             let t = events_table::open_or_create(&store).await.unwrap();
             events_table::optimize_since(t, "1970-01-01", 1)
@@ -119,9 +122,25 @@ async fn incremental_equals_rebuild_and_model(seed: u64) {
     let want = expected(&all, WINDOW, SKEW);
     let incremental = actual(&store).await;
     assert_eq!(incremental, want, "incremental runs != model (seed {seed})");
+    runner.publish().await.unwrap();
+    assert_eq!(
+        published(&store).await,
+        want,
+        "published tables != model (seed {seed})"
+    );
+    assert_eq!(
+        actual(&store).await,
+        want,
+        "views after publish (seed {seed})"
+    );
     runner.rebuild(None).await.unwrap();
     let rebuilt = actual(&store).await;
     assert_eq!(rebuilt, want, "rebuild != model (seed {seed})");
+    assert_eq!(
+        published(&store).await,
+        want,
+        "rebuilt tables (seed {seed})"
+    );
     assert!(
         runner.run_once().await.unwrap().is_empty(),
         "nothing left after rebuild"
@@ -174,7 +193,7 @@ async fn runner_killed_mid_run_recovers_exactly() {
         let mut child = std::process::Command::new(crate::harness::BIN)
             .args(["jobs", "run", "--data", &ts.data])
             .env("TIDEMARK_JOBS__POLL_INTERVAL", "100ms")
-            .env("TIDEMARK_JOBS__COMPACT_FILES", "4")
+            .env("TIDEMARK_JOBS__PUBLISH_INTERVAL", "300ms")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -201,6 +220,8 @@ async fn runner_killed_mid_run_recovers_exactly() {
     let got = actual(&store).await;
     assert_eq!(got.profiles.len(), 500);
     assert_eq!(got, want);
+    // `--once` published what it ran: the Delta tables alone give the same answer.
+    assert_eq!(published(&store).await, want);
     assert!(
         killed_mid_run >= 1,
         "no kill landed while the jobs were behind"

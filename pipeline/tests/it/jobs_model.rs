@@ -187,16 +187,30 @@ const STATS_SQL: &str = "SELECT environment, user_id, CAST(event_name AS VARCHAR
     CAST(first_at AS BIGINT), CAST(last_at AS BIGINT), CAST(\"count\" AS BIGINT) \
     FROM event_stats ORDER BY environment, user_id, event_name";
 
-/// The tables as readers see them (`tidemark sql`'s session).
+/// The tables as tidemark's readers see them (`tidemark sql`'s session).
 pub async fn actual(store: &Store) -> Tables {
+    let ctx = tidemark::query::session(store, None).await.unwrap();
+    read(&ctx).await
+}
+
+/// The published Delta tables as any Delta reader sees them (no tidemark views).
+pub async fn published(store: &Store) -> Tables {
+    let ctx = datafusion::prelude::SessionContext::new();
+    for name in ["profiles", "event_stats"] {
+        let table = store.load_table(name).await.unwrap().expect(name);
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table(name, table.table_provider().await.unwrap())
+            .unwrap();
+    }
+    read(&ctx).await
+}
+
+async fn read(ctx: &datafusion::prelude::SessionContext) -> Tables {
     let cast = |b: &RecordBatch, i: usize| -> ArrayRef {
         arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8).unwrap()
     };
     let mut out = Tables::default();
-    for b in tidemark::query::query(store, None, PROFILE_SQL)
-        .await
-        .unwrap()
-    {
+    for b in tidemark::query::run(ctx, PROFILE_SQL).await.unwrap() {
         let (env, user, name) = (cast(&b, 0), cast(&b, 1), cast(&b, 12));
         for r in 0..b.num_rows() {
             let times = (2..=10).map(|c| opt_i64(b.column(c).as_ref(), r)).collect();
@@ -209,10 +223,7 @@ pub async fn actual(store: &Store) -> Tables {
             ));
         }
     }
-    for b in tidemark::query::query(store, None, STATS_SQL)
-        .await
-        .unwrap()
-    {
+    for b in tidemark::query::run(ctx, STATS_SQL).await.unwrap() {
         let (env, user, name) = (cast(&b, 0), cast(&b, 1), cast(&b, 2));
         for r in 0..b.num_rows() {
             out.stats.push((
