@@ -36,11 +36,17 @@ pub struct FaultConfig {
     pub delay_rate: f64,
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
+    /// For crash tests: the process aborts at its first write into this table's Delta log
+    /// (`event_stats`, `_tidemark/pending/profiles`): its data files are written, its commit
+    /// is not. Empty = off.
+    pub crash_on_commit_to: String,
 }
 
 impl FaultConfig {
     pub fn is_on(&self) -> bool {
-        self.rate > 0.0 || (self.delay_rate > 0.0 && !self.max_delay.is_zero())
+        self.rate > 0.0
+            || (self.delay_rate > 0.0 && !self.max_delay.is_zero())
+            || !self.crash_on_commit_to.is_empty()
     }
 }
 
@@ -71,6 +77,8 @@ impl fmt::Display for FaultStats {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     config: FaultConfig,
+    /// The Delta log whose first write aborts the process (`crash_on_commit_to`).
+    crash_on: Option<Path>,
     pub stats: Arc<FaultStats>,
 }
 
@@ -84,11 +92,29 @@ enum Fate {
 }
 
 impl FaultyStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, config: FaultConfig) -> FaultyStore {
+    /// `paths` places `crash_on_commit_to`'s Delta log.
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        config: FaultConfig,
+        paths: &super::paths::Paths,
+    ) -> FaultyStore {
+        let crash_on = (!config.crash_on_commit_to.is_empty())
+            .then(|| paths.table_delta_log(&config.crash_on_commit_to));
         FaultyStore {
             inner,
             config,
+            crash_on,
             stats: Arc::default(),
+        }
+    }
+
+    /// Aborts the process before a write into the `crash_on_commit_to` log.
+    fn crash_point(&self, location: &Path) {
+        if let Some(log) = &self.crash_on
+            && location.prefix_matches(log)
+        {
+            eprintln!("tidemark: crashing before the commit {location} (crash_on_commit_to)");
+            std::process::abort();
         }
     }
 
@@ -128,6 +154,7 @@ impl fmt::Display for FaultyStore {
 /// Runs a write under its fate.
 macro_rules! write_op {
     ($self:ident, $what:literal, $loc:expr, $op:expr) => {{
+        $self.crash_point($loc);
         match $self.fate(true).await {
             Fate::FailBefore => Err(injected(concat!($what, " (not applied)"), $loc)),
             Fate::FailAfter => {
@@ -160,6 +187,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
+        self.crash_point(location);
         match self.fate(false).await {
             Fate::Pass => self.inner.put_multipart_opts(location, opts).await,
             _ => Err(injected("multipart upload", location)),
@@ -267,6 +295,10 @@ mod tests {
     use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
+    fn paths() -> super::super::paths::Paths {
+        super::super::paths::Paths::new(url::Url::parse("memory:///t/").unwrap())
+    }
+
     #[tokio::test]
     async fn faults_fail_before_or_after_and_are_counted() {
         let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
@@ -276,6 +308,7 @@ mod tests {
                 rate: 1.0,
                 ..Default::default()
             },
+            &paths(),
         );
         let mut landed = 0;
         for i in 0..200 {
@@ -295,7 +328,7 @@ mod tests {
         assert_eq!(stats.operations.load(Ordering::Relaxed), 201);
         assert_eq!(stats.lost_answers.load(Ordering::Relaxed), landed);
 
-        let off = FaultyStore::new(inner, FaultConfig::default());
+        let off = FaultyStore::new(inner, FaultConfig::default(), &paths());
         assert!(!off.config.is_on());
         let listed: Vec<_> = off.list(Some(&Path::from("o"))).collect().await;
         assert_eq!(listed.len() as u64, landed);

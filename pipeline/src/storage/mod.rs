@@ -66,8 +66,9 @@ impl Store {
         if storage.faults.is_on() {
             tracing::warn!(faults = ?storage.faults, "storage fault injection is on");
             let mut stats = None;
+            let paths = store.paths.clone();
             store = store.wrapped(|root| {
-                let faulty = faults::FaultyStore::new(root, storage.faults.clone());
+                let faulty = faults::FaultyStore::new(root, storage.faults.clone(), &paths);
                 stats = Some(faulty.stats.clone());
                 Arc::new(faulty)
             });
