@@ -6,8 +6,7 @@
 //! In the same run it measures the in-process ceiling: parse + Arrow build + Parquet (zstd)
 //! encode of the same batches with no HTTP, and prints HTTP throughput as a ratio of it.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -175,39 +174,21 @@ async fn main() -> anyhow::Result<()> {
         batches.iter().map(|b| b.len()).sum::<usize>() as f64 / (pool * args.batch) as f64;
 
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(&bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ack",
-            &args.ack,
-            "--data",
-        ])
-        .arg(dir.path().join("data"))
-        .env("TIDEMARK_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let (mut addr, mut key) = (None, None);
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("tidemark: listening on http://") {
-            addr = Some(a.trim().to_string());
-        }
-        if let Some(k) = line.trim().strip_prefix("ingest key:") {
-            key = Some(k.trim().to_string());
-        }
-        if line == "tidemark: ready" {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let (Some(addr), Some(key)) = (addr, key) else {
-        bail!("tidemark did not print its address and keys");
-    };
-    let url = format!("http://{addr}/v1/default/events");
+    let node = tidemark_benchmarks::node::start(
+        Command::new(&bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ack",
+                &args.ack,
+                "--data",
+            ])
+            .arg(dir.path().join("data")),
+    )
+    .with_context(|| format!("starting {}", bin.display()))?;
+    let key = node.ingest.clone();
+    let url = format!("{}/v1/default/events", node.url);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .build()?;
@@ -258,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Sustained means the flusher keeps up: wait until every acknowledged event is
     // committed to the Delta table (the WAL holds nothing pending).
-    let metrics_url = format!("http://{addr}/metrics");
+    let metrics_url = format!("{}/metrics", node.url);
     let committed_after = loop {
         let text = client.get(&metrics_url).send().await?.text().await?;
         let pending = text
@@ -273,12 +254,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let committed_rate = events as f64 / committed_after;
 
-    let pid = child.id();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = child.wait();
+    node.proc.terminate()?;
 
     let ceiling_rate = ceiling(&batches, 2)?;
     let result = json!({

@@ -5,7 +5,8 @@
 //!   per day, the way the flusher lays them out (partitioned by environment, received date).
 //! - `rebuild`: `jobs rebuild` of profiles + event_stats on 2 partitions / 2 threads.
 //! - `append`: adds a fraction more events, received on the next day, in 10 commits.
-//! - `incremental`: job runs until caught up.
+//! - `incremental`: job runs until caught up (partial rows into the pending tables).
+//! - `publish`: one publish pass (pending rows folded into the published tables).
 //!
 //! Each step prints one JSON line with its seconds and the process's peak memory.
 
@@ -57,6 +58,10 @@ enum Step {
         users: usize,
     },
     Incremental {
+        #[arg(long)]
+        data: String,
+    },
+    Publish {
         #[arg(long)]
         data: String,
     },
@@ -250,6 +255,10 @@ async fn step(step: Step) -> anyhow::Result<serde_json::Value> {
                 reports.extend(r);
             }
             json!({"step": "incremental", "reports": reports})
+        }
+        Step::Publish { data } => {
+            let reports = runner(&data)?.publish().await?;
+            json!({"step": "publish", "reports": reports})
         }
         Step::Query {
             data,

@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
+use tidemark_benchmarks::node::{Node, Proc, now_us, serve};
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -90,12 +91,6 @@ struct Counters {
     first_us: AtomicU64,
     last_us: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 struct Rx {
@@ -194,34 +189,6 @@ async fn serve_receiver(base: u16, endpoints: u16, secret: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// A running `tidemark` process (killed on drop).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn terminate(mut self) -> anyhow::Result<()> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        self.0.wait()?;
-        Ok(())
-    }
-}
-
-struct Node {
-    proc: Proc,
-    url: String,
-    admin: String,
-    ingest: String,
-}
-
 fn write_config(dir: &Path, worker_in_serve: bool) -> anyhow::Result<PathBuf> {
     let path = dir.join("tidemark.toml");
     std::fs::write(
@@ -232,44 +199,6 @@ fn write_config(dir: &Path, worker_in_serve: bool) -> anyhow::Result<PathBuf> {
         ),
     )?;
     Ok(path)
-}
-
-fn serve(bin: &Path, config: &Path) -> anyhow::Result<Node> {
-    let mut child = Command::new(bin)
-        .args(["--config"])
-        .arg(config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("TIDEMARK_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let (mut url, mut admin, mut ingest) = (None, None, None);
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(a) = line.strip_prefix("tidemark: listening on http://") {
-            url = Some(format!("http://{}", a.trim()));
-        }
-        if let Some(k) = line.trim().strip_prefix("admin key:") {
-            admin = Some(k.trim().to_string());
-        }
-        if let Some(k) = line.trim().strip_prefix("ingest key:") {
-            ingest = Some(k.trim().to_string());
-        }
-        if line == "tidemark: ready" {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let (Some(url), Some(admin), Some(ingest)) = (url, admin, ingest) else {
-        bail!("tidemark serve did not print its address and keys");
-    };
-    Ok(Node {
-        proc: Proc(child),
-        url,
-        admin,
-        ingest,
-    })
 }
 
 async fn create_subs(

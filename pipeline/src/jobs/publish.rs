@@ -219,15 +219,22 @@ fn partitions_predicate(partitions: &[(String, String)]) -> Option<Expr> {
         .reduce(Expr::or)
 }
 
-/// The distinct (environment, bucket) partitions of the rows of `df`.
-async fn touched(df: datafusion::dataframe::DataFrame) -> Result<Vec<(String, String)>> {
-    let ctx = SessionContext::new();
-    ctx.register_table("new_rows", df.into_view())?;
+/// The distinct (environment, bucket) partitions of the rows of `df` (of `ctx`, whose
+/// runtime knows the store).
+async fn touched(
+    ctx: &SessionContext,
+    job: Job,
+    df: datafusion::dataframe::DataFrame,
+) -> Result<Vec<(String, String)>> {
+    let name = format!("{}_new_rows", job.table());
+    ctx.register_table(name.as_str(), df.into_view())?;
     let sql = format!(
-        "SELECT DISTINCT CAST(environment AS VARCHAR), {BUCKET_SQL} FROM new_rows ORDER BY 1, 2"
+        "SELECT DISTINCT CAST(environment AS VARCHAR), {BUCKET_SQL} FROM {name} ORDER BY 1, 2"
     );
+    let batches = ctx.sql(&sql).await?.collect().await;
+    ctx.deregister_table(name.as_str())?;
     let mut out = Vec::new();
-    for batch in ctx.sql(&sql).await?.collect().await? {
+    for batch in batches? {
         let env = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
         let bucket = arrow::compute::cast(batch.column(1), &arrow::datatypes::DataType::Utf8)?;
         let env = arrow::array::AsArray::as_string::<i32>(&env);
@@ -367,7 +374,7 @@ pub async fn publish_job(
         None => 0,
     };
     let partitions = match (&new_rows, whole) {
-        (Some(df), false) => Some(touched(df.clone()).await?),
+        (Some(df), false) => Some(touched(ctx, job, df.clone()).await?),
         _ => None,
     };
     table.update_datafusion_session(&ctx.state())?;

@@ -98,8 +98,13 @@ for name, keys in KEYS.items():
     for r in rows:
         if r["user_bucket"] != hashlib.md5(r["user_id"].encode()).hexdigest()[0]:
             out["duplicates"].append([name, "bucket", r["user_id"], r["user_bucket"]])
+    # what an engine opens for one user when the query names the bucket too
+    one = [("environment", "=", "default"),
+           ("user_bucket", "=", hashlib.md5(b"u00").hexdigest()[0])]
     out[name] = {"rows": rows, "versions": table.version() + 1,
-                 "partitions": table.metadata().partition_columns}
+                 "partitions": table.metadata().partition_columns,
+                 "files": len(table.file_uris()),
+                 "files_for_u00": len(table.file_uris(partition_filters=one))}
 print(json.dumps(out))
 sys.stdout.flush()
 os._exit(0)
@@ -354,10 +359,14 @@ async fn delta_rs_reads_exact_derived_tables() {
                 ("event_stats = model", got.stats == want.stats),
             ];
             if checks.iter().all(|(_, ok)| *ok) {
-                assert_eq!(
-                    published["profiles"]["partitions"],
-                    json!(["environment", "user_bucket"])
-                );
+                for table in ["profiles", "event_stats", "profile_attributes"] {
+                    let t = &published[table];
+                    assert_eq!(t["partitions"], json!(["environment", "user_bucket"]));
+                    // 40 users over 16 buckets: one file per bucket, one file for a user
+                    let files = t["files"].as_u64().unwrap();
+                    assert!((2..=16).contains(&files), "{table}: {files} files");
+                    assert_eq!(t["files_for_u00"], 1, "{table}");
+                }
                 break;
             }
             if std::time::Instant::now() > deadline {

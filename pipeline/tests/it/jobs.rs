@@ -356,6 +356,32 @@ async fn profiles_follow_ingest(backend: Backend) {
         text.contains("profiles") && text.contains("lag 0 version(s)"),
         "{text}"
     );
+    // A publish pass now (on this backend's object store): every job's published table
+    // then holds its cursor, and nothing is left pending.
+    let out = ts.cli(&["jobs", "publish"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (or nothing pending, when the first run was a rebuild that covered every event)
+    assert!(
+        text.contains("event_stats: published runs") || text.contains("nothing pending"),
+        "{text}"
+    );
+    let status = ts.cli(&["jobs", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    for s in status.as_array().unwrap() {
+        assert_eq!(s["published_through"], s["cursor"], "{s}");
+        assert_eq!(s["unpublished_runs"], 0, "{s}");
+    }
+    let out = ts.cli(&["jobs", "publish"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing pending"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     node.terminate();
 }
 
