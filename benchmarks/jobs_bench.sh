@@ -28,14 +28,14 @@ python3 benchmarks/jobs_duckdb.py "$DATA" "$WORK/duck2" | tee "$WORK/duckdb2.jso
 
 python3 - "$WORK" "$EVENTS" "$USERS" <<'PY'
 import json, sys, os, statistics
-import pyarrow.compute as pc, pyarrow.parquet as pq
+import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 from deltalake import DeltaTable
 work, events, users = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
 def layout(name):
     """The published table as an outside reader finds it: files, sizes, sort order."""
     t = DeltaTable(os.path.join(work, "data", name))
-    adds = t.get_add_actions(flatten=True).to_pydict()
+    adds = pa.table(t.get_add_actions(flatten=True)).to_pydict()
     sizes = sorted(adds["size_bytes"])
     unsorted = 0
     for uri in t.file_uris():
