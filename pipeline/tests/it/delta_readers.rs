@@ -46,18 +46,7 @@ async fn delta_rs_python_reads_events() {
     assert!(node.terminate().success());
 
     let table = std::path::Path::new(&store.data).join("events");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(READER)
-        .arg(&table)
-        .output()
-        .expect("python3 must be installed");
-    assert!(
-        out.status.success(),
-        "the delta-rs Python reader failed (pip install deltalake pyarrow): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = python_reader(READER, &table.to_string_lossy());
     assert_eq!(v["partitions"], json!(["environment", "received_date"]));
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
@@ -110,19 +99,24 @@ sys.stdout.flush()
 os._exit(0)
 "#;
 
-fn read_derived(data: &str) -> Value {
+/// Runs the Python `script` on `path` and parses the JSON it prints.
+fn python_reader(script: &str, path: &str) -> Value {
     let out = Command::new("python3")
         .arg("-c")
-        .arg(DERIVED_READER)
-        .arg(data)
+        .arg(script)
+        .arg(path)
         .output()
         .expect("python3 must be installed");
     assert!(
         out.status.success(),
-        "the delta-rs Python reader failed: {}",
+        "the delta-rs Python reader failed (pip install deltalake pyarrow): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn read_derived(data: &str) -> Value {
+    python_reader(DERIVED_READER, data)
 }
 
 /// The columns both sides compare, per table: timestamps as microseconds.
