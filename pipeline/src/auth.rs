@@ -171,6 +171,14 @@ pub enum AuthError {
     Forbidden(String),
 }
 
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::Unauthenticated(m) | AuthError::Forbidden(m) => f.write_str(m),
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {

@@ -272,6 +272,7 @@ impl RetentionConfig {
     }
 }
 
+pub use crate::query::QueryConfig;
 pub use crate::storage::StorageConfig;
 
 /// The whole configuration of a tidemark node.
@@ -322,6 +323,7 @@ pub struct Config {
     pub segments: SegmentsConfig,
     pub webhooks: WebhooksConfig,
     pub exports: ExportsConfig,
+    pub query: QueryConfig,
 }
 
 impl Default for Config {
@@ -347,6 +349,7 @@ impl Default for Config {
             segments: SegmentsConfig::default(),
             webhooks: WebhooksConfig::default(),
             exports: ExportsConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -445,6 +448,7 @@ impl Config {
             );
         }
         self.validate_sinks()?;
+        self.query.validate()?;
         self.limits.validate()
     }
 

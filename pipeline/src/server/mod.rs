@@ -10,6 +10,8 @@
 //! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
 //! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
 //! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
+//! - [`query_api`]: SQL for data teams, `POST /v1/{env}/query`.
+//! - [`pg`]: the Postgres wire protocol door (`query.pg_listen`).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
@@ -21,6 +23,8 @@ pub mod fields_api;
 pub mod ingest_api;
 pub mod node;
 pub mod ops;
+pub mod pg;
+pub mod query_api;
 pub mod segments_api;
 pub mod users_api;
 pub mod webhooks_api;
@@ -59,6 +63,8 @@ pub struct AppState {
     /// Master key, HTTP client and settings of webhook subscriptions.
     pub webhooks: crate::webhooks::Context,
     pub exports: crate::exports::Context,
+    /// Data-team queries (this door and the Postgres and Flight SQL ones).
+    pub query: Arc<crate::query::Engine>,
 }
 
 impl AppState {
@@ -83,6 +89,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/{env}/events", post(ingest_api::post_events))
+        .route("/v1/{env}/query", post(query_api::post_query))
         .merge(users_routes())
         .merge(segments_routes())
         .merge(webhooks_routes())

@@ -98,6 +98,10 @@ pub async fn run(
         job_options: crate::jobs::JobOptions::from_config(&config),
         webhooks: webhooks.clone(),
         exports: exports.clone(),
+        query: Arc::new(crate::query::Engine::new(
+            store.clone(),
+            config.query.clone(),
+        )),
     });
 
     let mut sup = Supervisor::new();
@@ -120,6 +124,14 @@ pub async fn run(
     };
     println!("tidemark: listening on http://{addr}");
     tracing::info!(%addr, data = %config.data, "listening");
+    let doors = match start_sql_doors(&config, &state, keys.clone()).await {
+        Ok(d) => d,
+        Err(e) => {
+            sup.stop();
+            let _ = http.await;
+            return Err(e);
+        }
+    };
 
     let started = with_retries("recovery", || {
         start_ingest(&config, &store, &state, metrics.clone(), sup.stop_signal())
@@ -140,6 +152,9 @@ pub async fn run(
     let served = http
         .await
         .map_err(|e| Error::Unavailable(format!("http server task: {e}")))?;
+    for door in doors {
+        door.abort();
+    }
     // No request is in flight any more: flush what was acknowledged.
     sup.stop();
     let flushed = flusher
@@ -155,6 +170,38 @@ pub async fn run(
     }
     println!("tidemark: stopped");
     Ok(())
+}
+
+/// The Postgres and Flight SQL doors, when `query.pg_listen` / `query.flight_listen`
+/// are set: bound now (a port in use fails the start), served until shutdown.
+async fn start_sql_doors(
+    config: &Config,
+    state: &AppState,
+    keys: Arc<KeyCache>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let q = &config.query;
+    let mut doors = Vec::new();
+    if let Some(pg) = q.pg_listen {
+        let tls = match (&q.tls_cert, &q.tls_key) {
+            (Some(cert), Some(key)) => Some(super::pg::tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let listener = TcpListener::bind(pg)
+            .await
+            .map_err(|e| Error::Config(format!("query.pg_listen: cannot listen on {pg}: {e}")))?;
+        let bound = listener.local_addr()?;
+        println!(
+            "tidemark: postgres protocol on {bound}{} (database = environment, password = a read key)",
+            if tls.is_some() { " with TLS" } else { "" }
+        );
+        doors.push(tokio::spawn(super::pg::serve(
+            listener,
+            state.query.clone(),
+            keys.clone(),
+            tls,
+        )));
+    }
+    Ok(doors)
 }
 
 /// Runs a startup step that reads the store again after a failure of the store (a store

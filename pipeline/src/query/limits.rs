@@ -1,0 +1,236 @@
+//! `[query]`: the bounds every data-team query runs under, whichever door it came
+//! through, and the errors a query can end with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::policy::Refused;
+use crate::{Error, Result};
+
+/// `[query]` in `tidemark.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// A query (planning, execution and sending its rows) that takes longer is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Memory one query may hold (a DataFusion memory pool per query; sorts, joins and
+    /// aggregations spill to disk before they fail).
+    pub max_memory_bytes: usize,
+    /// Queries of one environment running at once; one more is answered "too many".
+    pub max_concurrent: usize,
+    /// A JSON answer (rows and column types in one document) holds at most this many
+    /// rows; CSV, NDJSON and Arrow answers stream without a cap.
+    pub max_json_rows: usize,
+    /// … and at most this many bytes.
+    pub max_json_bytes: usize,
+    /// Where `serve` accepts the Postgres wire protocol (off when unset).
+    pub pg_listen: Option<SocketAddr>,
+    /// Where `serve` accepts Arrow Flight SQL (off when unset).
+    pub flight_listen: Option<SocketAddr>,
+    /// PEM certificate chain and PKCS#8 key: the Postgres door then offers TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            timeout: Duration::from_secs(60),
+            max_memory_bytes: 512 * 1024 * 1024,
+            max_concurrent: 4,
+            max_json_rows: 100_000,
+            max_json_bytes: 64 * 1024 * 1024,
+            pg_listen: None,
+            flight_listen: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl QueryConfig {
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, msg: &str| Err(Error::Config(format!("query.{field}: {msg}")));
+        if self.timeout.is_zero() {
+            return fail("timeout", "must be greater than 0");
+        }
+        if self.max_memory_bytes < 1024 * 1024 {
+            return fail("max_memory_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if self.max_concurrent == 0 {
+            return fail("max_concurrent", "must be at least 1");
+        }
+        if self.max_json_rows == 0 || self.max_json_bytes == 0 {
+            return fail("max_json_rows", "max_json_rows and max_json_bytes must be > 0");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return fail("tls_cert", "tls_cert and tls_key are set together");
+        }
+        Ok(())
+    }
+}
+
+/// How a query failed, for each door to map to its protocol (an HTTP status, a
+/// Postgres SQLSTATE, a gRPC code).
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// A statement class queries may not run.
+    #[error("{0}")]
+    Refused(Refused),
+    /// The SQL does not parse or plan (unknown table or column, type error, …).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("query cancelled after {0:?} (query.timeout)")]
+    Timeout(Duration),
+    #[error("query exceeded its memory limit of {limit} bytes (query.max_memory_bytes): {detail}")]
+    Memory { limit: usize, detail: String },
+    #[error(
+        "environment '{environment}' already runs {limit} queries (query.max_concurrent); retry when one has finished"
+    )]
+    TooMany { environment: String, limit: usize },
+    /// The answer is larger than the format allows (JSON caps).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Storage or a bug: not the query's fault.
+    #[error("{0}")]
+    Internal(Error),
+}
+
+impl QueryError {
+    /// Classifies a DataFusion error raised while planning or running a query.
+    pub fn from_datafusion(e: DataFusionError, config: &QueryConfig) -> QueryError {
+        match e.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
+                limit: config.max_memory_bytes,
+                detail: detail.clone(),
+            },
+            DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) => {
+                QueryError::Internal(Error::DataFusion(e))
+            }
+            DataFusionError::Internal(_) => QueryError::Internal(Error::DataFusion(e)),
+            _ => QueryError::Invalid(strip_prefixes(&e.to_string())),
+        }
+    }
+
+    /// Short stable code for bodies and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueryError::Refused(_) => "refused",
+            QueryError::Invalid(_) => "invalid_query",
+            QueryError::Timeout(_) => "timeout",
+            QueryError::Memory { .. } => "memory_limit",
+            QueryError::TooMany { .. } => "too_many_queries",
+            QueryError::TooLarge(_) => "too_large",
+            QueryError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<Error> for QueryError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(m) | Error::NotFound(m) => QueryError::Invalid(m),
+            e => QueryError::Internal(e),
+        }
+    }
+}
+
+/// DataFusion wraps messages in `Error during planning: …`, `SQL error: …`; the root
+/// message is what a user acts on, so keep one prefix at most.
+fn strip_prefixes(message: &str) -> String {
+    message
+        .trim_start_matches("External error: ")
+        .trim_start_matches("Arrow error: ")
+        .to_string()
+}
+
+/// Running queries per environment.
+#[derive(Debug, Default)]
+pub struct Gate {
+    limit: usize,
+    running: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Gate {
+    pub fn new(limit: usize) -> Gate {
+        Gate {
+            limit,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one query of `environment`, or [`QueryError::TooMany`].
+    pub fn enter(&self, environment: &str) -> Result<OwnedSemaphorePermit, QueryError> {
+        let semaphore = {
+            let mut running = self.running.lock().expect("gate lock");
+            running
+                .entry(environment.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                .clone()
+        };
+        semaphore
+            .try_acquire_owned()
+            .map_err(|_| QueryError::TooMany {
+                environment: environment.to_string(),
+                limit: self.limit,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_counts_per_environment() {
+        let gate = Gate::new(2);
+        let a1 = gate.enter("a").unwrap();
+        let _a2 = gate.enter("a").unwrap();
+        let err = gate.enter("a").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("environment 'a' already runs 2 queries"),
+            "{err}"
+        );
+        // Another environment has its own slots.
+        let _b = gate.enter("b").unwrap();
+        drop(a1);
+        assert!(gate.enter("a").is_ok());
+    }
+
+    #[test]
+    fn datafusion_errors_are_classified() {
+        let config = QueryConfig::default();
+        let memory = DataFusionError::ResourcesExhausted("Failed to allocate".into());
+        assert_eq!(
+            QueryError::from_datafusion(memory.context("sort"), &config).code(),
+            "memory_limit"
+        );
+        let plan = DataFusionError::Plan("table 'x' not found".into());
+        let e = QueryError::from_datafusion(plan, &config);
+        assert_eq!(e.code(), "invalid_query");
+        assert!(e.to_string().contains("table 'x' not found"), "{e}");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut c = QueryConfig {
+            max_concurrent: 0,
+            ..QueryConfig::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("query.max_concurrent"), "{err}");
+        c.max_concurrent = 1;
+        c.tls_cert = Some("cert.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("query.tls_cert"), "{err}");
+    }
+}
