@@ -22,6 +22,9 @@ use datafusion_postgres::arrow_pg::datatypes::{
     arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
 };
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
+    PgCatalogSchemaProvider, PgCatalogStaticTables,
+};
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::set_show::SetShowHook;
@@ -294,7 +297,7 @@ impl QueryParser for PgParser {
             return Ok(Some(PgStatement::Compat(Box::new(statement))));
         }
         Ok(Some(PgStatement::Query(Box::new(
-            self.plan(&env, statement, &as_of).await?,
+            self.plan(client, &env, statement, &as_of).await?,
         ))))
     }
 
@@ -335,25 +338,70 @@ impl PgParser {
         Ok((statements, as_of))
     }
 
-    async fn plan(&self, env: &str, statement: Statement, as_of: &[AsOf]) -> PgWireResult<Planned> {
+    async fn plan(
+        &self,
+        client: &(impl ClientInfo + ?Sized),
+        env: &str,
+        statement: Statement,
+        as_of: &[AsOf],
+    ) -> PgWireResult<Planned> {
+        let catalog = self.catalog(client, env).await?;
+        let setup = move |ctx: &datafusion::prelude::SessionContext| -> crate::Result<()> {
+            let df = |e: Box<datafusion::error::DataFusionError>| crate::Error::DataFusion(*e);
+            setup_pg_catalog(ctx, "datafusion", EmptyContextProvider).map_err(df)?;
+            if let Some(c) = ctx.catalog("datafusion") {
+                c.register_schema("pg_catalog", catalog.clone())?;
+            }
+            Ok(())
+        };
         self.engine
             .prepare_statement_with(
                 Some(env),
                 DfStatement::Statement(Box::new(statement)),
                 as_of,
-                &pg_catalog,
+                &setup,
             )
             .await
             .map_err(query_error)
     }
+
+    /// The connection's `pg_catalog`: built at its first statement over the
+    /// environment's tables and kept, so the OIDs it hands out (psql's `\d NAME` looks a
+    /// table up by name, then its columns by OID, in two queries) stay the same.
+    async fn catalog(
+        &self,
+        client: &(impl ClientInfo + ?Sized),
+        env: &str,
+    ) -> PgWireResult<Arc<PgCatalog>> {
+        if let Some(c) = client.session_extensions().get::<ConnectionCatalog>() {
+            return Ok(c.0.clone());
+        }
+        let failed = |e: crate::Error| query_error(QueryError::from(e));
+        let meta = crate::query::session(self.engine.store(), Some(env))
+            .await
+            .map_err(failed)?;
+        let df = |e: datafusion::error::DataFusionError| failed(crate::Error::DataFusion(e));
+        let statics = PgCatalogStaticTables::try_new().map_err(df)?;
+        let catalog = Arc::new(
+            PgCatalogSchemaProvider::try_new(
+                meta.state().catalog_list().clone(),
+                Arc::new(statics),
+                EmptyContextProvider,
+            )
+            .map_err(df)?,
+        );
+        client
+            .session_extensions()
+            .insert(ConnectionCatalog(catalog.clone()));
+        Ok(catalog)
+    }
 }
 
-/// `pg_catalog` and the Postgres functions clients call (`format_type`,
-/// `pg_table_is_visible`, `current_schema()`, …), over the environment's tables only.
-fn pg_catalog(ctx: &datafusion::prelude::SessionContext) -> crate::Result<()> {
-    setup_pg_catalog(ctx, "datafusion", EmptyContextProvider)
-        .map_err(|e| crate::Error::DataFusion(*e))
-}
+type PgCatalog =
+    PgCatalogSchemaProvider<Arc<dyn datafusion::catalog::CatalogProviderList>, EmptyContextProvider>;
+
+/// A connection's [`PgCatalog`], in its session extensions.
+struct ConnectionCatalog(Arc<PgCatalog>);
 
 struct PgHandler {
     engine: Arc<Engine>,
@@ -422,7 +470,7 @@ impl SimpleQueryHandler for PgHandler {
                 out.push(self.compat(client, &statement).await?);
                 continue;
             }
-            let planned = self.parser.plan(&env, statement, &as_of).await?;
+            let planned = self.parser.plan(client, &env, statement, &as_of).await?;
             out.push(
                 self.run(client, &planned, ParamValues::List(vec![]), &Format::UnifiedText)
                     .await?,
