@@ -11,6 +11,7 @@
 //! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
 //! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
 //! - [`query_api`]: SQL for data teams, `POST /v1/{env}/query`.
+//! - [`flight`]: the Arrow Flight SQL door (`query.flight_listen`).
 //! - [`pg`]: the Postgres wire protocol door (`query.pg_listen`).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
@@ -20,6 +21,7 @@ pub mod body;
 pub mod error;
 pub mod exports_api;
 pub mod fields_api;
+pub mod flight;
 pub mod ingest_api;
 pub mod node;
 pub mod ops;
