@@ -42,7 +42,7 @@ pub struct SqlArgs {
 /// Where queries go.
 enum Target {
     Store {
-        engine: Engine,
+        engine: Box<Engine>,
         environment: Option<String>,
     },
     Server {
@@ -174,7 +174,7 @@ pub fn run(file: Option<&Path>, args: SqlArgs) -> anyhow::Result<ExitCode> {
         None => {
             let (config, store) = super::open_store(file, super::DataArgs { data: args.data })?;
             Target::Store {
-                engine: Engine::new(store, config.query),
+                engine: Box::new(Engine::new(store, config.query)),
                 environment: args.environment.clone(),
             }
         }
@@ -266,13 +266,19 @@ fn repl(
     }
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     if interactive {
-        eprintln!("tidemark sql: statements end with ';'. \\d lists tables, \\d NAME shows one, \\timing, \\q quits.");
+        eprintln!(
+            "tidemark sql: statements end with ';'. \\d lists tables, \\d NAME shows one, \\timing, \\q quits."
+        );
     }
     let mut timing = false;
     let mut buffer = String::new();
     let mut failed = false;
     loop {
-        let prompt = if buffer.is_empty() { "tidemark> " } else { "     ...> " };
+        let prompt = if buffer.is_empty() {
+            "tidemark> "
+        } else {
+            "     ...> "
+        };
         let line = match editor.readline(prompt) {
             Ok(l) => l,
             Err(rustyline::error::ReadlineError::Interrupted) => {
@@ -342,9 +348,10 @@ mod tests {
             ("SELECT 1;", Input::Statement("SELECT 1".into())),
             ("SELECT user_id", Input::More),
             ("FROM events", Input::More),
-            ("WHERE user_id = 'a' ;", Input::Statement(
-                "SELECT user_id\nFROM events\nWHERE user_id = 'a'".into(),
-            )),
+            (
+                "WHERE user_id = 'a' ;",
+                Input::Statement("SELECT user_id\nFROM events\nWHERE user_id = 'a'".into()),
+            ),
             (";", Input::More),
             ("\\x", Input::Unknown("\\x".into())),
             ("\\q", Input::Quit),

@@ -41,7 +41,12 @@ impl Format {
             return Ok(Format::Json);
         };
         for part in accept.split(',') {
-            let mime = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             let format = match mime.as_str() {
                 "application/json" | "*/*" | "application/*" => Format::Json,
                 "text/csv" | "text/*" => Format::Csv,
@@ -69,13 +74,9 @@ pub struct Encoder {
 }
 
 enum Inner {
-    Csv {
-        header: bool,
-    },
+    Csv { header: bool },
     Ndjson,
-    Json {
-        first_row: bool,
-    },
+    Json { first_row: bool },
     Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
     Parquet(Box<ArrowWriter<Vec<u8>>>),
     Table(Vec<RecordBatch>),
@@ -276,7 +277,12 @@ mod tests {
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-        assert_eq!(arrow::compute::concat_batches(&read[0].schema(), &read).unwrap().num_rows(), 3);
+        assert_eq!(
+            arrow::compute::concat_batches(&read[0].schema(), &read)
+                .unwrap()
+                .num_rows(),
+            3
+        );
         let empty: serde_json::Value =
             serde_json::from_slice(&encode(Format::Json, &[batch(&[], &[])])).unwrap();
         assert_eq!(empty["row_count"], 0);

@@ -69,11 +69,15 @@ impl Engine {
 
     /// Plans `sql` (one statement, `$1`, `$2`, … for parameters) for `environment`
     /// (`None`: every environment, for `tidemark sql` on the store itself).
-    pub async fn prepare(&self, environment: Option<&str>, sql: &str) -> Result<Planned, QueryError> {
+    pub async fn prepare(
+        &self,
+        environment: Option<&str>,
+        sql: &str,
+    ) -> Result<Planned, QueryError> {
         let (sql, as_of) = time_travel::rewrite(sql).map_err(QueryError::Invalid)?;
         let config = &self.config;
-        let mut statements = DFParser::parse_sql(&sql)
-            .map_err(|e| QueryError::from_datafusion(e, config))?;
+        let mut statements =
+            DFParser::parse_sql(&sql).map_err(|e| QueryError::from_datafusion(e, config))?;
         let statement = match (statements.pop_front(), statements.is_empty()) {
             (Some(s), true) => s,
             (None, _) => return Err(QueryError::Invalid("the query is empty".into())),

@@ -69,7 +69,10 @@ impl QueryConfig {
             return fail("max_concurrent", "must be at least 1");
         }
         if self.max_json_rows == 0 || self.max_json_bytes == 0 {
-            return fail("max_json_rows", "max_json_rows and max_json_bytes must be > 0");
+            return fail(
+                "max_json_rows",
+                "max_json_rows and max_json_bytes must be > 0",
+            );
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return fail("tls_cert", "tls_cert and tls_key are set together");

@@ -106,7 +106,9 @@ fn table_functions(statement: &Statement) -> Result<(), Refused> {
 }
 
 fn refused(what: &str) -> Refused {
-    Refused(format!("{what} is not allowed: queries are read-only ({ALLOWED})"))
+    Refused(format!(
+        "{what} is not allowed: queries are read-only ({ALLOWED})"
+    ))
 }
 
 /// `INSERT`, `CREATE TABLE`, `CREATE OR REPLACE VIEW`, …: the statement's leading
@@ -187,7 +189,10 @@ mod tests {
                 "SET datafusion.execution.batch_size = 1",
                 "SET is not allowed",
             ),
-            ("EXPLAIN INSERT INTO events VALUES (1)", "INSERT is not allowed"),
+            (
+                "EXPLAIN INSERT INTO events VALUES (1)",
+                "INSERT is not allowed",
+            ),
             (
                 "EXPLAIN ANALYZE COPY events TO '/tmp/x'",
                 "COPY is not allowed",
@@ -218,7 +223,10 @@ mod tests {
                 "SELECT * FROM (SELECT * FROM read_json('x')) q",
                 "table function 'read_json'",
             ),
-            ("SELECT * FROM '/etc/passwd'", "'/etc/passwd' is not a table"),
+            (
+                "SELECT * FROM '/etc/passwd'",
+                "'/etc/passwd' is not a table",
+            ),
             (
                 "SELECT * FROM \"s3://bucket/events\"",
                 "\"s3://bucket/events\" is not a table",

@@ -140,7 +140,11 @@ impl FlightDoor {
         Ok(out)
     }
 
-    async fn run(&self, planned: &Planned, params: ParamValues) -> Result<Response<DoGetStream>, Status> {
+    async fn run(
+        &self,
+        planned: &Planned,
+        params: ParamValues,
+    ) -> Result<Response<DoGetStream>, Status> {
         let rows = self
             .engine
             .execute_params(planned, params)
@@ -156,7 +160,12 @@ impl FlightDoor {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    fn info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    fn info(
+        &self,
+        schema: &Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
         let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
         let info = FlightInfo::new()
             .try_with_schema(schema)
@@ -242,7 +251,10 @@ impl FlightSqlService for FlightDoor {
     async fn do_handshake(
         &self,
         request: Request<Streaming<HandshakeRequest>>,
-    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
         let header = request
             .metadata()
             .get("authorization")
@@ -254,7 +266,9 @@ impl FlightSqlService for FlightDoor {
             let b64 = basic.trim().trim_end_matches('=');
             let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
                 .decode(b64)
-                .map_err(|e| Status::unauthenticated(format!("basic auth is not valid base64: {e}")))?;
+                .map_err(|e| {
+                    Status::unauthenticated(format!("basic auth is not valid base64: {e}"))
+                })?;
             let text = String::from_utf8(decoded)
                 .map_err(|_| Status::unauthenticated("basic auth is not UTF-8"))?;
             let (env, key) = text
@@ -265,8 +279,9 @@ impl FlightSqlService for FlightDoor {
                 .authenticate(Some(&format!("Bearer {key}")))
                 .await
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            authorize(&principal, env, &[Role::Read, Role::Admin])
-                .map_err(|e| Status::permission_denied(format!("user '{env}' (the environment): {e}")))?;
+            authorize(&principal, env, &[Role::Read, Role::Admin]).map_err(|e| {
+                Status::permission_denied(format!("user '{env}' (the environment): {e}"))
+            })?;
             key.to_string()
         } else if let Some(key) = header.strip_prefix("Bearer ") {
             self.environment(&request).await?;
@@ -281,7 +296,8 @@ impl FlightSqlService for FlightDoor {
             protocol_version: 0,
             payload: key.clone().into_bytes().into(),
         })]);
-        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> = Response::new(Box::pin(output));
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
+            Response::new(Box::pin(output));
         let value = MetadataValue::try_from(token.as_str())
             .map_err(|_| Status::unauthenticated("the key is not a valid header value"))?;
         response.metadata_mut().insert("authorization", value);
@@ -310,7 +326,11 @@ impl FlightSqlService for FlightDoor {
         let ticket = TicketStatementQuery {
             statement_handle: handle.into(),
         };
-        self.info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_statement(
@@ -363,15 +383,19 @@ impl FlightSqlService for FlightDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let env = self.environment(&request).await?;
-        let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+                request.into_inner().map_err(FlightError::from),
+            )
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
         let params = match batches.iter().find(|b| b.num_rows() > 0) {
             None => Vec::new(),
-            Some(b) if b.num_rows() > 1 || batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 1 => {
+            Some(b)
+                if b.num_rows() > 1
+                    || batches.iter().map(RecordBatch::num_rows).sum::<usize>() > 1 =>
+            {
                 return Err(Status::invalid_argument(
                     "parameters: bind one row of values (batches of several rows are not supported)",
                 ));
@@ -391,7 +415,11 @@ impl FlightSqlService for FlightDoor {
             Some(h) if h.environment == env => {
                 h.params = ParamValues::List(params.into_iter().map(Into::into).collect());
             }
-            _ => return Err(Status::not_found("no such prepared statement (expired or closed)")),
+            _ => {
+                return Err(Status::not_found(
+                    "no such prepared statement (expired or closed)",
+                ));
+            }
         }
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(query.prepared_statement_handle),
@@ -405,7 +433,11 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         let env = self.environment(&request).await?;
         let (planned, _) = self.take_handle(&cmd.prepared_statement_handle, &env)?;
-        self.info(&planned.schema(), cmd.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &planned.schema(),
+            cmd.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_prepared_statement(
@@ -440,8 +472,12 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.environment(&request).await?;
-        let schema = query.clone().into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        let schema = query.into_builder().schema();
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_catalogs(
@@ -463,7 +499,11 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.environment(&request).await?;
         let schema = query.clone().into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_schemas(
@@ -485,7 +525,11 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.environment(&request).await?;
         let schema = query.clone().into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_tables(
@@ -512,7 +556,11 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         self.environment(&request).await?;
         let schema = query.into_builder().schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
@@ -536,7 +584,11 @@ impl FlightSqlService for FlightDoor {
         self.environment(&request).await?;
         let info = sql_info();
         let schema = query.clone().into_builder(&info).schema();
-        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(

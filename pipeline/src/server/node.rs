@@ -203,10 +203,14 @@ async fn start_sql_doors(
     }
     if let Some(flight) = q.flight_listen {
         let listener = TcpListener::bind(flight).await.map_err(|e| {
-            Error::Config(format!("query.flight_listen: cannot listen on {flight}: {e}"))
+            Error::Config(format!(
+                "query.flight_listen: cannot listen on {flight}: {e}"
+            ))
         })?;
         let bound = listener.local_addr()?;
-        println!("tidemark: flight sql on grpc://{bound} (bearer key, or basic auth environment:key)");
+        println!(
+            "tidemark: flight sql on grpc://{bound} (bearer key, or basic auth environment:key)"
+        );
         doors.push(tokio::spawn(super::flight::serve(
             listener,
             state.query.clone(),

@@ -41,8 +41,8 @@ use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, METADATA_DATABASE, PgWireConnectionState,
-    PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, METADATA_DATABASE, PgWireConnectionState, PgWireServerHandlers,
+    Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
@@ -51,6 +51,7 @@ use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 
 use crate::auth::{KeyCache, Role, authorize};
+use crate::query::policy;
 use crate::query::time_travel::{self, AsOf};
 use crate::query::{Engine, Planned, QueryError};
 
@@ -94,9 +95,8 @@ pub fn tls_acceptor(
 ) -> crate::Result<pgwire::tokio::TlsAcceptor> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid = |what: &str, e: &dyn std::fmt::Display| {
-        crate::Error::Config(format!("query.{what}: {e}"))
-    };
+    let invalid =
+        |what: &str, e: &dyn std::fmt::Display| crate::Error::Config(format!("query.{what}: {e}"));
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(|e| invalid("tls_cert", &e))?
         .collect::<Result<Vec<_>, _>>()
@@ -162,7 +162,11 @@ fn pg_error(severity: &str, code: &str, message: impl Into<String>) -> PgWireErr
 
 #[async_trait]
 impl StartupHandler for KeyStartup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -191,7 +195,13 @@ impl StartupHandler for KeyStartup {
                     .keys
                     .authenticate(Some(&format!("Bearer {}", pwd.password)))
                     .await
-                    .map_err(|e| pg_error("FATAL", "28P01", format!("password authentication failed: {e}")))?;
+                    .map_err(|e| {
+                        pg_error(
+                            "FATAL",
+                            "28P01",
+                            format!("password authentication failed: {e}"),
+                        )
+                    })?;
                 authorize(&principal, &env, &[Role::Read, Role::Admin]).map_err(|e| {
                     pg_error(
                         "FATAL",
@@ -199,7 +209,9 @@ impl StartupHandler for KeyStartup {
                         format!("database '{env}' (the environment): {e}"),
                     )
                 })?;
-                client.metadata_mut().insert(METADATA_DATABASE.to_string(), env);
+                client
+                    .metadata_mut()
+                    .insert(METADATA_DATABASE.to_string(), env);
                 finish_authentication(client, &self.parameters).await?;
             }
             _ => {}
@@ -226,7 +238,13 @@ fn environment(client: &(impl ClientInfo + ?Sized)) -> PgWireResult<String> {
         .metadata()
         .get(METADATA_DATABASE)
         .cloned()
-        .ok_or_else(|| pg_error("FATAL", "3D000", "no database (environment) in the startup message"))
+        .ok_or_else(|| {
+            pg_error(
+                "FATAL",
+                "3D000",
+                "no database (environment) in the startup message",
+            )
+        })
 }
 
 /// A query failure as a Postgres error with its SQLSTATE.
@@ -259,9 +277,9 @@ fn is_compat(statement: &Statement) -> Result<bool, QueryError> {
         "client_min_messages",
     ];
     match statement {
-        Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. } => {
-            Ok(true)
-        }
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. } => Ok(true),
         Statement::ShowVariable { .. } => Ok(true),
         Statement::Set(Set::SetTimeZone { .. }) => Ok(true),
         Statement::Set(Set::SingleAssignment { variable, .. }) => {
@@ -269,7 +287,7 @@ fn is_compat(statement: &Statement) -> Result<bool, QueryError> {
             if CLIENT_SETTINGS.contains(&name.as_str()) {
                 Ok(true)
             } else {
-                Err(QueryError::Refused(crate::query::policy::Refused(format!(
+                Err(QueryError::Refused(policy::Refused(format!(
                     "SET {name} is not allowed: queries are read-only and the server's \
                      settings are its operator's (client settings such as DateStyle, \
                      search_path and application_name are accepted)"
@@ -284,7 +302,12 @@ fn is_compat(statement: &Statement) -> Result<bool, QueryError> {
 impl QueryParser for PgParser {
     type Statement = PgStatement;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<PgStatement>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -314,7 +337,11 @@ impl QueryParser for PgParser {
             .collect()
     }
 
-    fn get_result_schema(&self, stmt: &PgStatement, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &PgStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         match stmt {
             PgStatement::Query(planned) => arrow_schema_to_pg_fields(
                 &planned.schema(),
@@ -331,10 +358,17 @@ impl PgParser {
     fn parse(&self, sql: &str) -> PgWireResult<(Vec<Statement>, Vec<AsOf>)> {
         let (sql, as_of) =
             time_travel::rewrite(sql).map_err(|m| query_error(QueryError::Invalid(m)))?;
-        let statements = self
-            .sql
-            .parse(&sql)
-            .map_err(|e| pg_error("ERROR", "42601", e.to_string()))?;
+        let statements = self.sql.parse(&sql).map_err(|e| {
+            // DataFusion's own statements (`CREATE EXTERNAL TABLE`, `COPY … TO`) are not
+            // Postgres: say they are refused rather than that they do not parse.
+            let refused = datafusion::sql::parser::DFParser::parse_sql(&sql)
+                .ok()
+                .and_then(|parsed| parsed.iter().find_map(|s| policy::check(s).err()));
+            match refused {
+                Some(r) => query_error(QueryError::Refused(r)),
+                None => pg_error("ERROR", "42601", e.to_string()),
+            }
+        })?;
         Ok((statements, as_of))
     }
 
@@ -397,8 +431,10 @@ impl PgParser {
     }
 }
 
-type PgCatalog =
-    PgCatalogSchemaProvider<Arc<dyn datafusion::catalog::CatalogProviderList>, EmptyContextProvider>;
+type PgCatalog = PgCatalogSchemaProvider<
+    Arc<dyn datafusion::catalog::CatalogProviderList>,
+    EmptyContextProvider,
+>;
 
 /// A connection's [`PgCatalog`], in its session extensions.
 struct ConnectionCatalog(Arc<PgCatalog>);
@@ -410,14 +446,24 @@ struct PgHandler {
 
 impl PgHandler {
     /// Rows of a planned statement as a Postgres answer.
-    async fn run(&self, client: &(impl ClientInfo + ?Sized), planned: &Planned, params: ParamValues, format: &Format) -> PgWireResult<Response> {
+    async fn run(
+        &self,
+        client: &(impl ClientInfo + ?Sized),
+        planned: &Planned,
+        params: ParamValues,
+        format: &Format,
+    ) -> PgWireResult<Response> {
         let rows = self
             .engine
             .execute_params(planned, params)
             .await
             .map_err(query_error)?;
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let fields = Arc::new(arrow_schema_to_pg_fields(&rows.schema, format, Some(options))?);
+        let fields = Arc::new(arrow_schema_to_pg_fields(
+            &rows.schema,
+            format,
+            Some(options),
+        )?);
         let encode = fields.clone();
         let data = rows
             .stream
@@ -472,8 +518,13 @@ impl SimpleQueryHandler for PgHandler {
             }
             let planned = self.parser.plan(client, &env, statement, &as_of).await?;
             out.push(
-                self.run(client, &planned, ParamValues::List(vec![]), &Format::UnifiedText)
-                    .await?,
+                self.run(
+                    client,
+                    &planned,
+                    ParamValues::List(vec![]),
+                    &Format::UnifiedText,
+                )
+                .await?,
             );
         }
         Ok(out)
@@ -489,7 +540,12 @@ impl ExtendedQueryHandler for PgHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<PgStatement>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore<Statement = Self::Statement>,
@@ -502,7 +558,8 @@ impl ExtendedQueryHandler for PgHandler {
                 let types = parameter_types(planned)?;
                 let inferred: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
                 let params = deserialize_parameters(portal, &inferred)?;
-                self.run(client, planned, params, &portal.result_column_format).await
+                self.run(client, planned, params, &portal.result_column_format)
+                    .await
             }
         }
     }

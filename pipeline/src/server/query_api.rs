@@ -47,9 +47,7 @@ impl From<QueryError> for ApiError {
             QueryError::Refused(_) => StatusCode::FORBIDDEN,
             QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            QueryError::Memory { .. } | QueryError::TooLarge(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            QueryError::Memory { .. } | QueryError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             QueryError::Internal(_) => {
                 let QueryError::Internal(inner) = e else {
@@ -94,9 +92,8 @@ pub async fn post_query(
     headers: HeaderMap,
     JsonBody(request, _): JsonBody<QueryRequest, QueryBody>,
 ) -> Result<Response, ApiError> {
-    let format = Format::from_accept(header_str(&headers, header::ACCEPT)).map_err(|m| {
-        ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", m)
-    })?;
+    let format = Format::from_accept(header_str(&headers, header::ACCEPT))
+        .map_err(|m| ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", m))?;
     if format == Format::Table {
         return Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -180,8 +177,9 @@ mod tests {
 
     #[test]
     fn json_params_become_scalars_or_a_named_error() {
-        let got = params(&serde_json::from_str::<Vec<Value>>(r#"[1, 2.5, "a", true, null]"#).unwrap())
-            .unwrap();
+        let got =
+            params(&serde_json::from_str::<Vec<Value>>(r#"[1, 2.5, "a", true, null]"#).unwrap())
+                .unwrap();
         assert_eq!(
             got,
             vec![

@@ -120,10 +120,10 @@ fn sql_formats_and_errors() {
         "json",
         "select event_id from events",
     ]);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
-        json!([{"event_id": "s1"}])
-    );
+    let answer = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+    assert_eq!(answer["rows"], json!([{"event_id": "s1"}]));
+    assert_eq!(answer["row_count"], 1);
+    assert_eq!(answer["columns"][0]["name"], "event_id");
     let out = store.cli(&["sql", "select count(*) as n from events"]);
     assert!(
         stdout(&out).contains("| n |") && stdout(&out).contains("| 2 |"),
@@ -133,12 +133,21 @@ fn sql_formats_and_errors() {
 
     let out = store.cli(&["sql", "selec nothing"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).starts_with("error: sql:"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: SQL error:"),
+        "{}",
+        stderr(&out)
+    );
     let out = store.cli(&["sql", "select * from nope"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
     let out = store.cli(&["sql", "drop table events"]);
     assert!(!out.status.success(), "DDL must be refused");
+    assert!(
+        stderr(&out).contains("DROP TABLE is not allowed: queries are read-only"),
+        "{}",
+        stderr(&out)
+    );
     let out = store.cli(&["sql", "--format", "yaml", "select 1"]);
     assert_eq!(out.status.code(), Some(2));
     drop(node);

@@ -146,7 +146,7 @@ impl TestStore {
         cmd.output().expect("run tidemark")
     }
 
-    /// `tidemark sql --format json`, parsed. Panics with stderr on failure.
+    /// The rows of `tidemark sql --format json`. Panics with stderr on failure.
     pub fn sql(&self, sql: &str) -> Vec<Value> {
         let out = self.cli(&["sql", "--format", "json", sql]);
         assert!(
@@ -154,7 +154,11 @@ impl TestStore {
             "sql failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("json output")
+        let answer: Value = serde_json::from_slice(&out.stdout).expect("json output");
+        match answer["rows"].as_array() {
+            Some(rows) => rows.clone(),
+            None => panic!("no rows in {answer}"),
+        }
     }
 
     /// Polls `sql` until `done` holds (or 30 s pass) and returns the last rows.

@@ -42,5 +42,6 @@ mod jobs;
 mod jobs_model;
 mod lost_answers;
 mod segments;
+mod sql_doors;
 mod users_api;
 mod webhooks;
