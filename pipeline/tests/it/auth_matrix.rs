@@ -45,6 +45,7 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("GET", "/readyz", Public),
     ("GET", "/metrics", Public),
     ("POST", "/v1/{env}/events", Ingest),
+    ("POST", "/v1/{env}/query", Read),
     ("GET", "/v1/{env}/users", Read),
     ("GET", "/v1/{env}/users/{id}", Read),
     ("PUT", "/v1/{env}/users/{id}", Ingest),
@@ -129,6 +130,10 @@ fn body_for(method: &str, path: &str) -> Option<(&'static str, String)> {
     match method {
         "GET" | "DELETE" => None,
         _ if path.ends_with("/imports") => Some(("text/csv", "id\nx\n".into())),
+        _ if path.ends_with("/query") => Some((
+            "application/json",
+            json!({"sql": "SELECT 1 AS one"}).to_string(),
+        )),
         _ if path.ends_with("/events") => Some((
             "application/json",
             json!([{"event_name": "auth-matrix", "user_id": "m"}]).to_string(),

@@ -111,7 +111,7 @@ fn sql_formats_and_errors() {
         "select event_id, event_name from events order by event_id",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "event_id,event_name\n\"a,1\",x\ns1,y\n\n");
+    assert_eq!(stdout(&out), "event_id,event_name\n\"a,1\",x\ns1,y\n");
     let out = store.cli(&[
         "sql",
         "--env",

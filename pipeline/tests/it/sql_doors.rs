@@ -656,3 +656,64 @@ fn the_repl_reads_statements_meta_commands_and_files() {
         10
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_door_offers_tls_with_a_configured_certificate() {
+    let store = TestStore::new(Backend::Local);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (
+        store.tmp.path().join("cert.pem"),
+        store.tmp.path().join("key.pem"),
+    );
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let node = store.serve(
+        &[],
+        &[
+            DOOR_ENV[0],
+            ("TIDEMARK_QUERY__TLS_CERT", cert_path.to_str().unwrap()),
+            ("TIDEMARK_QUERY__TLS_KEY", key_path.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        node.lines
+            .iter()
+            .any(|l| l.contains("postgres protocol on") && l.contains("with TLS")),
+        "{:#?}",
+        node.lines
+    );
+    let port = node
+        .lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tidemark: postgres protocol on "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap();
+    let key = store.create_key("default", "read");
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} dbname=default user=u sslmode=require"
+        ))
+        .args(["-At", "-c", "SELECT 6 * 7"])
+        .env("PGPASSWORD", &key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // psql says which protocol it negotiated.
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} dbname=default user=u sslmode=require"
+        ))
+        .args(["-c", "\\conninfo"])
+        .env("PGPASSWORD", &key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SSL connection (protocol: TLSv1."), "{text}");
+}
