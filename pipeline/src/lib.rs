@@ -22,7 +22,9 @@
 //! - [`users`]: what is written about users: custom fields, profile changes, CSV import.
 //! - [`jobs`]: the SQL jobs (`sql/jobs/`) that derive `profiles` and `event_stats`
 //!   incrementally, and the views readers see them through.
-//! - [`query`]: DataFusion sessions over the tables (one environment's views), JSON rows.
+//! - [`query`]: DataFusion sessions over the tables (one environment's views), and the
+//!   one engine every data-team door runs queries with: read-only statement policy, time
+//!   travel, `[query]` limits, streaming answer encoders.
 //! - [`segments`]: segment definitions, their SQL, membership runs and previews.
 //! - [`profiles`]: what is read about users (profiles, lists) and erasure.
 //! - [`refresh`]: the loop that runs the jobs after commits, then the segments.
@@ -32,7 +34,8 @@
 //!   are in `tidemark-sinks`).
 //!
 //! Doors:
-//! - [`server`]: the HTTP API (axum) and running a node.
+//! - [`server`]: the HTTP API (axum), the Postgres (pgwire) and Flight SQL (tonic) doors,
+//!   and running a node.
 //! - [`cli`]: the `tidemark` command line.
 
 pub mod auth;

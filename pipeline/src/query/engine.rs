@@ -249,6 +249,20 @@ impl Planned {
     pub fn plan(&self) -> &LogicalPlan {
         &self.plan
     }
+
+    /// The types DataFusion inferred for `$1`, `$2`, … in order (`None`: unknown).
+    pub fn parameter_types(&self) -> Result<Vec<Option<arrow::datatypes::DataType>>, QueryError> {
+        let types = self
+            .plan
+            .get_parameter_types()
+            .map_err(|e| QueryError::Invalid(e.to_string()))?;
+        let mut ordered: Vec<(usize, Option<arrow::datatypes::DataType>)> = types
+            .into_iter()
+            .filter_map(|(k, v)| k.trim_start_matches('$').parse().ok().map(|n| (n, v)))
+            .collect();
+        ordered.sort_by_key(|(n, _)| *n);
+        Ok(ordered.into_iter().map(|(_, t)| t).collect())
+    }
 }
 
 impl Rows {

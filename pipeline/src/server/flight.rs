@@ -227,19 +227,12 @@ fn sql_info() -> SqlInfoData {
 /// A prepared statement's parameters as a schema (`$1`, `$2`, …; `Null` when DataFusion
 /// could not infer a type).
 fn parameter_schema(planned: &Planned) -> Result<Schema, Status> {
-    let types = planned
-        .plan()
-        .get_parameter_types()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let mut ordered: Vec<(usize, Option<DataType>)> = types
-        .into_iter()
-        .filter_map(|(k, v)| k.trim_start_matches('$').parse().ok().map(|n| (n, v)))
-        .collect();
-    ordered.sort_by_key(|(n, _)| *n);
+    let types = planned.parameter_types().map_err(status)?;
     Ok(Schema::new(
-        ordered
+        types
             .into_iter()
-            .map(|(n, t)| Field::new(format!("${n}"), t.unwrap_or(DataType::Null), true))
+            .enumerate()
+            .map(|(i, t)| Field::new(format!("${}", i + 1), t.unwrap_or(DataType::Null), true))
             .collect::<Vec<_>>(),
     ))
 }

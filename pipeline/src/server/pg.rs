@@ -348,7 +348,19 @@ impl QueryParser for PgParser {
                 format.unwrap_or(&Format::UnifiedText),
                 None,
             ),
-            PgStatement::Compat(_) => Ok(Vec::new()),
+            // `SHOW x` answers one text column; the other statements answer none.
+            PgStatement::Compat(statement) => match statement.as_ref() {
+                Statement::ShowVariable { variable } => {
+                    let name = variable
+                        .iter()
+                        .map(|v| v.value.clone())
+                        .collect::<Vec<_>>()
+                        .join("_");
+                    let format = format.unwrap_or(&Format::UnifiedText).format_for(0);
+                    Ok(vec![FieldInfo::new(name, None, None, Type::TEXT, format)])
+                }
+                _ => Ok(Vec::new()),
+            },
         }
     }
 }
@@ -567,14 +579,5 @@ impl ExtendedQueryHandler for PgHandler {
 
 /// The types DataFusion inferred for `$1`, `$2`, … in order.
 fn parameter_types(planned: &Planned) -> PgWireResult<Vec<Option<DataType>>> {
-    let types = planned
-        .plan()
-        .get_parameter_types()
-        .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
-    let mut ordered: Vec<(usize, Option<DataType>)> = types
-        .into_iter()
-        .filter_map(|(k, v)| k.trim_start_matches('$').parse().ok().map(|n| (n, v)))
-        .collect();
-    ordered.sort_by_key(|(n, _)| *n);
-    Ok(ordered.into_iter().map(|(_, t)| t).collect())
+    planned.parameter_types().map_err(query_error)
 }

@@ -42,21 +42,19 @@ pub struct QueryRequest {
 /// A query's failure as an HTTP answer.
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
-        let code = e.code();
         let status = match &e {
             QueryError::Refused(_) => StatusCode::FORBIDDEN,
             QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
             QueryError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             QueryError::Memory { .. } | QueryError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             QueryError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            QueryError::Internal(_) => {
-                let QueryError::Internal(inner) = e else {
-                    unreachable!()
-                };
-                return ApiError::from(inner).context("query");
-            }
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut api = ApiError::new(status, code, e.to_string());
+        let code = e.code();
+        let mut api = match e {
+            QueryError::Internal(inner) => return ApiError::from(inner).context("query"),
+            other => ApiError::new(status, code, other.to_string()),
+        };
         if status == StatusCode::TOO_MANY_REQUESTS {
             api.retry_after = Some(1);
         }

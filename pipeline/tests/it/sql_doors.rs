@@ -272,6 +272,11 @@ async fn every_door_sees_only_its_environment_and_refuses_writes() {
     let tt_env = format!(
         "SELECT count(DISTINCT environment) AS n FROM events VERSION AS OF {events_version}"
     );
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let tt_time = format!(
+        "SELECT count(*) AS n FROM events TIMESTAMP AS OF '{now}' e \
+         JOIN events VERSION AS OF {events_version} f ON e.event_id = f.event_id"
+    );
     let probes: Vec<(&str, &str)> = vec![
         ("SELECT count(*) AS n FROM events", "3"),
         (
@@ -303,6 +308,7 @@ async fn every_door_sees_only_its_environment_and_refuses_writes() {
         ),
         (&tt, "0"),
         (&tt_env, "1"),
+        (&tt_time, "3"),
     ];
     let sqls: Vec<&str> = probes.iter().map(|(s, _)| *s).collect();
     let got = every_door(&store, &node, &doors, "default", &default_read, &sqls).await;
