@@ -10,6 +10,19 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 
+/// Reads row `i` of any string array (`Utf8`, `Utf8View`, `LargeUtf8`).
+pub fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
+    if array.is_null(i) {
+        return None;
+    }
+    match array.data_type() {
+        DataType::Utf8 => Some(array.as_string::<i32>().value(i)),
+        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i)),
+        DataType::Utf8View => Some(array.as_string_view().value(i)),
+        _ => None,
+    }
+}
+
 /// A string-to-string scalar UDF: accepts `Utf8`, `Utf8View` and `LargeUtf8`, returns
 /// `Utf8`; a null input or a `None` result is a null output.
 #[derive(Debug)]

@@ -5,18 +5,9 @@
 //! sends a unique event down the exact (string) comparison path, so results never depend
 //! on the hash being perfect.
 
-use std::sync::Arc;
-
-use arrow::array::{Array, ArrayRef, AsArray, UInt64Array};
-use arrow::datatypes::DataType;
-use datafusion::common::{ScalarValue, exec_err, plan_err};
-use datafusion::error::Result;
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
 use xxhash_rust::xxh3::Xxh3;
 
-/// The key of `(environment, event_id)`; `None` when either is null.
+/// The key of `(environment, event_id)`.
 pub fn event_key(environment: &str, event_id: &str) -> u64 {
     let mut h = Xxh3::new();
     h.update(environment.as_bytes());
@@ -26,96 +17,99 @@ pub fn event_key(environment: &str, event_id: &str) -> u64 {
     h.digest()
 }
 
-/// The DataFusion adapter: `event_key(text, text) -> UInt64`.
-pub fn udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(EventKeyUdf {
-        signature: Signature::string(2, Volatility::Immutable),
-    })
-}
+#[cfg(feature = "datafusion")]
+pub use adapter::udf;
 
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct EventKeyUdf {
-    signature: Signature,
-}
+/// The DataFusion adapter: `event_key(text, text) -> UInt64`, null when either is null.
+#[cfg(feature = "datafusion")]
+mod adapter {
+    use std::sync::Arc;
 
-/// Reads row `i` of any string array (`Utf8`, `Utf8View`, `LargeUtf8`).
-pub(crate) fn string_at(array: &ArrayRef, i: usize) -> Option<&str> {
-    if array.is_null(i) {
-        return None;
-    }
-    match array.data_type() {
-        DataType::Utf8 => Some(array.as_string::<i32>().value(i)),
-        DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i)),
-        DataType::Utf8View => Some(array.as_string_view().value(i)),
-        _ => None,
-    }
-}
+    use arrow::array::UInt64Array;
+    use arrow::datatypes::DataType;
+    use datafusion::common::{ScalarValue, exec_err, plan_err};
+    use datafusion::error::Result;
+    use datafusion::logical_expr::{
+        ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    };
 
-impl ScalarUDFImpl for EventKeyUdf {
-    fn name(&self) -> &str {
-        "event_key"
+    use super::event_key;
+    use crate::adapter::string_at;
+
+    pub fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(EventKeyUdf {
+            signature: Signature::string(2, Volatility::Immutable),
+        })
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct EventKeyUdf {
+        signature: Signature,
     }
 
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        match args {
-            [a, b]
-                if [a, b].iter().all(|t| {
-                    matches!(
-                        t,
-                        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
-                    )
-                }) =>
-            {
-                Ok(DataType::UInt64)
-            }
-            other => plan_err!("event_key takes two string arguments, got {other:?}"),
+    impl ScalarUDFImpl for EventKeyUdf {
+        fn name(&self) -> &str {
+            "event_key"
         }
-    }
 
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [a, b] = args.args.as_slice() else {
-            return exec_err!("event_key takes two arguments");
-        };
-        if let (ColumnarValue::Scalar(a), ColumnarValue::Scalar(b)) = (a, b) {
-            let s = |v: &ScalarValue| match v {
-                ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
-                    s.clone()
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+
+        fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+            match args {
+                [a, b]
+                    if [a, b].iter().all(|t| {
+                        matches!(
+                            t,
+                            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+                        )
+                    }) =>
+                {
+                    Ok(DataType::UInt64)
                 }
-                _ => None,
-            };
-            let key = s(a).zip(s(b)).map(|(a, b)| event_key(&a, &b));
-            return Ok(ColumnarValue::Scalar(ScalarValue::UInt64(key)));
-        }
-        let n = args.number_rows;
-        let (a, b) = (a.to_array(n)?, b.to_array(n)?);
-        for arr in [&a, &b] {
-            if !matches!(
-                arr.data_type(),
-                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
-            ) {
-                return exec_err!(
-                    "event_key: expected string arguments, got {}",
-                    arr.data_type()
-                );
+                other => plan_err!("event_key takes two string arguments, got {other:?}"),
             }
         }
-        let out: UInt64Array = (0..n)
-            .map(|i| Some(event_key(string_at(&a, i)?, string_at(&b, i)?)))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
+
+        fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+            let [a, b] = args.args.as_slice() else {
+                return exec_err!("event_key takes two arguments");
+            };
+            if let (ColumnarValue::Scalar(a), ColumnarValue::Scalar(b)) = (a, b) {
+                let s = |v: &ScalarValue| match v {
+                    ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                        s.clone()
+                    }
+                    _ => None,
+                };
+                let key = s(a).zip(s(b)).map(|(a, b)| event_key(&a, &b));
+                return Ok(ColumnarValue::Scalar(ScalarValue::UInt64(key)));
+            }
+            let n = args.number_rows;
+            let (a, b) = (a.to_array(n)?, b.to_array(n)?);
+            for arr in [&a, &b] {
+                if !matches!(
+                    arr.data_type(),
+                    DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+                ) {
+                    return exec_err!(
+                        "event_key: expected string arguments, got {}",
+                        arr.data_type()
+                    );
+                }
+            }
+            let out: UInt64Array = (0..n)
+                .map(|i| Some(event_key(string_at(&a, i)?, string_at(&b, i)?)))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{LargeStringArray, RecordBatch, StringArray, StringViewArray};
-    use arrow::datatypes::{Field, Schema};
-    use datafusion::prelude::SessionContext;
 
     #[test]
     fn separates_environment_from_id() {
@@ -123,6 +117,18 @@ mod tests {
         assert_eq!(event_key("prod", "e1"), event_key("prod", "e1"));
         assert_ne!(event_key("prod", "e1"), event_key("staging", "e1"));
     }
+}
+
+#[cfg(all(test, feature = "datafusion"))]
+mod adapter_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, ArrayRef, AsArray, LargeStringArray, RecordBatch, StringArray, StringViewArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::adapter::string_at;
 
     #[tokio::test]
     async fn every_string_type_and_nulls() {

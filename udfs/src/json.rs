@@ -10,18 +10,7 @@
 //!   value of `key` as text (unescaped), `DOUBLE` or `BOOLEAN`; `NULL` when it is missing
 //!   or of another JSON type. Segment conditions on custom fields compile to these.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray};
-use arrow::datatypes::DataType;
-use datafusion::common::{exec_err, plan_err};
-use datafusion::error::Result;
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
 use serde_json::Value;
-
-use crate::event_key::string_at;
 
 /// The JSON text of `key` in the object `json`.
 pub fn json_get(json: &str, key: &str) -> Option<String> {
@@ -118,127 +107,145 @@ pub fn json_list_contains(json: &str, item: &str) -> Option<bool> {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
-enum Kind {
-    Get,
-    ListContains,
-    Str,
-    Num,
-    Bool,
-}
+#[cfg(feature = "datafusion")]
+pub use adapter::{get_bool_udf, get_num_udf, get_str_udf, get_udf, list_contains_udf};
 
-fn udf(kind: Kind) -> ScalarUDF {
-    ScalarUDF::new_from_impl(JsonUdf {
-        kind,
-        signature: Signature::string(2, Volatility::Immutable),
-    })
-}
+/// The DataFusion adapters: two string arguments, `NULL` in gives `NULL` out.
+#[cfg(feature = "datafusion")]
+mod adapter {
+    use std::sync::Arc;
 
-pub fn get_str_udf() -> ScalarUDF {
-    udf(Kind::Str)
-}
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray};
+    use arrow::datatypes::DataType;
+    use datafusion::common::{exec_err, plan_err};
+    use datafusion::error::Result;
+    use datafusion::logical_expr::{
+        ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    };
 
-pub fn get_num_udf() -> ScalarUDF {
-    udf(Kind::Num)
-}
+    use super::{json_get, json_get_bool, json_get_num, json_get_str, json_list_contains};
+    use crate::adapter::string_at;
 
-pub fn get_bool_udf() -> ScalarUDF {
-    udf(Kind::Bool)
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonUdf {
-    kind: Kind,
-    signature: Signature,
-}
-
-pub fn get_udf() -> ScalarUDF {
-    udf(Kind::Get)
-}
-
-pub fn list_contains_udf() -> ScalarUDF {
-    udf(Kind::ListContains)
-}
-
-fn is_string(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
-    )
-}
-
-impl ScalarUDFImpl for JsonUdf {
-    fn name(&self) -> &str {
-        match self.kind {
-            Kind::Get => "json_get",
-            Kind::ListContains => "json_list_contains",
-            Kind::Str => "json_get_str",
-            Kind::Num => "json_get_num",
-            Kind::Bool => "json_get_bool",
-        }
+    #[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+    enum Kind {
+        Get,
+        ListContains,
+        Str,
+        Num,
+        Bool,
     }
 
-    fn signature(&self) -> &Signature {
-        &self.signature
+    fn udf(kind: Kind) -> ScalarUDF {
+        ScalarUDF::new_from_impl(JsonUdf {
+            kind,
+            signature: Signature::string(2, Volatility::Immutable),
+        })
     }
 
-    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        match args {
-            [a, b] if is_string(a) && is_string(b) => Ok(match self.kind {
-                Kind::Get | Kind::Str => DataType::Utf8,
-                Kind::ListContains | Kind::Bool => DataType::Boolean,
-                Kind::Num => DataType::Float64,
-            }),
-            other => plan_err!("{} takes two string arguments, got {other:?}", self.name()),
-        }
+    pub fn get_str_udf() -> ScalarUDF {
+        udf(Kind::Str)
     }
 
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [a, b] = args.args.as_slice() else {
-            return exec_err!("{} takes two arguments", self.name());
-        };
-        let n = args.number_rows;
-        let (a, b) = (a.to_array(n)?, b.to_array(n)?);
-        if !is_string(a.data_type()) || !is_string(b.data_type()) {
-            return exec_err!("{}: expected string arguments", self.name());
+    pub fn get_num_udf() -> ScalarUDF {
+        udf(Kind::Num)
+    }
+
+    pub fn get_bool_udf() -> ScalarUDF {
+        udf(Kind::Bool)
+    }
+
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct JsonUdf {
+        kind: Kind,
+        signature: Signature,
+    }
+
+    pub fn get_udf() -> ScalarUDF {
+        udf(Kind::Get)
+    }
+
+    pub fn list_contains_udf() -> ScalarUDF {
+        udf(Kind::ListContains)
+    }
+
+    fn is_string(t: &DataType) -> bool {
+        matches!(
+            t,
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+        )
+    }
+
+    impl ScalarUDFImpl for JsonUdf {
+        fn name(&self) -> &str {
+            match self.kind {
+                Kind::Get => "json_get",
+                Kind::ListContains => "json_list_contains",
+                Kind::Str => "json_get_str",
+                Kind::Num => "json_get_num",
+                Kind::Bool => "json_get_bool",
+            }
         }
-        let pairs = (0..n).map(|i| string_at(&a, i).zip(string_at(&b, i)));
-        let out: ArrayRef = match self.kind {
-            Kind::Get => Arc::new(
-                pairs
-                    .map(|p| p.and_then(|(j, k)| json_get(j, k)))
-                    .collect::<StringArray>(),
-            ),
-            Kind::ListContains => Arc::new(
-                pairs
-                    .map(|p| p.and_then(|(j, k)| json_list_contains(j, k)))
-                    .collect::<BooleanArray>(),
-            ),
-            Kind::Str => Arc::new(
-                pairs
-                    .map(|p| p.and_then(|(j, k)| json_get_str(j, k)))
-                    .collect::<StringArray>(),
-            ),
-            Kind::Num => Arc::new(
-                pairs
-                    .map(|p| p.and_then(|(j, k)| json_get_num(j, k)))
-                    .collect::<Float64Array>(),
-            ),
-            Kind::Bool => Arc::new(
-                pairs
-                    .map(|p| p.and_then(|(j, k)| json_get_bool(j, k)))
-                    .collect::<BooleanArray>(),
-            ),
-        };
-        Ok(ColumnarValue::Array(out))
+
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+
+        fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+            match args {
+                [a, b] if is_string(a) && is_string(b) => Ok(match self.kind {
+                    Kind::Get | Kind::Str => DataType::Utf8,
+                    Kind::ListContains | Kind::Bool => DataType::Boolean,
+                    Kind::Num => DataType::Float64,
+                }),
+                other => plan_err!("{} takes two string arguments, got {other:?}", self.name()),
+            }
+        }
+
+        fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+            let [a, b] = args.args.as_slice() else {
+                return exec_err!("{} takes two arguments", self.name());
+            };
+            let n = args.number_rows;
+            let (a, b) = (a.to_array(n)?, b.to_array(n)?);
+            if !is_string(a.data_type()) || !is_string(b.data_type()) {
+                return exec_err!("{}: expected string arguments", self.name());
+            }
+            let pairs = (0..n).map(|i| string_at(&a, i).zip(string_at(&b, i)));
+            let out: ArrayRef = match self.kind {
+                Kind::Get => Arc::new(
+                    pairs
+                        .map(|p| p.and_then(|(j, k)| json_get(j, k)))
+                        .collect::<StringArray>(),
+                ),
+                Kind::ListContains => Arc::new(
+                    pairs
+                        .map(|p| p.and_then(|(j, k)| json_list_contains(j, k)))
+                        .collect::<BooleanArray>(),
+                ),
+                Kind::Str => Arc::new(
+                    pairs
+                        .map(|p| p.and_then(|(j, k)| json_get_str(j, k)))
+                        .collect::<StringArray>(),
+                ),
+                Kind::Num => Arc::new(
+                    pairs
+                        .map(|p| p.and_then(|(j, k)| json_get_num(j, k)))
+                        .collect::<Float64Array>(),
+                ),
+                Kind::Bool => Arc::new(
+                    pairs
+                        .map(|p| p.and_then(|(j, k)| json_get_bool(j, k)))
+                        .collect::<BooleanArray>(),
+                ),
+            };
+            Ok(ColumnarValue::Array(out))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray};
-    use datafusion::prelude::SessionContext;
 
     #[test]
     fn plain_functions() {
@@ -260,6 +267,14 @@ mod tests {
         assert_eq!(json_get_bool(r#"{"b":true}"#, "b"), Some(true));
         assert_eq!(json_get_bool(j, "plan"), None);
     }
+}
+
+#[cfg(all(test, feature = "datafusion"))]
+mod adapter_tests {
+    use arrow::array::{Array, AsArray};
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
 
     #[tokio::test]
     async fn in_sql_with_every_string_type_and_nulls() {

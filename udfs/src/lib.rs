@@ -1,5 +1,9 @@
-//! Functions the tidemark SQL jobs call, written once as plain Rust and adapted to
-//! DataFusion here (other hosts, such as Arroyo, can adapt the same plain functions).
+//! Functions the tidemark SQL jobs call, written once as plain Rust (no arrow types) with
+//! each one's DataFusion adapter beside it, behind the `datafusion` feature (on by
+//! default). Built with `--no-default-features` the crate is the plain functions only,
+//! which other hosts adapt: the Arroyo plugins in `udfs/arroyo/` call the same code.
+//! `vectors.json` holds inputs and expected outputs (nulls included) that the plain
+//! functions, the DataFusion adapters and the Arroyo plugins are all tested against.
 //!
 //! # Layout
 //!
@@ -16,15 +20,20 @@
 //!
 //! [`register_all`] adds every function to a DataFusion session.
 
+#[cfg(feature = "datafusion")]
 pub mod adapter;
 pub mod event_key;
 pub mod json;
 pub mod platform;
+pub mod vectors;
 
+#[cfg(feature = "datafusion")]
 use datafusion::execution::FunctionRegistry;
+#[cfg(feature = "datafusion")]
 use datafusion::logical_expr::ScalarUDF;
 
 /// Every scalar UDF of this crate, ready for a DataFusion session.
+#[cfg(feature = "datafusion")]
 pub fn all() -> Vec<ScalarUDF> {
     vec![
         platform::udf(),
@@ -38,6 +47,7 @@ pub fn all() -> Vec<ScalarUDF> {
 }
 
 /// Registers every function of this crate with `registry` (a `SessionContext`, say).
+#[cfg(feature = "datafusion")]
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
     for udf in all() {
         registry.register_udf(std::sync::Arc::new(udf))?;

@@ -6,10 +6,6 @@
 //! are `web`; `backend`, `node` are `server`. Anything else has no family (`NULL`) and only
 //! counts towards the platform-independent columns.
 
-use datafusion::logical_expr::ScalarUDF;
-
-use crate::adapter::StrToStrUdf;
-
 /// The platform families, in the order of the profile columns.
 pub const FAMILIES: [&str; 4] = ["ios", "android", "web", "server"];
 
@@ -33,8 +29,12 @@ pub fn platform_bucket(platform: &str) -> Option<&'static str> {
 }
 
 /// The DataFusion adapter: `platform_bucket(platform) -> Utf8`.
-pub fn udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(StrToStrUdf::new("platform_bucket", platform_bucket))
+#[cfg(feature = "datafusion")]
+pub fn udf() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(crate::adapter::StrToStrUdf::new(
+        "platform_bucket",
+        platform_bucket,
+    ))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use arrow_flight::{
 };
 use base64::Engine as _;
 use datafusion::common::{ParamValues, ScalarValue};
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -150,11 +150,14 @@ impl FlightDoor {
             .execute_params(planned, params)
             .await
             .map_err(status)?;
-        let batches = rows
-            .stream
-            .map_err(|e| FlightError::Tonic(Box::new(status(e))));
+        let schema = plain_schema(&rows.schema);
+        let to = schema.clone();
+        let batches = rows.stream.map(move |b| {
+            let b = b.map_err(|e| FlightError::Tonic(Box::new(status(e))))?;
+            to_plain(b, &to).map_err(FlightError::from)
+        });
         let stream = FlightDataEncoderBuilder::new()
-            .with_schema(rows.schema)
+            .with_schema(schema)
             .build(batches)
             .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
@@ -222,6 +225,45 @@ fn sql_info() -> SqlInfoData {
     b.append(SqlInfo::FlightSqlServerCancel, false);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
     b.build().expect("static sql info")
+}
+
+/// The type a Flight SQL client reads best: string and binary views (DataFusion's
+/// defaults) as plain strings and binaries. ADBC's driver reads a 10M-row answer of
+/// views 2.5-6x slower than the same plain columns, and older clients cannot read views.
+fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+fn plain_schema(schema: &Schema) -> arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// `batch` with its view columns cast to [`plain_schema`]'s types.
+fn to_plain(
+    batch: RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// A prepared statement's parameters as a schema (`$1`, `$2`, …; `Null` when DataFusion
@@ -308,7 +350,7 @@ impl FlightSqlService for FlightDoor {
             .prepare(Some(&env), &query.query)
             .await
             .map_err(status)?;
-        let schema = planned.schema();
+        let schema = plain_schema(&planned.schema());
         let handle = self.store_handle(Handle {
             environment: env,
             planned,
@@ -354,7 +396,7 @@ impl FlightSqlService for FlightDoor {
                 .map_err(|e| internal("encoding a schema", e))?;
             Ok(b)
         };
-        let dataset_schema = schema_bytes(&planned.schema())?;
+        let dataset_schema = schema_bytes(&plain_schema(&planned.schema()))?;
         let parameter_schema = schema_bytes(&parameter_schema(&planned)?)?;
         let handle = self.store_handle(Handle {
             environment: env,
@@ -427,7 +469,7 @@ impl FlightSqlService for FlightDoor {
         let env = self.environment(&request).await?;
         let (planned, _) = self.take_handle(&cmd.prepared_statement_handle, &env)?;
         self.info(
-            &planned.schema(),
+            &plain_schema(&planned.schema()),
             cmd.as_any().encode_to_vec(),
             request.into_inner(),
         )
@@ -535,7 +577,7 @@ impl FlightSqlService for FlightDoor {
         let mut builder = query.into_builder();
         for (name, schema, kind) in &tables {
             builder
-                .append("datafusion", "public", name, *kind, schema)
+                .append("datafusion", "public", name, *kind, &plain_schema(schema))
                 .map_err(|e| internal("listing tables", e))?;
         }
         let schema = builder.schema();
