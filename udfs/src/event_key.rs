@@ -62,7 +62,10 @@ mod adapter {
                     if [a, b].iter().all(|t| {
                         matches!(
                             t,
-                            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null
+                            DataType::Utf8
+                                | DataType::Utf8View
+                                | DataType::LargeUtf8
+                                | DataType::Null
                         )
                     }) =>
                 {
@@ -123,7 +126,9 @@ mod tests {
 mod adapter_tests {
     use std::sync::Arc;
 
-    use arrow::array::{Array, ArrayRef, AsArray, LargeStringArray, RecordBatch, StringArray, StringViewArray};
+    use arrow::array::{
+        Array, ArrayRef, AsArray, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+    };
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::prelude::SessionContext;
 

@@ -49,8 +49,12 @@ pub fn call(name: &str, args: &[Option<&str>]) -> Option<Value> {
             crate::json::json_list_contains(j, i).map_or(Value::Null, Value::Bool)
         }
         ("json_get_str", [j, k]) => text(crate::json::json_get_str(j, k)),
-        ("json_get_num", [j, k]) => crate::json::json_get_num(j, k).map_or(Value::Null, Value::from),
-        ("json_get_bool", [j, k]) => crate::json::json_get_bool(j, k).map_or(Value::Null, Value::Bool),
+        ("json_get_num", [j, k]) => {
+            crate::json::json_get_num(j, k).map_or(Value::Null, Value::from)
+        }
+        ("json_get_bool", [j, k]) => {
+            crate::json::json_get_bool(j, k).map_or(Value::Null, Value::Bool)
+        }
         _ => return None,
     })
 }
