@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 BIN, DATA, HTTP, PG_PORT, FLIGHT, KEY, ENV = sys.argv[1:8]
-RUNS = 2
+RUNS = 5
 
 QUERIES = {
     # One row per user: what a data team's first rollup looks like (~1M rows).

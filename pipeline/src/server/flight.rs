@@ -48,7 +48,8 @@ pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, keys:
         keys,
         handles: Arc::new(Mutex::new(HashMap::new())),
     };
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Without TCP_NODELAY a small answer waits out the peer's delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Err(e) = tonic::transport::Server::builder()
         .add_service(FlightServiceServer::new(service))
         .serve_with_incoming(incoming)
