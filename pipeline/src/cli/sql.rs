@@ -53,7 +53,7 @@ enum Target {
 }
 
 impl Target {
-    /// Runs `sql`, calling `sink` with the schema and then each batch.
+    /// Runs `sql`, writing its answer to `out`; the rows written.
     async fn run(&self, sql: &str, out: &mut Output) -> anyhow::Result<usize> {
         match self {
             Target::Store {

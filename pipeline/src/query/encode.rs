@@ -2,7 +2,9 @@
 //! header), NDJSON (one object per row), JSON (one document: column names and types, the
 //! rows as objects, the row count), an Arrow IPC stream and Parquet.
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -200,12 +202,50 @@ fn json_writer<F: arrow::json::writer::JsonFormat>(
         .build::<_, F>(out)
 }
 
+/// The type clients outside DataFusion read best: string and binary views (DataFusion's
+/// defaults) as plain strings and binaries. ADBC's Flight SQL driver reads a 10M-row
+/// answer of views 2.5-6x slower than the same plain columns; older clients cannot read
+/// views at all.
+pub fn plain_type(t: &DataType) -> DataType {
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    }
+}
+
+pub fn plain_schema(schema: &Schema) -> arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// `batch` with its view columns cast to [`plain_schema`]'s types.
+pub fn to_plain(
+    batch: RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use arrow::array::{Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::Field;
 
     use super::*;
 

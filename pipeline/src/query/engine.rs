@@ -263,6 +263,19 @@ impl Planned {
         ordered.sort_by_key(|(n, _)| *n);
         Ok(ordered.into_iter().map(|(_, t)| t).collect())
     }
+
+    /// The parameters as a schema (`$1`, `$2`, …; `Null` where the type is unknown), as
+    /// Flight SQL describes a prepared statement's parameters.
+    pub fn parameter_schema(&self) -> Result<arrow::datatypes::Schema, QueryError> {
+        use arrow::datatypes::{DataType, Field};
+        let fields: Vec<Field> = self
+            .parameter_types()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| Field::new(format!("${}", i + 1), t.unwrap_or(DataType::Null), true))
+            .collect();
+        Ok(arrow::datatypes::Schema::new(fields))
+    }
 }
 
 impl Rows {

@@ -10,11 +10,11 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::Schema;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -39,6 +39,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{KeyCache, Role, authorize};
+use crate::query::encode::{plain_schema, to_plain};
 use crate::query::{Engine, Planned, QueryError};
 
 /// Serves Flight SQL on `listener` until the task is dropped.
@@ -179,6 +180,21 @@ impl FlightDoor {
         Ok(Response::new(info))
     }
 
+    /// A metadata command's `FlightInfo`: its schema and the command itself as the ticket.
+    async fn describe(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: &Schema,
+        command: impl ProstMessageExt,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.environment(&request).await?;
+        self.info(
+            schema,
+            command.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
     /// The environment's views and their schemas.
     async fn tables(&self, env: &str) -> Result<Vec<(String, Arc<Schema>, &'static str)>, Status> {
         let ctx = crate::query::session(self.engine.store(), Some(env))
@@ -214,7 +230,8 @@ fn encode_batch(
     Response::new(Box::pin(stream))
 }
 
-fn sql_info() -> SqlInfoData {
+/// What `GetSqlInfo` answers, built once.
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     let mut b = SqlInfoDataBuilder::new();
     b.append(SqlInfo::FlightSqlServerName, "tidemark");
     b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -226,59 +243,7 @@ fn sql_info() -> SqlInfoData {
     b.append(SqlInfo::FlightSqlServerCancel, false);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
     b.build().expect("static sql info")
-}
-
-/// The type a Flight SQL client reads best: string and binary views (DataFusion's
-/// defaults) as plain strings and binaries. ADBC's driver reads a 10M-row answer of
-/// views 2.5-6x slower than the same plain columns, and older clients cannot read views.
-fn plain_type(t: &DataType) -> DataType {
-    match t {
-        DataType::Utf8View => DataType::Utf8,
-        DataType::BinaryView => DataType::Binary,
-        other => other.clone(),
-    }
-}
-
-fn plain_schema(schema: &Schema) -> arrow::datatypes::SchemaRef {
-    Arc::new(Schema::new_with_metadata(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_data_type(plain_type(f.data_type())))
-            .collect::<Vec<_>>(),
-        schema.metadata().clone(),
-    ))
-}
-
-/// `batch` with its view columns cast to [`plain_schema`]'s types.
-fn to_plain(
-    batch: RecordBatch,
-    schema: &arrow::datatypes::SchemaRef,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
-    if batch.schema().fields() == schema.fields() {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns)
-}
-
-/// A prepared statement's parameters as a schema (`$1`, `$2`, …; `Null` when DataFusion
-/// could not infer a type).
-fn parameter_schema(planned: &Planned) -> Result<Schema, Status> {
-    let types = planned.parameter_types().map_err(status)?;
-    Ok(Schema::new(
-        types
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| Field::new(format!("${}", i + 1), t.unwrap_or(DataType::Null), true))
-            .collect::<Vec<_>>(),
-    ))
-}
+});
 
 #[tonic::async_trait]
 impl FlightSqlService for FlightDoor {
@@ -398,7 +363,7 @@ impl FlightSqlService for FlightDoor {
             Ok(b)
         };
         let dataset_schema = schema_bytes(&plain_schema(&planned.schema()))?;
-        let parameter_schema = schema_bytes(&parameter_schema(&planned)?)?;
+        let parameter_schema = schema_bytes(&planned.parameter_schema().map_err(status)?)?;
         let handle = self.store_handle(Handle {
             environment: env,
             planned,
@@ -507,13 +472,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.environment(&request).await?;
         let schema = query.into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.describe(request, &schema, query).await
     }
 
     async fn do_get_catalogs(
@@ -533,13 +493,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.environment(&request).await?;
         let schema = query.clone().into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.describe(request, &schema, query).await
     }
 
     async fn do_get_schemas(
@@ -559,13 +514,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.environment(&request).await?;
         let schema = query.clone().into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.describe(request, &schema, query).await
     }
 
     async fn do_get_tables(
@@ -590,13 +540,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.environment(&request).await?;
         let schema = query.into_builder().schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.describe(request, &schema, query).await
     }
 
     async fn do_get_table_types(
@@ -617,14 +562,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.environment(&request).await?;
-        let info = sql_info();
-        let schema = query.clone().into_builder(&info).schema();
-        self.info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        self.describe(request, &schema, query).await
     }
 
     async fn do_get_sql_info(
@@ -633,8 +572,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.environment(&request).await?;
-        let info = sql_info();
-        let builder = query.into_builder(&info);
+        let builder = query.into_builder(&SQL_INFO);
         let schema = builder.schema();
         Ok(encode_batch(schema, builder.build()))
     }
