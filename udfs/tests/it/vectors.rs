@@ -1,9 +1,6 @@
 //! The DataFusion adapters against the shared vectors (`udfs/vectors.json`), called from
 //! SQL with each argument as a literal.
 
-#![cfg(feature = "datafusion")]
-#![allow(clippy::unwrap_used)]
-
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::prelude::SessionContext;
