@@ -33,6 +33,10 @@ pub struct Metrics {
     pub commit_failures: Counter,
     /// Files removed by compaction.
     pub optimize_files_removed: Counter,
+    /// Open `GET /v1/{env}/events/stream` connections.
+    pub stream_connections: Gauge,
+    /// Events sent on those streams.
+    pub stream_events: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +60,8 @@ impl Metrics {
             commits: Counter::default(),
             commit_failures: Counter::default(),
             optimize_files_removed: Counter::default(),
+            stream_connections: Gauge::default(),
+            stream_events: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -108,6 +114,16 @@ impl Metrics {
             "optimize_files_removed",
             "Small files removed by compaction",
             m.optimize_files_removed.clone(),
+        );
+        registry.register(
+            "stream_connections",
+            "Open event streams (GET /v1/{env}/events/stream)",
+            m.stream_connections.clone(),
+        );
+        registry.register(
+            "stream_events",
+            "Events sent on event streams",
+            m.stream_events.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -10,6 +10,7 @@
 //! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
 //! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
 //! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
+//! - [`stream_api`]: the live event stream (SSE), `GET /v1/{env}/events/stream`.
 //! - [`query_api`]: SQL for data teams, `POST /v1/{env}/query`.
 //! - [`flight`]: the Arrow Flight SQL door (`query.flight_listen`).
 //! - [`pg`]: the Postgres wire protocol door (`query.pg_listen`).
@@ -28,6 +29,7 @@ pub mod ops;
 pub mod pg;
 pub mod query_api;
 pub mod segments_api;
+pub mod stream_api;
 pub mod users_api;
 pub mod webhooks_api;
 
@@ -91,6 +93,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/{env}/events", post(ingest_api::post_events))
+        .route("/v1/{env}/events/stream", get(stream_api::stream))
         .route("/v1/{env}/query", post(query_api::post_query))
         .merge(users_routes())
         .merge(segments_routes())

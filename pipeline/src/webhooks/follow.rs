@@ -57,6 +57,11 @@ impl Follower {
             .unwrap_or(after))
     }
 
+    /// Whether `version` is still in the log (log retention removes old entries).
+    pub async fn has_version(&self, version: i64) -> Result<bool> {
+        Ok(version >= 0 && self.log.read_commit_entry(version as u64).await?.is_some())
+    }
+
     /// The events appended by the commits after `after` (at most `max_commits` of them,
     /// stopping at the first version not committed yet) in environments `envs`; returns
     /// the last version read and the events in order. Each version is one object read

@@ -360,6 +360,12 @@ pub fn client() -> reqwest::Client {
 }
 
 /// POSTs a JSON body; returns status and parsed body.
+/// Posts `events` to `env` and expects them acknowledged (202).
+pub async fn ingest(node: &Node, env: &str, key: &str, events: Value) {
+    let (status, body) = post_json(&node.events_url(env), Some(key), &events.to_string()).await;
+    assert_eq!(status, 202, "{body}");
+}
+
 pub async fn post_json(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
     let mut req = client()
         .post(url)

@@ -43,5 +43,6 @@ mod jobs_model;
 mod lost_answers;
 mod segments;
 mod sql_doors;
+mod stream;
 mod users_api;
 mod webhooks;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, Node, TestStore, client, post_json};
+use crate::harness::{Backend, Node, TestStore, client, ingest};
 
 /// Where a node's Postgres and Flight SQL doors listen (from what it printed).
 struct Doors {
@@ -212,11 +212,6 @@ async fn every_door(
         out.push(answers);
     }
     out
-}
-
-async fn ingest(node: &Node, env: &str, key: &str, events: Value) {
-    let (status, body) = post_json(&node.events_url(env), Some(key), &events.to_string()).await;
-    assert_eq!(status, 202, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
