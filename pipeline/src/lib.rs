@@ -39,6 +39,7 @@
 //! - [`cli`]: the `tidemark` command line.
 
 pub mod auth;
+pub mod ballista;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -8,8 +8,10 @@
 //! - `segments`: segment definitions, previews and their SQL.
 //! - `webhooks`: webhook subscriptions; `sinks run`: the delivery worker on its own.
 //! - `sql`: query the tables straight from the store.
+//! - `ballista`: the scheduler and executor roles of a Ballista cluster.
 //! - `config`: print an example configuration.
 
+mod ballista;
 mod exports;
 mod fields;
 mod import;
@@ -112,6 +114,9 @@ pub enum Command {
     Retention(DataArgs),
     /// Run a read-only SQL query over the tables, straight from the store.
     Sql(sql::SqlArgs),
+    /// The roles of an Apache DataFusion Ballista cluster for `--engine ballista://…`.
+    #[command(subcommand)]
+    Ballista(ballista::BallistaCommand),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -189,6 +194,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
         Command::Retention(data) => users::retention(file, data),
         Command::Sql(args) => sql::run(file, args),
+        Command::Ballista(cmd) => ballista::run(file, cmd),
         Command::Config(ConfigCommand::Example) => {
             print!("{}", Config::example());
             Ok(ExitCode::SUCCESS)
