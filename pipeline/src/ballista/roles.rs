@@ -37,12 +37,19 @@ pub fn session_builder(config: SessionConfig) -> datafusion::common::Result<Sess
     Ok(state)
 }
 
-/// Runs a scheduler on `bind` until the process is stopped.
-pub async fn scheduler(bind: SocketAddr) -> Result<()> {
-    let config = SchedulerConfig::default()
+/// Runs a scheduler on `bind` until the process is stopped. An executor silent for
+/// `executor_timeout_secs` is dropped and its tasks run elsewhere; with none left, running
+/// jobs fail after as long again.
+pub async fn scheduler(bind: SocketAddr, executor_timeout_secs: u64) -> Result<()> {
+    let mut config = SchedulerConfig::default()
         .with_hostname(bind.ip().to_string())
         .with_port(bind.port())
-        .with_override_session_builder(Arc::new(session_builder));
+        .with_override_session_builder(Arc::new(session_builder))
+        .with_no_executors_grace_period_seconds(executor_timeout_secs);
+    config.executor_timeout_seconds = executor_timeout_secs;
+    config.expire_dead_executor_interval_seconds = config
+        .expire_dead_executor_interval_seconds
+        .min(executor_timeout_secs.div_ceil(2).max(1));
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| Error::Unavailable(format!("ballista scheduler: {e}")))?;
@@ -66,6 +73,8 @@ pub struct ExecutorOptions {
     pub storage_options: BTreeMap<String, String>,
     /// Where shuffle files go (a temporary directory when `None`).
     pub work_dir: Option<String>,
+    /// Seconds between heartbeats to the scheduler.
+    pub heartbeat_secs: u64,
 }
 
 /// Runs an executor until the process is stopped (or the scheduler stops it).
@@ -95,6 +104,7 @@ pub async fn executor(opts: ExecutorOptions) -> Result<()> {
         vcores: opts.concurrent_tasks,
         work_dir: opts.work_dir.clone(),
         print_thread_info: false,
+        executor_heartbeat_interval_seconds: opts.heartbeat_secs,
         override_function_registry: Some(Arc::new(functions)),
         override_runtime_producer: Some(runtime),
         ..Default::default()

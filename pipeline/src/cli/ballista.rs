@@ -16,6 +16,10 @@ pub enum BallistaCommand {
         /// Address to listen on (gRPC).
         #[arg(long, default_value = "127.0.0.1:50050")]
         bind: SocketAddr,
+        /// Seconds without a heartbeat before an executor is dropped (its tasks run on
+        /// the others; with none left, running jobs fail after as long again).
+        #[arg(long, default_value_t = 60)]
+        executor_timeout: u64,
     },
     /// Run a Ballista executor with tidemark's UDFs and object stores ([storage] options).
     Executor {
@@ -34,6 +38,9 @@ pub enum BallistaCommand {
         /// Directory for shuffle files [default: a temporary directory].
         #[arg(long)]
         work_dir: Option<String>,
+        /// Seconds between heartbeats (keep well under the scheduler's --executor-timeout).
+        #[arg(long, default_value_t = 10)]
+        heartbeat: u64,
     },
 }
 
@@ -52,13 +59,17 @@ fn parse_host_port(s: &str) -> Result<(String, u16), String> {
 pub fn run(file: Option<&Path>, cmd: BallistaCommand) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     match cmd {
-        BallistaCommand::Scheduler { bind } => rt.block_on(roles::scheduler(bind))?,
+        BallistaCommand::Scheduler {
+            bind,
+            executor_timeout,
+        } => rt.block_on(roles::scheduler(bind, executor_timeout.max(1)))?,
         BallistaCommand::Executor {
             scheduler,
             bind,
             grpc_port,
             concurrent_tasks,
             work_dir,
+            heartbeat,
         } => {
             let config = super::load_config(file, Default::default())?;
             let grpc_port = match grpc_port {
@@ -78,6 +89,7 @@ pub fn run(file: Option<&Path>, cmd: BallistaCommand) -> anyhow::Result<ExitCode
                 concurrent_tasks,
                 storage_options: config.storage.options.clone(),
                 work_dir,
+                heartbeat_secs: heartbeat.max(1),
             }))?
         }
     }

@@ -19,9 +19,16 @@ pub enum JobsCommand {
         /// One pass over what is pending, then exit.
         #[arg(long)]
         once: bool,
+        #[command(flatten)]
+        engine: EngineArg,
     },
     /// Recompute every derived table from all of `events`.
-    Rebuild(DataArgs),
+    Rebuild {
+        #[command(flatten)]
+        data: DataArgs,
+        #[command(flatten)]
+        engine: EngineArg,
+    },
     /// Fold the pending rows into the published tables now (serve and `jobs run` do it
     /// every `jobs.publish_interval`).
     Publish(DataArgs),
@@ -35,12 +42,36 @@ pub enum JobsCommand {
     },
 }
 
+/// Where the job SQL runs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineArg {
+    /// `embedded` (this process) or `ballista://HOST:PORT` (a Ballista cluster of
+    /// `tidemark ballista` roles; results are committed from here as embedded).
+    #[arg(long, default_value = "embedded", value_parser = crate::ballista::Engine::parse)]
+    pub engine: crate::ballista::Engine,
+}
+
+impl Default for EngineArg {
+    fn default() -> Self {
+        EngineArg {
+            engine: crate::ballista::Engine::Embedded,
+        }
+    }
+}
+
 fn runner(file: Option<&Path>, data: DataArgs) -> anyhow::Result<(Runner, crate::config::Config)> {
+    runner_on(file, data, EngineArg::default())
+}
+
+fn runner_on(
+    file: Option<&Path>,
+    data: DataArgs,
+    engine: EngineArg,
+) -> anyhow::Result<(Runner, crate::config::Config)> {
     let (config, store) = super::open_store(file, data)?;
-    Ok((
-        Runner::new(store, crate::jobs::JobOptions::from_config(&config)),
-        config,
-    ))
+    let mut options = crate::jobs::JobOptions::from_config(&config);
+    options.engine = engine.engine;
+    Ok((Runner::new(store, options), config))
 }
 
 fn print_reports(reports: &[crate::jobs::RunReport]) {
@@ -58,8 +89,8 @@ fn print_published(reports: &[crate::jobs::publish::PublishReport]) {
 pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     match cmd {
-        JobsCommand::Run { data, once } => {
-            let (runner, config) = runner(file, data)?;
+        JobsCommand::Run { data, once, engine } => {
+            let (runner, config) = runner_on(file, data, engine)?;
             rt.block_on(async move {
                 if once {
                     let mut total = 0;
@@ -95,8 +126,8 @@ pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        JobsCommand::Rebuild(data) => {
-            let (runner, _) = runner(file, data)?;
+        JobsCommand::Rebuild { data, engine } => {
+            let (runner, _) = runner_on(file, data, engine)?;
             let bar = ProgressBar::new(Runner::rebuild_steps());
             bar.set_style(
                 ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
-use datafusion::catalog::MemTable;
+use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use deltalake::DeltaTable;
@@ -14,6 +14,8 @@ use deltalake::logstore::get_actions;
 
 use super::defs::{COUNTED_EVENTS_SQL, REPEATED_EVENTS_SQL};
 use super::plan::Commit;
+use crate::ballista::{self, Engine, scan::FilesTable};
+use crate::storage::Store;
 use crate::storage::events_table::{self, col as ev};
 use crate::{Error, Result};
 
@@ -26,10 +28,18 @@ pub struct Params {
 
 /// A DataFusion session with tidemark's UDFs registered.
 pub fn session(target_partitions: Option<usize>) -> Result<SessionContext> {
+    session_on(target_partitions, &Engine::Embedded)
+}
+
+/// [`session`] whose queries run on `engine` (see [`crate::ballista`]): the inputs below
+/// then register Parquet-file scans and views where the embedded engine reads Delta
+/// providers and keeps rows in memory.
+pub fn session_on(target_partitions: Option<usize>, engine: &Engine) -> Result<SessionContext> {
     let mut config = SessionConfig::new();
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n);
     }
+    let config = crate::ballista::with_engine(config, engine);
     let mut ctx = SessionContext::new_with_config(config);
     tidemark_udfs::register_all(&mut ctx)?;
     Ok(ctx)
@@ -93,61 +103,83 @@ const JOB_COLUMNS: &str = "environment, event_id, event_name, category, user_id,
 /// the Parquet files once instead of three times halves a rebuild's dedup step.
 pub async fn register_new_events(
     ctx: &SessionContext,
+    store: &Store,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
-) -> Result<usize> {
+) -> Result<()> {
     let select =
         format!("SELECT {JOB_COLUMNS}, event_key(environment, event_id) AS id_key FROM scan");
-    register_new_rows(ctx, snapshot, adds, &select, "new_events").await
+    let scan = scan_of(ctx, store, events_table::TABLE, snapshot, adds).await?;
+    materialize_from(ctx, scan, &select, "new_events").await?;
+    Ok(())
 }
 
 /// Registers `new_changes`: the rows of `adds` of `profile_changes` (every row when
 /// `None`), read once into memory.
 pub async fn register_new_changes(
     ctx: &SessionContext,
+    store: &Store,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
 ) -> Result<usize> {
     let select = "SELECT environment, user_id, change_id, at, op, name, value FROM scan";
-    register_new_rows(ctx, snapshot, adds, select, "new_changes").await
+    let table = crate::users::changes::TABLE;
+    let scan = scan_of(ctx, store, table, snapshot, adds).await?;
+    let rows = materialize_from(ctx, scan, select, "new_changes").await?;
+    count(ctx, "new_changes", rows).await
 }
 
-/// Registers `name` as `select` (which reads `scan`) over the rows of `adds` of
-/// `snapshot` (every row when `None`), kept in memory.
-async fn register_new_rows(
+/// The rows of `adds` of `snapshot` of table `name` (every row when `None`): the Delta
+/// provider embedded, the Parquet files themselves on a cluster engine.
+async fn scan_of(
     ctx: &SessionContext,
+    store: &Store,
+    name: &str,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
-    select: &str,
-    name: &str,
-) -> Result<usize> {
+) -> Result<Arc<dyn TableProvider>> {
+    if !ballista::engine_of(ctx).is_embedded() {
+        return Ok(Arc::new(
+            FilesTable::of(store, name, snapshot, adds.as_deref()).await?,
+        ));
+    }
     snapshot.update_datafusion_session(&ctx.state())?;
     let builder = snapshot.table_provider();
-    let provider = match adds {
+    Ok(match adds {
         Some(adds) => builder.with_adds(adds).await?,
         None => builder.await?,
-    };
-    ctx.register_table("scan", provider)?;
-    let rows = materialize(ctx, select, name).await;
+    })
+}
+
+/// Registers `name` as `select` (which reads `scan`) over `scan`; see [`materialize`].
+async fn materialize_from(
+    ctx: &SessionContext,
+    scan: Arc<dyn TableProvider>,
+    select: &str,
+    name: &str,
+) -> Result<Option<usize>> {
+    ctx.register_table("scan", scan)?;
+    // The plan holds the provider itself: the name can go before it runs.
+    let df = ctx.sql(select).await;
     ctx.deregister_table("scan")?;
-    rows
+    materialize_df(ctx, df?, name).await
 }
 
 /// Registers `prior_events`: rows of `prior` (the table at the cursor) received within
 /// the dedup window before the earliest new row; an empty table when `prior` is `None`.
 pub async fn register_prior_events(
     ctx: &SessionContext,
+    store: &Store,
     prior: Option<&DeltaTable>,
     dedup_window_us: i64,
 ) -> Result<()> {
     let earliest = match prior {
         None => None,
         Some(_) => {
-            let batches = ctx
+            let df = ctx
                 .sql("SELECT CAST(min(received_at) AS BIGINT) FROM new_events")
-                .await?
-                .collect()
                 .await?;
+            let batches = ballista::collect(ctx, df).await?;
             batches.first().and_then(|b| {
                 let a = b.column(0).as_any().downcast_ref::<Int64Array>()?;
                 (!a.is_null(0)).then(|| a.value(0))
@@ -156,10 +188,9 @@ pub async fn register_prior_events(
     };
     match (prior, earliest) {
         (Some(prior), Some(earliest)) => {
-            prior.update_datafusion_session(&ctx.state())?;
             let from_us = earliest.saturating_sub(dedup_window_us);
             let from_day = i32::try_from(from_us.div_euclid(86_400_000_000)).unwrap_or(i32::MIN);
-            let provider = prior.table_provider().await?;
+            let provider = scan_of(ctx, store, events_table::TABLE, prior, None).await?;
             let view = ctx
                 .read_table(provider)?
                 .filter(
@@ -193,15 +224,50 @@ pub async fn register_prior_events(
 /// returns the number of counted events.
 pub async fn register_counted_events(ctx: &SessionContext) -> Result<usize> {
     materialize(ctx, REPEATED_EVENTS_SQL, "repeated_events").await?;
-    materialize(ctx, COUNTED_EVENTS_SQL, "counted_events").await
+    let rows = materialize(ctx, COUNTED_EVENTS_SQL, "counted_events").await?;
+    count(ctx, "counted_events", rows).await
 }
 
 /// Runs `sql` and keeps its result in memory as table `name`, split into `partitions`
-/// for parallel reads.
-pub async fn materialize(ctx: &SessionContext, sql: &str, name: &str) -> Result<usize> {
-    let (table, rows) = in_memory(ctx, ctx.sql(sql).await?).await?;
+/// for parallel reads; returns its rows. On a cluster engine `name` is a view instead
+/// (the executors compute it from the files where it is used; nothing is shipped from
+/// here) and the count is `None`.
+pub async fn materialize(ctx: &SessionContext, sql: &str, name: &str) -> Result<Option<usize>> {
+    materialize_df(ctx, ctx.sql(sql).await?, name).await
+}
+
+async fn materialize_df(
+    ctx: &SessionContext,
+    df: datafusion::dataframe::DataFrame,
+    name: &str,
+) -> Result<Option<usize>> {
+    if !ballista::engine_of(ctx).is_embedded() {
+        ctx.register_table(name, df.into_view())?;
+        return Ok(None);
+    }
+    let (table, rows) = in_memory(ctx, df).await?;
     ctx.register_table(name, table)?;
-    Ok(rows)
+    Ok(Some(rows))
+}
+
+/// The rows of `name`: `known` when [`materialize`] counted them, else a count query.
+async fn count(ctx: &SessionContext, name: &str, known: Option<usize>) -> Result<usize> {
+    if let Some(n) = known {
+        return Ok(n);
+    }
+    let df = ctx
+        .sql(&format!("SELECT count(*) AS n FROM {name}"))
+        .await?;
+    let batches = ballista::collect(ctx, df).await?;
+    Ok(batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0) as usize)
 }
 
 /// Runs `df` and keeps its rows as a table split into the session's partitions; also

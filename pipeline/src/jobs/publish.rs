@@ -264,7 +264,7 @@ pub async fn with_buckets(
         "SELECT *, {BUCKET_SQL} AS {BUCKET_COLUMN} FROM {name} \
          ORDER BY environment, {BUCKET_COLUMN}, user_id{keys}"
     );
-    let batches = ctx.sql(&sql).await?.collect().await?;
+    let batches = crate::ballista::collect(ctx, ctx.sql(&sql).await?).await?;
     ctx.deregister_table(name.as_str())?;
     let schema = job.published_schema();
     batches

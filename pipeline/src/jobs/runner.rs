@@ -50,6 +50,8 @@ pub struct JobOptions {
     pub evaluate_segments: bool,
     /// The ttl of the lease segment runs take turns with (`lease_ttl`).
     pub lease_ttl: Duration,
+    /// Where the job SQL runs (`--engine`; embedded by default).
+    pub engine: crate::ballista::Engine,
 }
 
 impl JobOptions {
@@ -76,6 +78,7 @@ impl Default for JobOptions {
             target_partitions: None,
             evaluate_segments: true,
             lease_ttl: Duration::from_secs(15),
+            engine: crate::ballista::Engine::Embedded,
         }
     }
 }
@@ -143,8 +146,13 @@ impl Runner {
         }
     }
 
+    /// A session for the job SQL, on the configured engine.
     fn session(&self) -> Result<SessionContext> {
-        let ctx = inputs::session(self.opts.target_partitions)?;
+        self.session_on(&self.opts.engine)
+    }
+
+    fn session_on(&self, engine: &crate::ballista::Engine) -> Result<SessionContext> {
+        let ctx = inputs::session_on(self.opts.target_partitions, engine)?;
         inputs::register_params(&ctx, self.params())?;
         Ok(ctx)
     }
@@ -226,11 +234,19 @@ impl Runner {
     ) -> Result<usize> {
         match source {
             Source::Events => {
-                inputs::register_new_events(ctx, snapshot, adds).await?;
-                inputs::register_prior_events(ctx, prior, self.params().dedup_window_us).await?;
+                inputs::register_new_events(ctx, &self.store, snapshot, adds).await?;
+                inputs::register_prior_events(
+                    ctx,
+                    &self.store,
+                    prior,
+                    self.params().dedup_window_us,
+                )
+                .await?;
                 inputs::register_counted_events(ctx).await
             }
-            Source::ProfileChanges => inputs::register_new_changes(ctx, snapshot, adds).await,
+            Source::ProfileChanges => {
+                inputs::register_new_changes(ctx, &self.store, snapshot, adds).await
+            }
         }
     }
 
@@ -437,7 +453,9 @@ impl Runner {
     pub async fn publish(&self) -> Result<Vec<PublishReport>> {
         self.leases()
             .exclusive(publish::LEASE, LEASE_POLL, async {
-                let ctx = self.session()?;
+                // Folding reads the Delta tables of pending and published rows, a pass
+                // bounded by the buckets touched: it stays in this process.
+                let ctx = self.session_on(&crate::ballista::Engine::Embedded)?;
                 let mut reports = Vec::new();
                 for job in defs::ALL {
                     if let Some(r) = publish::publish_job(&self.store, &ctx, job).await? {
@@ -493,9 +511,7 @@ impl Runner {
 
 async fn job_rows(ctx: &SessionContext, job: Job) -> Result<Vec<RecordBatch>> {
     let schema = job.schema();
-    ctx.sql(job.sql())
-        .await?
-        .collect()
+    crate::ballista::collect(ctx, ctx.sql(job.sql()).await?)
         .await?
         .iter()
         .filter(|b| b.num_rows() > 0)

@@ -27,6 +27,7 @@ mod harness;
 
 mod auth_matrix;
 mod bad_input;
+mod ballista;
 mod chaos;
 mod cli;
 mod cluster;
