@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use datafusion::dataframe::DataFrame;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
@@ -97,8 +98,30 @@ impl std::fmt::Display for Engine {
     }
 }
 
-/// `config` with `engine` attached, for [`engine_of`].
-pub fn with_engine(config: SessionConfig, engine: &Engine) -> SessionConfig {
+/// `config` with `engine` attached, for [`engine_of`]. For a cluster, dynamic filters
+/// are off: Ballista's scheduler swaps hash-join inputs between stages by the sizes it
+/// measured, and DataFusion 55 refuses to swap a join whose dynamic filter was already
+/// built ("Cannot swap HashJoinExec inputs after dynamic filters have been
+/// constructed"); the task then never finishes.
+pub fn with_engine(mut config: SessionConfig, engine: &Engine) -> SessionConfig {
+    if !engine.is_embedded() {
+        config
+            .options_mut()
+            .optimizer
+            .enable_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_join_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_topk_dynamic_filter_pushdown = false;
+        config
+            .options_mut()
+            .optimizer
+            .enable_aggregate_dynamic_filter_pushdown = false;
+    }
     config.with_extension(Arc::new(engine.clone()))
 }
 
@@ -111,21 +134,55 @@ pub fn engine_of(ctx: &SessionContext) -> Engine {
         .unwrap_or_default()
 }
 
-/// Runs `df` on the session's engine and returns its rows. On Ballista the client plans
-/// the query (with its own registrations) and submits the physical plan; the rows come
-/// back through the scheduler's result locations.
+/// The rows of `table` (table `name`) for a query of `ctx`: deltalake's provider on the
+/// embedded engine, the snapshot's Parquet files on a cluster.
+pub async fn provider(
+    ctx: &SessionContext,
+    name: &str,
+    table: &deltalake::DeltaTable,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    if engine_of(ctx).is_embedded() {
+        table.update_datafusion_session(&ctx.state())?;
+        return Ok(table.table_provider().await?);
+    }
+    Ok(Arc::new(scan::FilesTable::of(name, table, None).await?))
+}
+
+/// Runs `df` on the session's engine and returns its rows.
 pub async fn collect(ctx: &SessionContext, df: DataFrame) -> Result<Vec<RecordBatch>> {
+    let stream = execute_stream(ctx, df).await?;
+    stream.try_collect().await.map_err(|e| {
+        let engine = engine_of(ctx);
+        match engine {
+            Engine::Embedded => Error::from(e),
+            _ => Error::Unavailable(format!("{engine}: {e}")),
+        }
+    })
+}
+
+/// Runs `df` on the session's engine, streaming its rows. On Ballista the client plans
+/// the query (with its own registrations) and submits the physical plan; the rows come
+/// back from the executors. A plan that reads no files (catalog queries, `VALUES`) runs
+/// here: there is nothing for a cluster to do, and catalog scans have no codec.
+pub async fn execute_stream(
+    ctx: &SessionContext,
+    df: DataFrame,
+) -> datafusion::common::Result<SendableRecordBatchStream> {
     let engine = engine_of(ctx);
     let Some(url) = engine.scheduler_url() else {
-        return Ok(df.collect().await?);
+        return df.execute_stream().await;
     };
     use ballista_core::extension::SessionConfigExt;
+    let task_ctx = df.task_ctx();
     let plan = df.create_physical_plan().await?;
+    if !reads_files(&plan) {
+        return datafusion::physical_plan::execute_stream(plan, Arc::new(task_ctx));
+    }
     let config = SessionConfig::new_with_ballista()
         .with_target_partitions(ctx.state().config().target_partitions());
     let codec = config.ballista_physical_extension_codec();
     let session_id = uuid::Uuid::new_v4().to_string();
-    let stream = ballista_core::execution_plans::execute_physical_plan::<
+    ballista_core::execution_plans::execute_physical_plan::<
         datafusion_proto::protobuf::PhysicalPlanNode,
     >(
         url,
@@ -136,11 +193,18 @@ pub async fn collect(ctx: &SessionContext, df: DataFrame) -> Result<Vec<RecordBa
         config,
     )
     .await
-    .map_err(|e| Error::Unavailable(format!("{engine}: {e}")))?;
-    stream
-        .try_collect()
-        .await
-        .map_err(|e| Error::Unavailable(format!("{engine}: {e}")))
+    .map_err(|e| datafusion::error::DataFusionError::Execution(format!("{engine}: {e}")))
+}
+
+/// Whether any node of `plan` scans files.
+fn reads_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<datafusion::datasource::source::DataSourceExec>()
+        .is_some_and(|d| {
+            d.data_source()
+                .downcast_ref::<datafusion::datasource::physical_plan::FileScanConfig>()
+                .is_some()
+        })
+        || plan.children().into_iter().any(reads_files)
 }
 
 #[cfg(test)]

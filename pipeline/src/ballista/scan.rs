@@ -22,7 +22,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
 use deltalake::kernel::Add;
 
-use crate::storage::Store;
 use crate::{Error, Result};
 
 /// Explicit Parquet files with their partition values.
@@ -46,12 +45,7 @@ struct DataFile {
 impl FilesTable {
     /// The files of `snapshot` of table `name` (every file when `adds` is `None`, else
     /// only `adds`, which must be live in it).
-    pub async fn of(
-        store: &Store,
-        name: &str,
-        snapshot: &DeltaTable,
-        adds: Option<&[Add]>,
-    ) -> Result<FilesTable> {
+    pub async fn of(name: &str, snapshot: &DeltaTable, adds: Option<&[Add]>) -> Result<FilesTable> {
         let table_schema = snapshot.table_provider().await?.schema();
         let partition_names: Vec<String> =
             snapshot.snapshot()?.metadata().partition_columns().to_vec();
@@ -94,7 +88,7 @@ impl FilesTable {
         ));
         let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
         fields.extend(partition_cols.iter().cloned());
-        let base = store.paths().base();
+        let base = snapshot.table_url();
         let store_url = match base.scheme() {
             "file" => ObjectStoreUrl::local_filesystem(),
             "s3" => ObjectStoreUrl::parse(format!("s3://{}", base.host_str().unwrap_or("")))?,
@@ -107,7 +101,9 @@ impl FilesTable {
         let files = files
             .into_iter()
             .map(|f| {
-                let path = store.paths().table_file(name, &f.path);
+                let path = format!("{}/{}", base.path().trim_end_matches('/'), f.path);
+                let path = object_store::path::Path::from_url_path(&path)
+                    .map_err(|e| Error::Invalid(format!("{name}: file {}: {e}", f.path)))?;
                 let mut file = PartitionedFile::new(path.to_string(), f.size);
                 file.partition_values = partition_cols
                     .iter()

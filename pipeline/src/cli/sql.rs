@@ -35,6 +35,10 @@ pub struct SqlArgs {
     /// A read or admin key of --env, for --server.
     #[arg(long, value_name = "KEY", env = "TIDEMARK_KEY", hide_env_values = true)]
     pub key: Option<String>,
+    /// Where the query runs on the store: `embedded` or `ballista://HOST:PORT` (planned
+    /// here, executed by the cluster's executors).
+    #[arg(long, default_value = "embedded", value_parser = crate::ballista::Engine::parse, conflicts_with = "server")]
+    pub engine: crate::ballista::Engine,
     /// The query (read-only); without one, an interactive prompt opens.
     pub sql: Option<String>,
 }
@@ -174,7 +178,7 @@ pub fn run(file: Option<&Path>, args: SqlArgs) -> anyhow::Result<ExitCode> {
         None => {
             let (config, store) = super::open_store(file, super::DataArgs { data: args.data })?;
             Target::Store {
-                engine: Box::new(Engine::new(store, config.query)),
+                engine: Box::new(Engine::new(store, config.query).on(args.engine.clone())),
                 environment: args.environment.clone(),
             }
         }

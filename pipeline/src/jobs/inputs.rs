@@ -15,7 +15,6 @@ use deltalake::logstore::get_actions;
 use super::defs::{COUNTED_EVENTS_SQL, REPEATED_EVENTS_SQL};
 use super::plan::Commit;
 use crate::ballista::{self, Engine, scan::FilesTable};
-use crate::storage::Store;
 use crate::storage::events_table::{self, col as ev};
 use crate::{Error, Result};
 
@@ -103,13 +102,12 @@ const JOB_COLUMNS: &str = "environment, event_id, event_name, category, user_id,
 /// the Parquet files once instead of three times halves a rebuild's dedup step.
 pub async fn register_new_events(
     ctx: &SessionContext,
-    store: &Store,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
 ) -> Result<()> {
     let select =
         format!("SELECT {JOB_COLUMNS}, event_key(environment, event_id) AS id_key FROM scan");
-    let scan = scan_of(ctx, store, events_table::TABLE, snapshot, adds).await?;
+    let scan = scan_of(ctx, events_table::TABLE, snapshot, adds).await?;
     materialize_from(ctx, scan, &select, "new_events").await?;
     Ok(())
 }
@@ -118,13 +116,12 @@ pub async fn register_new_events(
 /// `None`), read once into memory.
 pub async fn register_new_changes(
     ctx: &SessionContext,
-    store: &Store,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
 ) -> Result<usize> {
     let select = "SELECT environment, user_id, change_id, at, op, name, value FROM scan";
     let table = crate::users::changes::TABLE;
-    let scan = scan_of(ctx, store, table, snapshot, adds).await?;
+    let scan = scan_of(ctx, table, snapshot, adds).await?;
     let rows = materialize_from(ctx, scan, select, "new_changes").await?;
     count(ctx, "new_changes", rows).await
 }
@@ -133,22 +130,20 @@ pub async fn register_new_changes(
 /// provider embedded, the Parquet files themselves on a cluster engine.
 async fn scan_of(
     ctx: &SessionContext,
-    store: &Store,
     name: &str,
     snapshot: &DeltaTable,
     adds: Option<Vec<Add>>,
 ) -> Result<Arc<dyn TableProvider>> {
-    if !ballista::engine_of(ctx).is_embedded() {
-        return Ok(Arc::new(
-            FilesTable::of(store, name, snapshot, adds.as_deref()).await?,
-        ));
+    match adds {
+        None => ballista::provider(ctx, name, snapshot).await,
+        Some(adds) if !ballista::engine_of(ctx).is_embedded() => {
+            Ok(Arc::new(FilesTable::of(name, snapshot, Some(&adds)).await?))
+        }
+        Some(adds) => {
+            snapshot.update_datafusion_session(&ctx.state())?;
+            Ok(snapshot.table_provider().with_adds(adds).await?)
+        }
     }
-    snapshot.update_datafusion_session(&ctx.state())?;
-    let builder = snapshot.table_provider();
-    Ok(match adds {
-        Some(adds) => builder.with_adds(adds).await?,
-        None => builder.await?,
-    })
 }
 
 /// Registers `name` as `select` (which reads `scan`) over `scan`; see [`materialize`].
@@ -169,7 +164,6 @@ async fn materialize_from(
 /// the dedup window before the earliest new row; an empty table when `prior` is `None`.
 pub async fn register_prior_events(
     ctx: &SessionContext,
-    store: &Store,
     prior: Option<&DeltaTable>,
     dedup_window_us: i64,
 ) -> Result<()> {
@@ -190,7 +184,7 @@ pub async fn register_prior_events(
         (Some(prior), Some(earliest)) => {
             let from_us = earliest.saturating_sub(dedup_window_us);
             let from_day = i32::try_from(from_us.div_euclid(86_400_000_000)).unwrap_or(i32::MIN);
-            let provider = scan_of(ctx, store, events_table::TABLE, prior, None).await?;
+            let provider = scan_of(ctx, events_table::TABLE, prior, None).await?;
             let view = ctx
                 .read_table(provider)?
                 .filter(

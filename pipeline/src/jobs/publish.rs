@@ -191,8 +191,7 @@ pub async fn pending_rows(
     after: Option<i64>,
     through: Option<i64>,
 ) -> Result<datafusion::dataframe::DataFrame> {
-    pending.update_datafusion_session(&ctx.state())?;
-    let provider = pending.table_provider().await?;
+    let provider = crate::ballista::provider(ctx, job.pending(), pending).await?;
     let mut df = ctx.read_table(provider)?;
     if let Some(after) = after {
         df = df.filter(col(RUN_COLUMN).gt(lit(after)))?;

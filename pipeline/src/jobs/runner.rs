@@ -234,19 +234,11 @@ impl Runner {
     ) -> Result<usize> {
         match source {
             Source::Events => {
-                inputs::register_new_events(ctx, &self.store, snapshot, adds).await?;
-                inputs::register_prior_events(
-                    ctx,
-                    &self.store,
-                    prior,
-                    self.params().dedup_window_us,
-                )
-                .await?;
+                inputs::register_new_events(ctx, snapshot, adds).await?;
+                inputs::register_prior_events(ctx, prior, self.params().dedup_window_us).await?;
                 inputs::register_counted_events(ctx).await
             }
-            Source::ProfileChanges => {
-                inputs::register_new_changes(ctx, &self.store, snapshot, adds).await
-            }
+            Source::ProfileChanges => inputs::register_new_changes(ctx, snapshot, adds).await,
         }
     }
 

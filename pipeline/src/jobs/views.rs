@@ -71,11 +71,9 @@ pub async fn parts(
         Published::Missing | Published::OldLayout => None,
     };
     let mut parts = match published {
-        Some(table) => {
-            table.update_datafusion_session(&ctx.state())?;
-            ctx.read_table(table.table_provider().await?)?
-                .select(publish::job_columns(job))?
-        }
+        Some(table) => ctx
+            .read_table(crate::ballista::provider(ctx, job.table(), &table).await?)?
+            .select(publish::job_columns(job))?,
         None => {
             let empty: Arc<dyn TableProvider> =
                 Arc::new(MemTable::try_new(job.schema(), vec![vec![]])?);

@@ -32,6 +32,8 @@ pub struct Engine {
     store: Store,
     config: QueryConfig,
     gate: Gate,
+    /// Where queries execute (`tidemark sql --engine`); the servers' doors are embedded.
+    cluster: crate::ballista::Engine,
 }
 
 /// A planned query (its schema and parameters are known before any row is computed),
@@ -56,7 +58,14 @@ impl Engine {
             store,
             config,
             gate,
+            cluster: crate::ballista::Engine::Embedded,
         }
+    }
+
+    /// This engine executing on `cluster` (planning stays here).
+    pub fn on(mut self, cluster: crate::ballista::Engine) -> Engine {
+        self.cluster = cluster;
+        self
     }
 
     pub fn config(&self) -> &QueryConfig {
@@ -133,7 +142,7 @@ impl Engine {
             .with_memory_pool(Arc::new(FairSpillPool::new(config.max_memory_bytes)))
             .build_arc()
             .map_err(df_err)?;
-        let ctx = super::session_with(&self.store, environment, Some(runtime)).await?;
+        let ctx = super::session_on(&self.store, environment, Some(runtime), &self.cluster).await?;
         super::register_as_of(&ctx, &self.store, environment, as_of).await?;
         setup(&ctx)?;
         let plan = ctx
@@ -185,7 +194,7 @@ impl Engine {
         let ctx = planned.ctx.clone();
         let start = async {
             let df = ctx.execute_logical_plan(plan).await?;
-            df.execute_stream().await
+            crate::ballista::execute_stream(&ctx, df).await
         };
         let stream = tokio::time::timeout_at(deadline, start)
             .await

@@ -45,7 +45,25 @@ pub async fn session_with(
     environment: Option<&str>,
     runtime: Option<Arc<RuntimeEnv>>,
 ) -> Result<SessionContext> {
-    let config = SessionConfig::new().with_information_schema(true);
+    session_on(
+        store,
+        environment,
+        runtime,
+        &crate::ballista::Engine::Embedded,
+    )
+    .await
+}
+
+/// [`session_with`] whose queries execute on `engine`: on a cluster every table is the
+/// Parquet files of its snapshot ([`crate::ballista`]).
+pub async fn session_on(
+    store: &Store,
+    environment: Option<&str>,
+    runtime: Option<Arc<RuntimeEnv>>,
+    engine: &crate::ballista::Engine,
+) -> Result<SessionContext> {
+    let config =
+        crate::ballista::with_engine(SessionConfig::new().with_information_schema(true), engine);
     let mut ctx = match runtime {
         Some(rt) => SessionContext::new_with_config_rt(config, rt),
         None => SessionContext::new_with_config(config),
@@ -74,8 +92,7 @@ async fn register_scoped(
     table: &deltalake::DeltaTable,
     environment: Option<&str>,
 ) -> Result<()> {
-    table.update_datafusion_session(&ctx.state())?;
-    let provider: Arc<dyn TableProvider> = table.table_provider().await?;
+    let provider: Arc<dyn TableProvider> = crate::ballista::provider(ctx, name, table).await?;
     let scoped = provider.schema().field_with_name("environment").is_ok();
     match environment {
         Some(env) if scoped => {
@@ -161,7 +178,7 @@ fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
 /// Runs one read-only statement.
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     let df = ctx.sql_with_options(sql, engine::read_only()).await?;
-    let stream = df.execute_stream().await?;
+    let stream = crate::ballista::execute_stream(ctx, df).await?;
     Ok(stream.try_collect().await?)
 }
 

@@ -39,7 +39,7 @@ fn role(args: &[&str]) -> Role {
         .args(["ballista"])
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn tidemark ballista");
     Role(child)
@@ -132,6 +132,36 @@ fn derived(ts: &TestStore, data: &str) -> Vec<(String, Vec<Value>)> {
         .collect()
 }
 
+/// Queries over every UDF (and the views, a join, the catalog), for `sql --engine`.
+const UDF_QUERIES: &[&str] = &[
+    "SELECT platform_bucket(platform) AS b, count(*) AS n FROM events GROUP BY 1 ORDER BY 1 NULLS FIRST",
+    "SELECT sum(event_key(environment, event_id) % 1000) AS s, count(DISTINCT event_key(environment, event_id)) AS n FROM events",
+    "SELECT json_get_bool(properties, 'ok') AS ok, json_list_contains(json_get(properties, 'langs'), 'en') AS en, \
+     count(*) AS n, sum(json_get_num(properties, 'i')) AS s FROM events GROUP BY 1, 2 ORDER BY 1, 2",
+    "SELECT user_id, json_get_str(fields, 'plan') AS plan, tags FROM profiles \
+     WHERE json_get(fields, 'plan') IS NOT NULL ORDER BY user_id",
+    "SELECT s.event_name, count(*) AS users, sum(s.count) AS events FROM profiles p \
+     JOIN event_stats s USING (environment, user_id) GROUP BY 1 ORDER BY 1",
+    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+];
+
+/// `tidemark sql --format json` rows, on `engine` when given.
+fn sql_rows(ts: &TestStore, data: &str, sql: &str, engine: Option<&str>) -> Vec<Value> {
+    let mut cmd = ts.command();
+    cmd.args(["sql", "--format", "json", "--data", data]);
+    if let Some(e) = engine {
+        cmd.args(["--engine", e]);
+    }
+    let out = cmd.arg(sql).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    answer["rows"].as_array().unwrap().clone()
+}
+
 fn jobs(ts: &TestStore, data: &str, args: &[&str]) -> (bool, String) {
     let out = ts
         .command()
@@ -176,7 +206,7 @@ fn events(tag: &str, n: usize, users: usize) -> Value {
                     "event_name": names[i % names.len()],
                     "user_id": format!("u{}", (i * 7919) % users),
                     "platform": platforms[i % platforms.len()],
-                    "properties": {"i": i},
+                    "properties": {"i": i, "ok": i % 2 == 0, "langs": if i % 3 == 0 { json!(["en", "de"]) } else { json!(["fr"]) }},
                 })
             })
             .collect(),
@@ -238,6 +268,15 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
             .any(|p| p["tags"].to_string().contains("vip"))
     );
     assert_eq!(on_cluster, embedded, "rebuild on Ballista vs embedded");
+
+    // `tidemark sql --engine`: the same answers as embedded, for queries that use every
+    // UDF, the merged views, a join, and a catalog query (which runs on the client).
+    for sql in UDF_QUERIES {
+        let cluster_answer = sql_rows(&ts, &data, sql, Some(&engine));
+        let embedded_answer = sql_rows(&ts, &data, sql, None);
+        assert!(!embedded_answer.is_empty(), "{sql}");
+        assert_eq!(cluster_answer, embedded_answer, "{sql}");
+    }
 
     // New events and writes, then one incremental run on each engine.
     let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_JOBS__ENABLED", "false")]);
