@@ -253,7 +253,9 @@ async fn the_event_stream_is_ordered_filtered_resumable_and_isolated() {
     // Refusals: another environment's key, an ingest key, no key, bad positions and
     // parameters, each naming what is wrong.
     let path = "/v1/default/events/stream";
-    let cases: Vec<(Option<&str>, String, Option<&str>, u16, &str)> = vec![
+    // (key, url, Last-Event-ID, status, part of the message)
+    type Case<'a> = (Option<&'a str>, String, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (Some(&staging_read), path.into(), None, 403, ""),
         (Some(node.ingest_key()), path.into(), None, 403, ""),
         (None, path.into(), None, 401, ""),
