@@ -67,6 +67,9 @@ pub struct ExecutorOptions {
     /// The Arrow Flight (shuffle) address; the gRPC port is `grpc_port`.
     pub bind: SocketAddr,
     pub grpc_port: u16,
+    /// The host other executors and the scheduler reach this one at (default: the bind
+    /// address, or Ballista's own guess when that is 0.0.0.0).
+    pub advertise: Option<String>,
     /// Tasks run at once (0: one per core).
     pub concurrent_tasks: usize,
     /// `[storage]` options, for `s3://` stores.
@@ -96,7 +99,9 @@ pub async fn executor(opts: ExecutorOptions) -> Result<()> {
     });
     let config = ExecutorProcessConfig {
         bind_host: opts.bind.ip().to_string(),
-        external_host: Some(opts.bind.ip().to_string()),
+        external_host: opts.advertise.clone().or_else(|| {
+            (!opts.bind.ip().is_unspecified()).then(|| opts.bind.ip().to_string())
+        }),
         port: opts.bind.port(),
         grpc_port: opts.grpc_port,
         scheduler_host: opts.scheduler_host.clone(),

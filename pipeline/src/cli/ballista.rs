@@ -32,6 +32,10 @@ pub enum BallistaCommand {
         bind: SocketAddr,
         #[arg(long)]
         grpc_port: Option<u16>,
+        /// The host name others reach this executor at (needed with --bind 0.0.0.0 on
+        /// several machines; e.g. the pod's DNS name).
+        #[arg(long)]
+        advertise: Option<String>,
         /// Tasks run at once [default: one per core].
         #[arg(long, default_value_t = 0)]
         concurrent_tasks: usize,
@@ -67,6 +71,7 @@ pub fn run(file: Option<&Path>, cmd: BallistaCommand) -> anyhow::Result<ExitCode
             scheduler,
             bind,
             grpc_port,
+            advertise,
             concurrent_tasks,
             work_dir,
             heartbeat,
@@ -86,6 +91,7 @@ pub fn run(file: Option<&Path>, cmd: BallistaCommand) -> anyhow::Result<ExitCode
                 scheduler_port: scheduler.1,
                 bind,
                 grpc_port,
+                advertise,
                 concurrent_tasks,
                 storage_options: config.storage.options.clone(),
                 work_dir,
