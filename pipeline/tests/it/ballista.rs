@@ -56,8 +56,31 @@ fn listening(port: u16) {
 
 struct Cluster {
     url: String,
+    scheduler_port: u16,
     _scheduler: Role,
     executors: Vec<Role>,
+}
+
+impl Cluster {
+    /// Starts one more executor (2 task slots) and waits for it to register.
+    fn add_executor(&mut self) {
+        let port = free_port();
+        let r = role(&[
+            "executor",
+            "--scheduler",
+            &format!("127.0.0.1:{}", self.scheduler_port),
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--concurrent-tasks",
+            "2",
+            "--heartbeat",
+            "1",
+        ]);
+        listening(port);
+        self.executors.push(r);
+        // Executors register with their first heartbeat.
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 fn cluster(executors: usize) -> Cluster {
@@ -70,31 +93,46 @@ fn cluster(executors: usize) -> Cluster {
         "6",
     ]);
     listening(sched);
-    let executors = (0..executors)
-        .map(|_| {
-            let port = free_port();
-            let r = role(&[
-                "executor",
-                "--scheduler",
-                &format!("127.0.0.1:{sched}"),
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--concurrent-tasks",
-                "2",
-                "--heartbeat",
-                "1",
-            ]);
-            listening(port);
-            r
-        })
-        .collect();
-    // Executors register with their first heartbeat.
-    std::thread::sleep(Duration::from_secs(2));
-    Cluster {
+    let mut cluster = Cluster {
         url: format!("ballista://127.0.0.1:{sched}"),
+        scheduler_port: sched,
         _scheduler: scheduler,
-        executors,
+        executors: Vec::new(),
+    };
+    for _ in 0..executors {
+        cluster.add_executor();
     }
+    cluster
+}
+
+/// Starts `jobs rebuild --engine`, kills `victims` executors after `after`, and returns
+/// whether the rebuild succeeded (with what it printed).
+fn rebuild_killing(
+    ts: &TestStore,
+    data: &str,
+    cluster: &mut Cluster,
+    victims: usize,
+    after: Duration,
+) -> (bool, String) {
+    let rebuild = ts
+        .command()
+        .args(["jobs", "rebuild", "--engine", &cluster.url, "--data", data])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    for mut victim in cluster.executors.drain(..victims) {
+        victim.0.kill().unwrap();
+        victim.0.wait().unwrap();
+    }
+    let out = rebuild.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 /// Every derived table, ordered, without the columns that record when it was written.
@@ -312,30 +350,38 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
     assert!(ok, "{text}");
     let want = derived(&ts, &third);
     let old = derived(&ts, &data);
-    let rebuild = ts
-        .command()
-        .args(["jobs", "rebuild", "--engine", &engine, "--data", &data])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    let mut victim = cluster.executors.remove(0);
-    victim.0.kill().unwrap();
-    victim.0.wait().unwrap();
-    let out = rebuild.wait_with_output().unwrap();
+    let (ok, text) = rebuild_killing(&ts, &data, &mut cluster, 1, Duration::from_millis(700));
     let after = derived(&ts, &data);
-    eprintln!(
-        "rebuild with an executor killed: {} {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
+    eprintln!("rebuild with one of two executors killed: ok={ok} {text}");
+    if ok {
         assert_eq!(after, want, "a rebuild that succeeded is complete");
     } else {
         assert_eq!(after, old, "a rebuild that failed changed nothing");
     }
+    let (ok, text) = jobs(&ts, &data, &["rebuild", "--engine", &engine]);
+    assert!(ok, "rerun: {text}");
+    assert_eq!(derived(&ts, &data), want, "the rerun equals embedded");
+
+    // Every executor killed mid-rebuild: the job fails (after the scheduler's grace) and
+    // nothing is committed; with an executor back, the rerun completes.
+    let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_JOBS__ENABLED", "false")]);
+    ingest(&node, "default", &key, events("d", 5000, 6000)).await;
+    node.terminate();
+    let fourth = ts.tmp.path().join("fourth");
+    copy_dir(Path::new(&data), &fourth);
+    let fourth = fourth.to_string_lossy().into_owned();
+    let (ok, text) = jobs(&ts, &fourth, &["rebuild"]);
+    assert!(ok, "{text}");
+    let want = derived(&ts, &fourth);
+    let old = derived(&ts, &data);
+    assert_ne!(old, want);
+    let started = Instant::now();
+    let (ok, text) = rebuild_killing(&ts, &data, &mut cluster, 1, Duration::from_millis(700));
+    eprintln!("rebuild with every executor killed: ok={ok} after {:?}", started.elapsed());
+    assert!(!ok, "{text}");
+    assert!(text.contains("ballista://"), "the error names the engine: {text}");
+    assert_eq!(derived(&ts, &data), old, "a failed rebuild changed nothing");
+    cluster.add_executor();
     let (ok, text) = jobs(&ts, &data, &["rebuild", "--engine", &engine]);
     assert!(ok, "rerun: {text}");
     assert_eq!(derived(&ts, &data), want, "the rerun equals embedded");
