@@ -99,9 +99,10 @@ pub async fn executor(opts: ExecutorOptions) -> Result<()> {
     });
     let config = ExecutorProcessConfig {
         bind_host: opts.bind.ip().to_string(),
-        external_host: opts.advertise.clone().or_else(|| {
-            (!opts.bind.ip().is_unspecified()).then(|| opts.bind.ip().to_string())
-        }),
+        external_host: opts
+            .advertise
+            .clone()
+            .or_else(|| (!opts.bind.ip().is_unspecified()).then(|| opts.bind.ip().to_string())),
         port: opts.bind.port(),
         grpc_port: opts.grpc_port,
         scheduler_host: opts.scheduler_host.clone(),

@@ -377,9 +377,15 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
     assert_ne!(old, want);
     let started = Instant::now();
     let (ok, text) = rebuild_killing(&ts, &data, &mut cluster, 1, Duration::from_millis(700));
-    eprintln!("rebuild with every executor killed: ok={ok} after {:?}", started.elapsed());
+    eprintln!(
+        "rebuild with every executor killed: ok={ok} after {:?}",
+        started.elapsed()
+    );
     assert!(!ok, "{text}");
-    assert!(text.contains("ballista://"), "the error names the engine: {text}");
+    assert!(
+        text.contains("ballista://"),
+        "the error names the engine: {text}"
+    );
     assert_eq!(derived(&ts, &data), old, "a failed rebuild changed nothing");
     cluster.add_executor();
     let (ok, text) = jobs(&ts, &data, &["rebuild", "--engine", &engine]);
