@@ -70,6 +70,16 @@ impl Position {
     }
 }
 
+/// `V-N`, or `V` for a whole version: the text [`Position::parse`] reads.
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "{}", Position::id(self.version, i)),
+            None => write!(f, "{}", self.version),
+        }
+    }
+}
+
 /// Which events a stream carries.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Filter {
@@ -196,8 +206,7 @@ pub async fn stream(
         Some(p) if p.version > head => {
             return Err(ApiError::bad_request(format!(
                 "position {}: version {} is after the newest version of events, {head}",
-                describe(p),
-                p.version
+                p, p.version
             )));
         }
         Some(p) => p,
@@ -210,7 +219,7 @@ pub async fn stream(
             format!(
                 "position {}: version {} of events is no longer in the log (log retention); \
                  start again without a position",
-                describe(position),
+                position,
                 cursor.done + 1
             ),
         ));
@@ -225,13 +234,6 @@ pub async fn stream(
     Ok(Sse::new(receiver_stream(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
-}
-
-fn describe(p: Position) -> String {
-    match p.index {
-        Some(i) => Position::id(p.version, i),
-        None => p.version.to_string(),
-    }
 }
 
 fn receiver_stream(rx: mpsc::Receiver<Event>) -> impl Stream<Item = Result<Event, Infallible>> {

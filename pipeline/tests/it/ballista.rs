@@ -5,7 +5,6 @@
 //! of a rebuild leaves the published tables as they were or complete, and a rerun works.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,20 +152,7 @@ fn derived(ts: &TestStore, data: &str) -> Vec<(String, Vec<Value>)> {
     ];
     queries
         .iter()
-        .map(|(name, sql)| {
-            let out = ts
-                .command()
-                .args(["sql", "--format", "json", "--data", data, sql])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-            (name.to_string(), answer["rows"].as_array().unwrap().clone())
-        })
+        .map(|(name, sql)| (name.to_string(), sql_rows(ts, data, sql, None)))
         .collect()
 }
 
@@ -216,14 +202,17 @@ fn jobs(ts: &TestStore, data: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// A copy of the store `data` in the test's directory, as `name`; its path.
+fn copy_of(ts: &TestStore, data: &str, name: &str) -> String {
+    let to = ts.tmp.path().join(name);
     let status = Command::new("cp")
         .arg("-r")
-        .arg(from)
-        .arg(to)
+        .arg(data)
+        .arg(&to)
         .status()
         .unwrap();
     assert!(status.success());
+    to.to_string_lossy().into_owned()
 }
 
 /// Events of `users` users on every platform bucket, named by turn; ids `{tag}-{i}`.
@@ -292,9 +281,7 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
     assert!(ok, "{text}");
     assert!(text.contains("40000 row(s) read"), "{text}");
     let on_cluster = derived(&ts, &data);
-    let copy = ts.tmp.path().join("copy");
-    copy_dir(Path::new(&data), &copy);
-    let copy = copy.to_string_lossy().into_owned();
+    let copy = copy_of(&ts, &data, "copy");
     let (ok, text) = jobs(&ts, &copy, &["rebuild"]);
     assert!(ok, "{text}");
     let embedded = derived(&ts, &copy);
@@ -321,9 +308,7 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
     ingest(&node, "default", &key, events("b", 3000, 4000)).await;
     ingest(&node, "default", &key, events("a1", 50, 3000)).await;
     node.terminate();
-    let before = ts.tmp.path().join("before");
-    copy_dir(Path::new(&data), &before);
-    let before = before.to_string_lossy().into_owned();
+    let before = copy_of(&ts, &data, "before");
     let (ok, text) = jobs(&ts, &data, &["run", "--once", "--engine", &engine]);
     assert!(ok, "{text}");
     let (ok, text2) = jobs(&ts, &before, &["run", "--once"]);
@@ -344,8 +329,7 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
         ingest(&node, "default", &key, events(&format!("c{b}"), 5000, 5000)).await;
     }
     node.terminate();
-    copy_dir(Path::new(&data), &ts.tmp.path().join("third"));
-    let third = ts.tmp.path().join("third").to_string_lossy().into_owned();
+    let third = copy_of(&ts, &data, "third");
     let (ok, text) = jobs(&ts, &third, &["rebuild"]);
     assert!(ok, "{text}");
     let want = derived(&ts, &third);
@@ -367,9 +351,7 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
     let node = ts.serve(&["--ack", "commit"], &[("TIDEMARK_JOBS__ENABLED", "false")]);
     ingest(&node, "default", &key, events("d", 5000, 6000)).await;
     node.terminate();
-    let fourth = ts.tmp.path().join("fourth");
-    copy_dir(Path::new(&data), &fourth);
-    let fourth = fourth.to_string_lossy().into_owned();
+    let fourth = copy_of(&ts, &data, "fourth");
     let (ok, text) = jobs(&ts, &fourth, &["rebuild"]);
     assert!(ok, "{text}");
     let want = derived(&ts, &fourth);
