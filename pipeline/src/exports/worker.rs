@@ -343,8 +343,8 @@ pub fn backfill_windows(
     schedule::backfill_windows(export.interval, from, to).map_err(Error::Invalid)
 }
 
-/// What `exports status` shows: the last good window, the lag behind the newest closed
-/// window, errors and backoff.
+/// What `exports status` shows: the last good window and its files (names are fixed by
+/// the window), the lag behind the newest closed window, errors and backoff.
 pub async fn status(
     store: &Store,
     ctx: &Context,
@@ -355,12 +355,22 @@ pub async fn status(
     let st: ExportState = state::load(store, environment, &export.id).await?;
     let sched = schedule_of(ctx, export);
     let next_window = sched.next_window(&st);
+    let last_files: Vec<String> = st
+        .last_good
+        .as_ref()
+        .map(|d| {
+            (0..d.files)
+                .map(|n| super::run::file_name(export, d.window, n))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(serde_json::json!({
         "id": export.id,
         "source": export.source.name(),
         "enabled": !export.paused,
         "paused_reason": export.paused_reason,
         "last_good_window": st.last_good,
+        "last_files": last_files,
         "exported_until": st.next_start,
         "next_window": {
             "start": next_window.start,

@@ -76,11 +76,14 @@ pub async fn user(
         .collect()
         .await?;
     profile.insert("event_stats".into(), Value::Array(to_json_rows(&stats)?));
-    let segments = crate::segments::of_user(&ctx, user_id).await?;
-    profile.insert(
-        "segments".into(),
-        Value::Array(segments.into_iter().map(Value::String).collect()),
-    );
+    let memberships = crate::segments::of_user(&ctx, user_id).await?;
+    let ids = memberships
+        .iter()
+        .filter_map(|m| m["segment_id"].as_str())
+        .map(|id| Value::String(id.to_string()))
+        .collect();
+    profile.insert("segments".into(), Value::Array(ids));
+    profile.insert("segment_memberships".into(), Value::Array(memberships));
     if events > 0 {
         profile.insert(
             "events".into(),
@@ -128,8 +131,14 @@ pub struct ListQuery {
     pub tags: Vec<String>,
     /// `field.NAME=VALUE`: the field equals the value (a list field contains it).
     pub fields: Vec<(String, String)>,
+    /// The user id starts with this.
+    pub prefix: Option<String>,
+    /// A member of this segment (after its last evaluation).
+    pub segment: Option<String>,
     /// Seen (last_seen_at) after this time.
     pub seen_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seen (last_seen_at) before this time.
+    pub seen_before: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: usize,
     /// From [`ListPage::next_cursor`].
     pub cursor: Option<String>,
@@ -195,13 +204,42 @@ pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<Lis
         };
         df = df.filter(cond)?;
     }
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(t.timestamp_micros()),
+            Some("UTC".into()),
+        ))
+    };
     if let Some(t) = q.seen_after {
-        df = df.filter(
-            col("last_seen_at").gt(lit(ScalarValue::TimestampMicrosecond(
-                Some(t.timestamp_micros()),
-                Some("UTC".into()),
-            ))),
-        )?;
+        df = df.filter(col("last_seen_at").gt(at(t)))?;
+    }
+    if let Some(t) = q.seen_before {
+        df = df.filter(col("last_seen_at").lt(at(t)))?;
+    }
+    if let Some(p) = &q.prefix {
+        df = df.filter(datafusion::functions::expr_fn::starts_with(
+            col("user_id"),
+            lit(p.as_str()),
+        ))?;
+    }
+    if let Some(segment) = &q.segment {
+        let members = crate::segments::job::MEMBERS;
+        if !ctx.table_exist(members)? {
+            return Ok(ListPage {
+                users: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let ids = ctx
+            .table(members)
+            .await?
+            .filter(col("segment_id").eq(lit(segment.as_str())))?
+            .select_columns(&["user_id"])?
+            .into_unoptimized_plan();
+        df = df.filter(datafusion::prelude::in_subquery(
+            col("user_id"),
+            std::sync::Arc::new(ids),
+        ))?;
     }
     if let Some(c) = &q.cursor {
         let after = decode_cursor(c)

@@ -112,8 +112,9 @@ pub async fn members(
     })
 }
 
-/// The segments `user_id` is a member of (after the last evaluation).
-pub async fn of_user(ctx: &SessionContext, user_id: &str) -> Result<Vec<String>> {
+/// The segments `user_id` is a member of (after the last evaluation), by segment id:
+/// `{segment_id, entered_at}`.
+pub async fn of_user(ctx: &SessionContext, user_id: &str) -> Result<Vec<serde_json::Value>> {
     use datafusion::prelude::{col, lit};
     if !ctx.table_exist(job::MEMBERS)? {
         return Ok(Vec::new());
@@ -122,12 +123,31 @@ pub async fn of_user(ctx: &SessionContext, user_id: &str) -> Result<Vec<String>>
         .table(job::MEMBERS)
         .await?
         .filter(col("user_id").eq(lit(user_id)))?
-        .select_columns(&["segment_id"])?
+        .select_columns(&["segment_id", "entered_at"])?
         .sort(vec![col("segment_id").sort(true, false)])?
+        .collect()
+        .await?;
+    to_json_rows(&batches)
+}
+
+/// Member counts of every segment of the session's environment (after the last
+/// evaluation); segments without members are absent.
+pub async fn member_counts(
+    ctx: &SessionContext,
+) -> Result<std::collections::BTreeMap<String, u64>> {
+    use datafusion::functions_aggregate::expr_fn::count;
+    use datafusion::prelude::{col, lit};
+    if !ctx.table_exist(job::MEMBERS)? {
+        return Ok(Default::default());
+    }
+    let batches = ctx
+        .table(job::MEMBERS)
+        .await?
+        .aggregate(vec![col("segment_id")], vec![count(lit(1)).alias("n")])?
         .collect()
         .await?;
     Ok(to_json_rows(&batches)?
         .into_iter()
-        .filter_map(|r| r["segment_id"].as_str().map(str::to_string))
+        .filter_map(|r| Some((r["segment_id"].as_str()?.to_string(), r["n"].as_u64()?)))
         .collect())
 }

@@ -11,6 +11,7 @@
 //! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
 //! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
 //! - [`stream_api`]: the live event stream (SSE), `GET /v1/{env}/events/stream`.
+//! - [`keys_api`]: `GET /v1/whoami` and the keys of an environment, `/v1/{env}/keys`.
 //! - [`query_api`]: SQL for data teams, `POST /v1/{env}/query`.
 //! - [`flight`]: the Arrow Flight SQL door (`query.flight_listen`).
 //! - [`pg`]: the Postgres wire protocol door (`query.pg_listen`).
@@ -24,6 +25,7 @@ pub mod exports_api;
 pub mod fields_api;
 pub mod flight;
 pub mod ingest_api;
+pub mod keys_api;
 pub mod node;
 pub mod ops;
 pub mod pg;
@@ -95,6 +97,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/{env}/events", post(ingest_api::post_events))
         .route("/v1/{env}/events/stream", get(stream_api::stream))
         .route("/v1/{env}/query", post(query_api::post_query))
+        .route("/v1/whoami", get(keys_api::whoami))
+        .route(
+            "/v1/{env}/keys",
+            get(keys_api::list).post(keys_api::create),
+        )
+        .route("/v1/{env}/keys/{id}", delete(keys_api::revoke))
         .merge(users_routes())
         .merge(segments_routes())
         .merge(webhooks_routes())

@@ -95,7 +95,16 @@ pub async fn list(
     auth: Authorized<Reader>,
 ) -> Result<Json<Value>, ApiError> {
     let all = Segments::new(state.store.clone()).list(&auth.env).await?;
-    let items: Vec<Value> = all.iter().map(|(id, s)| stored_json(id, s)).collect();
+    let ctx = crate::query::session(&state.store, Some(&auth.env)).await?;
+    let counts = crate::segments::member_counts(&ctx).await?;
+    let items: Vec<Value> = all
+        .iter()
+        .map(|(id, s)| {
+            let mut v = stored_json(id, s);
+            v["member_count"] = json!(counts.get(id).copied().unwrap_or(0));
+            v
+        })
+        .collect();
     Ok(Json(json!({"segments": items})))
 }
 

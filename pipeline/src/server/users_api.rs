@@ -17,6 +17,7 @@ use super::body::{BodyKind, JsonBody, read_body};
 use super::error::ApiError;
 use crate::problem::{Problem, Subject};
 use crate::profiles::read;
+use crate::segments::store::Segments;
 use crate::users::changes::{self, BatchItem, Update};
 use crate::users::fields::Registry;
 
@@ -241,8 +242,15 @@ pub async fn post_import(
     Ok(Json(json!(report)))
 }
 
-/// `GET /v1/{env}/users?tag=..&field.NAME=..&seen_after=..&limit=..&cursor=..` (read or
-/// admin key): profiles matching every filter, ordered by id, one page at a time.
+fn rfc3339(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| ApiError::bad_request(format!("{name}: '{v}' is not an RFC 3339 time: {e}")))
+}
+
+/// `GET /v1/{env}/users?prefix=..&tag=..&field.NAME=..&segment=..&seen_after=..&seen_before=..
+/// &limit=..&cursor=..` (read or admin key): profiles matching every filter, ordered by
+/// id, one page at a time.
 pub async fn list_users(
     State(state): State<Arc<AppState>>,
     Authorized { env, .. }: Authorized<Reader>,
@@ -255,11 +263,20 @@ pub async fn list_users(
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "tag" => q.tags.push(v.into_owned()),
-            "seen_after" => {
-                let t = chrono::DateTime::parse_from_rfc3339(&v).map_err(|e| {
-                    ApiError::bad_request(format!("seen_after: '{v}' is not an RFC 3339 time: {e}"))
-                })?;
-                q.seen_after = Some(t.with_timezone(&chrono::Utc));
+            "seen_after" => q.seen_after = Some(rfc3339("seen_after", &v)?),
+            "seen_before" => q.seen_before = Some(rfc3339("seen_before", &v)?),
+            "prefix" => q.prefix = Some(v.into_owned()),
+            "segment" => {
+                Segments::new(state.store.clone())
+                    .get(&env, &v)
+                    .await
+                    .map_err(|e| match e {
+                        crate::Error::NotFound(_) => ApiError::bad_request(format!(
+                            "segment: no segment with id '{v}' in environment '{env}'"
+                        )),
+                        other => ApiError::from(other),
+                    })?;
+                q.segment = Some(v.into_owned());
             }
             "limit" => {
                 q.limit = match v.parse::<usize>() {
@@ -279,7 +296,7 @@ pub async fn list_users(
                 }
                 _ => {
                     return Err(ApiError::bad_request(format!(
-                        "unknown query parameter '{other}'; known: tag, field.NAME, seen_after, limit, cursor"
+                        "unknown query parameter '{other}'; known: prefix, tag, field.NAME, segment, seen_after, seen_before, limit, cursor"
                     )));
                 }
             },

@@ -66,16 +66,30 @@ pub async fn list(
     auth: Authorized<Admin>,
 ) -> Result<Json<Value>, ApiError> {
     let all = subs(&state).list(&auth.env).await?;
-    Ok(Json(json!({
-        "webhooks": all.values().map(|s| s.public()).collect::<Vec<_>>()
-    })))
+    let mut items = Vec::with_capacity(all.len());
+    for sub in all.values() {
+        items.push(with_status(&state, &auth.env, sub).await?);
+    }
+    Ok(Json(json!({ "webhooks": items })))
 }
 
 pub async fn get_one(
     State(state): State<Arc<AppState>>,
     (_, Path((env, id))): OneWebhook,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(subs(&state).get(&env, &id).await?.public()))
+    let sub = subs(&state).get(&env, &id).await?;
+    Ok(Json(with_status(&state, &env, &sub).await?))
+}
+
+/// The public subscription with its delivery `status` ([`webhooks::status`]).
+async fn with_status(
+    state: &AppState,
+    env: &str,
+    sub: &crate::webhooks::subscription::Subscription,
+) -> Result<Value, ApiError> {
+    let mut out = sub.public();
+    out["status"] = webhooks::status(&state.store, env, sub).await?;
+    Ok(out)
 }
 
 pub async fn update(

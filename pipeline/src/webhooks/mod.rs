@@ -167,3 +167,34 @@ pub async fn send_test(
 pub fn parse_time(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
     crate::reltime::parse_time(text).map(|t| t.at_time(chrono::Utc::now()))
 }
+
+/// A subscription's health as the API shows it: `state` is `paused`, `failing` (an
+/// attempt has failed and none has succeeded since `failing_since`) or `healthy`;
+/// `pending` messages are cut but not yet delivered, `failed` ones gave up and wait for
+/// `recover`; `version` is the last `events` version turned into messages.
+pub async fn status(
+    store: &Store,
+    environment: &str,
+    sub: &subscription::Subscription,
+) -> Result<Value> {
+    let st = state::SubState::new(store, environment, &sub.id);
+    let chunks = st.chunks().await?;
+    let progress = st.progress(&chunks).await?.unwrap_or_default();
+    let failed: usize = st.failed().await?.iter().map(|c| c.messages.len()).sum();
+    let pending: usize = chunks.iter().map(|c| c.messages.len()).sum();
+    let state = if sub.paused {
+        "paused"
+    } else if progress.failing_since.is_some() {
+        "failing"
+    } else {
+        "healthy"
+    };
+    Ok(json!({
+        "state": state,
+        "failing_since": progress.failing_since,
+        "paused_reason": sub.paused_reason,
+        "pending": pending,
+        "failed": failed,
+        "version": progress.version.max(sub.start_version),
+    }))
+}

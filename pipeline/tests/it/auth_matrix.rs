@@ -20,6 +20,8 @@ pub enum Access {
     Read,
     /// An admin key of the path's environment.
     Admin,
+    /// Any valid key, of any environment and role.
+    AnyKey,
     /// No key: a signed, expiring link that the list answer gives.
     Link,
 }
@@ -32,6 +34,7 @@ impl Access {
             Access::Ingest => "ingest, admin",
             Access::Read => "read, admin",
             Access::Admin => "admin",
+            Access::AnyKey => "any key",
             Access::Link => "signed link",
         }
     }
@@ -47,6 +50,10 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/{env}/events", Ingest),
     ("POST", "/v1/{env}/query", Read),
     ("GET", "/v1/{env}/events/stream", Read),
+    ("GET", "/v1/whoami", AnyKey),
+    ("GET", "/v1/{env}/keys", Admin),
+    ("POST", "/v1/{env}/keys", Admin),
+    ("DELETE", "/v1/{env}/keys/{id}", Admin),
     ("GET", "/v1/{env}/users", Read),
     ("GET", "/v1/{env}/users/{id}", Read),
     ("PUT", "/v1/{env}/users/{id}", Ingest),
@@ -117,6 +124,7 @@ fn expected(access: Access, key: Key) -> Option<u16> {
         // A download link is checked by its signature; a key neither helps nor hurts.
         (Link, _) => return Some(403),
         (_, Key::Missing | Key::Malformed | Key::Revoked) => return Some(401),
+        (AnyKey, _) => return None,
         (_, Key::OtherEnvAdmin) => return Some(403),
         (_, Key::Admin) => true,
         (Ingest, k) => k == Key::Ingest,
