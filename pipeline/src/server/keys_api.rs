@@ -49,7 +49,9 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     Authorized { env, principal, .. }: Authorized<Admin>,
 ) -> Result<Json<Value>, ApiError> {
-    let keys = crate::auth::KeyAdmin::new(state.store.docs()).keys().await?;
+    let keys = crate::auth::KeyAdmin::new(state.store.docs())
+        .keys()
+        .await?;
     let items: Vec<Value> = keys
         .keys
         .iter()
@@ -110,11 +112,7 @@ pub async fn revoke(
         )
     };
     let keys = admin.keys().await?;
-    if !keys
-        .keys
-        .iter()
-        .any(|k| k.id == id && k.environment == env)
-    {
+    if !keys.keys.iter().any(|k| k.id == id && k.environment == env) {
         return Err(not_found());
     }
     let record = admin.revoke_key(&id).await?;

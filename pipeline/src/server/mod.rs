@@ -15,11 +15,13 @@
 //! - [`query_api`]: SQL for data teams, `POST /v1/{env}/query`.
 //! - [`flight`]: the Arrow Flight SQL door (`query.flight_listen`).
 //! - [`pg`]: the Postgres wire protocol door (`query.pg_listen`).
+//! - [`console`]: the web console's static files, `/console/`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
 pub mod auth;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod exports_api;
 pub mod fields_api;
@@ -98,10 +100,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/{env}/events/stream", get(stream_api::stream))
         .route("/v1/{env}/query", post(query_api::post_query))
         .route("/v1/whoami", get(keys_api::whoami))
-        .route(
-            "/v1/{env}/keys",
-            get(keys_api::list).post(keys_api::create),
-        )
+        .route("/v1/{env}/keys", get(keys_api::list).post(keys_api::create))
         .route("/v1/{env}/keys/{id}", delete(keys_api::revoke))
         .merge(users_routes())
         .merge(segments_routes())
@@ -110,6 +109,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/", get(console::to_console))
+        .route("/console", get(console::to_console))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::file))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::disable())

@@ -123,6 +123,7 @@ pub async fn run(
         })
     };
     println!("tidemark: listening on http://{addr}");
+    println!("tidemark: console at http://{addr}/console/ (sign in with a read or admin key)");
     tracing::info!(%addr, data = %config.data, "listening");
     let doors = match start_sql_doors(&config, &state, keys.clone()).await {
         Ok(d) => d,

@@ -47,6 +47,7 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Public),
     ("GET", "/readyz", Public),
     ("GET", "/metrics", Public),
+    ("GET", "/console/", Public),
     ("POST", "/v1/{env}/events", Ingest),
     ("POST", "/v1/{env}/query", Read),
     ("GET", "/v1/{env}/events/stream", Read),
@@ -288,4 +289,107 @@ fn the_readme_lists_the_same_table() {
         .map(|(m, p, a)| (m.to_string(), p.to_string(), a.readme().to_string()))
         .collect();
     assert_eq!(rows, want);
+}
+
+/// The keys API: whoami, list (no secrets), create (the key once, working at once),
+/// revoke (refused at once), another environment's key is not found, bad roles named.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_over_http() {
+    use crate::harness::call;
+    let ts = TestStore::new(Backend::Local);
+    let node = ts.serve(&[], &[]);
+    let admin = node.admin_key.clone().unwrap();
+    let other = ts.create_key("other", "read");
+    let url = |p: &str| node.url(p);
+    let (s, me) = call("GET", &url("/v1/whoami"), &admin, None).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["environment"], "default");
+    assert_eq!(me["role"], "admin");
+    assert_eq!(me["key_id"].as_str().unwrap(), &admin["tm_".len()..][..12]);
+
+    let (s, made) = call(
+        "POST",
+        &url("/v1/default/keys"),
+        &admin,
+        Some(json!({"role": "read"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let key = made["key"].as_str().unwrap().to_string();
+    let (s, me) = call("GET", &url("/v1/whoami"), &key, None).await;
+    assert_eq!((s, me["role"].as_str()), (200, Some("read")), "{me}");
+    let (_, list) = call("GET", &url("/v1/default/keys"), &admin, None).await;
+    let text = list.to_string();
+    let ids: Vec<&str> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "admin, ingest, the new read key: {list}");
+    assert!(ids.contains(&made["id"].as_str().unwrap()));
+    assert!(
+        !ids.contains(&&other["tm_".len()..][..12]),
+        "another environment's key listed"
+    );
+    assert!(
+        !text.contains("secret") && !text.contains(&key[16..]),
+        "{text}"
+    );
+    assert_eq!(
+        list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["current"] == true)
+            .count(),
+        1
+    );
+
+    for (body, msg) in [
+        (
+            json!({"role": "owner"}),
+            "role: 'owner' is not one of ingest, read, admin",
+        ),
+        (json!({}), "role"),
+        (json!({"role": "read", "env": "x"}), "env"),
+    ] {
+        let (s, b) = call("POST", &url("/v1/default/keys"), &admin, Some(body.clone())).await;
+        assert_eq!(s, 400, "{body}: {b}");
+        assert!(b["message"].as_str().unwrap().contains(msg), "{body}: {b}");
+    }
+    let other_id = &other["tm_".len()..][..12];
+    let (s, b) = call(
+        "DELETE",
+        &url(&format!("/v1/default/keys/{other_id}")),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404, "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("in environment 'default'"),
+        "{b}"
+    );
+    let (s, _) = call("GET", &url("/v1/whoami"), &other, None).await;
+    assert_eq!(s, 200, "the other environment's key still works");
+
+    let id = made["id"].as_str().unwrap();
+    let (s, b) = call(
+        "DELETE",
+        &url(&format!("/v1/default/keys/{id}")),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["revoked"]["revoked_at"].is_string(), "{b}");
+    let (s, _) = call("GET", &url("/v1/whoami"), &key, None).await;
+    assert_eq!(s, 401, "a revoked key is refused at once on this node");
+    let (s, _) = call("GET", &url("/v1/whoami"), "tm_nope", None).await;
+    assert_eq!(s, 401);
+    node.terminate();
 }

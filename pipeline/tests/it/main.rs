@@ -32,6 +32,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod compaction;
+mod console;
 mod crash;
 mod delta_readers;
 mod erasure;

@@ -427,6 +427,55 @@ async fn list_filters_and_pages() {
     .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(ids(&b), ["u01", "u04"]);
+    let (_, b) = call(
+        "GET",
+        &url(&format!("seen_before={}", since.replace('+', "%2B"))),
+        &read,
+        None,
+    )
+    .await;
+    assert_eq!(
+        ids(&b),
+        Vec::<String>::new(),
+        "nobody was seen before the events"
+    );
+    for (q, want) in [
+        (
+            "prefix=u0",
+            vec!["u00", "u01", "u02", "u03", "u04", "u05", "u06"],
+        ),
+        ("prefix=u03", vec!["u03"]),
+        ("prefix=x", vec![]),
+        ("prefix=u0&tag=vip&seen_before=2100-01-01T00:00:00Z", vec![]),
+        ("seen_before=2100-01-01T00:00:00Z", vec!["u01", "u04"]),
+    ] {
+        let (s, b) = call("GET", &url(q), &read, None).await;
+        assert_eq!(s, 200, "{q}: {b}");
+        assert_eq!(ids(&b), want, "{q}");
+    }
+    // segment=: the members after the last evaluation
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/segments"),
+        &admin,
+        Some(json!({"id": "vips", "name": "VIPs", "match": "all",
+                    "conditions": [{"tag": "vip", "op": "has"}]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let b = read_until(&url("segment=vips"), &read, |b| {
+        b["users"].as_array().is_some_and(|u| u.len() == 3)
+    })
+    .await;
+    assert_eq!(ids(&b), ["u00", "u03", "u06"]);
+    let (_, b) = call("GET", &url("segment=vips&field.plan=gold"), &read, None).await;
+    assert_eq!(ids(&b), ["u00", "u06"]);
+    let (_, segs) = call("GET", &node.url("/v1/default/segments"), &read, None).await;
+    assert_eq!(segs["segments"][0]["member_count"], 3, "{segs}");
+    let (_, u) = call("GET", &node.url("/v1/default/users/u03"), &read, None).await;
+    assert_eq!(u["segments"], json!(["vips"]));
+    assert_eq!(u["segment_memberships"][0]["segment_id"], "vips");
+    assert!(u["segment_memberships"][0]["entered_at"].is_string(), "{u}");
 
     // pages of 3 with the cursor: every user once, in order
     let mut seen = Vec::new();
@@ -453,6 +502,11 @@ async fn list_filters_and_pages() {
         ("field.nope=1", "field.nope: unknown field"),
         ("field.score=abc", "field.score: 'abc' is not a number"),
         ("seen_after=yesterday", "seen_after:"),
+        (
+            "seen_before=soon",
+            "seen_before: 'soon' is not an RFC 3339 time",
+        ),
+        ("segment=nope", "segment: no segment with id 'nope'"),
         ("cursor=%25%25", "cursor:"),
         ("color=red", "unknown query parameter 'color'"),
     ] {
