@@ -27,7 +27,7 @@ export function opsFor(t) {
 
 const PREVIEW_DELAY_MS = 250;
 
-export async function render(view, { args }) {
+export async function render(view, { args, query }) {
   const [editing] = args;
   const fieldsDoc = await api("GET", "/fields");
   const types = { ...BUILTIN };
@@ -35,6 +35,18 @@ export async function render(view, { args }) {
   let def;
   if (editing) {
     def = (await api("GET", `/segments/${encodeURIComponent(editing)}`)).definition;
+  } else if (query.get("definition")) {
+    // `#/segments/new?definition={…}`: start from a given definition (a link to share)
+    try {
+      def = JSON.parse(query.get("definition"));
+    } catch (e) {
+      view.append(heading("New segment"), errorBox(new Error(`definition: not JSON: ${e.message}`)));
+      return;
+    }
+    if (!def || typeof def !== "object" || Array.isArray(def)) {
+      view.append(heading("New segment"), errorBox(new Error("definition: must be a JSON object")));
+      return;
+    }
   } else {
     def = { id: "", name: "", match: "all", conditions: [{ field: "last_seen_at", op: "within", value: "-7d" }] };
   }
@@ -79,6 +91,9 @@ export async function render(view, { args }) {
     timer = setTimeout(preview, PREVIEW_DELAY_MS);
   }
 
+  def.id ??= "";
+  def.name ??= "";
+  def.match ??= "all";
   const idInput = el("input", { type: "text", name: "id", value: def.id, required: true, disabled: !!editing, pattern: "[a-z0-9][a-z0-9_\\-]{0,63}", maxlength: "64", autocomplete: "off" });
   const nameInput = el("input", { type: "text", name: "name", value: def.name, required: true, autocomplete: "off" });
   idInput.addEventListener("input", () => { def.id = idInput.value.trim(); changed(); });

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from playwright.sync_api import expect, sync_playwright
@@ -295,6 +296,14 @@ def builder(page):
     page.goto(BASE + "/console/#/segments/console-buyers/edit")
     expect(page.get_by_role("group", name="Condition 2").get_by_label("Event")).to_have_value("purchase")
     OUT["segment_counts"] = counts
+    # a shared link: the builder opens on a given definition; a broken one is explained
+    shared = {"match": "any", "conditions": [{"tag": "vip", "op": "has"}]}
+    page.goto(BASE + "/console/#/segments/new?" + urllib.parse.urlencode({"definition": json.dumps(shared)}))
+    expect(page.get_by_role("group", name="Condition 1").get_by_label("Tag")).to_have_value("vip")
+    n, d = preview_count(page)
+    check(n == api_count(d) and d["match"] == "any", f"shared definition {n} {d}")
+    page.goto(BASE + "/console/#/segments/new?definition=%7Bnope")
+    expect(page.get_by_role("alert")).to_contain_text("definition: not JSON")
 
 
 def ingest(key, events):
