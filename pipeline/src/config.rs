@@ -75,6 +75,11 @@ pub struct JobsConfig {
     /// how often the pending partial rows are folded into the published tables.
     #[serde(with = "humantime_serde")]
     pub publish_interval: Duration,
+    /// On a cluster engine (`--engine ballista://`), one stage of a job that has not
+    /// finished within this fails the run (nothing is committed): a cluster that lost its
+    /// executors or stalls never hangs a job.
+    #[serde(with = "humantime_serde")]
+    pub engine_timeout: Duration,
 }
 
 impl Default for JobsConfig {
@@ -85,6 +90,7 @@ impl Default for JobsConfig {
             poll_interval: Duration::from_secs(5),
             clock_skew_tolerance: Duration::from_secs(300),
             publish_interval: Duration::from_secs(30),
+            engine_timeout: Duration::from_secs(3600),
         }
     }
 }

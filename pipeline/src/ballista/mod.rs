@@ -148,16 +148,37 @@ pub async fn provider(
     Ok(Arc::new(scan::FilesTable::of(name, table, None).await?))
 }
 
-/// Runs `df` on the session's engine and returns its rows.
+/// How long one [`collect`] may take on a cluster (a session-config extension; none: no
+/// bound). Ballista's client waits for its job as long as the scheduler keeps it, and a
+/// scheduler that lost a stage's executors can keep it forever.
+#[derive(Debug, Clone, Copy)]
+pub struct StepTimeout(pub std::time::Duration);
+
+/// Runs `df` on the session's engine and returns its rows. On a cluster, a step that
+/// outlasts the session's [`StepTimeout`] fails with an error naming the engine.
 pub async fn collect(ctx: &SessionContext, df: DataFrame) -> Result<Vec<RecordBatch>> {
-    let stream = execute_stream(ctx, df).await?;
-    stream.try_collect().await.map_err(|e| {
-        let engine = engine_of(ctx);
-        match engine {
-            Engine::Embedded => Error::from(e),
-            _ => Error::Unavailable(format!("{engine}: {e}")),
-        }
-    })
+    let engine = engine_of(ctx);
+    if engine.is_embedded() {
+        return Ok(df.collect().await?);
+    }
+    let limit = ctx
+        .state()
+        .config()
+        .get_extension::<StepTimeout>()
+        .map(|t| t.0)
+        .unwrap_or(std::time::Duration::MAX);
+    let run = async {
+        let stream = execute_stream(ctx, df).await?;
+        stream.try_collect::<Vec<_>>().await
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(e)) => Err(Error::Unavailable(format!("{engine}: {e}"))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "{engine}: the step did not finish within jobs.engine_timeout ({})",
+            humantime::format_duration(limit)
+        ))),
+    }
 }
 
 /// Runs `df` on the session's engine, streaming its rows. On Ballista the client plans

@@ -2,6 +2,7 @@
 //! SQL reads (`new_events`, `prior_events`, `job_params`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -27,18 +28,24 @@ pub struct Params {
 
 /// A DataFusion session with tidemark's UDFs registered.
 pub fn session(target_partitions: Option<usize>) -> Result<SessionContext> {
-    session_on(target_partitions, &Engine::Embedded)
+    session_on(target_partitions, &Engine::Embedded, Duration::MAX)
 }
 
 /// [`session`] whose queries run on `engine` (see [`crate::ballista`]): the inputs below
 /// then register Parquet-file scans and views where the embedded engine reads Delta
-/// providers and keeps rows in memory.
-pub fn session_on(target_partitions: Option<usize>, engine: &Engine) -> Result<SessionContext> {
+/// providers and keeps rows in memory. On a cluster, one [`ballista::collect`] that takes
+/// longer than `timeout` fails.
+pub fn session_on(
+    target_partitions: Option<usize>,
+    engine: &Engine,
+    timeout: Duration,
+) -> Result<SessionContext> {
     let mut config = SessionConfig::new();
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n);
     }
-    let config = crate::ballista::with_engine(config, engine);
+    let config = crate::ballista::with_engine(config, engine)
+        .with_extension(Arc::new(crate::ballista::StepTimeout(timeout)));
     let mut ctx = SessionContext::new_with_config(config);
     tidemark_udfs::register_all(&mut ctx)?;
     Ok(ctx)

@@ -52,6 +52,8 @@ pub struct JobOptions {
     pub lease_ttl: Duration,
     /// Where the job SQL runs (`--engine`; embedded by default).
     pub engine: crate::ballista::Engine,
+    /// A step on a cluster engine that takes longer fails the run (`jobs.engine_timeout`).
+    pub engine_timeout: Duration,
 }
 
 impl JobOptions {
@@ -63,6 +65,7 @@ impl JobOptions {
             publish_interval: config.jobs.publish_interval,
             evaluate_segments: !config.segments.interval.is_zero(),
             lease_ttl: config.lease_ttl,
+            engine_timeout: config.jobs.engine_timeout,
             ..Default::default()
         }
     }
@@ -79,6 +82,7 @@ impl Default for JobOptions {
             evaluate_segments: true,
             lease_ttl: Duration::from_secs(15),
             engine: crate::ballista::Engine::Embedded,
+            engine_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -152,7 +156,11 @@ impl Runner {
     }
 
     fn session_on(&self, engine: &crate::ballista::Engine) -> Result<SessionContext> {
-        let ctx = inputs::session_on(self.opts.target_partitions, engine)?;
+        let ctx = inputs::session_on(
+            self.opts.target_partitions,
+            engine,
+            self.opts.engine_timeout,
+        )?;
         inputs::register_params(&ctx, self.params())?;
         Ok(ctx)
     }

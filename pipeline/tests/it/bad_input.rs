@@ -562,8 +562,9 @@ async fn the_sweep_gets_a_named_4xx_for_every_bad_input_and_stores_nothing() {
             }
         }
     }
+    // `/` and `/console` redirect to the console (tests/it/console.rs checks that)
     for p in [
-        "/",
+        "/nothing",
         "/v1",
         "/v2/default/events",
         "/v1/default/nothing",

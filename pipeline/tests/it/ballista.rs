@@ -113,9 +113,10 @@ fn rebuild_killing(
     victims: usize,
     after: Duration,
 ) -> (bool, String) {
-    let rebuild = ts
+    let mut rebuild = ts
         .command()
         .args(["jobs", "rebuild", "--engine", &cluster.url, "--data", data])
+        .env("TIDEMARK_JOBS__ENGINE_TIMEOUT", "120s")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -124,6 +125,15 @@ fn rebuild_killing(
     for mut victim in cluster.executors.drain(..victims) {
         victim.0.kill().unwrap();
         victim.0.wait().unwrap();
+    }
+    // jobs.engine_timeout bounds every step; this bounds the test even if it did not
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while rebuild.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = rebuild.kill();
+            panic!("jobs rebuild on {} still running after 600 s", cluster.url);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
     let out = rebuild.wait_with_output().unwrap();
     let text = format!(
@@ -192,6 +202,7 @@ fn jobs(ts: &TestStore, data: &str, args: &[&str]) -> (bool, String) {
         .arg("jobs")
         .args(args)
         .args(["--data", data])
+        .env("TIDEMARK_JOBS__ENGINE_TIMEOUT", "300s")
         .output()
         .unwrap();
     let text = format!(
@@ -373,6 +384,32 @@ async fn jobs_on_a_ballista_cluster_equal_the_embedded_engine() {
     let (ok, text) = jobs(&ts, &data, &["rebuild", "--engine", &engine]);
     assert!(ok, "rerun: {text}");
     assert_eq!(derived(&ts, &data), want, "the rerun equals embedded");
+
+    // A cluster without executors keeps the job queued: jobs.engine_timeout fails the
+    // run, naming the setting, and nothing is committed.
+    let empty = self::cluster(0);
+    let started = Instant::now();
+    let out = ts
+        .command()
+        .args(["jobs", "rebuild", "--engine", &empty.url, "--data", &data])
+        .env("TIDEMARK_JOBS__ENGINE_TIMEOUT", "3s")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "rebuild on a cluster without executors: {:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&empty.url) && text.contains("jobs.engine_timeout (3s)"),
+        "{text}"
+    );
+    assert_eq!(
+        derived(&ts, &data),
+        want,
+        "a timed-out rebuild changed nothing"
+    );
 
     // Bad engine URLs are refused before anything runs.
     let (ok, text) = jobs(&ts, &data, &["rebuild", "--engine", "ballista://h:x"]);

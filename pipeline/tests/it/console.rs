@@ -104,6 +104,21 @@ async fn the_console_in_chromium() {
     let other_ingest = ts.create_key("other", "ingest");
     let url = |p: &str| node.url(p);
 
+    // `/` and `/console` lead to the console; unknown console files are a named 404
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for p in ["/", "/console"] {
+        let r = no_follow.get(url(p)).send().await.unwrap();
+        assert_eq!(r.status(), 308, "GET {p}");
+        assert_eq!(r.headers()["location"], "/console/", "GET {p}");
+    }
+    let r = no_follow.get(url("/console/nope.js")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert!(body.to_string().contains("nope.js"), "{body}");
+
     let (s, b) = call(
         "POST",
         &url("/v1/default/fields"),
