@@ -167,13 +167,18 @@ pub async fn collect(ctx: &SessionContext, df: DataFrame) -> Result<Vec<RecordBa
         .get_extension::<StepTimeout>()
         .map(|t| t.0)
         .unwrap_or(std::time::Duration::MAX);
+    // execute_stream's errors already name the engine; the stream's do not
     let run = async {
-        let stream = execute_stream(ctx, df).await?;
-        stream.try_collect::<Vec<_>>().await
+        let stream = execute_stream(ctx, df)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| Error::Unavailable(format!("{engine}: {e}")))
     };
     match tokio::time::timeout(limit, run).await {
-        Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(e)) => Err(Error::Unavailable(format!("{engine}: {e}"))),
+        Ok(rows) => rows,
         Err(_) => Err(Error::Unavailable(format!(
             "{engine}: the step did not finish within jobs.engine_timeout ({})",
             humantime::format_duration(limit)
