@@ -375,6 +375,12 @@ impl KeyCache {
                 "Authorization header must be 'Bearer <key>'".into(),
             ));
         };
+        self.authenticate_token(token).await
+    }
+
+    /// Authenticates a key however it was sent (a bearer header, HTTP basic auth's user
+    /// name, a body field of an analytics SDK).
+    pub async fn authenticate_token(&self, token: &str) -> Result<Principal, AuthError> {
         let unknown = || AuthError::Unauthenticated("unknown or revoked API key".into());
         if split_token(token).is_none() {
             return Err(unknown());

@@ -19,7 +19,7 @@ pub fn build_batch(
     let n = keep.iter().filter(|k| **k).count();
     let text_bytes: usize = events
         .iter()
-        .map(|e| e.event_name.len() + e.user_id.len() + e.properties.map_or(0, str::len))
+        .map(|e| e.event_name.len() + e.user_id.len() + e.properties.as_deref().map_or(0, str::len))
         .sum();
     let mut env = StringBuilder::with_capacity(n, n * environment.len());
     let mut id = StringBuilder::with_capacity(n, n * 36);
@@ -49,7 +49,7 @@ pub fn build_batch(
         occurred.append_value(e.occurred_at.unwrap_or(received_at_us));
         received.append_value(received_at_us);
         platform.append_option(e.platform.as_deref());
-        props.append_option(e.properties);
+        props.append_option(e.properties.as_deref());
         date.append_value(day);
     }
     let columns: Vec<ArrayRef> = vec![

@@ -93,7 +93,7 @@ pub struct Event<'a> {
     pub category: Category,
     pub platform: Option<Cow<'a, str>>,
     /// The JSON text of the properties object.
-    pub properties: Option<&'a str>,
+    pub properties: Option<Cow<'a, str>>,
 }
 
 /// The raw fields of one event object.
@@ -153,12 +153,12 @@ fn raw_fields(raw: &RawValue) -> Result<RawFields<'_>, String> {
     de.deserialize_map(FieldsVisitor).map_err(|e| e.to_string())
 }
 
-fn is_null(raw: &RawValue) -> bool {
+pub(crate) fn is_null(raw: &RawValue) -> bool {
     raw.get() == "null"
 }
 
 /// A JSON string's content, borrowed when it has no escapes.
-fn string_value(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+pub(crate) fn string_value(raw: &RawValue) -> Result<Cow<'_, str>, String> {
     let s = raw.get();
     if !s.starts_with('"') {
         return Err("must be a string".into());
@@ -172,8 +172,21 @@ fn string_value(raw: &RawValue) -> Result<Cow<'_, str>, String> {
         .map_err(|e| format!("is not a valid string: {e}"))
 }
 
+/// `us` (microseconds since the epoch) if it is in the accepted range of `occurred_at`.
+pub(crate) fn check_occurred_range(us: i64, shown: &str) -> Result<i64, String> {
+    if us < MIN_OCCURRED_US {
+        return Err(format!(
+            "{shown} is before 2000-01-01T00:00:00Z (epoch milliseconds are expected; were seconds sent?)"
+        ));
+    }
+    if us >= MAX_OCCURRED_US {
+        return Err(format!("{shown} is after 2100-01-01T00:00:00Z"));
+    }
+    Ok(us)
+}
+
 /// Checks a name-like string: present, not blank, not too long, no control characters.
-fn checked_string<'a>(raw: &'a RawValue, limits: &Limits) -> Result<Cow<'a, str>, String> {
+pub(crate) fn checked_string<'a>(raw: &'a RawValue, limits: &Limits) -> Result<Cow<'a, str>, String> {
     let s = string_value(raw)?;
     if s.trim().is_empty() {
         return Err("must not be empty".into());
@@ -203,7 +216,7 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-fn parse_occurred_at(raw: &RawValue) -> Result<i64, String> {
+pub(crate) fn parse_occurred_at(raw: &RawValue) -> Result<i64, String> {
     let s = raw.get();
     let us = if s.starts_with('"') {
         let text = string_value(raw)?;
@@ -220,15 +233,7 @@ fn parse_occurred_at(raw: &RawValue) -> Result<i64, String> {
     } else {
         return Err("must be an RFC 3339 string or an integer of epoch milliseconds".into());
     };
-    if us < MIN_OCCURRED_US {
-        return Err(format!(
-            "{s} is before 2000-01-01T00:00:00Z (epoch milliseconds are expected; were seconds sent?)"
-        ));
-    }
-    if us >= MAX_OCCURRED_US {
-        return Err(format!("{s} is after 2100-01-01T00:00:00Z"));
-    }
-    Ok(us)
+    check_occurred_range(us, s)
 }
 
 fn parse_category(raw: &RawValue) -> Result<Category, String> {
@@ -242,7 +247,7 @@ fn parse_category(raw: &RawValue) -> Result<Category, String> {
 }
 
 /// The properties' JSON text, or the problem and the path it is at.
-fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result<&'a str, (String, String)> {
+pub(crate) fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result<&'a str, (String, String)> {
     let text = raw.get();
     let at_root = |m: String| ("properties".to_string(), m);
     if !text.starts_with('{') {
@@ -348,6 +353,7 @@ fn parse_event<'a>(
     };
     let properties = fields.properties.filter(|r| !is_null(r)).and_then(|r| {
         parse_properties(r, limits)
+            .map(Cow::Borrowed)
             .map_err(|(path, m)| problem(&path, m))
             .ok()
     });
@@ -475,7 +481,7 @@ mod tests {
         assert_eq!(e.occurred_at, Some(1_714_564_800_000_000));
         assert_eq!(e.category, Category::Sdk);
         assert_eq!(e.platform.as_deref(), Some("ios"));
-        assert_eq!(e.properties, Some(r#"{"a":[1,{"b":2}]}"#));
+        assert_eq!(e.properties.as_deref(), Some(r#"{"a":[1,{"b":2}]}"#));
     }
 
     #[test]

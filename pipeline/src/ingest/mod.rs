@@ -80,6 +80,17 @@ impl Ingestor {
     ) -> Result<Outcome, IngestError> {
         let started = Instant::now();
         let events = event::parse_batch(body, format, &self.limits)?;
+        self.ingest_events(environment, &events, started).await
+    }
+
+    /// De-duplicates and durably appends `events` (already validated) for `environment`;
+    /// `started` is when the request arrived (for the acknowledgement latency).
+    pub async fn ingest_events(
+        &self,
+        environment: &str,
+        events: &[event::Event<'_>],
+        started: Instant,
+    ) -> Result<Outcome, IngestError> {
         if self.log.pending_bytes() > self.max_pending_bytes {
             return Err(IngestError::Unavailable(
                 "too much data is waiting to be committed to storage; retry later".into(),
@@ -88,7 +99,7 @@ impl Ingestor {
         let received_us = now_us();
         let now_s = (received_us / 1_000_000) as u32;
 
-        let (positions, keys) = dedup::keys_of(environment, &events);
+        let (positions, keys) = dedup::keys_of(environment, events);
         let seen = self.dedup.check_and_insert(&keys, now_s);
         let dedup::Verdict {
             keep,
@@ -112,7 +123,7 @@ impl Ingestor {
         if accepted == 0 {
             return Ok(outcome);
         }
-        let built = batch::build_batch(environment, received_us, &events, &keep)
+        let built = batch::build_batch(environment, received_us, events, &keep)
             .map_err(|e| IngestError::Internal(format!("building the batch: {e}")))
             .and_then(|batch| {
                 wal::encode_batch(&batch)
