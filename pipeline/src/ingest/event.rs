@@ -248,8 +248,17 @@ fn parse_category(raw: &RawValue) -> Result<Category, String> {
 
 /// The properties' JSON text, or the problem and the path it is at.
 pub(crate) fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result<&'a str, (String, String)> {
-    let text = raw.get();
-    let at_root = |m: String| ("properties".to_string(), m);
+    check_object(raw.get(), "properties", limits)
+}
+
+/// Checks the JSON text of an object stored as `properties` (size, depth, duplicate keys,
+/// numbers); problems are at paths under `root`.
+pub(crate) fn check_object<'a>(
+    text: &'a str,
+    root: &str,
+    limits: &Limits,
+) -> Result<&'a str, (String, String)> {
+    let at_root = |m: String| (root.to_string(), m);
     if !text.starts_with('{') {
         return Err(at_root("must be a JSON object".into()));
     }
@@ -260,7 +269,7 @@ pub(crate) fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result
             limits.max_properties_bytes
         )));
     }
-    match json_check::scan(text, "properties") {
+    match json_check::scan(text, root) {
         Scan::Problem { path, message } => Err((path, message)),
         Scan::Ok { depth } if depth > limits.max_properties_depth => Err(at_root(format!(
             "is nested {depth} levels deep, more than the limit of {} (limits.max_properties_depth)",

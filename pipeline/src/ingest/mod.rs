@@ -9,6 +9,7 @@
 //! - [`recovery`]: WAL replay and dedup rebuild at startup.
 
 pub mod batch;
+pub mod compat;
 pub mod dedup;
 pub mod event;
 pub mod flusher;

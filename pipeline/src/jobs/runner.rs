@@ -242,7 +242,8 @@ impl Runner {
     ) -> Result<usize> {
         match source {
             Source::Events => {
-                inputs::register_new_events(ctx, snapshot, adds).await?;
+                let aliases = self.store.load_table(crate::users::aliases::TABLE).await?;
+                inputs::register_new_events(ctx, snapshot, adds, aliases.as_ref()).await?;
                 inputs::register_prior_events(ctx, prior, self.params().dedup_window_us).await?;
                 inputs::register_counted_events(ctx).await
             }

@@ -2,6 +2,7 @@
 //! [`crate::profiles`], above the jobs).
 //!
 //! - [`fields`]: the custom field registry (config document) and typed value checks.
+//! - [`aliases`]: the `aliases` Delta table (SDK alias calls) the jobs resolve ids through.
 //! - [`change_id`]: the time-ordered ids that order profile changes.
 //! - [`changes`]: the `profile_changes` Delta table, the update document, validation.
 //! - [`import`]: the CSV importer (CLI and API).
@@ -10,6 +11,7 @@
 //! (`sql/jobs/profile_attributes.sql`) folds them in change order, and readers see them
 //! in `profiles` (`sql/jobs/profiles_view.sql`).
 
+pub mod aliases;
 pub mod change_id;
 pub mod changes;
 pub mod fields;

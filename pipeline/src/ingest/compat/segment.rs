@@ -1,0 +1,477 @@
+//! The Segment (and RudderStack) HTTP tracking API: one message of `/v1/batch` or of the
+//! single-message endpoints, mapped onto an event (and a profile write or an alias).
+//!
+//! | Segment | tidemark |
+//! |---|---|
+//! | `type` track | `event_name` = `event`, category `custom`, `properties` |
+//! | `type` page / screen | `event_name` = `name` (or `page` / `screen`), category `sdk`, `properties` |
+//! | `type` identify | event `identify` (category `sdk`, properties = `traits`) and a profile write of the traits that are declared fields |
+//! | `type` group | event `group`, properties `{"group_id", "traits"}` |
+//! | `type` alias | event `alias` under `userId`, properties `{"previous_id"}`, and an alias `previousId` -> `userId` |
+//! | `userId`, else `anonymousId` | `user_id` |
+//! | `messageId` | `event_id` (an SDK's retry is dropped as a duplicate) |
+//! | `timestamp` | `occurred_at` as sent |
+//! | no `timestamp`: `originalTimestamp` with `sentAt` | `occurred_at` = received − (`sentAt` − `originalTimestamp`), Segment's clock-skew correction |
+//! | `context.os.name`, `context.device.type`, `context.library.name` | `platform` ([`super::platform_of`]) |
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Mapped, Part, Problems, SdkLimits, Write, id_text, members, object_text, present, time_us};
+use crate::config::Limits;
+use crate::ingest::event::{Category, Event, checked_string, string_value};
+use crate::problem::Problem;
+use crate::users::aliases::Alias;
+
+/// A message type of the tracking API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Track,
+    Page,
+    Screen,
+    Identify,
+    Group,
+    Alias,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "track" => Kind::Track,
+            "page" => Kind::Page,
+            "screen" => Kind::Screen,
+            "identify" => Kind::Identify,
+            "group" => Kind::Group,
+            "alias" => Kind::Alias,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Track => "track",
+            Kind::Page => "page",
+            Kind::Screen => "screen",
+            Kind::Identify => "identify",
+            Kind::Group => "group",
+            Kind::Alias => "alias",
+        }
+    }
+}
+
+/// The members of a message tidemark reads (others, such as `integrations`, are ignored).
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Message<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    anonymous_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    traits: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    original_timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    sent_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    previous_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    group_id: Option<&'a RawValue>,
+}
+
+#[derive(Default, Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct Device {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+/// The parts of `context` that name the platform; a context of another shape names none.
+#[derive(Default, Deserialize)]
+struct Context {
+    #[serde(default)]
+    library: Option<Named>,
+    #[serde(default)]
+    os: Option<Named>,
+    #[serde(default)]
+    device: Option<Device>,
+}
+
+/// What the request around the messages says (a batch's own `sentAt` and `context`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envelope<'a> {
+    pub sent_at: Option<&'a RawValue>,
+    pub context: Option<&'a RawValue>,
+    /// The type a single-message endpoint (`/v1/track`, …) implies.
+    pub implied: Option<Kind>,
+}
+
+fn platform(context: Option<&RawValue>) -> Option<&'static str> {
+    let c: Context = serde_json::from_str(present(context)?.get()).ok()?;
+    super::platform_of(
+        c.os.as_ref().and_then(|n| n.name.as_deref()),
+        c.device.as_ref().and_then(|d| d.kind.as_deref()),
+        c.library.as_ref().and_then(|n| n.name.as_deref()),
+    )
+}
+
+/// Maps one message (`index` in the request), received at `received_us`.
+fn message<'a>(
+    index: usize,
+    raw: &'a RawValue,
+    envelope: &Envelope<'a>,
+    received_us: i64,
+    limits: &Limits,
+    sdk: &SdkLimits,
+) -> Result<Part<'a>, Vec<Problem>> {
+    let mut p = Problems::new(index);
+    if !raw.get().starts_with('{') {
+        p.add(None, "message must be a JSON object");
+        return Err(p.list);
+    }
+    if raw.get().len() > sdk.max_message_bytes {
+        p.add(
+            None,
+            format!(
+                "message is {} bytes, more than the limit of {} (compat.max_message_bytes)",
+                raw.get().len(),
+                sdk.max_message_bytes
+            ),
+        );
+        return Err(p.list);
+    }
+    let m: Message = match serde_json::from_str(raw.get()) {
+        Ok(m) => m,
+        Err(e) => {
+            p.add(None, format!("message is not valid: {e}"));
+            return Err(p.list);
+        }
+    };
+    let kind = match (present(m.kind), envelope.implied) {
+        (None, Some(k)) => Some(k),
+        (None, None) => {
+            p.add(Some("type"), "is required (track, identify, page, screen, group or alias)");
+            None
+        }
+        (Some(raw), implied) => match string_value(raw).ok().as_deref().map(|s| (s, Kind::parse(s))) {
+            Some((_, Some(k))) if implied.is_none_or(|i| i == k) => Some(k),
+            Some((s, Some(_))) => {
+                p.add(
+                    Some("type"),
+                    format!("'{s}' does not match the endpoint, which takes '{}' messages", implied.map_or("", Kind::as_str)),
+                );
+                None
+            }
+            Some((s, None)) => {
+                p.add(
+                    Some("type"),
+                    format!("'{s}' is not one of track, identify, page, screen, group, alias"),
+                );
+                None
+            }
+            None => {
+                p.add(Some("type"), "must be a string");
+                None
+            }
+        },
+    };
+    let user = id_text(m.user_id, "userId", limits, &mut p);
+    let anonymous = id_text(m.anonymous_id, "anonymousId", limits, &mut p);
+    let event_id = id_text(m.message_id, "messageId", limits, &mut p);
+    let occurred_at = occurred_at(&m, envelope, received_us, &mut p);
+    let Some(kind) = kind else {
+        return Err(p.list);
+    };
+    let user_id = match (kind, user.clone(), anonymous) {
+        (Kind::Alias, None, _) => {
+            p.add(Some("userId"), "is required for an alias");
+            None
+        }
+        (_, Some(u), _) => Some(u),
+        (_, None, Some(a)) => Some(a),
+        (_, None, None) => {
+            p.add(Some("userId"), "userId or anonymousId is required");
+            None
+        }
+    };
+    let named = |fallback: &'static str, p: &mut Problems| match present(m.name) {
+        None => Some(Cow::Borrowed(fallback)),
+        Some(raw) => checked_string(raw, limits).map_err(|e| p.add(Some("name"), e)).ok(),
+    };
+    let mut previous_id = None;
+    let (event_name, category, properties): (Option<Cow<str>>, Category, Option<Cow<str>>) =
+        match kind {
+            Kind::Track => {
+                let name = match present(m.event) {
+                    None => {
+                        p.add(Some("event"), "is required for a track");
+                        None
+                    }
+                    Some(raw) => checked_string(raw, limits).map_err(|e| p.add(Some("event"), e)).ok(),
+                };
+                let props = object_text(m.properties, "properties", limits, &mut p);
+                (name, Category::Custom, props.map(Cow::Borrowed))
+            }
+            Kind::Page | Kind::Screen => {
+                let name = named(kind.as_str(), &mut p);
+                let props = object_text(m.properties, "properties", limits, &mut p);
+                (name, Category::Sdk, props.map(Cow::Borrowed))
+            }
+            Kind::Identify => {
+                let traits = object_text(m.traits, "traits", limits, &mut p);
+                (Some(Cow::Borrowed("identify")), Category::Sdk, traits.map(Cow::Borrowed))
+            }
+            Kind::Group => {
+                let group = id_text(m.group_id, "groupId", limits, &mut p);
+                if group.is_none() && p.list.is_empty() {
+                    p.add(Some("groupId"), "is required for a group");
+                }
+                let traits = object_text(m.traits, "traits", limits, &mut p).unwrap_or("{}");
+                let props = group.map(|g| {
+                    Cow::Owned(format!(
+                        "{{\"group_id\":{},\"traits\":{traits}}}",
+                        serde_json::Value::String(g.into_owned())
+                    ))
+                });
+                (Some(Cow::Borrowed("group")), Category::Sdk, props)
+            }
+            Kind::Alias => {
+                let previous = id_text(m.previous_id, "previousId", limits, &mut p);
+                if previous.is_none() && !p.list.iter().any(|x| x.field.as_deref() == Some("previousId")) {
+                    p.add(Some("previousId"), "is required for an alias");
+                }
+                previous_id = previous.map(Cow::into_owned);
+                let props = previous_id.as_ref().map(|v| {
+                    Cow::Owned(format!(
+                        "{{\"previous_id\":{}}}",
+                        serde_json::Value::String(v.clone())
+                    ))
+                });
+                (Some(Cow::Borrowed("alias")), Category::Sdk, props)
+            }
+        };
+    let platform = platform(m.context.or(envelope.context)).map(Cow::Borrowed);
+    let (Some(user_id), Some(event_name)) = (user_id, event_name) else {
+        return Err(p.list);
+    };
+    let write = (kind == Kind::Identify).then(|| Write {
+        index,
+        user_id: user_id.to_string(),
+        set: properties.as_deref().map(members).unwrap_or_default(),
+        set_once: Default::default(),
+    });
+    let alias = previous_id.map(|previous_id| Alias {
+        previous_id,
+        user_id: user_id.to_string(),
+    });
+    p.finish(|| Part {
+        event: Event {
+            event_id,
+            event_name,
+            user_id,
+            occurred_at,
+            category,
+            platform,
+            properties,
+        },
+        write,
+        alias,
+    })
+}
+
+/// `timestamp` as sent; else `originalTimestamp` corrected by the client's clock error
+/// (`sentAt`, the message's or the batch's, against the time received); else none.
+fn occurred_at(m: &Message, envelope: &Envelope, received_us: i64, p: &mut Problems) -> Option<i64> {
+    if present(m.timestamp).is_some() {
+        return time_us(m.timestamp, "timestamp", p);
+    }
+    let original = time_us(m.original_timestamp, "originalTimestamp", p)?;
+    let sent = match present(m.sent_at) {
+        Some(_) => time_us(m.sent_at, "sentAt", p),
+        None => time_us(envelope.sent_at, "sentAt", p),
+    };
+    let Some(sent) = sent else {
+        return Some(original);
+    };
+    let corrected = received_us.saturating_sub(sent.saturating_sub(original));
+    crate::ingest::event::check_occurred_range(corrected, "originalTimestamp corrected by sentAt")
+        .map_err(|e| p.add(Some("originalTimestamp"), e))
+        .ok()
+}
+
+/// Maps the messages of one request.
+pub fn map<'a>(
+    messages: &[&'a RawValue],
+    envelope: &Envelope<'a>,
+    received_us: i64,
+    limits: &Limits,
+    sdk: &SdkLimits,
+) -> Mapped<'a> {
+    let mut out = Mapped::default();
+    for (i, raw) in messages.iter().enumerate() {
+        out.push(message(i, raw, envelope, received_us, limits, sdk));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECEIVED: i64 = 1_780_000_000_000_000;
+
+    fn run(body: &'static str, envelope: Envelope<'static>) -> Mapped<'static> {
+        let raws: Vec<&RawValue> = serde_json::from_str(body).unwrap();
+        let raws: &'static [&RawValue] = Box::leak(raws.into_boxed_slice());
+        map(raws, &envelope, RECEIVED, &Limits::default(), &SdkLimits { max_message_bytes: 32 * 1024 })
+    }
+
+    fn problems<'m>(m: &'m Mapped) -> Vec<(usize, Option<&'m str>, &'m str)> {
+        m.problems.iter().map(|p| (p.index, p.field.as_deref(), p.message.as_str())).collect()
+    }
+
+    #[test]
+    fn each_type_becomes_its_event() {
+        let body = r#"[
+          {"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1","messageId":"m1",
+           "timestamp":"2026-01-02T03:04:05.678Z","properties":{"total":3.5},
+           "context":{"library":{"name":"analytics-python","version":"2.4.0"}}},
+          {"type":"page","name":"Home","anonymousId":"a1","messageId":"m2","properties":{"path":"/"},
+           "context":{"library":{"name":"analytics.js"}}},
+          {"type":"screen","userId":"u1","messageId":"m3","context":{"os":{"name":"iOS"}}},
+          {"type":"identify","userId":"u1","messageId":"m4","traits":{"plan":"pro","email":"a@b.c"}},
+          {"type":"group","userId":"u1","groupId":"g1","traits":{"name":"Acme"},"messageId":"m5"},
+          {"type":"alias","previousId":"a1","userId":"u1","messageId":"m6"}
+        ]"#;
+        let m = run(body, Envelope::default());
+        assert_eq!(problems(&m), vec![]);
+        let got: Vec<(&str, &str, Option<&str>, Category, Option<&str>, Option<&str>)> = m
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.event_name.as_ref(),
+                    e.user_id.as_ref(),
+                    e.event_id.as_deref(),
+                    e.category,
+                    e.platform.as_deref(),
+                    e.properties.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Order Completed", "u1", Some("m1"), Category::Custom, Some("server"), Some(r#"{"total":3.5}"#)),
+                ("Home", "a1", Some("m2"), Category::Sdk, Some("web"), Some(r#"{"path":"/"}"#)),
+                ("screen", "u1", Some("m3"), Category::Sdk, Some("ios"), None),
+                ("identify", "u1", Some("m4"), Category::Sdk, None, Some(r#"{"plan":"pro","email":"a@b.c"}"#)),
+                ("group", "u1", Some("m5"), Category::Sdk, None, Some(r#"{"group_id":"g1","traits":{"name":"Acme"}}"#)),
+                ("alias", "u1", Some("m6"), Category::Sdk, None, Some(r#"{"previous_id":"a1"}"#)),
+            ]
+        );
+        assert_eq!(m.events[0].occurred_at, Some(1_767_323_045_678_000));
+        assert_eq!(m.events[1].occurred_at, None, "no time: when received");
+        assert_eq!(m.writes.len(), 1);
+        assert_eq!((m.writes[0].index, m.writes[0].user_id.as_str()), (3, "u1"));
+        assert_eq!(m.writes[0].set["plan"], "pro");
+        assert_eq!(
+            m.aliases,
+            vec![Alias { previous_id: "a1".into(), user_id: "u1".into() }]
+        );
+    }
+
+    #[test]
+    fn original_timestamp_is_corrected_by_sent_at() {
+        // The device clock is 10 minutes ahead: sent "at" received + 10 min.
+        let body = r#"[
+          {"type":"track","event":"e","userId":"u","originalTimestamp":"2026-05-28T20:16:40Z"},
+          {"type":"track","event":"e","userId":"u","originalTimestamp":"2026-05-28T20:16:40Z","sentAt":"2026-05-28T20:26:41Z"}
+        ]"#;
+        let envelope_sent: &'static RawValue =
+            serde_json::from_str::<&RawValue>(r#""2026-05-28T20:26:50Z""#).unwrap();
+        let m = run(body, Envelope { sent_at: Some(envelope_sent), ..Default::default() });
+        assert_eq!(problems(&m), vec![]);
+        // received - (sentAt - originalTimestamp): 10 min 10 s and 10 min 1 s before received.
+        assert_eq!(m.events[0].occurred_at, Some(RECEIVED - 610_000_000));
+        assert_eq!(m.events[1].occurred_at, Some(RECEIVED - 601_000_000));
+        let m = run(body, Envelope::default());
+        assert_eq!(m.events[0].occurred_at, Some(1_779_999_400_000_000), "no sentAt: as sent");
+    }
+
+    #[test]
+    fn bad_messages_are_refused_alone_with_the_sdk_field_names() {
+        let body = r#"[
+          {"type":"track","userId":"u"},
+          {"type":"track","event":"ok","userId":"u"},
+          {"type":"track","event":"e"},
+          {"type":"launch","userId":"u"},
+          {"type":"alias","anonymousId":"a"},
+          {"type":"track","event":"e","userId":"u","timestamp":"yesterday","properties":[1]},
+          "text",
+          {"type":"track","event":"e","userId":"u","event":"f"},
+          {"type":"group","userId":"u"}
+        ]"#;
+        let m = run(body, Envelope::default());
+        assert_eq!(m.events.len(), 1);
+        assert_eq!(m.events[0].event_name, "ok");
+        assert_eq!(m.refused, 8);
+        let fields: Vec<(usize, Option<&str>)> = problems(&m).iter().map(|p| (p.0, p.1)).collect();
+        assert_eq!(
+            fields,
+            vec![
+                (0, Some("event")),
+                (2, Some("userId")),
+                (3, Some("type")),
+                (4, Some("userId")),
+                (4, Some("previousId")),
+                (5, Some("timestamp")),
+                (5, Some("properties")),
+                (6, None),
+                (7, None),
+                (8, Some("groupId")),
+            ]
+        );
+        let p = problems(&m);
+        assert_eq!(p[0].2, "is required for a track");
+        assert_eq!(p[1].2, "userId or anonymousId is required");
+        assert_eq!(p[2].2, "'launch' is not one of track, identify, page, screen, group, alias");
+        assert!(p[5].2.contains("not an RFC 3339 timestamp"), "{}", p[5].2);
+        assert_eq!(p[6].2, "must be a JSON object");
+        assert_eq!(p[7].2, "message must be a JSON object");
+        assert!(p[8].2.contains("duplicate field `event`"), "{}", p[8].2);
+    }
+
+    #[test]
+    fn single_message_endpoints_imply_the_type_and_limits_hold() {
+        let body = r#"[{"event":"e","userId":"u"},{"type":"page","userId":"u"}]"#;
+        let m = run(body, Envelope { implied: Some(Kind::Track), ..Default::default() });
+        assert_eq!(m.events.len(), 1);
+        assert_eq!(problems(&m), vec![(1, Some("type"), "'page' does not match the endpoint, which takes 'track' messages")]);
+        let big = format!(r#"[{{"type":"track","event":"e","userId":"u","properties":{{"s":"{}"}}}}]"#, "x".repeat(40_000));
+        let m = run(Box::leak(big.into_boxed_str()), Envelope::default());
+        assert_eq!(m.refused, 1);
+        assert!(m.problems[0].message.contains("compat.max_message_bytes"), "{}", m.problems[0].message);
+    }
+}
