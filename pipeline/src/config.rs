@@ -41,6 +41,11 @@ pub struct Limits {
     /// headers is answered 408 and its connection closed.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// One message of the Segment / RudderStack / PostHog endpoints, in bytes of JSON
+    /// (Segment documents 32 KB).
+    pub max_sdk_message_bytes: usize,
+    /// One request of those endpoints, after gzip decoding (Segment documents 500 KB).
+    pub max_sdk_batch_bytes: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +57,8 @@ impl Default for Limits {
             max_properties_depth: 16,
             max_string_len: 512,
             body_timeout: Duration::from_secs(30),
+            max_sdk_message_bytes: 32 * 1024,
+            max_sdk_batch_bytes: 500 * 1024,
         }
     }
 }

@@ -67,24 +67,27 @@ pub(super) async fn read_body(
         .unwrap_or_default();
     match encoding.as_str() {
         "" | "identity" => Ok(bytes.to_vec()),
-        "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity(bytes.len() * 4);
-            let mut dec = flate2::read::MultiGzDecoder::new(&bytes[..]).take(limit as u64 + 1);
-            dec.read_to_end(&mut out)
-                .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
-            if out.len() > limit {
-                return Err(ApiError::too_large(format!(
-                    "decompressed request body is larger than the limit of {limit} bytes ({limit_name})"
-                )));
-            }
-            Ok(out)
-        }
+        "gzip" | "x-gzip" => gunzip(&bytes, (limit, limit_name)),
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!("Content-Encoding '{other}' is not supported; use gzip or none"),
         )),
     }
+}
+
+/// `bytes` gzip-decoded, at most `limit` bytes.
+pub(super) fn gunzip(bytes: &[u8], (limit, limit_name): (usize, &str)) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(bytes.len() * 4);
+    let mut dec = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
+    dec.read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(ApiError::too_large(format!(
+            "decompressed request body is larger than the limit of {limit} bytes ({limit_name})"
+        )));
+    }
+    Ok(out)
 }
 
 /// The request's media type, lower-cased and without parameters (`""` when absent).

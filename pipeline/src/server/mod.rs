@@ -5,6 +5,7 @@
 //! - [`auth`]: the `Authorized<Role>` extractor (a handler's role is in its signature).
 //! - [`body`]: size-limited request bodies and the `JsonBody` extractor.
 //! - [`ingest_api`]: `POST /v1/{env}/events`.
+//! - [`compat_api`]: the Segment / RudderStack and PostHog ingest APIs (`/v1/batch`, `/batch/`, …).
 //! - [`users_api`]: profile reads and writes under `/v1/{env}/users`.
 //! - [`fields_api`]: the custom field registry, `/v1/{env}/fields`.
 //! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
@@ -21,6 +22,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod compat_api;
 pub mod console;
 pub mod error;
 pub mod exports_api;
@@ -102,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/whoami", get(keys_api::whoami))
         .route("/v1/{env}/keys", get(keys_api::list).post(keys_api::create))
         .route("/v1/{env}/keys/{id}", delete(keys_api::revoke))
+        .merge(sdk_routes())
         .merge(users_routes())
         .merge(segments_routes())
         .merge(webhooks_routes())
@@ -120,6 +123,25 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 type Routes = Router<Arc<AppState>>;
+
+/// The ingest APIs of existing analytics SDKs (the key names the environment).
+fn sdk_routes() -> Routes {
+    use compat_api::*;
+    let mut r = Router::new()
+        .route("/v1/batch", post(segment_batch))
+        .route("/v1/track", post(segment_track))
+        .route("/v1/identify", post(segment_identify))
+        .route("/v1/page", post(segment_page))
+        .route("/v1/screen", post(segment_screen))
+        .route("/v1/group", post(segment_group))
+        .route("/v1/alias", post(segment_alias));
+    for path in ["/batch", "/capture", "/e", "/i/v0/e", "/track"] {
+        r = r
+            .route(path, post(posthog_capture))
+            .route(&format!("{path}/"), post(posthog_capture));
+    }
+    r
+}
 
 /// Users, imports and the field registry.
 fn users_routes() -> Routes {

@@ -81,7 +81,7 @@ pub async fn get_user(
 }
 
 /// Validates `items` (index, user id, update) and appends them in one commit.
-async fn write_updates(
+pub(super) async fn write_updates(
     state: &AppState,
     env: &str,
     items: Vec<(String, Update)>,

@@ -7,7 +7,11 @@
 //! Links apply to the events a job run counts after the link is stored; a rebuild
 //! applies every link to every event.
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
+
+use arrow::array::AsArray;
+use datafusion::prelude::{SessionContext, col, lit};
 
 use arrow::array::{RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -73,20 +77,57 @@ pub async fn open_or_create(store: &Store) -> Result<DeltaTable> {
         .await
 }
 
-/// Appends `links` of `environment` in one Delta commit.
+/// Appends the `links` of `environment` the table does not hold yet, in one Delta commit
+/// (an SDK's retry of a stored alias adds no row; two racing writers may both add one,
+/// which the earliest-link rule reads as one).
 pub async fn append(store: &Store, environment: &str, links: &[Alias]) -> Result<()> {
-    if links.is_empty() {
+    let table = open_or_create(store).await?;
+    let held = held(&table, environment, links).await?;
+    let mut new: Vec<Alias> = Vec::new();
+    for l in links {
+        if !held.contains(&(l.previous_id.clone(), l.user_id.clone())) && !new.contains(l) {
+            new.push(l.clone());
+        }
+    }
+    if new.is_empty() {
         return Ok(());
     }
-    let batch = rows(environment, links, chrono::Utc::now().timestamp_micros())?;
-    open_or_create(store)
-        .await?
+    let batch = rows(environment, &new, chrono::Utc::now().timestamp_micros())?;
+    table
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
         .with_partition_columns(PARTITION_COLUMNS)
         .with_writer_properties(writer_properties(1))
         .await?;
     Ok(())
+}
+
+/// Which of `links` the table already holds.
+async fn held(
+    table: &DeltaTable,
+    environment: &str,
+    links: &[Alias],
+) -> Result<HashSet<(String, String)>> {
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state())?;
+    let ids: Vec<_> = links.iter().map(|l| lit(l.previous_id.as_str())).collect();
+    let batches = ctx
+        .read_table(table.table_provider().await?)?
+        .filter(col("environment").eq(lit(environment)).and(col("previous_id").in_list(ids, false)))?
+        .select_columns(&["previous_id", "user_id"])?
+        .collect()
+        .await?;
+    let mut out = HashSet::new();
+    for b in &batches {
+        // Delta scans may give views of strings: cast to plain Utf8 first.
+        let p = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let u = arrow::compute::cast(b.column(1), &DataType::Utf8)?;
+        let (p, u) = (p.as_string::<i32>(), u.as_string::<i32>());
+        for i in 0..b.num_rows() {
+            out.insert((p.value(i).to_string(), u.value(i).to_string()));
+        }
+    }
+    Ok(out)
 }
 
 /// The job SQL's `resolved_aliases`: one row per (environment, previous_id), the earliest

@@ -24,6 +24,9 @@ pub enum Access {
     AnyKey,
     /// No key: a signed, expiring link that the list answer gives.
     Link,
+    /// An ingest or admin key of any environment: the SDK endpoints, whose path names
+    /// none (the key's environment is written to).
+    SdkKey,
 }
 
 impl Access {
@@ -36,6 +39,7 @@ impl Access {
             Access::Admin => "admin",
             Access::AnyKey => "any key",
             Access::Link => "signed link",
+            Access::SdkKey => "ingest, admin (of the key's environment)",
         }
     }
 }
@@ -49,6 +53,17 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("GET", "/metrics", Public),
     ("GET", "/console/", Public),
     ("POST", "/v1/{env}/events", Ingest),
+    ("POST", "/v1/batch", SdkKey),
+    ("POST", "/v1/track", SdkKey),
+    ("POST", "/v1/identify", SdkKey),
+    ("POST", "/v1/page", SdkKey),
+    ("POST", "/v1/screen", SdkKey),
+    ("POST", "/v1/group", SdkKey),
+    ("POST", "/v1/alias", SdkKey),
+    ("POST", "/batch/", SdkKey),
+    ("POST", "/capture/", SdkKey),
+    ("POST", "/e/", SdkKey),
+    ("POST", "/i/v0/e/", SdkKey),
     ("POST", "/v1/{env}/query", Read),
     ("GET", "/v1/{env}/events/stream", Read),
     ("GET", "/v1/whoami", AnyKey),
@@ -126,6 +141,7 @@ fn expected(access: Access, key: Key) -> Option<u16> {
         (Link, _) => return Some(403),
         (_, Key::Missing | Key::Malformed | Key::Revoked) => return Some(401),
         (AnyKey, _) => return None,
+        (SdkKey, k) => k != Key::Read,
         (_, Key::OtherEnvAdmin) => return Some(403),
         (_, Key::Admin) => true,
         (Ingest, k) => k == Key::Ingest,

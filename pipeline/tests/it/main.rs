@@ -43,6 +43,7 @@ mod ingest_api;
 mod jobs;
 mod jobs_model;
 mod lost_answers;
+mod sdks;
 mod segments;
 mod sql_doors;
 mod stream;

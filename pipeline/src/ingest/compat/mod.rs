@@ -27,13 +27,6 @@ use crate::users::aliases::Alias;
 use crate::users::changes::{self, Update};
 use crate::users::fields::FieldDef;
 
-/// Limits of the SDK endpoints (`[compat]`), as Segment documents them by default.
-#[derive(Debug, Clone, Copy)]
-pub struct SdkLimits {
-    /// One message's JSON text.
-    pub max_message_bytes: usize,
-}
-
 /// The traits or `$set` of one message: a profile write of declared custom fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Write {

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Mapped, Part, Problems, SdkLimits, Write, id_text, members, object_text, present, time_us};
+use super::{Mapped, Part, Problems, Write, id_text, members, object_text, present, time_us};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event, checked_string};
 use crate::problem::Problem;
@@ -68,20 +68,19 @@ fn event<'a>(
     raw: &'a RawValue,
     received_us: i64,
     limits: &Limits,
-    sdk: &SdkLimits,
 ) -> Result<Part<'a>, Vec<Problem>> {
     let mut p = Problems::new(index);
     if !raw.get().starts_with('{') {
         p.add(None, "event must be a JSON object");
         return Err(p.list);
     }
-    if raw.get().len() > sdk.max_message_bytes {
+    if raw.get().len() > limits.max_sdk_message_bytes {
         p.add(
             None,
             format!(
-                "event is {} bytes, more than the limit of {} (compat.max_message_bytes)",
+                "event is {} bytes, more than the limit of {} (limits.max_sdk_message_bytes)",
                 raw.get().len(),
-                sdk.max_message_bytes
+                limits.max_sdk_message_bytes
             ),
         );
         return Err(p.list);
@@ -185,11 +184,10 @@ pub fn map<'a>(
     events: &[&'a RawValue],
     received_us: i64,
     limits: &Limits,
-    sdk: &SdkLimits,
 ) -> Mapped<'a> {
     let mut out = Mapped::default();
     for (i, raw) in events.iter().enumerate() {
-        out.push(event(i, raw, received_us, limits, sdk));
+        out.push(event(i, raw, received_us, limits));
     }
     out
 }
@@ -203,7 +201,7 @@ mod tests {
     fn run(body: &'static str) -> Mapped<'static> {
         let raws: Vec<&RawValue> = serde_json::from_str(body).unwrap();
         let raws: &'static [&RawValue] = Box::leak(raws.into_boxed_slice());
-        map(raws, RECEIVED, &Limits::default(), &SdkLimits { max_message_bytes: 32 * 1024 })
+        map(raws, RECEIVED, &Limits::default())
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Mapped, Part, Problems, SdkLimits, Write, id_text, members, object_text, present, time_us};
+use super::{Mapped, Part, Problems, Write, id_text, members, object_text, present, time_us};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event, checked_string, string_value};
 use crate::problem::Problem;
@@ -118,6 +118,13 @@ struct Context {
     device: Option<Device>,
 }
 
+/// `context.traits` (where RudderStack puts identify's traits).
+#[derive(Default, Deserialize)]
+struct ContextTraits<'a> {
+    #[serde(borrow, default)]
+    traits: Option<&'a RawValue>,
+}
+
 /// What the request around the messages says (a batch's own `sentAt` and `context`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Envelope<'a> {
@@ -143,20 +150,19 @@ fn message<'a>(
     envelope: &Envelope<'a>,
     received_us: i64,
     limits: &Limits,
-    sdk: &SdkLimits,
 ) -> Result<Part<'a>, Vec<Problem>> {
     let mut p = Problems::new(index);
     if !raw.get().starts_with('{') {
         p.add(None, "message must be a JSON object");
         return Err(p.list);
     }
-    if raw.get().len() > sdk.max_message_bytes {
+    if raw.get().len() > limits.max_sdk_message_bytes {
         p.add(
             None,
             format!(
-                "message is {} bytes, more than the limit of {} (compat.max_message_bytes)",
+                "message is {} bytes, more than the limit of {} (limits.max_sdk_message_bytes)",
                 raw.get().len(),
-                sdk.max_message_bytes
+                limits.max_sdk_message_bytes
             ),
         );
         return Err(p.list);
@@ -239,7 +245,16 @@ fn message<'a>(
                 (name, Category::Sdk, props.map(Cow::Borrowed))
             }
             Kind::Identify => {
-                let traits = object_text(m.traits, "traits", limits, &mut p);
+                // RudderStack's SDKs send identify's traits in `context.traits`.
+                let traits = match present(m.traits) {
+                    Some(_) => object_text(m.traits, "traits", limits, &mut p),
+                    None => {
+                        let in_context = present(m.context)
+                            .and_then(|c| serde_json::from_str::<ContextTraits>(c.get()).ok())
+                            .and_then(|c| c.traits);
+                        object_text(in_context, "context.traits", limits, &mut p)
+                    }
+                };
                 (Some(Cow::Borrowed("identify")), Category::Sdk, traits.map(Cow::Borrowed))
             }
             Kind::Group => {
@@ -326,11 +341,10 @@ pub fn map<'a>(
     envelope: &Envelope<'a>,
     received_us: i64,
     limits: &Limits,
-    sdk: &SdkLimits,
 ) -> Mapped<'a> {
     let mut out = Mapped::default();
     for (i, raw) in messages.iter().enumerate() {
-        out.push(message(i, raw, envelope, received_us, limits, sdk));
+        out.push(message(i, raw, envelope, received_us, limits));
     }
     out
 }
@@ -344,7 +358,7 @@ mod tests {
     fn run(body: &'static str, envelope: Envelope<'static>) -> Mapped<'static> {
         let raws: Vec<&RawValue> = serde_json::from_str(body).unwrap();
         let raws: &'static [&RawValue] = Box::leak(raws.into_boxed_slice());
-        map(raws, &envelope, RECEIVED, &Limits::default(), &SdkLimits { max_message_bytes: 32 * 1024 })
+        map(raws, &envelope, RECEIVED, &Limits::default())
     }
 
     fn problems<'m>(m: &'m Mapped) -> Vec<(usize, Option<&'m str>, &'m str)> {
@@ -362,7 +376,8 @@ mod tests {
           {"type":"screen","userId":"u1","messageId":"m3","context":{"os":{"name":"iOS"}}},
           {"type":"identify","userId":"u1","messageId":"m4","traits":{"plan":"pro","email":"a@b.c"}},
           {"type":"group","userId":"u1","groupId":"g1","traits":{"name":"Acme"},"messageId":"m5"},
-          {"type":"alias","previousId":"a1","userId":"u1","messageId":"m6"}
+          {"type":"alias","previousId":"a1","userId":"u1","messageId":"m6"},
+          {"type":"identify","userId":"u2","context":{"traits":{"plan":"free"},"library":{"name":"analytics-python"}}}
         ]"#;
         let m = run(body, Envelope::default());
         assert_eq!(problems(&m), vec![]);
@@ -389,13 +404,15 @@ mod tests {
                 ("identify", "u1", Some("m4"), Category::Sdk, None, Some(r#"{"plan":"pro","email":"a@b.c"}"#)),
                 ("group", "u1", Some("m5"), Category::Sdk, None, Some(r#"{"group_id":"g1","traits":{"name":"Acme"}}"#)),
                 ("alias", "u1", Some("m6"), Category::Sdk, None, Some(r#"{"previous_id":"a1"}"#)),
+                ("identify", "u2", None, Category::Sdk, Some("server"), Some(r#"{"plan":"free"}"#)),
             ]
         );
         assert_eq!(m.events[0].occurred_at, Some(1_767_323_045_678_000));
         assert_eq!(m.events[1].occurred_at, None, "no time: when received");
-        assert_eq!(m.writes.len(), 1);
+        assert_eq!(m.writes.len(), 2);
         assert_eq!((m.writes[0].index, m.writes[0].user_id.as_str()), (3, "u1"));
         assert_eq!(m.writes[0].set["plan"], "pro");
+        assert_eq!((m.writes[1].index, m.writes[1].set["plan"].as_str()), (6, Some("free")));
         assert_eq!(
             m.aliases,
             vec![Alias { previous_id: "a1".into(), user_id: "u1".into() }]
@@ -472,6 +489,6 @@ mod tests {
         let big = format!(r#"[{{"type":"track","event":"e","userId":"u","properties":{{"s":"{}"}}}}]"#, "x".repeat(40_000));
         let m = run(Box::leak(big.into_boxed_str()), Envelope::default());
         assert_eq!(m.refused, 1);
-        assert!(m.problems[0].message.contains("compat.max_message_bytes"), "{}", m.problems[0].message);
+        assert!(m.problems[0].message.contains("limits.max_sdk_message_bytes"), "{}", m.problems[0].message);
     }
 }
