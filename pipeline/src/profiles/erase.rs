@@ -128,6 +128,23 @@ pub async fn erase(
             versions.insert(name.to_string(), v);
         }
     }
+    // The user's aliases, as either side of the link (before the jobs run: a link of an
+    // erased previous id must not move anything).
+    if let Some(table) = store.load_table(crate::users::aliases::TABLE).await? {
+        let digest = hex::encode(sha2::Sha256::digest(user_id.as_bytes()));
+        let hashed = |c: &str| encode(sha256(col(c)), lit("hex")).eq(lit(digest.clone()));
+        let (table, metrics) = table
+            .delete()
+            .with_predicate(
+                col("environment")
+                    .eq(lit(environment))
+                    .and(hashed("previous_id").or(hashed("user_id"))),
+            )
+            .await?;
+        let name = crate::users::aliases::TABLE.to_string();
+        rows_deleted.insert(name.clone(), metrics.num_deleted_rows);
+        versions.insert(name, table.version().unwrap_or_default());
+    }
     catch_up(runner).await?;
     let derived: Vec<&str> = defs::ALL
         .iter()
