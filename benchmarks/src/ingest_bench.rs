@@ -39,12 +39,56 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "benchmarks/results/ingest.json")]
     out: std::path::PathBuf,
+    /// Also send the same events as Segment `track` messages to `/v1/batch` (basic auth,
+    /// as the SDKs send them) after the native run on the same server, and report the
+    /// ratio. Every event then has its own id (`event_id` / `messageId`, as SDKs send),
+    /// so no batch is re-sent.
+    #[arg(long)]
+    segment: bool,
 }
 
 const EVENT_NAMES: usize = 50;
 
 /// Pre-generates `count` JSON batch bodies.
 fn make_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {
+    make_events(args, count)
+        .into_iter()
+        .map(|events| bytes::Bytes::from(serde_json::to_vec(&events).unwrap_or_default()))
+        .collect()
+}
+
+/// The same events as Segment `track` messages, one `/v1/batch` body per batch.
+fn segment_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {
+    make_events(args, count)
+        .into_iter()
+        .map(|events| {
+            let batch: Vec<_> = events
+                .iter()
+                .map(|e| {
+                    let at = chrono::DateTime::from_timestamp_millis(
+                        e["occurred_at"].as_i64().unwrap_or(0),
+                    )
+                    .unwrap_or_default();
+                    json!({
+                        "type": "track",
+                        "event": e["event_name"],
+                        "userId": e["user_id"],
+                        "messageId": format!("seg-{}", e["event_id"].as_str().unwrap_or("")),
+                        "timestamp": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        "properties": e["properties"],
+                        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}},
+                        "integrations": {}
+                    })
+                })
+                .collect();
+            let body = json!({"batch": batch, "sentAt": chrono::Utc::now().to_rfc3339()});
+            bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// `count` batches of generated events; with `--segment` each has a unique `event_id`.
+fn make_events(args: &Args, count: usize) -> Vec<Vec<serde_json::Value>> {
     let cdf = zipf_cdf(args.users, 1.07);
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let names: Vec<String> = (0..EVENT_NAMES)
@@ -71,12 +115,14 @@ fn make_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {
         .collect();
     let platforms = ["ios", "android", "web", "server"];
     let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let mut serial = 0u64;
     (0..count)
         .map(|_| {
             let events: Vec<_> = (0..args.batch)
                 .map(|_| {
                     let user = sample(&cdf, &mut rng);
-                    json!({
+                    serial += 1;
+                    let mut e = json!({
                         "event_name": names[rng.random_range(0..EVENT_NAMES)],
                         "user_id": format!("user-{user:07}"),
                         "occurred_at": base + rng.random_range(0..3_600_000i64),
@@ -91,10 +137,14 @@ fn make_batches(args: &Args, count: usize) -> Vec<bytes::Bytes> {
                             "locale": "en-NZ",
                             "device": "iPhone15,2"
                         }
-                    })
+                    });
+                    if args.segment {
+                        e["event_id"] = json!(format!("e{serial:012}"));
+                    }
+                    e
                 })
                 .collect();
-            bytes::Bytes::from(serde_json::to_vec(&events).unwrap_or_default())
+            events
         })
         .collect()
 }
@@ -153,6 +203,67 @@ fn ceiling(batches: &[bytes::Bytes], threads: usize) -> anyhow::Result<f64> {
     Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Sends every body of `batches` over `connections` connections with `auth`, expecting
+/// `ok`; returns the seconds taken, the latencies (ms) and the batches sent.
+async fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+    batches: &Arc<Vec<bytes::Bytes>>,
+    connections: usize,
+    total: usize,
+    ok: u16,
+) -> anyhow::Result<(f64, Vec<f64>, usize)> {
+    let per_conn = total.div_ceil(connections);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (client, url, auth, batches) = (
+            client.clone(),
+            url.to_string(),
+            auth.to_string(),
+            batches.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_conn);
+            let mut sent = 0usize;
+            for i in 0..per_conn {
+                // Without ids (the default run), re-sending a pooled body stores new
+                // events (tidemark assigns UUIDv7s) rather than hitting the dedup fast
+                // path; with `--segment` every batch is distinct and sent once.
+                let body = batches[(c * 7919 + i) % batches.len()].clone();
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = r.status();
+                let text = r.bytes().await?;
+                if status.as_u16() != ok {
+                    bail!(
+                        "unexpected status {status}: {}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                sent += 1;
+            }
+            Ok::<_, anyhow::Error>((lat, sent))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut sent = 0;
+    for t in tasks {
+        let (l, s) = t.await??;
+        lat.extend(l);
+        sent += s;
+    }
+    Ok((started.elapsed().as_secs_f64(), lat, sent))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -164,7 +275,11 @@ async fn main() -> anyhow::Result<()> {
             .join("tidemark"),
     };
     let n_batches = args.events.div_ceil(args.batch);
-    let pool = 400.min(n_batches);
+    let pool = if args.segment {
+        n_batches
+    } else {
+        400.min(n_batches)
+    };
     eprintln!(
         "generating {pool} distinct batches of {} events...",
         args.batch
@@ -193,46 +308,17 @@ async fn main() -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.connections)
         .build()?;
 
-    let per_conn = n_batches.div_ceil(args.connections);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let (client, url, key, batches) =
-            (client.clone(), url.clone(), key.clone(), batches.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_conn);
-            let mut sent = 0usize;
-            for i in 0..per_conn {
-                // The events carry no event_id (tidemark assigns UUIDv7s), so re-sending
-                // a pooled body stores new events rather than hitting the dedup fast path.
-                let body = batches[(c * 7919 + i) % batches.len()].clone();
-                let t = Instant::now();
-                let r = client
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
-                let status = r.status();
-                let _ = r.bytes().await?;
-                if status.as_u16() != 202 {
-                    bail!("unexpected status {status}");
-                }
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                sent += 1;
-            }
-            Ok::<_, anyhow::Error>((lat, sent))
-        }));
-    }
-    let mut lat = Vec::new();
-    let mut sent_batches = 0;
-    for t in tasks {
-        let (l, s) = t.await??;
-        lat.extend(l);
-        sent_batches += s;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let auth = format!("Bearer {key}");
+    let (elapsed, mut lat, sent_batches) = send_all(
+        &client,
+        &url,
+        &auth,
+        &batches,
+        args.connections,
+        n_batches,
+        202,
+    )
+    .await?;
     lat.sort_by(f64::total_cmp);
     let events = sent_batches * args.batch;
     let http_rate = events as f64 / elapsed;
@@ -240,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
     // Sustained means the flusher keeps up: wait until every acknowledged event is
     // committed to the Delta table (the WAL holds nothing pending).
     let metrics_url = format!("{}/metrics", node.url);
+    let started = Instant::now() - std::time::Duration::from_secs_f64(elapsed);
     let committed_after = loop {
         let text = client.get(&metrics_url).send().await?.text().await?;
         let pending = text
@@ -254,6 +341,41 @@ async fn main() -> anyhow::Result<()> {
     };
     let committed_rate = events as f64 / committed_after;
 
+    // The same events as Segment messages, on the same server once it has caught up.
+    let segment = if args.segment {
+        let bodies = Arc::new(segment_batches(&args, pool));
+        let seg_bytes =
+            bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / (pool * args.batch) as f64;
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("{key}:")
+            )
+        );
+        let seg_url = format!("{}/v1/batch", node.url);
+        let (seg_elapsed, mut seg_lat, seg_sent) = send_all(
+            &client,
+            &seg_url,
+            &basic,
+            &bodies,
+            args.connections,
+            n_batches,
+            200,
+        )
+        .await?;
+        seg_lat.sort_by(f64::total_cmp);
+        let rate = (seg_sent * args.batch) as f64 / seg_elapsed;
+        Some(json!({
+            "avg_message_bytes": seg_bytes,
+            "events_per_second": rate,
+            "ack_latency_ms_p50": percentile(&seg_lat, 0.50),
+            "ack_latency_ms_p99": percentile(&seg_lat, 0.99),
+            "ratio_to_native": rate / http_rate,
+        }))
+    } else {
+        None
+    };
     node.proc.terminate()?;
 
     let ceiling_rate = ceiling(&batches, 2)?;
@@ -273,6 +395,7 @@ async fn main() -> anyhow::Result<()> {
         "ceiling_events_per_second": ceiling_rate,
         "ratio_http_to_ceiling": http_rate / ceiling_rate,
         "ratio_committed_to_ceiling": committed_rate / ceiling_rate,
+        "segment": segment,
     });
     println!("{}", serde_json::to_string_pretty(&result)?);
     if let Some(parent) = args.out.parent() {

@@ -283,7 +283,7 @@ async fn step(step: Step) -> anyhow::Result<serde_json::Value> {
                     dedup_window_us: 3_600_000_000,
                 },
             )?;
-            tidemark::jobs::inputs::register_new_events(&ctx, &table, None).await?;
+            tidemark::jobs::inputs::register_new_events(&ctx, &table, None, None).await?;
             tidemark::jobs::inputs::register_prior_events(&ctx, None, 0).await?;
             let counted_started = Instant::now();
             tidemark::jobs::inputs::register_counted_events(&ctx).await?;

@@ -186,7 +186,10 @@ pub(crate) fn check_occurred_range(us: i64, shown: &str) -> Result<i64, String> 
 }
 
 /// Checks a name-like string: present, not blank, not too long, no control characters.
-pub(crate) fn checked_string<'a>(raw: &'a RawValue, limits: &Limits) -> Result<Cow<'a, str>, String> {
+pub(crate) fn checked_string<'a>(
+    raw: &'a RawValue,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, String> {
     let s = string_value(raw)?;
     if s.trim().is_empty() {
         return Err("must not be empty".into());
@@ -247,7 +250,10 @@ fn parse_category(raw: &RawValue) -> Result<Category, String> {
 }
 
 /// The properties' JSON text, or the problem and the path it is at.
-pub(crate) fn parse_properties<'a>(raw: &'a RawValue, limits: &Limits) -> Result<&'a str, (String, String)> {
+pub(crate) fn parse_properties<'a>(
+    raw: &'a RawValue,
+    limits: &Limits,
+) -> Result<&'a str, (String, String)> {
     check_object(raw.get(), "properties", limits)
 }
 

@@ -77,7 +77,10 @@ pub(super) async fn read_body(
 }
 
 /// `bytes` gzip-decoded, at most `limit` bytes.
-pub(super) fn gunzip(bytes: &[u8], (limit, limit_name): (usize, &str)) -> Result<Vec<u8>, ApiError> {
+pub(super) fn gunzip(
+    bytes: &[u8],
+    (limit, limit_name): (usize, &str),
+) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity(bytes.len() * 4);
     let mut dec = flate2::read::MultiGzDecoder::new(bytes).take(limit as u64 + 1);
     dec.read_to_end(&mut out)

@@ -265,7 +265,10 @@ async fn handle(
     api: Api,
 ) -> Result<Value, ApiError> {
     let started = Instant::now();
-    let limit = (state.limits.max_sdk_batch_bytes, "limits.max_sdk_batch_bytes");
+    let limit = (
+        state.limits.max_sdk_batch_bytes,
+        "limits.max_sdk_batch_bytes",
+    );
     let mut bytes = read_body(headers, body, limit, state.limits.body_timeout).await?;
     // posthog-js sends gzip without Content-Encoding (`?compression=gzip-js`).
     if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -306,7 +309,10 @@ async fn handle(
         Api::PostHog => posthog::map(&raws, received_us, &state.limits),
     };
     if mapped.refused > 0 {
-        state.metrics.events_rejected_total.inc_by(mapped.refused as u64);
+        state
+            .metrics
+            .events_rejected_total
+            .inc_by(mapped.refused as u64);
     }
     if mapped.events.is_empty() {
         let total = mapped.problems.len();
@@ -372,9 +378,22 @@ mod tests {
     fn keys_from_basic_auth_and_bearer() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         assert_eq!(header_key(&HeaderMap::new()).unwrap(), None);
-        assert_eq!(header_key(&headers(&format!("Basic {}", b64("tm_a_b:")))).unwrap().as_deref(), Some("tm_a_b"));
-        assert_eq!(header_key(&headers(&format!("Basic {}", b64(":tm_a_b")))).unwrap().as_deref(), Some("tm_a_b"));
-        assert_eq!(header_key(&headers("Bearer tm_x_y")).unwrap().as_deref(), Some("tm_x_y"));
+        assert_eq!(
+            header_key(&headers(&format!("Basic {}", b64("tm_a_b:"))))
+                .unwrap()
+                .as_deref(),
+            Some("tm_a_b")
+        );
+        assert_eq!(
+            header_key(&headers(&format!("Basic {}", b64(":tm_a_b"))))
+                .unwrap()
+                .as_deref(),
+            Some("tm_a_b")
+        );
+        assert_eq!(
+            header_key(&headers("Bearer tm_x_y")).unwrap().as_deref(),
+            Some("tm_x_y")
+        );
         let e = header_key(&headers("Basic !!")).unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
         let e = header_key(&headers("Token abc")).unwrap_err();
@@ -386,11 +405,23 @@ mod tests {
         let body = r#"{"batch":[{"type":"track"},{"type":"page"}],"writeKey":"k","sentAt":"2026-01-01T00:00:00Z"}"#;
         let (m, env) = messages(body, Api::Segment(None)).unwrap();
         assert_eq!((m.len(), body_key(body).as_deref()), (2, Some("k")));
-        assert_eq!(env.sent_at.map(RawValue::get), Some(r#""2026-01-01T00:00:00Z""#));
+        assert_eq!(
+            env.sent_at.map(RawValue::get),
+            Some(r#""2026-01-01T00:00:00Z""#)
+        );
         let body = r#"{"event":"e","userId":"u","writeKey":"k1"}"#;
         let (m, env) = messages(body, Api::Segment(Some(Kind::Track))).unwrap();
-        assert_eq!((m.len(), body_key(body).as_deref(), env.implied), (1, Some("k1"), Some(Kind::Track)));
-        assert!(messages(r#"[{"event":"e"}]"#, Api::Segment(None)).unwrap_err().body.message.contains("'batch' array"));
+        assert_eq!(
+            (m.len(), body_key(body).as_deref(), env.implied),
+            (1, Some("k1"), Some(Kind::Track))
+        );
+        assert!(
+            messages(r#"[{"event":"e"}]"#, Api::Segment(None))
+                .unwrap_err()
+                .body
+                .message
+                .contains("'batch' array")
+        );
         let body = r#"{"api_key":"p","batch":[{"event":"a"},{"event":"b"}]}"#;
         let (m, _) = messages(body, Api::PostHog).unwrap();
         assert_eq!((m.len(), body_key(body).as_deref()), (2, Some("p")));
@@ -401,6 +432,12 @@ mod tests {
         let (m, _) = messages(body, Api::PostHog).unwrap();
         assert_eq!((m.len(), body_key(body).as_deref()), (2, Some("q")));
         assert_eq!(body_key(r#"{"batch":[{"event":"a"}]}"#), None);
-        assert!(messages("nope", Api::PostHog).unwrap_err().body.message.contains("not valid JSON"));
+        assert!(
+            messages("nope", Api::PostHog)
+                .unwrap_err()
+                .body
+                .message
+                .contains("not valid JSON")
+        );
     }
 }

@@ -59,7 +59,9 @@ pub fn rows(environment: &str, links: &[Alias], at_us: i64) -> Result<RecordBatc
             Arc::new(StringArray::from_iter_values(
                 links.iter().map(|l| l.user_id.as_str()),
             )),
-            Arc::new(TimestampMicrosecondArray::from(vec![at_us; links.len()]).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![at_us; links.len()]).with_timezone("UTC"),
+            ),
         ],
     )?)
 }
@@ -113,7 +115,11 @@ async fn held(
     let ids: Vec<_> = links.iter().map(|l| lit(l.previous_id.as_str())).collect();
     let batches = ctx
         .read_table(table.table_provider().await?)?
-        .filter(col("environment").eq(lit(environment)).and(col("previous_id").in_list(ids, false)))?
+        .filter(
+            col("environment")
+                .eq(lit(environment))
+                .and(col("previous_id").in_list(ids, false)),
+        )?
         .select_columns(&["previous_id", "user_id"])?
         .collect()
         .await?;

@@ -119,7 +119,11 @@ fn id_text<'a>(
 ) -> Option<Cow<'a, str>> {
     let raw = present(raw)?;
     let text = raw.get();
-    if text.bytes().next().is_some_and(|b| b.is_ascii_digit() || b == b'-') {
+    if text
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'-')
+    {
         return Some(Cow::Borrowed(text));
     }
     event::checked_string(raw, limits)
@@ -165,9 +169,11 @@ pub fn platform_of(
 ) -> Option<&'static str> {
     for s in [os, device].into_iter().flatten() {
         let s = s.to_ascii_lowercase();
-        if ["ios", "ipados", "iphone", "ipad", "tvos", "watchos", "visionos"]
-            .iter()
-            .any(|p| s.starts_with(p))
+        if [
+            "ios", "ipados", "iphone", "ipad", "tvos", "watchos", "visionos",
+        ]
+        .iter()
+        .any(|p| s.starts_with(p))
         {
             return Some("ios");
         }
@@ -267,7 +273,12 @@ mod tests {
         let cases = [
             (Some("iOS"), None, Some("analytics-swift"), Some("ios")),
             (Some("iPadOS"), None, None, Some("ios")),
-            (Some("Android"), None, Some("analytics-react-native"), Some("android")),
+            (
+                Some("Android"),
+                None,
+                Some("analytics-react-native"),
+                Some("android"),
+            ),
             (None, Some("android"), None, Some("android")),
             (Some("Mac OS X"), None, Some("analytics.js"), Some("web")),
             (None, None, Some("@segment/analytics-next"), Some("web")),
@@ -281,7 +292,11 @@ mod tests {
             (None, None, None, None),
         ];
         for (os, device, lib, want) in cases {
-            assert_eq!(platform_of(os, device, lib), want, "{os:?} {device:?} {lib:?}");
+            assert_eq!(
+                platform_of(os, device, lib),
+                want,
+                "{os:?} {device:?} {lib:?}"
+            );
         }
     }
 
@@ -311,9 +326,14 @@ mod tests {
         assert_eq!(updates[0].0, "u1");
         assert_eq!(updates[0].1.set.get("plan"), Some(&json!("pro")));
         assert!(updates[0].1.set_once.is_empty(), "set beats set_once");
-        let names: Vec<(&str, usize)> = ignored.iter().map(|i| (i.name.as_str(), i.index)).collect();
+        let names: Vec<(&str, usize)> =
+            ignored.iter().map(|i| (i.name.as_str(), i.index)).collect();
         assert_eq!(names, vec![("email", 3), ("seats", 3)]);
         assert!(ignored[0].reason.contains("not a declared custom field"));
-        assert!(ignored[1].reason.contains("number"), "{}", ignored[1].reason);
+        assert!(
+            ignored[1].reason.contains("number"),
+            "{}",
+            ignored[1].reason
+        );
     }
 }

@@ -123,7 +123,10 @@ fn event<'a>(
             None => None,
             Some(Ok(ms)) if ms >= 0 => Some(received_us.saturating_sub(ms.saturating_mul(1000))),
             Some(_) => {
-                p.add(Some("offset"), "must be a whole number of milliseconds, at least 0");
+                p.add(
+                    Some("offset"),
+                    "must be a whole number of milliseconds, at least 0",
+                );
                 None
             }
         }
@@ -163,7 +166,8 @@ fn event<'a>(
     } else {
         Category::Custom
     };
-    let platform = super::platform_of(props.os.as_deref(), None, props.lib.as_deref()).map(Cow::Borrowed);
+    let platform =
+        super::platform_of(props.os.as_deref(), None, props.lib.as_deref()).map(Cow::Borrowed);
     p.finish(|| Part {
         event: Event {
             event_id,
@@ -180,11 +184,7 @@ fn event<'a>(
 }
 
 /// Maps the events of one request, received at `received_us`.
-pub fn map<'a>(
-    events: &[&'a RawValue],
-    received_us: i64,
-    limits: &Limits,
-) -> Mapped<'a> {
+pub fn map<'a>(events: &[&'a RawValue], received_us: i64, limits: &Limits) -> Mapped<'a> {
     let mut out = Mapped::default();
     for (i, raw) in events.iter().enumerate() {
         out.push(event(i, raw, received_us, limits));
@@ -218,7 +218,14 @@ mod tests {
         let got: Vec<(&str, &str, Category, Option<&str>)> = m
             .events
             .iter()
-            .map(|e| (e.event_name.as_ref(), e.user_id.as_ref(), e.category, e.platform.as_deref()))
+            .map(|e| {
+                (
+                    e.event_name.as_ref(),
+                    e.user_id.as_ref(),
+                    e.category,
+                    e.platform.as_deref(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -230,14 +237,31 @@ mod tests {
                 ("$create_alias", "u1", Category::Sdk, None),
             ]
         );
-        assert_eq!(m.events[0].event_id.as_deref(), Some("0190c2a4-0000-7000-8000-000000000001"));
+        assert_eq!(
+            m.events[0].event_id.as_deref(),
+            Some("0190c2a4-0000-7000-8000-000000000001")
+        );
         assert_eq!(m.events[0].occurred_at, Some(1_767_323_045_000_000));
-        assert_eq!(m.events[2].occurred_at, Some(RECEIVED - 1_500_000), "offset");
-        assert_eq!(m.events[0].properties.as_deref(), Some(r#"{"$lib":"posthog-python","plan":"pro"}"#));
+        assert_eq!(
+            m.events[2].occurred_at,
+            Some(RECEIVED - 1_500_000),
+            "offset"
+        );
+        assert_eq!(
+            m.events[0].properties.as_deref(),
+            Some(r#"{"$lib":"posthog-python","plan":"pro"}"#)
+        );
         let writes: Vec<(usize, &str, String, String)> = m
             .writes
             .iter()
-            .map(|w| (w.index, w.user_id.as_str(), serde_json::to_string(&w.set).unwrap(), serde_json::to_string(&w.set_once).unwrap()))
+            .map(|w| {
+                (
+                    w.index,
+                    w.user_id.as_str(),
+                    serde_json::to_string(&w.set).unwrap(),
+                    serde_json::to_string(&w.set_once).unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             writes,
@@ -250,8 +274,14 @@ mod tests {
         assert_eq!(
             m.aliases,
             vec![
-                Alias { previous_id: "a1".into(), user_id: "u1".into() },
-                Alias { previous_id: "b1".into(), user_id: "u1".into() },
+                Alias {
+                    previous_id: "a1".into(),
+                    user_id: "u1".into()
+                },
+                Alias {
+                    previous_id: "b1".into(),
+                    user_id: "u1".into()
+                },
             ]
         );
     }
@@ -269,8 +299,11 @@ mod tests {
         ]"#);
         assert_eq!(m.events.len(), 1);
         assert_eq!(m.refused, 6);
-        let got: Vec<(usize, Option<&str>)> =
-            m.problems.iter().map(|p| (p.index, p.field.as_deref())).collect();
+        let got: Vec<(usize, Option<&str>)> = m
+            .problems
+            .iter()
+            .map(|p| (p.index, p.field.as_deref()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -177,15 +177,25 @@ fn message<'a>(
     let kind = match (present(m.kind), envelope.implied) {
         (None, Some(k)) => Some(k),
         (None, None) => {
-            p.add(Some("type"), "is required (track, identify, page, screen, group or alias)");
+            p.add(
+                Some("type"),
+                "is required (track, identify, page, screen, group or alias)",
+            );
             None
         }
-        (Some(raw), implied) => match string_value(raw).ok().as_deref().map(|s| (s, Kind::parse(s))) {
+        (Some(raw), implied) => match string_value(raw)
+            .ok()
+            .as_deref()
+            .map(|s| (s, Kind::parse(s)))
+        {
             Some((_, Some(k))) if implied.is_none_or(|i| i == k) => Some(k),
             Some((s, Some(_))) => {
                 p.add(
                     Some("type"),
-                    format!("'{s}' does not match the endpoint, which takes '{}' messages", implied.map_or("", Kind::as_str)),
+                    format!(
+                        "'{s}' does not match the endpoint, which takes '{}' messages",
+                        implied.map_or("", Kind::as_str)
+                    ),
                 );
                 None
             }
@@ -223,7 +233,9 @@ fn message<'a>(
     };
     let named = |fallback: &'static str, p: &mut Problems| match present(m.name) {
         None => Some(Cow::Borrowed(fallback)),
-        Some(raw) => checked_string(raw, limits).map_err(|e| p.add(Some("name"), e)).ok(),
+        Some(raw) => checked_string(raw, limits)
+            .map_err(|e| p.add(Some("name"), e))
+            .ok(),
     };
     let mut previous_id = None;
     let (event_name, category, properties): (Option<Cow<str>>, Category, Option<Cow<str>>) =
@@ -234,7 +246,9 @@ fn message<'a>(
                         p.add(Some("event"), "is required for a track");
                         None
                     }
-                    Some(raw) => checked_string(raw, limits).map_err(|e| p.add(Some("event"), e)).ok(),
+                    Some(raw) => checked_string(raw, limits)
+                        .map_err(|e| p.add(Some("event"), e))
+                        .ok(),
                 };
                 let props = object_text(m.properties, "properties", limits, &mut p);
                 (name, Category::Custom, props.map(Cow::Borrowed))
@@ -255,7 +269,11 @@ fn message<'a>(
                         object_text(in_context, "context.traits", limits, &mut p)
                     }
                 };
-                (Some(Cow::Borrowed("identify")), Category::Sdk, traits.map(Cow::Borrowed))
+                (
+                    Some(Cow::Borrowed("identify")),
+                    Category::Sdk,
+                    traits.map(Cow::Borrowed),
+                )
             }
             Kind::Group => {
                 let group = id_text(m.group_id, "groupId", limits, &mut p);
@@ -273,7 +291,12 @@ fn message<'a>(
             }
             Kind::Alias => {
                 let previous = id_text(m.previous_id, "previousId", limits, &mut p);
-                if previous.is_none() && !p.list.iter().any(|x| x.field.as_deref() == Some("previousId")) {
+                if previous.is_none()
+                    && !p
+                        .list
+                        .iter()
+                        .any(|x| x.field.as_deref() == Some("previousId"))
+                {
                     p.add(Some("previousId"), "is required for an alias");
                 }
                 previous_id = previous.map(Cow::into_owned);
@@ -317,7 +340,12 @@ fn message<'a>(
 
 /// `timestamp` as sent; else `originalTimestamp` corrected by the client's clock error
 /// (`sentAt`, the message's or the batch's, against the time received); else none.
-fn occurred_at(m: &Message, envelope: &Envelope, received_us: i64, p: &mut Problems) -> Option<i64> {
+fn occurred_at(
+    m: &Message,
+    envelope: &Envelope,
+    received_us: i64,
+    p: &mut Problems,
+) -> Option<i64> {
     if present(m.timestamp).is_some() {
         return time_us(m.timestamp, "timestamp", p);
     }
@@ -355,6 +383,16 @@ mod tests {
 
     const RECEIVED: i64 = 1_780_000_000_000_000;
 
+    /// name, user, id, category, platform, properties
+    type Row<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Category,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+
     fn run(body: &'static str, envelope: Envelope<'static>) -> Mapped<'static> {
         let raws: Vec<&RawValue> = serde_json::from_str(body).unwrap();
         let raws: &'static [&RawValue] = Box::leak(raws.into_boxed_slice());
@@ -362,7 +400,10 @@ mod tests {
     }
 
     fn problems<'m>(m: &'m Mapped) -> Vec<(usize, Option<&'m str>, &'m str)> {
-        m.problems.iter().map(|p| (p.index, p.field.as_deref(), p.message.as_str())).collect()
+        m.problems
+            .iter()
+            .map(|p| (p.index, p.field.as_deref(), p.message.as_str()))
+            .collect()
     }
 
     #[test]
@@ -381,7 +422,7 @@ mod tests {
         ]"#;
         let m = run(body, Envelope::default());
         assert_eq!(problems(&m), vec![]);
-        let got: Vec<(&str, &str, Option<&str>, Category, Option<&str>, Option<&str>)> = m
+        let got: Vec<Row> = m
             .events
             .iter()
             .map(|e| {
@@ -398,13 +439,55 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("Order Completed", "u1", Some("m1"), Category::Custom, Some("server"), Some(r#"{"total":3.5}"#)),
-                ("Home", "a1", Some("m2"), Category::Sdk, Some("web"), Some(r#"{"path":"/"}"#)),
+                (
+                    "Order Completed",
+                    "u1",
+                    Some("m1"),
+                    Category::Custom,
+                    Some("server"),
+                    Some(r#"{"total":3.5}"#)
+                ),
+                (
+                    "Home",
+                    "a1",
+                    Some("m2"),
+                    Category::Sdk,
+                    Some("web"),
+                    Some(r#"{"path":"/"}"#)
+                ),
                 ("screen", "u1", Some("m3"), Category::Sdk, Some("ios"), None),
-                ("identify", "u1", Some("m4"), Category::Sdk, None, Some(r#"{"plan":"pro","email":"a@b.c"}"#)),
-                ("group", "u1", Some("m5"), Category::Sdk, None, Some(r#"{"group_id":"g1","traits":{"name":"Acme"}}"#)),
-                ("alias", "u1", Some("m6"), Category::Sdk, None, Some(r#"{"previous_id":"a1"}"#)),
-                ("identify", "u2", None, Category::Sdk, Some("server"), Some(r#"{"plan":"free"}"#)),
+                (
+                    "identify",
+                    "u1",
+                    Some("m4"),
+                    Category::Sdk,
+                    None,
+                    Some(r#"{"plan":"pro","email":"a@b.c"}"#)
+                ),
+                (
+                    "group",
+                    "u1",
+                    Some("m5"),
+                    Category::Sdk,
+                    None,
+                    Some(r#"{"group_id":"g1","traits":{"name":"Acme"}}"#)
+                ),
+                (
+                    "alias",
+                    "u1",
+                    Some("m6"),
+                    Category::Sdk,
+                    None,
+                    Some(r#"{"previous_id":"a1"}"#)
+                ),
+                (
+                    "identify",
+                    "u2",
+                    None,
+                    Category::Sdk,
+                    Some("server"),
+                    Some(r#"{"plan":"free"}"#)
+                ),
             ]
         );
         assert_eq!(m.events[0].occurred_at, Some(1_767_323_045_678_000));
@@ -412,10 +495,16 @@ mod tests {
         assert_eq!(m.writes.len(), 2);
         assert_eq!((m.writes[0].index, m.writes[0].user_id.as_str()), (3, "u1"));
         assert_eq!(m.writes[0].set["plan"], "pro");
-        assert_eq!((m.writes[1].index, m.writes[1].set["plan"].as_str()), (6, Some("free")));
+        assert_eq!(
+            (m.writes[1].index, m.writes[1].set["plan"].as_str()),
+            (6, Some("free"))
+        );
         assert_eq!(
             m.aliases,
-            vec![Alias { previous_id: "a1".into(), user_id: "u1".into() }]
+            vec![Alias {
+                previous_id: "a1".into(),
+                user_id: "u1".into()
+            }]
         );
     }
 
@@ -428,13 +517,23 @@ mod tests {
         ]"#;
         let envelope_sent: &'static RawValue =
             serde_json::from_str::<&RawValue>(r#""2026-05-28T20:26:50Z""#).unwrap();
-        let m = run(body, Envelope { sent_at: Some(envelope_sent), ..Default::default() });
+        let m = run(
+            body,
+            Envelope {
+                sent_at: Some(envelope_sent),
+                ..Default::default()
+            },
+        );
         assert_eq!(problems(&m), vec![]);
         // received - (sentAt - originalTimestamp): 10 min 10 s and 10 min 1 s before received.
         assert_eq!(m.events[0].occurred_at, Some(RECEIVED - 610_000_000));
         assert_eq!(m.events[1].occurred_at, Some(RECEIVED - 601_000_000));
         let m = run(body, Envelope::default());
-        assert_eq!(m.events[0].occurred_at, Some(1_779_999_400_000_000), "no sentAt: as sent");
+        assert_eq!(
+            m.events[0].occurred_at,
+            Some(1_779_999_400_000_000),
+            "no sentAt: as sent"
+        );
     }
 
     #[test]
@@ -473,7 +572,10 @@ mod tests {
         let p = problems(&m);
         assert_eq!(p[0].2, "is required for a track");
         assert_eq!(p[1].2, "userId or anonymousId is required");
-        assert_eq!(p[2].2, "'launch' is not one of track, identify, page, screen, group, alias");
+        assert_eq!(
+            p[2].2,
+            "'launch' is not one of track, identify, page, screen, group, alias"
+        );
         assert!(p[5].2.contains("not an RFC 3339 timestamp"), "{}", p[5].2);
         assert_eq!(p[6].2, "must be a JSON object");
         assert_eq!(p[7].2, "message must be a JSON object");
@@ -483,12 +585,34 @@ mod tests {
     #[test]
     fn single_message_endpoints_imply_the_type_and_limits_hold() {
         let body = r#"[{"event":"e","userId":"u"},{"type":"page","userId":"u"}]"#;
-        let m = run(body, Envelope { implied: Some(Kind::Track), ..Default::default() });
+        let m = run(
+            body,
+            Envelope {
+                implied: Some(Kind::Track),
+                ..Default::default()
+            },
+        );
         assert_eq!(m.events.len(), 1);
-        assert_eq!(problems(&m), vec![(1, Some("type"), "'page' does not match the endpoint, which takes 'track' messages")]);
-        let big = format!(r#"[{{"type":"track","event":"e","userId":"u","properties":{{"s":"{}"}}}}]"#, "x".repeat(40_000));
+        assert_eq!(
+            problems(&m),
+            vec![(
+                1,
+                Some("type"),
+                "'page' does not match the endpoint, which takes 'track' messages"
+            )]
+        );
+        let big = format!(
+            r#"[{{"type":"track","event":"e","userId":"u","properties":{{"s":"{}"}}}}]"#,
+            "x".repeat(40_000)
+        );
         let m = run(Box::leak(big.into_boxed_str()), Envelope::default());
         assert_eq!(m.refused, 1);
-        assert!(m.problems[0].message.contains("limits.max_sdk_message_bytes"), "{}", m.problems[0].message);
+        assert!(
+            m.problems[0]
+                .message
+                .contains("limits.max_sdk_message_bytes"),
+            "{}",
+            m.problems[0].message
+        );
     }
 }
