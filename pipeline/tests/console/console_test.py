@@ -384,9 +384,12 @@ def webhooks(page):
     check(http("GET", f"/v1/{ENV}/webhooks/{wid}", admin)[1]["enabled"] is False, "paused in the API")
     page.get_by_role("button", name="Resume").click()
     expect(page.locator('[data-field="health"]')).to_have_text("healthy")
+    # Resume re-renders the page: act on the new one (CI run 34 clicked the old one, whose
+    # answer went to a detached element).
+    expect(page.get_by_role("button", name="Pause")).to_be_visible()
     page.get_by_role("button", name="Rotate secret").click()
     page.get_by_role("dialog").get_by_role("button", name="Rotate").click()
-    expect(page.get_by_text("The new secret, shown this once")).to_be_visible()
+    expect(page.get_by_text("The new secret, shown this once")).to_be_visible(timeout=20000)
     secret = page.locator("pre.json").last.inner_text()
     check(secret.strip('"').startswith("whsec_"), f"secret {secret}")
     check(len(http("GET", f"/v1/{ENV}/webhooks/{wid}", admin)[1]["secrets"]) == 2, "two signing secrets after rotation")
