@@ -231,7 +231,17 @@ async fn send_all(
                 // Without ids (the default run), re-sending a pooled body stores new
                 // events (tidemark assigns UUIDv7s) rather than hitting the dedup fast
                 // path; with `--segment` every batch is distinct and sent once.
-                let body = batches[(c * 7919 + i) % batches.len()].clone();
+                let index = if total == batches.len() {
+                    // Every batch once: connection c sends its own slice.
+                    let k = c * per_conn + i;
+                    if k >= total {
+                        break;
+                    }
+                    k
+                } else {
+                    (c * 7919 + i) % batches.len()
+                };
+                let body = batches[index].clone();
                 let t = Instant::now();
                 let r = client
                     .post(&url)
