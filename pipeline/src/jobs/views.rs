@@ -30,8 +30,10 @@ pub async fn register(
     if let Some(env) = environment {
         df = df.filter(col("environment").eq(lit(env)))?;
     }
+    ctx.deregister_table(job.parts())?;
     ctx.register_table(job.parts(), df.into_view())?;
     let merged = ctx.sql(job.merge_sql()).await?.into_view();
+    ctx.deregister_table(job.view())?;
     ctx.register_table(job.view(), merged)?;
     Ok(())
 }
@@ -54,6 +56,45 @@ pub async fn register_all(
     let profiles = ctx.sql(PROFILES_VIEW_SQL).await?.into_view();
     ctx.register_table("profiles", profiles)?;
     Ok(())
+}
+
+/// Readers of a few profiles (one profile, a page of the list, a webhook's users): the
+/// views [`register_all`] registered, re-registered over the rows of some users only.
+///
+/// A filter on `profiles.user_id` stops at the view's full outer join (its `user_id` is a
+/// `coalesce` of both sides), so without this every read merges every user. Narrowed, the
+/// filter sits on each job's parts, below the merges, and reaches the Delta scans (whose
+/// files are sorted by user id).
+pub struct Narrowing {
+    /// Each job's parts as [`register_all`] registered them (every user).
+    parts: Vec<(Job, datafusion::dataframe::DataFrame)>,
+}
+
+impl Narrowing {
+    /// Takes the parts of `ctx` (a session of [`register_all`]) before any narrowing.
+    pub async fn of(ctx: &SessionContext) -> Result<Narrowing> {
+        let mut parts = Vec::with_capacity(ALL.len());
+        for job in ALL {
+            parts.push((job, ctx.table(job.parts()).await?));
+        }
+        Ok(Narrowing { parts })
+    }
+
+    /// Re-registers every job's view and `profiles` in `ctx` over the rows whose user
+    /// `users` (an expression on `user_id`) selects; replaces an earlier narrowing.
+    pub async fn apply(
+        &self,
+        ctx: &SessionContext,
+        users: datafusion::prelude::Expr,
+    ) -> Result<()> {
+        for (job, parts) in &self.parts {
+            register(ctx, *job, parts.clone().filter(users.clone())?, None).await?;
+        }
+        let profiles = ctx.sql(PROFILES_VIEW_SQL).await?.into_view();
+        ctx.deregister_table("profiles")?;
+        ctx.register_table("profiles", profiles)?;
+        Ok(())
+    }
 }
 
 /// The rows of `job` its view merges: the published rows and the pending runs after the
