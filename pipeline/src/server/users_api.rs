@@ -16,7 +16,7 @@ use super::auth::{Admin, Authorized, Reader, Writer};
 use super::body::{BodyKind, JsonBody, read_body};
 use super::error::ApiError;
 use crate::problem::{Problem, Subject};
-use crate::profiles::read;
+use crate::profiles::{list, read};
 use crate::segments::store::Segments;
 use crate::users::changes::{self, BatchItem, Update};
 use crate::users::fields::Registry;
@@ -256,7 +256,7 @@ pub async fn list_users(
     Authorized { env, .. }: Authorized<Reader>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let mut q = read::ListQuery {
+    let mut q = list::ListQuery {
         limit: 100,
         ..Default::default()
     };
@@ -280,11 +280,11 @@ pub async fn list_users(
             }
             "limit" => {
                 q.limit = match v.parse::<usize>() {
-                    Ok(n) if (1..=read::MAX_LIMIT).contains(&n) => n,
+                    Ok(n) if (1..=list::MAX_LIMIT).contains(&n) => n,
                     _ => {
                         return Err(ApiError::bad_request(format!(
                             "limit: '{v}' must be a whole number from 1 to {}",
-                            read::MAX_LIMIT
+                            list::MAX_LIMIT
                         )));
                     }
                 }
@@ -302,6 +302,6 @@ pub async fn list_users(
             },
         }
     }
-    let page = read::list(&state.store, &env, &q).await?;
+    let page = list::list(&state.store, &env, &q).await?;
     Ok(Json(json!(page)))
 }

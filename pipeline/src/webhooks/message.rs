@@ -53,10 +53,15 @@ pub async fn profiles(
     users.dedup();
     let ctx = crate::query::session(store, Some(env)).await?;
     let list: Vec<_> = users.iter().map(|u| lit(u.as_str())).collect();
+    let users = col("user_id").in_list(list, false);
+    crate::jobs::views::Narrowing::of(&ctx)
+        .await?
+        .apply(&ctx, users.clone())
+        .await?;
     let batches = ctx
         .table("profiles")
         .await?
-        .filter(col("user_id").in_list(list, false))?
+        .filter(users)?
         .collect()
         .await?;
     let mut out = HashMap::new();
