@@ -1,6 +1,7 @@
 //! How tidemark's readers (`tidemark sql`, the API, the segment job) see the derived
 //! tables: each job's published rows and its pending runs after the published mark
-//! (registered together as [`Job::parts`]) folded by its merge SQL under [`Job::view`],
+//! (registered together as [`Job::parts`]) folded by its merge SQL under [`Job::view`]
+//! (only the keys the pending runs touch are merged, see [`register`]),
 //! and `profiles` as `sql/jobs/profiles_view.sql` over the activity and attribute views
 //! and the field registry. So they see every run at once, while other Delta readers see
 //! the published tables, one row per key, up to `jobs.publish_interval` later.
@@ -10,7 +11,9 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{MemTable, TableProvider};
-use datafusion::prelude::{SessionContext, col, lit};
+use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrame;
+use datafusion::prelude::{Expr, SessionContext, cast, col, lit};
 
 use super::defs::{ALL, Job, PROFILES_VIEW_SQL};
 use super::publish::{self, Published};
@@ -18,36 +21,113 @@ use crate::Result;
 use crate::storage::Store;
 use crate::users::fields::FieldsDoc;
 
-/// Registers `job`'s merged view as [`Job::view`] over `parts` (rows of the job's
-/// columns), restricted to `environment` when given.
-pub async fn register(
-    ctx: &SessionContext,
+/// The rows `job`'s view merges, of one environment when the session has one.
+#[derive(Clone)]
+pub struct Parts {
     job: Job,
-    parts: datafusion::dataframe::DataFrame,
-    environment: Option<&str>,
-) -> Result<()> {
-    let mut df = parts;
-    if let Some(env) = environment {
-        df = df.filter(col("environment").eq(lit(env)))?;
+    /// One row per key.
+    published: DataFrame,
+    /// The pending runs after the published mark; `None` when there are none.
+    pending: Option<DataFrame>,
+}
+
+impl Parts {
+    /// These parts restricted to the rows `filter` keeps.
+    fn filter(&self, filter: &Expr) -> Result<Parts> {
+        Ok(Parts {
+            job: self.job,
+            published: self.published.clone().filter(filter.clone())?,
+            pending: match &self.pending {
+                Some(p) => Some(p.clone().filter(filter.clone())?),
+                None => None,
+            },
+        })
     }
-    ctx.deregister_table(job.parts())?;
-    ctx.register_table(job.parts(), df.into_view())?;
-    let merged = ctx.sql(job.merge_sql()).await?.into_view();
-    ctx.deregister_table(job.view())?;
-    ctx.register_table(job.view(), merged)?;
+
+    /// Published and pending rows together.
+    fn all(&self) -> Result<DataFrame> {
+        Ok(match &self.pending {
+            Some(p) => self.published.clone().union(p.clone())?,
+            None => self.published.clone(),
+        })
+    }
+}
+
+/// Registers `parts` as [`Job::parts`] and their merge as [`Job::view`].
+///
+/// Only the keys the pending runs touch need merging: the published rows hold one row per
+/// key, so a published row whose key no pending row has is its own merge. The view is
+/// those rows (an anti join against the pending keys) and the merge SQL over the touched
+/// keys' published rows and the pending rows; with nothing pending, the published rows.
+async fn register(ctx: &SessionContext, parts: &Parts) -> Result<()> {
+    let job = parts.job;
+    let keys: Vec<&str> = ["environment", "user_id"]
+        .into_iter()
+        .chain(job.key_columns().iter().copied())
+        .collect();
+    let (untouched, touched) = match &parts.pending {
+        None => (parts.published.clone(), None),
+        Some(pending) => {
+            let pending_keys = pending.clone().select_columns(&keys)?.distinct()?;
+            let untouched = parts.published.clone().join(
+                pending_keys.clone(),
+                JoinType::LeftAnti,
+                &keys,
+                &keys,
+                None,
+            )?;
+            let touched = parts
+                .published
+                .clone()
+                .join(pending_keys, JoinType::LeftSemi, &keys, &keys, None)?
+                .union(pending.clone())?;
+            (untouched, Some(touched))
+        }
+    };
+    // the merge SQL reads `Job::parts`: the touched rows while it is planned
+    let empty = || -> Result<DataFrame> {
+        Ok(ctx.read_table(Arc::new(MemTable::try_new(job.schema(), vec![vec![]])?))?)
+    };
+    replace(ctx, job.parts(), touched.clone().map_or_else(empty, Ok)?)?;
+    let merged = ctx.sql(job.merge_sql()).await?;
+    let columns: Vec<Expr> = merged
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| cast(col(ident_of(f.name())), f.data_type().clone()).alias(f.name()))
+        .collect();
+    let view = match touched {
+        Some(_) => untouched.select(columns)?.union(merged)?,
+        None => untouched.select(columns)?,
+    };
+    replace(ctx, job.view(), view)?;
+    replace(ctx, job.parts(), parts.all()?)?;
+    Ok(())
+}
+
+/// A column reference to `name` as written (no parsing of dots or case).
+fn ident_of(name: &str) -> datafusion::common::Column {
+    datafusion::common::Column::new_unqualified(name)
+}
+
+fn replace(ctx: &SessionContext, name: &str, df: DataFrame) -> Result<()> {
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, df.into_view())?;
     Ok(())
 }
 
 /// Registers every job's view (empty when its table does not exist yet), the
-/// `field_registry` and `profiles`.
+/// `field_registry` and `profiles`; returns the parts, for [`Narrowing`].
 pub async fn register_all(
     ctx: &SessionContext,
     store: &Store,
     environment: Option<&str>,
-) -> Result<()> {
+) -> Result<Narrowing> {
+    let mut all = Vec::with_capacity(ALL.len());
     for job in ALL {
-        let parts = parts(ctx, store, job).await?;
-        register(ctx, job, parts, environment).await?;
+        let parts = parts(ctx, store, job, environment).await?;
+        register(ctx, &parts).await?;
+        all.push(parts);
     }
     let fields = crate::users::fields::Registry::new(store.clone())
         .all()
@@ -55,7 +135,7 @@ pub async fn register_all(
     ctx.register_batch("field_registry", registry_batch(&fields, environment)?)?;
     let profiles = ctx.sql(PROFILES_VIEW_SQL).await?.into_view();
     ctx.register_table("profiles", profiles)?;
-    Ok(())
+    Ok(Narrowing { parts: all })
 }
 
 /// Readers of a few profiles (one profile, a page of the list, a webhook's users): the
@@ -65,53 +145,46 @@ pub async fn register_all(
 /// `coalesce` of both sides), so without this every read merges every user. Narrowed, the
 /// filter sits on each job's parts, below the merges, and reaches the Delta scans (whose
 /// files are sorted by user id).
+#[derive(Clone)]
 pub struct Narrowing {
-    /// Each job's parts as [`register_all`] registered them (every user).
-    parts: Vec<(Job, datafusion::dataframe::DataFrame)>,
+    /// Each job's parts as [`register_all`] read them (every user).
+    parts: Vec<Parts>,
 }
 
 impl Narrowing {
-    /// Takes the parts of `ctx` (a session of [`register_all`]) before any narrowing.
-    pub async fn of(ctx: &SessionContext) -> Result<Narrowing> {
-        let mut parts = Vec::with_capacity(ALL.len());
-        for job in ALL {
-            parts.push((job, ctx.table(job.parts()).await?));
-        }
-        Ok(Narrowing { parts })
-    }
-
     /// Re-registers every job's view and `profiles` in `ctx` over the rows whose user
     /// `users` (an expression on `user_id`) selects; replaces an earlier narrowing.
-    pub async fn apply(
-        &self,
-        ctx: &SessionContext,
-        users: datafusion::prelude::Expr,
-    ) -> Result<()> {
-        for (job, parts) in &self.parts {
-            register(ctx, *job, parts.clone().filter(users.clone())?, None).await?;
+    pub async fn apply(&self, ctx: &SessionContext, users: Expr) -> Result<()> {
+        for parts in &self.parts {
+            register(ctx, &parts.filter(&users)?).await?;
         }
-        let profiles = ctx.sql(PROFILES_VIEW_SQL).await?.into_view();
-        ctx.deregister_table("profiles")?;
-        ctx.register_table("profiles", profiles)?;
-        Ok(())
+        let profiles = ctx.sql(PROFILES_VIEW_SQL).await?;
+        replace(ctx, "profiles", profiles)
     }
 }
 
 /// The rows of `job` its view merges: the published rows and the pending runs after the
-/// published mark. Pending is read first: a publish that commits in between only moves
-/// the mark over runs the published table then holds.
-pub async fn parts(
+/// published mark, of `environment` when given. Pending is read first: a publish that
+/// commits in between only moves the mark over runs the published table then holds.
+async fn parts(
     ctx: &SessionContext,
     store: &Store,
     job: Job,
-) -> Result<datafusion::dataframe::DataFrame> {
+    environment: Option<&str>,
+) -> Result<Parts> {
     let pending = store.load_table(job.pending()).await?;
     let published = store.load_table(job.table()).await?;
     let after = match publish::published_state(published.as_ref(), job).await? {
         Published::Current { through } => through,
         Published::Missing | Published::OldLayout => None,
     };
-    let mut parts = match published {
+    let in_env = |df: DataFrame| -> Result<DataFrame> {
+        Ok(match environment {
+            Some(env) => df.filter(col("environment").eq(lit(env)))?,
+            None => df,
+        })
+    };
+    let published = match published {
         Some(table) => ctx
             .read_table(crate::ballista::provider(ctx, job.table(), &table).await?)?
             .select(publish::job_columns(job))?,
@@ -121,10 +194,20 @@ pub async fn parts(
             ctx.read_table(empty)?
         }
     };
-    if let Some(pending) = pending {
-        parts = parts.union(publish::pending_rows(ctx, &pending, job, after, None).await?)?;
-    }
-    Ok(parts)
+    let runs_after = publish::pending_runs(pending.as_ref())?
+        .into_iter()
+        .any(|run| after.is_none_or(|a| run > a));
+    let pending = match pending {
+        Some(pending) if runs_after => Some(in_env(
+            publish::pending_rows(ctx, &pending, job, after, None).await?,
+        )?),
+        _ => None,
+    };
+    Ok(Parts {
+        job,
+        published: in_env(published)?,
+        pending,
+    })
 }
 
 /// The declared fields as rows: environment, name, type, since_change_id.

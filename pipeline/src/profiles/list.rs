@@ -26,7 +26,6 @@ use serde_json::Value;
 
 use super::read::shape;
 use crate::jobs::Job;
-use crate::jobs::views::Narrowing;
 use crate::query::to_json_rows;
 use crate::storage::Store;
 use crate::users::fields::{FieldDef, FieldType, Registry};
@@ -118,7 +117,7 @@ pub fn window(firsts: &[Vec<String>], want: usize) -> Window {
 /// order: the cursor is the last id of the page).
 pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<ListPage> {
     let defs = Registry::new(store.clone()).list(environment).await?;
-    let ctx = query::session(store, Some(environment)).await?;
+    let (ctx, narrowing) = query::profiles_session(store, environment).await?;
     let members = crate::segments::job::MEMBERS;
     if q.segment.is_some() && !ctx.table_exist(members)? {
         return Ok(ListPage {
@@ -135,7 +134,6 @@ pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<Lis
     };
     let filters = filters(&ctx, q, &defs).await?;
     let sources = sources(&ctx, q).await?;
-    let narrowing = Narrowing::of(&ctx).await?;
     let limit = q.limit.clamp(1, MAX_LIMIT);
     let mut want = limit + 1;
     let mut users = Vec::new();
@@ -146,10 +144,14 @@ pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<Lis
         }
         let w = window(&firsts, want);
         if !w.ids.is_empty() {
+            // the range lets the scans skip pages of their sorted files; the list is exact
+            let (first, last) = (&w.ids[0], &w.ids[w.ids.len() - 1]);
             let ids: Vec<Expr> = w.ids.iter().map(|id| lit(id.as_str())).collect();
-            narrowing
-                .apply(&ctx, col("user_id").in_list(ids, false))
-                .await?;
+            let window = col("user_id")
+                .gt_eq(lit(first.as_str()))
+                .and(col("user_id").lt_eq(lit(last.as_str())))
+                .and(col("user_id").in_list(ids, false));
+            narrowing.apply(&ctx, window).await?;
             let mut df = ctx.table("profiles").await?;
             for f in &filters {
                 df = df.filter(f.clone())?;

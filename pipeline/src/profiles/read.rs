@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use datafusion::prelude::{SessionContext, col, lit};
 use serde_json::{Map, Value};
 
-use crate::jobs::views::Narrowing;
 use crate::query::to_json_rows;
 use crate::storage::Store;
 use crate::users::fields::{FieldDef, Registry};
@@ -52,9 +51,8 @@ pub async fn user(
     user_id: &str,
     events: usize,
 ) -> Result<Option<Value>> {
-    let ctx = query::session(store, Some(environment)).await?;
-    Narrowing::of(&ctx)
-        .await?
+    let (ctx, narrowing) = query::profiles_session(store, environment).await?;
+    narrowing
         .apply(&ctx, col("user_id").eq(lit(user_id)))
         .await?;
     let rows = to_json_rows(

@@ -62,6 +62,32 @@ pub async fn session_on(
     runtime: Option<Arc<RuntimeEnv>>,
     engine: &crate::ballista::Engine,
 ) -> Result<SessionContext> {
+    Ok(session_narrowable(store, environment, runtime, engine)
+        .await?
+        .0)
+}
+
+/// [`session`] of `environment` and its [`jobs::views::Narrowing`], for readers of a
+/// few profiles.
+pub async fn profiles_session(
+    store: &Store,
+    environment: &str,
+) -> Result<(SessionContext, jobs::views::Narrowing)> {
+    session_narrowable(
+        store,
+        Some(environment),
+        None,
+        &crate::ballista::Engine::Embedded,
+    )
+    .await
+}
+
+async fn session_narrowable(
+    store: &Store,
+    environment: Option<&str>,
+    runtime: Option<Arc<RuntimeEnv>>,
+    engine: &crate::ballista::Engine,
+) -> Result<(SessionContext, jobs::views::Narrowing)> {
     let config =
         crate::ballista::with_engine(SessionConfig::new().with_information_schema(true), engine);
     let mut ctx = match runtime {
@@ -80,8 +106,8 @@ pub async fn session_on(
         };
         register_scoped(&ctx, &name, &table, environment).await?;
     }
-    jobs::views::register_all(&ctx, store, environment).await?;
-    Ok(ctx)
+    let narrowing = jobs::views::register_all(&ctx, store, environment).await?;
+    Ok((ctx, narrowing))
 }
 
 /// Registers `table` as `name`, as a view of `environment`'s rows when given (and not

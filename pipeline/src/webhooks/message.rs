@@ -51,13 +51,10 @@ pub async fn profiles(
 ) -> Result<HashMap<String, Value>> {
     users.sort();
     users.dedup();
-    let ctx = crate::query::session(store, Some(env)).await?;
+    let (ctx, narrowing) = crate::query::profiles_session(store, env).await?;
     let list: Vec<_> = users.iter().map(|u| lit(u.as_str())).collect();
     let users = col("user_id").in_list(list, false);
-    crate::jobs::views::Narrowing::of(&ctx)
-        .await?
-        .apply(&ctx, users.clone())
-        .await?;
+    narrowing.apply(&ctx, users.clone()).await?;
     let batches = ctx
         .table("profiles")
         .await?
