@@ -41,20 +41,30 @@ pub async fn preview(
     compiled: &compile::Compiled,
     sample: usize,
 ) -> Result<(usize, Vec<String>)> {
-    let df = ctx
+    // one evaluation: every member's id, counted here, the first `sample` picked here
+    let batches = ctx
         .sql(&compiled.sql)
         .await?
-        .with_param_values(compiled.params.clone())?;
-    let count = df.clone().count().await?;
-    let rows = df
-        .sort(vec![datafusion::prelude::col("user_id").sort(true, false)])?
-        .limit(0, Some(sample))?
+        .with_param_values(compiled.params.clone())?
+        .select_columns(&["user_id"])?
         .collect()
         .await?;
-    let ids = to_json_rows(&rows)?
-        .into_iter()
-        .filter_map(|r| r["user_id"].as_str().map(str::to_string))
-        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for b in &batches {
+        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+        ids.extend(
+            arrow::array::AsArray::as_string::<i32>(&c)
+                .iter()
+                .flatten()
+                .map(str::to_string),
+        );
+    }
+    let count = ids.len();
+    if ids.len() > sample {
+        ids.select_nth_unstable(sample);
+        ids.truncate(sample);
+    }
+    ids.sort_unstable();
     Ok((count, ids))
 }
 
