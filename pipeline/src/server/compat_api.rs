@@ -208,17 +208,25 @@ fn body_key(body: &str) -> Option<String> {
     })
 }
 
-/// The messages of a request and what the request around them says.
+/// The messages of a request and what the request around them says. The body is parsed
+/// once into its messages (raw, each mapped on its own); a body of the wrong shape is
+/// parsed again only to say whether it is JSON at all.
 fn messages(body: &str, api: Api) -> Result<(Vec<&RawValue>, Envelope<'_>), ApiError> {
-    let raw: &RawValue = serde_json::from_str(body)
-        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
-    let text = raw.get();
+    let not_json = |e: serde_json::Error| match serde_json::from_str::<serde::de::IgnoredAny>(body)
+    {
+        Err(e) => ApiError::bad_request(format!("body is not valid JSON: {e}")),
+        Ok(_) => ApiError::bad_request(e.to_string()),
+    };
+    let text = body.trim_start();
     match api {
         Api::Segment(None) => {
-            let b: SegmentBatch = serde_json::from_str(text).map_err(|e| {
-                ApiError::bad_request(format!(
-                    "body must be an object with a 'batch' array of messages (Segment's /v1/batch): {e}"
-                ))
+            let b: SegmentBatch = serde_json::from_str(body).map_err(|e| {
+                match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+                    Err(e) => ApiError::bad_request(format!("body is not valid JSON: {e}")),
+                    Ok(_) => ApiError::bad_request(format!(
+                        "body must be an object with a 'batch' array of messages (Segment's /v1/batch): {e}"
+                    )),
+                }
             })?;
             let envelope = Envelope {
                 sent_at: b.sent_at,
@@ -228,7 +236,8 @@ fn messages(body: &str, api: Api) -> Result<(Vec<&RawValue>, Envelope<'_>), ApiE
             Ok((b.batch, envelope))
         }
         Api::Segment(Some(kind)) => {
-            if !text.starts_with('{') {
+            let raw: &RawValue = serde_json::from_str(body).map_err(not_json)?;
+            if !raw.get().starts_with('{') {
                 return Err(ApiError::bad_request(format!(
                     "body must be one {} message (a JSON object)",
                     kind.as_str()
@@ -242,16 +251,16 @@ fn messages(body: &str, api: Api) -> Result<(Vec<&RawValue>, Envelope<'_>), ApiE
         }
         Api::PostHog => {
             let events = if text.starts_with('[') {
-                serde_json::from_str::<Vec<&RawValue>>(text)
-                    .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?
+                serde_json::from_str::<Vec<&RawValue>>(body).map_err(not_json)?
             } else if !text.starts_with('{') {
+                let _: &RawValue = serde_json::from_str(body).map_err(not_json)?;
                 return Err(ApiError::bad_request(
                     "body must be an event, an array of events or {\"batch\": [...]}",
                 ));
-            } else if let Ok(b) = serde_json::from_str::<PostHogBatch>(text) {
+            } else if let Ok(b) = serde_json::from_str::<PostHogBatch>(body) {
                 b.batch
             } else {
-                vec![raw]
+                vec![serde_json::from_str::<&RawValue>(body).map_err(not_json)?]
             };
             Ok((events, Envelope::default()))
         }

@@ -105,6 +105,36 @@ impl Problems {
     }
 }
 
+/// Opens one message of a request as `T` (its members, raw): it must be a JSON object
+/// within `limits.max_sdk_message_bytes` and of `T`'s shape; `what` names it in the
+/// problem ("message", "event").
+fn open<'a, T: serde::Deserialize<'a>>(
+    raw: &'a RawValue,
+    what: &str,
+    limits: &Limits,
+    problems: &mut Problems,
+) -> Option<T> {
+    let text = raw.get();
+    if !text.starts_with('{') {
+        problems.add(None, format!("{what} must be a JSON object"));
+        return None;
+    }
+    if text.len() > limits.max_sdk_message_bytes {
+        problems.add(
+            None,
+            format!(
+                "{what} is {} bytes, more than the limit of {} (limits.max_sdk_message_bytes)",
+                text.len(),
+                limits.max_sdk_message_bytes
+            ),
+        );
+        return None;
+    }
+    serde_json::from_str(text)
+        .map_err(|e| problems.add(None, format!("{what} is not valid: {e}")))
+        .ok()
+}
+
 fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| !event::is_null(r))
 }

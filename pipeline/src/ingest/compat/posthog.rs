@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Mapped, Part, Problems, Write, id_text, members, object_text, present, time_us};
+use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event, checked_string};
 use crate::problem::Problem;
@@ -70,27 +70,8 @@ fn event<'a>(
     limits: &Limits,
 ) -> Result<Part<'a>, Vec<Problem>> {
     let mut p = Problems::new(index);
-    if !raw.get().starts_with('{') {
-        p.add(None, "event must be a JSON object");
+    let Some(c) = open::<Capture>(raw, "event", limits, &mut p) else {
         return Err(p.list);
-    }
-    if raw.get().len() > limits.max_sdk_message_bytes {
-        p.add(
-            None,
-            format!(
-                "event is {} bytes, more than the limit of {} (limits.max_sdk_message_bytes)",
-                raw.get().len(),
-                limits.max_sdk_message_bytes
-            ),
-        );
-        return Err(p.list);
-    }
-    let c: Capture = match serde_json::from_str(raw.get()) {
-        Ok(c) => c,
-        Err(e) => {
-            p.add(None, format!("event is not valid: {e}"));
-            return Err(p.list);
-        }
     };
     let properties = object_text(c.properties, "properties", limits, &mut p);
     let props: Props = properties

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Mapped, Part, Problems, Write, id_text, members, object_text, present, time_us};
+use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event, checked_string, string_value};
 use crate::problem::Problem;
@@ -152,27 +152,8 @@ fn message<'a>(
     limits: &Limits,
 ) -> Result<Part<'a>, Vec<Problem>> {
     let mut p = Problems::new(index);
-    if !raw.get().starts_with('{') {
-        p.add(None, "message must be a JSON object");
+    let Some(m) = open::<Message>(raw, "message", limits, &mut p) else {
         return Err(p.list);
-    }
-    if raw.get().len() > limits.max_sdk_message_bytes {
-        p.add(
-            None,
-            format!(
-                "message is {} bytes, more than the limit of {} (limits.max_sdk_message_bytes)",
-                raw.get().len(),
-                limits.max_sdk_message_bytes
-            ),
-        );
-        return Err(p.list);
-    }
-    let m: Message = match serde_json::from_str(raw.get()) {
-        Ok(m) => m,
-        Err(e) => {
-            p.add(None, format!("message is not valid: {e}"));
-            return Err(p.list);
-        }
     };
     let kind = match (present(m.kind), envelope.implied) {
         (None, Some(k)) => Some(k),
