@@ -96,26 +96,27 @@ struct Message<'a> {
 }
 
 #[derive(Default, Deserialize)]
-struct Named {
-    #[serde(default)]
-    name: Option<String>,
+struct Named<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
 }
 
 #[derive(Default, Deserialize)]
-struct Device {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
+struct Device<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
 }
 
 /// The parts of `context` that name the platform; a context of another shape names none.
+/// Borrowed: the usual names need no copy.
 #[derive(Default, Deserialize)]
-struct Context {
-    #[serde(default)]
-    library: Option<Named>,
-    #[serde(default)]
-    os: Option<Named>,
-    #[serde(default)]
-    device: Option<Device>,
+struct Context<'a> {
+    #[serde(borrow, default)]
+    library: Option<Named<'a>>,
+    #[serde(borrow, default)]
+    os: Option<Named<'a>>,
+    #[serde(borrow, default)]
+    device: Option<Device<'a>>,
 }
 
 /// `context.traits` (where RudderStack puts identify's traits).
