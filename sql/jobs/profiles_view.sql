@@ -12,6 +12,13 @@
 -- before the field's current declaration, are hidden. `fields` is a JSON object of the
 -- visible values (names are [a-z][a-z0-9_]*, values are stored as JSON text), `tags` the
 -- sorted list of present tags.
+--
+-- Both are sorted after aggregating rather than by an ordered aggregate: DataFusion runs
+-- `array_agg(... ORDER BY ...)` one group at a time (no groups accumulator), which made
+-- this the slowest step of every profile read (2.7 s of a 2.9 s segment preview over 1M
+-- profiles with 110K attributes; 0.15 s sorted after). Sorting the `"name":value` texts
+-- sorts by name, because a name's closing quote sorts before every character a name can
+-- have.
 WITH resolved AS (
     SELECT
         environment, user_id, kind, name, created_at, updated_at,
@@ -48,9 +55,10 @@ visible AS (
 values_by_user AS (
     SELECT
         environment, user_id,
-        array_agg(name ORDER BY name) FILTER (WHERE kind = 'tag') AS tags,
-        '{' || string_agg(CASE WHEN kind = 'field' THEN '"' || name || '":' || value END, ','
-                          ORDER BY name) || '}' AS fields
+        array_sort(array_agg(name) FILTER (WHERE kind = 'tag')) AS tags,
+        '{' || array_to_string(array_sort(
+            array_agg('"' || name || '":' || value) FILTER (WHERE kind = 'field')), ',') || '}'
+            AS fields
     FROM visible
     GROUP BY environment, user_id
 ),
