@@ -139,6 +139,9 @@ export async function render(view, { args, query }) {
         el("details", { open: true }, el("summary", {}, "Definition JSON"), jsonView),
         el("details", {}, el("summary", {}, "Compiled SQL"), sqlView))));
   redraw();
+  // the first preview goes at once; the delay is for changes as the user types
+  clearTimeout(timer);
+  preview();
   return () => { clearTimeout(timer); inflight?.abort(); };
 }
 

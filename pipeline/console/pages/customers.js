@@ -11,6 +11,14 @@ function localInput(v) {
 }
 
 export async function render(view, { query }) {
+  // the page of profiles is asked for at once, beside what the form needs
+  const p = new URLSearchParams({ limit: String(PAGE) });
+  for (const k of ["prefix", "tag", "segment", "seen_after", "seen_before", "cursor"]) {
+    if (query.get(k)) p.set(k, query.get(k));
+  }
+  if (query.get("field")) p.set(`field.${query.get("field")}`, query.get("value") || "");
+  const pageAnswer = api("GET", `/users?${p}`);
+  pageAnswer.catch(() => {}); // shown by `attempt` below, not as an unhandled rejection
   const [fieldsDoc, segmentsDoc] = await Promise.all([
     api("GET", "/fields"),
     api("GET", "/segments"),
@@ -58,15 +66,9 @@ export async function render(view, { query }) {
   const results = el("section", { "aria-labelledby": "results-title" });
   view.append(heading("Customers"), form, results);
 
-  // the API's own parameters, from the page's
-  const p = new URLSearchParams({ limit: String(PAGE) });
-  for (const k of ["prefix", "tag", "segment", "seen_after", "seen_before", "cursor"]) {
-    if (query.get(k)) p.set(k, query.get(k));
-  }
-  if (query.get("field")) p.set(`field.${query.get("field")}`, query.get("value") || "");
   const shown = fields.slice(0, 3);
   await attempt(results, async () => {
-    const page = await api("GET", `/users?${p}`);
+    const page = await pageAnswer;
     const cols = [
       { label: "User id", get: (u) => el("a", { href: `#/users/${encodeURIComponent(u.user_id)}` }, u.user_id) },
       { label: "Last seen", get: (u) => when(u.last_seen_at) },
