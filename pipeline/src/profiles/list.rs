@@ -13,6 +13,10 @@
 //! 3. Not yet `limit + 1` matches and not the end: the next window starts after this one,
 //!    twice as wide.
 //!
+//! The first window holds `limit + 1` ids per source, or [`WIDER`] times that when the
+//! query has conditions its sources do not imply ([`first_want`]): a window costs about
+//! the same at 51 or 204 ids, so a page of a field's value takes one window, not three.
+//!
 //! The id sources are the narrowest superset of the matches the query allows: the
 //! segment's members; the users with an attribute row of the first tag or field; the
 //! users seen (some activity row) in the time range; else every user with activity or
@@ -36,6 +40,9 @@ pub const MAX_LIMIT: usize = 1000;
 
 /// The widest window of candidate ids (rows per source) one step reads.
 const MAX_WANT: usize = 1 << 16;
+
+/// How much wider the first window is when the sources do not imply every condition.
+const WIDER: usize = 4;
 
 /// Filters and paging of `GET /v1/{env}/users`.
 #[derive(Debug, Clone, Default)]
@@ -135,7 +142,7 @@ pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<Lis
     let filters = filters(&ctx, q, &defs).await?;
     let sources = sources(&ctx, q).await?;
     let limit = q.limit.clamp(1, MAX_LIMIT);
-    let mut want = limit + 1;
+    let mut want = first_want(q, limit);
     let mut users = Vec::new();
     loop {
         let mut firsts = Vec::with_capacity(sources.len());
@@ -187,6 +194,27 @@ pub async fn list(store: &Store, environment: &str, q: &ListQuery) -> Result<Lis
         })
         .flatten();
     Ok(ListPage { users, next_cursor })
+}
+
+/// How many ids per source the first window reads: `limit + 1`, or [`WIDER`] times that
+/// when some condition of `q` is not implied by its id sources ([`sources`]): a field's
+/// value, a tag beyond the first, a time range or tag beside a segment or a tag.
+fn first_want(q: &ListQuery, limit: usize) -> usize {
+    let seen = usize::from(q.seen_after.is_some() || q.seen_before.is_some());
+    let beyond_sources = if q.segment.is_some() {
+        q.tags.len() + q.fields.len() + seen
+    } else if !q.tags.is_empty() {
+        q.tags.len() - 1 + q.fields.len() + seen
+    } else {
+        // a field source has the users with the field, not with its value
+        q.fields.len() + if q.fields.is_empty() { 0 } else { seen }
+    };
+    let one = limit + 1;
+    if beyond_sources > 0 {
+        (one * WIDER).min(MAX_WANT)
+    } else {
+        one
+    }
 }
 
 /// The query's conditions on a `profiles` row (the cursor and window are applied to the
@@ -374,6 +402,42 @@ mod tests {
         let w = window(&[ids(&["a", "a", "a"])], 3);
         assert_eq!(w.ids, ids(&["a"]));
         assert_eq!(w.through.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_first_window_is_wider_only_for_conditions_the_sources_do_not_imply() {
+        let q = |f: fn(&mut ListQuery)| {
+            let mut q = ListQuery::default();
+            f(&mut q);
+            first_want(&q, 50)
+        };
+        // implied: every user, a prefix, a time range alone, one tag, a segment alone
+        assert_eq!(q(|_| {}), 51);
+        assert_eq!(q(|q| q.prefix = Some("u0".into())), 51);
+        assert_eq!(q(|q| q.seen_after = Some(chrono::Utc::now())), 51);
+        assert_eq!(q(|q| q.tags = vec!["vip".into()]), 51);
+        assert_eq!(q(|q| q.segment = Some("s".into())), 51);
+        // not implied: a field's value, a second tag, a tag beside a segment, a time
+        // range beside a tag
+        assert_eq!(q(|q| q.fields = vec![("plan".into(), "gold".into())]), 204);
+        assert_eq!(q(|q| q.tags = vec!["a".into(), "b".into()]), 204);
+        assert_eq!(
+            q(|q| {
+                q.segment = Some("s".into());
+                q.tags = vec!["a".into()];
+            }),
+            204
+        );
+        assert_eq!(
+            q(|q| {
+                q.tags = vec!["a".into()];
+                q.seen_before = Some(chrono::Utc::now());
+            }),
+            204
+        );
+        let mut wide = ListQuery::default();
+        wide.fields.push(("plan".into(), "gold".into()));
+        assert_eq!(first_want(&wide, MAX_WANT), MAX_WANT, "at most MAX_WANT");
     }
 
     #[test]
