@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::json_check::{self, Scan};
@@ -96,6 +96,28 @@ pub struct Event<'a> {
     pub properties: Option<Cow<'a, str>>,
 }
 
+/// A JSON string, borrowed when it has no escapes (serde's own `Cow<str>` always copies).
+pub struct Text<'de>(pub Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// The raw fields of one event object.
 #[derive(Default)]
 struct RawFields<'a> {
@@ -125,7 +147,8 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut f = RawFields::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        // borrowed keys: serde's `Cow<str>` would allocate a String for every key
+        while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             let slot = match key.as_ref() {
                 "event_id" => &mut f.event_id,

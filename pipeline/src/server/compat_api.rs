@@ -34,6 +34,7 @@ use super::auth::{Roles, Writer};
 use super::body::{gunzip, header_str, read_body};
 use super::error::ApiError;
 use crate::ingest::IngestError;
+use crate::ingest::compat::lenient::{Context, Lenient};
 use crate::ingest::compat::segment::{Envelope, Kind};
 use crate::ingest::compat::{self, Mapped, posthog, segment};
 use crate::problem::Subject;
@@ -156,7 +157,7 @@ struct SegmentBatch<'a> {
     #[serde(rename = "sentAt", borrow, default)]
     sent_at: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    context: Option<&'a RawValue>,
+    context: Option<Lenient<Context<'a>>>,
 }
 
 /// The key members of a single message, a PostHog body or one of its events.
@@ -230,7 +231,7 @@ fn messages(body: &str, api: Api) -> Result<(Vec<&RawValue>, Envelope<'_>), ApiE
             })?;
             let envelope = Envelope {
                 sent_at: b.sent_at,
-                context: b.context,
+                platform: b.context.and_then(|c| c.0.platform()),
                 implied: None,
             };
             Ok((b.batch, envelope))

@@ -11,6 +11,7 @@
 //! 400 (and retry nothing), so the good messages of a batch are stored and the answer
 //! (200) lists the refused ones. A request none of whose messages is valid is answered 400.
 
+pub mod lenient;
 pub mod posthog;
 pub mod segment;
 

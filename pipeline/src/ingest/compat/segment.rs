@@ -19,6 +19,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::lenient::{Context, Lenient};
 use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event, checked_string, string_value};
@@ -81,8 +82,9 @@ struct Message<'a> {
     properties: Option<&'a RawValue>,
     #[serde(borrow, default)]
     traits: Option<&'a RawValue>,
+    /// Read in this pass, leniently ([`lenient::Context`]).
     #[serde(borrow, default)]
-    context: Option<&'a RawValue>,
+    context: Option<Lenient<Context<'a>>>,
     #[serde(borrow, default)]
     timestamp: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -95,53 +97,14 @@ struct Message<'a> {
     group_id: Option<&'a RawValue>,
 }
 
-#[derive(Default, Deserialize)]
-struct Named<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-}
-
-#[derive(Default, Deserialize)]
-struct Device<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-}
-
-/// The parts of `context` that name the platform; a context of another shape names none.
-/// Borrowed: the usual names need no copy.
-#[derive(Default, Deserialize)]
-struct Context<'a> {
-    #[serde(borrow, default)]
-    library: Option<Named<'a>>,
-    #[serde(borrow, default)]
-    os: Option<Named<'a>>,
-    #[serde(borrow, default)]
-    device: Option<Device<'a>>,
-}
-
-/// `context.traits` (where RudderStack puts identify's traits).
-#[derive(Default, Deserialize)]
-struct ContextTraits<'a> {
-    #[serde(borrow, default)]
-    traits: Option<&'a RawValue>,
-}
-
 /// What the request around the messages says (a batch's own `sentAt` and `context`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Envelope<'a> {
     pub sent_at: Option<&'a RawValue>,
-    pub context: Option<&'a RawValue>,
+    /// The platform the batch's `context` says, for messages without a context.
+    pub platform: Option<&'static str>,
     /// The type a single-message endpoint (`/v1/track`, …) implies.
     pub implied: Option<Kind>,
-}
-
-fn platform(context: Option<&RawValue>) -> Option<&'static str> {
-    let c: Context = serde_json::from_str(present(context)?.get()).ok()?;
-    super::platform_of(
-        c.os.as_ref().and_then(|n| n.name.as_deref()),
-        c.device.as_ref().and_then(|d| d.kind.as_deref()),
-        c.library.as_ref().and_then(|n| n.name.as_deref()),
-    )
 }
 
 /// Maps one message (`index` in the request), received at `received_us`.
@@ -245,9 +208,7 @@ fn message<'a>(
                 let traits = match present(m.traits) {
                     Some(_) => object_text(m.traits, "traits", limits, &mut p),
                     None => {
-                        let in_context = present(m.context)
-                            .and_then(|c| serde_json::from_str::<ContextTraits>(c.get()).ok())
-                            .and_then(|c| c.traits);
+                        let in_context = m.context.as_ref().and_then(|c| c.0.traits);
                         object_text(in_context, "context.traits", limits, &mut p)
                     }
                 };
@@ -291,7 +252,11 @@ fn message<'a>(
                 (Some(Cow::Borrowed("alias")), Category::Sdk, props)
             }
         };
-    let platform = platform(m.context.or(envelope.context)).map(Cow::Borrowed);
+    let platform = match &m.context {
+        Some(c) => c.0.platform(),
+        None => envelope.platform,
+    }
+    .map(Cow::Borrowed);
     let (Some(user_id), Some(event_name)) = (user_id, event_name) else {
         return Err(p.list);
     };
