@@ -39,12 +39,15 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "benchmarks/results/ingest.json")]
     out: std::path::PathBuf,
-    /// Also send the same events as Segment `track` messages to `/v1/batch` (basic auth,
-    /// as the SDKs send them) after the native run on the same server, and report the
-    /// ratio. Every event then has its own id (`event_id` / `messageId`, as SDKs send),
-    /// so no batch is re-sent.
+    /// Compare with the same events as Segment `track` messages to `/v1/batch` (basic
+    /// auth, as the SDKs send them): each kind on its own fresh server, `--rounds` times
+    /// with the order alternating, and report the ratios. Every event then has its own id
+    /// (`event_id` / `messageId`, as SDKs send), so no batch is re-sent.
     #[arg(long)]
     segment: bool,
+    /// Rounds of the `--segment` comparison (native and Segment once each per round).
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
 }
 
 const EVENT_NAMES: usize = 50;
@@ -274,6 +277,140 @@ async fn send_all(
     Ok((started.elapsed().as_secs_f64(), lat, sent))
 }
 
+/// What one phase (one kind of request on its own fresh server) measured.
+struct Phase {
+    /// Acknowledged events/s.
+    rate: f64,
+    /// Events/s until every acknowledged event was committed to the Delta table.
+    committed_rate: f64,
+    seconds: f64,
+    seconds_until_all_committed: f64,
+    /// Acknowledgement latencies, ms, sorted.
+    latencies: Vec<f64>,
+    events: usize,
+}
+
+impl Phase {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "events": self.events,
+            "seconds": self.seconds,
+            "events_per_second": self.rate,
+            "seconds_until_all_committed": self.seconds_until_all_committed,
+            "committed_events_per_second": self.committed_rate,
+            "ack_latency_ms_p50": percentile(&self.latencies, 0.50),
+            "ack_latency_ms_p99": percentile(&self.latencies, 0.99),
+        })
+    }
+}
+
+/// The request shape a phase sends.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Api {
+    /// `/v1/{env}/events`, bearer key, answered 202.
+    Native,
+    /// Segment's `/v1/batch`, basic auth with the key as user name, answered 200.
+    Segment,
+}
+
+/// Starts `tidemark serve` on a fresh data directory, sends `n_batches` of `bodies` as
+/// `api` requests, waits until the WAL holds nothing pending, and stops the server.
+async fn phase(
+    bin: &std::path::Path,
+    args: &Args,
+    api: Api,
+    bodies: &Arc<Vec<bytes::Bytes>>,
+    n_batches: usize,
+) -> anyhow::Result<Phase> {
+    let dir = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
+    let node = tidemark_benchmarks::node::start(
+        Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--ack",
+                &args.ack,
+                "--data",
+            ])
+            .arg(dir.path().join("data")),
+    )
+    .with_context(|| format!("starting {}", bin.display()))?;
+    let key = node.ingest.clone();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()?;
+    let (url, auth, ok) = match api {
+        Api::Native => (
+            format!("{}/v1/default/events", node.url),
+            format!("Bearer {key}"),
+            202,
+        ),
+        Api::Segment => (
+            format!("{}/v1/batch", node.url),
+            format!(
+                "Basic {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{key}:")
+                )
+            ),
+            200,
+        ),
+    };
+    let (elapsed, mut latencies, sent_batches) = send_all(
+        &client,
+        &url,
+        &auth,
+        bodies,
+        args.connections,
+        n_batches,
+        ok,
+    )
+    .await?;
+    latencies.sort_by(f64::total_cmp);
+    let events = sent_batches * args.batch;
+
+    // Sustained means the flusher keeps up: wait until every acknowledged event is
+    // committed to the Delta table (the WAL holds nothing pending).
+    let metrics_url = format!("{}/metrics", node.url);
+    let started = Instant::now() - std::time::Duration::from_secs_f64(elapsed);
+    let committed_after = loop {
+        let text = client.get(&metrics_url).send().await?.text().await?;
+        let pending = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tidemark_wal_pending_bytes "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(-1);
+        if pending == 0 {
+            break started.elapsed().as_secs_f64();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    node.proc.terminate()?;
+    Ok(Phase {
+        rate: events as f64 / elapsed,
+        committed_rate: events as f64 / committed_after,
+        seconds: elapsed,
+        seconds_until_all_committed: committed_after,
+        latencies,
+        events,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn avg_bytes(bodies: &[bytes::Bytes], events: usize) -> f64 {
+    bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / events as f64
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -295,122 +432,90 @@ async fn main() -> anyhow::Result<()> {
         args.batch
     );
     let batches = Arc::new(make_batches(&args, pool));
-    let avg_bytes =
-        batches.iter().map(|b| b.len()).sum::<usize>() as f64 / (pool * args.batch) as f64;
+    let native_bytes = avg_bytes(&batches, pool * args.batch);
 
-    let dir = tempfile::tempdir()?;
-    let node = tidemark_benchmarks::node::start(
-        Command::new(&bin)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ack",
-                &args.ack,
-                "--data",
-            ])
-            .arg(dir.path().join("data")),
-    )
-    .with_context(|| format!("starting {}", bin.display()))?;
-    let key = node.ingest.clone();
-    let url = format!("{}/v1/default/events", node.url);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .build()?;
-
-    let auth = format!("Bearer {key}");
-    let (elapsed, mut lat, sent_batches) = send_all(
-        &client,
-        &url,
-        &auth,
-        &batches,
-        args.connections,
-        n_batches,
-        202,
-    )
-    .await?;
-    lat.sort_by(f64::total_cmp);
-    let events = sent_batches * args.batch;
-    let http_rate = events as f64 / elapsed;
-
-    // Sustained means the flusher keeps up: wait until every acknowledged event is
-    // committed to the Delta table (the WAL holds nothing pending).
-    let metrics_url = format!("{}/metrics", node.url);
-    let started = Instant::now() - std::time::Duration::from_secs_f64(elapsed);
-    let committed_after = loop {
-        let text = client.get(&metrics_url).send().await?.text().await?;
-        let pending = text
-            .lines()
-            .find_map(|l| l.strip_prefix("tidemark_wal_pending_bytes "))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .unwrap_or(-1);
-        if pending == 0 {
-            break started.elapsed().as_secs_f64();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let committed_rate = events as f64 / committed_after;
-
-    // The same events as Segment messages, on the same server once it has caught up.
-    let segment = if args.segment {
+    if args.segment {
+        // Each phase on its own fresh server, the order alternating round by round, so
+        // neither kind inherits the other's store, dedup index or background jobs.
         let bodies = Arc::new(segment_batches(&args, pool));
-        let seg_bytes =
-            bodies.iter().map(|b| b.len()).sum::<usize>() as f64 / (pool * args.batch) as f64;
-        let basic = format!(
-            "Basic {}",
-            base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                format!("{key}:")
-            )
-        );
-        let seg_url = format!("{}/v1/batch", node.url);
-        let (seg_elapsed, mut seg_lat, seg_sent) = send_all(
-            &client,
-            &seg_url,
-            &basic,
-            &bodies,
-            args.connections,
-            n_batches,
-            200,
-        )
-        .await?;
-        seg_lat.sort_by(f64::total_cmp);
-        let rate = (seg_sent * args.batch) as f64 / seg_elapsed;
-        Some(json!({
-            "avg_message_bytes": seg_bytes,
-            "events_per_second": rate,
-            "ack_latency_ms_p50": percentile(&seg_lat, 0.50),
-            "ack_latency_ms_p99": percentile(&seg_lat, 0.99),
-            "ratio_to_native": rate / http_rate,
-        }))
-    } else {
-        None
-    };
-    node.proc.terminate()?;
+        let mut rounds = Vec::new();
+        let (mut ratios, mut committed_ratios) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            let order = if round % 2 == 0 {
+                [Api::Native, Api::Segment]
+            } else {
+                [Api::Segment, Api::Native]
+            };
+            let (mut native, mut segment) = (None, None);
+            for api in order {
+                let b = if api == Api::Native {
+                    &batches
+                } else {
+                    &bodies
+                };
+                let p = phase(&bin, &args, api, b, n_batches).await?;
+                eprintln!(
+                    "round {round} {api:?}: {:.0} events/s acked, {:.0} committed",
+                    p.rate, p.committed_rate
+                );
+                match api {
+                    Api::Native => native = Some(p),
+                    Api::Segment => segment = Some(p),
+                }
+            }
+            let (native, segment) = (native.context("native")?, segment.context("segment")?);
+            ratios.push(segment.rate / native.rate);
+            committed_ratios.push(segment.committed_rate / native.committed_rate);
+            rounds.push(json!({
+                "order": format!("{:?} then {:?}", order[0], order[1]),
+                "native": native.json(),
+                "segment": segment.json(),
+                "ratio_acked": segment.rate / native.rate,
+                "ratio_committed": segment.committed_rate / native.committed_rate,
+            }));
+        }
+        let result = json!({
+            "benchmark": "ingest_segment",
+            "ack": args.ack,
+            "events_per_phase": n_batches * args.batch,
+            "batch": args.batch,
+            "connections": args.connections,
+            "avg_native_event_bytes": native_bytes,
+            "avg_segment_message_bytes": avg_bytes(&bodies, pool * args.batch),
+            "rounds": rounds,
+            "median_ratio_acked": median(ratios),
+            "median_ratio_committed": median(committed_ratios),
+        });
+        return write_result(&args, &result);
+    }
 
+    let native = phase(&bin, &args, Api::Native, &batches, n_batches).await?;
     let ceiling_rate = ceiling(&batches, 2)?;
     let result = json!({
         "benchmark": "ingest",
         "ack": args.ack,
-        "events": events,
+        "events": native.events,
         "batch": args.batch,
         "connections": args.connections,
-        "avg_event_bytes": avg_bytes,
-        "seconds": elapsed,
-        "events_per_second": http_rate,
-        "seconds_until_all_committed": committed_after,
-        "committed_events_per_second": committed_rate,
-        "ack_latency_ms_p50": percentile(&lat, 0.50),
-        "ack_latency_ms_p99": percentile(&lat, 0.99),
+        "avg_event_bytes": native_bytes,
+        "seconds": native.seconds,
+        "events_per_second": native.rate,
+        "seconds_until_all_committed": native.seconds_until_all_committed,
+        "committed_events_per_second": native.committed_rate,
+        "ack_latency_ms_p50": percentile(&native.latencies, 0.50),
+        "ack_latency_ms_p99": percentile(&native.latencies, 0.99),
         "ceiling_events_per_second": ceiling_rate,
-        "ratio_http_to_ceiling": http_rate / ceiling_rate,
-        "ratio_committed_to_ceiling": committed_rate / ceiling_rate,
-        "segment": segment,
+        "ratio_http_to_ceiling": native.rate / ceiling_rate,
+        "ratio_committed_to_ceiling": native.committed_rate / ceiling_rate,
     });
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    write_result(&args, &result)
+}
+
+fn write_result(args: &Args, result: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(result)?);
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(&args.out, serde_json::to_string_pretty(result)?)?;
     Ok(())
 }
