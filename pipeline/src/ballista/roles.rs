@@ -80,14 +80,29 @@ pub struct ExecutorOptions {
     pub heartbeat_secs: u64,
 }
 
+/// What an executor decodes a task's function calls with: Ballista's default registry
+/// (DataFusion's core scalar, aggregate and window functions), the nested (array)
+/// functions it leaves out and the job SQL uses (`array_sort`, `array_to_string`, ...),
+/// and our UDFs, each under its aliases too, as the scheduler's session knows them. A plan calling a function missing here fails on the executor with
+/// "PhysicalExtensionCodec is not provided for scalar function".
+fn executor_functions() -> BallistaFunctionRegistry {
+    let mut functions = BallistaFunctionRegistry::default();
+    let core = datafusion::functions::all_default_functions();
+    let nested = datafusion::functions_nested::all_default_nested_functions();
+    let ours = tidemark_udfs::all().into_iter().map(Arc::new);
+    for udf in core.into_iter().chain(nested).chain(ours) {
+        for name in std::iter::once(udf.name()).chain(udf.aliases().iter().map(String::as_str)) {
+            functions
+                .scalar_functions
+                .insert(name.to_string(), udf.clone());
+        }
+    }
+    functions
+}
+
 /// Runs an executor until the process is stopped (or the scheduler stops it).
 pub async fn executor(opts: ExecutorOptions) -> Result<()> {
-    let mut functions = BallistaFunctionRegistry::default();
-    for udf in tidemark_udfs::all() {
-        functions
-            .scalar_functions
-            .insert(udf.name().to_string(), Arc::new(udf));
-    }
+    let functions = executor_functions();
     let registry = Arc::new(StoreRegistry::new(opts.storage_options.clone()));
     let work_dir = opts.work_dir.clone();
     let runtime: RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
@@ -169,5 +184,28 @@ impl ObjectStoreRegistry for StoreRegistry {
             .object_store();
         stores.insert(bucket, store.clone());
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scalar function the scheduler plans with decodes on an executor: a job's SQL
+    /// may call any of them (the profiles view sorts with `array_sort`).
+    #[test]
+    fn executors_know_every_scalar_function_the_scheduler_plans_with() {
+        let planned = session_builder(SessionConfig::new()).unwrap();
+        let known = executor_functions().scalar_functions;
+        let mut missing: Vec<&String> = planned
+            .scalar_functions()
+            .keys()
+            .filter(|name| !known.contains_key(*name))
+            .collect();
+        missing.sort();
+        assert!(missing.is_empty(), "executors lack {missing:?}");
+        for name in ["array_sort", "array_to_string", "json_get_str"] {
+            assert!(known.contains_key(name), "{name}");
+        }
     }
 }
