@@ -86,6 +86,10 @@ export async function render(view, { args, query }) {
 
   function changed() {
     jsonView.textContent = JSON.stringify(def, null, 2);
+    // an answer still on its way is for the old definition: drop it, so "fresh" always
+    // means the count of what the JSON shows
+    seq++;
+    inflight?.abort();
     count.dataset.state = "pending";
     clearTimeout(timer);
     timer = setTimeout(preview, PREVIEW_DELAY_MS);

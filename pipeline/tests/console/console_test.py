@@ -491,6 +491,7 @@ def usable(page, browser):
     shot(page, "profile-dark")
     page.get_by_role("button", name="Use the light scheme").click()
     narrow = browser.new_page(viewport={"width": 390, "height": 800})
+    narrow.set_default_timeout(15000)  # as the main page: a loaded CI machine is slow
     sign_in(narrow, ARGS["admin_key"])
     for route in ["customers", "users/alice-1", "segments/new", "debugger", "webhooks"]:
         narrow.goto(BASE + f"/console/#/{route}")

@@ -237,11 +237,19 @@ async fn the_console_in_chromium() {
     .await
     .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // the whole of stderr beside the screenshots; the message keeps its end, where Python
+    // names the failed step and the assertion (a CI log may cut a long message short)
+    let _ = std::fs::write(artifacts.join("browser-stderr.txt"), stderr.as_bytes());
+    let tail: String = {
+        let lines: Vec<&str> = stderr.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
     assert!(
         out.status.success(),
         "the browser test failed (needs `apt install chromium` and `pip install playwright`; \
-         screenshots in {}):\n{stderr}",
-        artifacts.display()
+         screenshots and browser-stderr.txt in {}):\nstdout: {}\nstderr (last 40 lines):\n{tail}",
+        artifacts.display(),
+        String::from_utf8_lossy(&out.stdout)
     );
     let report: Value = serde_json::from_slice(
         out.stdout
