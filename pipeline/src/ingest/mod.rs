@@ -12,6 +12,7 @@ pub mod batch;
 pub mod compat;
 pub mod dedup;
 pub mod event;
+pub mod fields;
 pub mod flusher;
 pub mod json_check;
 pub mod log;

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::event::{self, Event};
+use super::event::Event;
+use super::fields;
 use crate::config::Limits;
 use crate::problem::Problem;
 use crate::users::aliases::Alias;
@@ -137,7 +138,7 @@ fn open<'a, T: serde::Deserialize<'a>>(
 }
 
 fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
-    raw.filter(|r| !event::is_null(r))
+    raw.filter(|r| !fields::is_null(r))
 }
 
 /// An optional name-like string (an id or a name); numbers are taken as their text, as
@@ -157,14 +158,14 @@ fn id_text<'a>(
     {
         return Some(Cow::Borrowed(text));
     }
-    event::checked_string(raw, limits)
+    fields::checked_string(raw, limits)
         .map_err(|m| problems.add(Some(field), m))
         .ok()
 }
 
 /// A time as RFC 3339 text or epoch milliseconds, in microseconds.
 fn time_us(raw: Option<&RawValue>, field: &str, problems: &mut Problems) -> Option<i64> {
-    event::parse_occurred_at(present(raw)?)
+    fields::parse_occurred_at(present(raw)?)
         .map_err(|m| problems.add(Some(field), m))
         .ok()
 }
@@ -181,7 +182,7 @@ fn object_text<'a>(
         problems.add(Some(field), "must be a JSON object");
         return None;
     }
-    event::check_object(raw.get(), field, limits)
+    fields::check_object(raw.get(), field, limits)
         .map_err(|(path, m)| problems.add(Some(&path), m))
         .ok()
 }

@@ -20,7 +20,8 @@ use serde_json::value::RawValue;
 
 use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
 use crate::config::Limits;
-use crate::ingest::event::{Category, Event, checked_string};
+use crate::ingest::event::{Category, Event};
+use crate::ingest::fields::checked_string;
 use crate::problem::Problem;
 use crate::users::aliases::Alias;
 

@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 use super::lenient::{Context, Lenient};
 use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
 use crate::config::Limits;
-use crate::ingest::event::{Category, Event, checked_string, string_value};
+use crate::ingest::event::{Category, Event};
+use crate::ingest::fields::{checked_string, string_value};
 use crate::problem::Problem;
 use crate::users::aliases::Alias;
 
@@ -305,7 +306,7 @@ fn occurred_at(
         return Some(original);
     };
     let corrected = received_us.saturating_sub(sent.saturating_sub(original));
-    crate::ingest::event::check_occurred_range(corrected, "originalTimestamp corrected by sentAt")
+    crate::ingest::fields::check_occurred_range(corrected, "originalTimestamp corrected by sentAt")
         .map_err(|e| p.add(Some("originalTimestamp"), e))
         .ok()
 }
