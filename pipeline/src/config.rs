@@ -539,6 +539,12 @@ impl Limits {
         if l.max_properties_depth == 0 {
             return fail("limits.max_properties_depth", "must be greater than 0");
         }
+        if l.max_properties_depth > crate::ingest::json_check::MAX_WALK_DEPTH {
+            return fail(
+                "limits.max_properties_depth",
+                "must be at most 128 (serde_json, and most readers of the stored JSON, stop there)",
+            );
+        }
         if l.max_string_len < 16 {
             return fail("limits.max_string_len", "must be at least 16");
         }

@@ -3,7 +3,10 @@
 //! - a text serde_json cannot read as a `Value` only because of a number out of range must
 //!   be refused (by that number, unless a duplicate key comes first);
 //! - a text it passes must read as a `Value` whose depth is the one it measured, and whose
-//!   objects lose no key (no duplicate slipped through).
+//!   objects lose no key (no duplicate slipped through);
+//! - a text nested past the walk's limit is refused with its true depth (serde_json's,
+//!   where serde_json can read it), whatever the depth: the walk never recurses past
+//!   the limit (the seed `deep` nests 500,000 levels; run with `-max_len` of 1 MiB).
 #![no_main]
 
 #[path = "../../src/ingest/json_check.rs"]
@@ -22,6 +25,9 @@ fn depth(v: &Value) -> usize {
     }
 }
 
+/// The walk's depth limit in this target (the ingest default).
+const LIMIT: usize = 16;
+
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -29,8 +35,16 @@ fuzz_target!(|data: &[u8]| {
     if serde_json::from_str::<&serde_json::value::RawValue>(text).is_err() {
         return; // the ingest path only scans what serde_json accepted as JSON
     }
-    match (scan(text, "p"), serde_json::from_str::<Value>(text)) {
+    match (scan(text, "p", LIMIT), serde_json::from_str::<Value>(text)) {
+        (Scan::TooDeep { depth: d }, parsed) => {
+            assert!(d > LIMIT, "refused at depth {d} within the limit: {text}");
+            assert_eq!(d, json_check::depth_of(text));
+            if let Ok(v) = parsed {
+                assert_eq!(d, depth(&v), "depth of {text}");
+            }
+        }
         (Scan::Ok { depth: d }, Ok(v)) => {
+            assert!(d <= LIMIT, "passed at depth {d}: {text}");
             assert_eq!(d, depth(&v), "depth of {text}");
             // No key was lost to a duplicate: serde_json's map keeps one per key, so the
             // text re-read from the Value has as many keys as the original.

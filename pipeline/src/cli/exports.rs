@@ -88,7 +88,7 @@ pub struct AddArgs {
     /// events, profiles, event_stats, segment_members, segment_changes or sql.
     #[arg(long)]
     source: String,
-    /// 5m, 15m, 1h (default) or 1d.
+    /// 1m, 5m, 15m, 1h (default) or 1d.
     #[arg(long)]
     interval: Option<String>,
     /// parquet (default, zstd), ndjson (gzip) or csv.

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 /// How often an export runs, and the width of its windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Interval {
+    #[serde(rename = "1m")]
+    Minute,
     #[serde(rename = "5m")]
     FiveMinutes,
     #[serde(rename = "15m")]
@@ -18,10 +20,11 @@ pub enum Interval {
 }
 
 impl Interval {
-    pub const NAMES: &'static str = "5m, 15m, 1h, 1d";
+    pub const NAMES: &'static str = "1m, 5m, 15m, 1h, 1d";
 
     pub fn parse(text: &str) -> Option<Interval> {
         match text.trim() {
+            "1m" => Some(Interval::Minute),
             "5m" => Some(Interval::FiveMinutes),
             "15m" => Some(Interval::FifteenMinutes),
             "1h" => Some(Interval::Hour),
@@ -32,6 +35,7 @@ impl Interval {
 
     pub fn name(self) -> &'static str {
         match self {
+            Interval::Minute => "1m",
             Interval::FiveMinutes => "5m",
             Interval::FifteenMinutes => "15m",
             Interval::Hour => "1h",
@@ -41,6 +45,7 @@ impl Interval {
 
     pub fn seconds(self) -> i64 {
         match self {
+            Interval::Minute => 60,
             Interval::FiveMinutes => 300,
             Interval::FifteenMinutes => 900,
             Interval::Hour => 3600,

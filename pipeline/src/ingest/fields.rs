@@ -118,9 +118,9 @@ pub(crate) fn check_object<'a>(
             limits.max_properties_bytes
         )));
     }
-    match json_check::scan(text, root) {
+    match json_check::scan(text, root, limits.max_properties_depth) {
         Scan::Problem { path, message } => Err((path, message)),
-        Scan::Ok { depth } if depth > limits.max_properties_depth => Err(at_root(format!(
+        Scan::TooDeep { depth } => Err(at_root(format!(
             "is nested {depth} levels deep, more than the limit of {} (limits.max_properties_depth)",
             limits.max_properties_depth
         ))),

@@ -9,15 +9,33 @@
 //!
 //! It also measures the nesting depth (an object is 1). Each problem names its path
 //! (`properties.cart.items[2].price`).
+//!
+//! The walk recurses once per level, so it is bounded before it recurses: past
+//! `max_depth` it stops and measures the text's true depth with a loop instead
+//! ([`depth_of`]), which needs no stack however deep the text is (10^6 levels included).
 
 use std::borrow::Cow;
 
 /// What [`scan`] found: the nesting depth, or the first problem and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scan {
-    Ok { depth: usize },
-    Problem { path: String, message: String },
+    Ok {
+        depth: usize,
+    },
+    Problem {
+        path: String,
+        message: String,
+    },
+    /// Nested deeper than the walk's `max_depth`: the text's whole depth (keys past the
+    /// limit were not checked).
+    TooDeep {
+        depth: usize,
+    },
 }
+
+/// The deepest walk [`scan`] makes whatever `max_depth` it is given: serde_json's own
+/// recursion limit, so a value deeper than this could not be read back as a `Value`.
+pub const MAX_WALK_DEPTH: usize = 128;
 
 enum Seg<'a> {
     Key(Cow<'a, str>),
@@ -31,26 +49,66 @@ struct Scanner<'a> {
     /// The keys of the objects being read, innermost last (one allocation for all).
     keys: Vec<Cow<'a, str>>,
     max_depth: usize,
+    /// The deepest level the walk enters; one level deeper is [`Stop::TooDeep`].
+    limit: usize,
 }
 
-type Found = (String, String);
+/// Why the walk stopped early.
+enum Stop {
+    Problem(String, String),
+    TooDeep,
+}
 
-/// Scans `text` (valid JSON) whose path is `root` (e.g. `properties`).
-pub fn scan(text: &str, root: &str) -> Scan {
+type Found = Stop;
+
+/// Scans `text` (valid JSON) whose path is `root` (e.g. `properties`), entering at most
+/// `max_depth` levels (and never more than [`MAX_WALK_DEPTH`]).
+pub fn scan(text: &str, root: &str, max_depth: usize) -> Scan {
     let mut s = Scanner {
         text,
         i: 0,
         path: Vec::with_capacity(8),
         keys: Vec::with_capacity(32),
         max_depth: 0,
+        limit: max_depth.min(MAX_WALK_DEPTH),
     };
     match s.value(1) {
         Ok(()) => Scan::Ok { depth: s.max_depth },
-        Err((path, message)) => Scan::Problem {
+        Err(Stop::Problem(path, message)) => Scan::Problem {
             path: format!("{root}{path}"),
             message,
         },
+        Err(Stop::TooDeep) => Scan::TooDeep {
+            depth: depth_of(text),
+        },
     }
+}
+
+/// The nesting depth of a JSON text (an object or array is 1), in one loop over its bytes
+/// with no stack: brackets inside strings do not count.
+pub fn depth_of(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 impl<'a> Scanner<'a> {
@@ -103,8 +161,17 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<(), Found> {
+    /// Enters a level: refused past the limit, before anything recurses.
+    fn enter(&mut self, depth: usize) -> Result<(), Found> {
+        if depth > self.limit {
+            return Err(Stop::TooDeep);
+        }
         self.max_depth = self.max_depth.max(depth);
+        Ok(())
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), Found> {
+        self.enter(depth)?;
         self.i += 1; // {
         // This object's keys are `keys[base..]`; past 16 of them a set keeps a wide object
         // linear.
@@ -129,7 +196,7 @@ impl<'a> Scanner<'a> {
                 None => self.keys[base..].contains(&key),
             };
             if seen {
-                break Err((
+                break Err(Stop::Problem(
                     format!("{}.{key}", self.path()),
                     "is given more than once; give each key once".into(),
                 ));
@@ -153,7 +220,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn array(&mut self, depth: usize) -> Result<(), Found> {
-        self.max_depth = self.max_depth.max(depth);
+        self.enter(depth)?;
         self.i += 1; // [
         let mut index = 0;
         loop {
@@ -203,7 +270,7 @@ impl<'a> Scanner<'a> {
         serde_json::from_str::<String>(text)
             .map(Cow::Owned)
             .map_err(|e| {
-                (
+                Stop::Problem(
                     self.path(),
                     format!("has a string that cannot be read: {e}"),
                 )
@@ -227,7 +294,7 @@ impl<'a> Scanner<'a> {
         }
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(()),
-            _ => Err((
+            _ => Err(Stop::Problem(
                 self.path(),
                 format!("{text} is outside the range of a 64-bit float"),
             )),
@@ -240,9 +307,9 @@ mod tests {
     use super::*;
 
     fn problem(text: &str) -> (String, String) {
-        match scan(text, "properties") {
+        match scan(text, "properties", 64) {
             Scan::Problem { path, message } => (path, message),
-            Scan::Ok { .. } => panic!("{text} passed"),
+            other => panic!("{text}: {other:?}"),
         }
     }
 
@@ -267,17 +334,17 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        assert_eq!(scan(&wide, "properties"), Scan::Ok { depth: 1 });
+        assert_eq!(scan(&wide, "properties", 64), Scan::Ok { depth: 1 });
         let wide_dup = wide.replace("}", ",\"k4321\":0}");
         assert_eq!(
-            scan(&wide_dup, "properties"),
+            scan(&wide_dup, "properties", 64),
             Scan::Problem {
                 path: "properties.k4321".into(),
                 message: "is given more than once; give each key once".into()
             }
         );
         for (text, depth) in ok {
-            assert_eq!(scan(text, "properties"), Scan::Ok { depth }, "{text}");
+            assert_eq!(scan(text, "properties", 64), Scan::Ok { depth }, "{text}");
         }
         let refused = [
             (
@@ -311,6 +378,31 @@ mod tests {
             assert_eq!(p, path, "{text}");
             assert!(m.contains(message), "{text}: {m}");
         }
+    }
+
+    /// Nesting far past any stack's reach stops at the limit and still reports the whole
+    /// depth, as arrays, objects and both mixed; brackets in strings do not count.
+    #[test]
+    fn deep_nesting_stops_at_the_limit_with_its_true_depth() {
+        for n in [18usize, 1_000, 100_000, 1_000_000] {
+            let arrays = format!("{{\"a\":{}{}}}", "[".repeat(n), "]".repeat(n));
+            let objects = format!("{}1{}", "{\"k\":".repeat(n), "}".repeat(n));
+            let mixed = format!("{}0{}", "{\"k\":[".repeat(n / 2), "]}".repeat(n / 2));
+            for (text, depth) in [(arrays, n + 1), (objects, n), (mixed, n / 2 * 2)] {
+                assert_eq!(scan(&text, "properties", 16), Scan::TooDeep { depth });
+            }
+        }
+        assert_eq!(
+            scan(r#"{"a":{"b":"[[[[{{"}}"#, "properties", 2),
+            Scan::Ok { depth: 2 }
+        );
+        assert_eq!(
+            scan(r#"{"a":{"b":{"c":"\"[[["}}}"#, "properties", 2),
+            Scan::TooDeep { depth: 3 }
+        );
+        // A limit above the walk's own is held to the walk's own.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(scan(&deep, "p", usize::MAX), Scan::TooDeep { depth: 200 });
     }
 
     use proptest::prelude::*;
@@ -353,11 +445,11 @@ mod tests {
         ) {
             let obj = serde_json::Value::Object(m.clone().into_iter().collect());
             let text = obj.to_string();
-            prop_assert_eq!(scan(&text, "p"), Scan::Ok { depth: depth(&obj) });
+            prop_assert_eq!(scan(&text, "p", 64), Scan::Ok { depth: depth(&obj) });
             let key = pick.get(&m.keys().collect::<Vec<_>>()).to_string();
             let again = format!("{},{}:0}}", &text[..text.len() - 1], serde_json::Value::from(key.clone()));
             prop_assert_eq!(
-                scan(&again, "p"),
+                scan(&again, "p", 64),
                 Scan::Problem {
                     path: format!("p.{key}"),
                     message: "is given more than once; give each key once".into()

@@ -21,7 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::limits::{Gate, QueryConfig, QueryError};
-use super::{policy, time_travel};
+use super::{depth, policy, time_travel};
 use crate::storage::Store;
 
 /// What a door adds to a query's session before planning.
@@ -83,6 +83,7 @@ impl Engine {
         environment: Option<&str>,
         sql: &str,
     ) -> Result<Planned, QueryError> {
+        depth::check(sql, depth::MAX_EXPRESSION_DEPTH).map_err(QueryError::Invalid)?;
         let (sql, as_of) = time_travel::rewrite(sql).map_err(QueryError::Invalid)?;
         let config = &self.config;
         let mut statements =

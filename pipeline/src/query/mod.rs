@@ -4,11 +4,13 @@
 //!   (tidemark's own readers: the users API, the segment job, exports);
 //! - [`engine`]: how data-team queries run, the same for all four doors (`tidemark
 //!   sql`, `POST /v1/{env}/query`, Postgres, Flight SQL): [`policy`] (read-only
-//!   statements), [`time_travel`] (`VERSION AS OF`), [`limits`] (`[query]`: timeout,
+//!   statements), [`depth`] (how deep expressions may nest, bounded before parsing),
+//!   [`time_travel`] (`VERSION AS OF`), [`limits`] (`[query]`: timeout,
 //!   memory, concurrency, JSON caps) and the errors each door maps to its protocol;
 //! - [`encode`]: answers as CSV, JSON, NDJSON, Arrow IPC or Parquet, batch by batch;
 //!   [`to_json_rows`]: batches as JSON values for the API's own answers.
 
+pub mod depth;
 pub mod encode;
 pub mod engine;
 pub mod limits;

@@ -141,6 +141,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer of a request whose handler panicked: a 500 with the panic's message, which
+/// is also logged. Only that request fails; the connection and the process carry on.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = message, "a request handler panicked");
+    ApiError::internal(format!("internal error (a bug): {message}")).into_response()
+}
+
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,

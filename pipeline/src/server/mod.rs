@@ -45,7 +45,6 @@ use std::sync::atomic::AtomicBool;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, header};
-use axum::routing::{delete, get, post};
 use tokio::sync::OnceCell;
 
 use crate::auth::{KeyCache, Principal, Role, authorize};
@@ -94,140 +93,210 @@ impl AppState {
     }
 }
 
-/// Every route. Bodies are read with our own limit (for a clear 413), so axum's default
-/// limit is off.
+/// What a route reads from its request body (every body may also come gzip-encoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// Nothing: the body is not read.
+    Nothing,
+    /// One JSON document ([`body::JsonBody`]).
+    Json,
+    /// Events: a JSON array, or NDJSON with `Content-Type: application/x-ndjson`.
+    Events,
+    /// An analytics SDK's JSON (Segment / RudderStack or PostHog).
+    Sdk,
+    /// CSV (the profile importer).
+    Csv,
+}
+
+/// One row of the route table: what [`router`] serves, and what tests walk (every door
+/// that reads a body is sent hostile bodies, so a new route cannot be left out).
+pub struct Route {
+    pub method: http::Method,
+    pub path: String,
+    pub input: Input,
+    handler: axum::routing::MethodRouter<Arc<AppState>>,
+}
+
+impl Route {
+    fn new<H, T>(method: http::Method, path: impl Into<String>, input: Input, handler: H) -> Route
+    where
+        H: axum::handler::Handler<T, Arc<AppState>>,
+        T: 'static,
+    {
+        let filter = axum::routing::MethodFilter::try_from(method.clone())
+            .unwrap_or(axum::routing::MethodFilter::GET);
+        Route {
+            method,
+            path: path.into(),
+            input,
+            handler: axum::routing::on(filter, handler),
+        }
+    }
+
+    fn get<H: axum::handler::Handler<T, Arc<AppState>>, T: 'static>(
+        path: impl Into<String>,
+        handler: H,
+    ) -> Route {
+        Route::new(http::Method::GET, path, Input::Nothing, handler)
+    }
+
+    fn post<H: axum::handler::Handler<T, Arc<AppState>>, T: 'static>(
+        path: impl Into<String>,
+        input: Input,
+        handler: H,
+    ) -> Route {
+        Route::new(http::Method::POST, path, input, handler)
+    }
+
+    fn delete<H: axum::handler::Handler<T, Arc<AppState>>, T: 'static>(
+        path: impl Into<String>,
+        handler: H,
+    ) -> Route {
+        Route::new(http::Method::DELETE, path, Input::Nothing, handler)
+    }
+}
+
+/// Every route of the HTTP door.
+pub fn routes() -> Vec<Route> {
+    use Input::*;
+    let mut all = vec![
+        Route::post("/v1/{env}/events", Events, ingest_api::post_events),
+        Route::get("/v1/{env}/events/stream", stream_api::stream),
+        Route::post("/v1/{env}/query", Json, query_api::post_query),
+        Route::get("/v1/whoami", keys_api::whoami),
+        Route::get("/v1/{env}/keys", keys_api::list),
+        Route::post("/v1/{env}/keys", Json, keys_api::create),
+        Route::delete("/v1/{env}/keys/{id}", keys_api::revoke),
+    ];
+    all.extend(sdk_routes());
+    all.extend(users_routes());
+    all.extend(segments_routes());
+    all.extend(webhooks_routes());
+    all.extend(exports_routes());
+    all.extend([
+        Route::get("/healthz", ops::healthz),
+        Route::get("/readyz", ops::readyz),
+        Route::get("/metrics", ops::metrics),
+        Route::get("/", console::to_console),
+        Route::get("/console", console::to_console),
+        Route::get("/console/", console::index),
+        Route::get("/console/{*path}", console::file),
+    ]);
+    all
+}
+
+/// The router of [`routes`]. Bodies are read with our own limit (for a clear 413), so
+/// axum's default limit is off. A handler that panics answers 500 (the panic is logged);
+/// the connection and the process carry on.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/v1/{env}/events", post(ingest_api::post_events))
-        .route("/v1/{env}/events/stream", get(stream_api::stream))
-        .route("/v1/{env}/query", post(query_api::post_query))
-        .route("/v1/whoami", get(keys_api::whoami))
-        .route("/v1/{env}/keys", get(keys_api::list).post(keys_api::create))
-        .route("/v1/{env}/keys/{id}", delete(keys_api::revoke))
-        .merge(sdk_routes())
-        .merge(users_routes())
-        .merge(segments_routes())
-        .merge(webhooks_routes())
-        .merge(exports_routes())
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/", get(console::to_console))
-        .route("/console", get(console::to_console))
-        .route("/console/", get(console::index))
-        .route("/console/{*path}", get(console::file))
+    let mut router = Router::new();
+    for route in routes() {
+        router = router.route(&route.path, route.handler);
+    }
+    router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::disable())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panicked,
+        ))
         .with_state(state)
 }
 
-type Routes = Router<Arc<AppState>>;
-
 /// The ingest APIs of existing analytics SDKs (the key names the environment).
-fn sdk_routes() -> Routes {
+fn sdk_routes() -> Vec<Route> {
     use compat_api::*;
-    let mut r = Router::new()
-        .route("/v1/batch", post(segment_batch))
-        .route("/v1/track", post(segment_track))
-        .route("/v1/identify", post(segment_identify))
-        .route("/v1/page", post(segment_page))
-        .route("/v1/screen", post(segment_screen))
-        .route("/v1/group", post(segment_group))
-        .route("/v1/alias", post(segment_alias));
+    let mut r = vec![
+        Route::post("/v1/batch", Input::Sdk, segment_batch),
+        Route::post("/v1/track", Input::Sdk, segment_track),
+        Route::post("/v1/identify", Input::Sdk, segment_identify),
+        Route::post("/v1/page", Input::Sdk, segment_page),
+        Route::post("/v1/screen", Input::Sdk, segment_screen),
+        Route::post("/v1/group", Input::Sdk, segment_group),
+        Route::post("/v1/alias", Input::Sdk, segment_alias),
+    ];
     for path in ["/batch", "/capture", "/e", "/i/v0/e", "/track"] {
-        r = r
-            .route(path, post(posthog_capture))
-            .route(&format!("{path}/"), post(posthog_capture));
+        r.push(Route::post(path, Input::Sdk, posthog_capture));
+        r.push(Route::post(format!("{path}/"), Input::Sdk, posthog_capture));
     }
     r
 }
 
 /// Users, imports and the field registry.
-fn users_routes() -> Routes {
-    Router::new()
-        .route(
-            "/v1/{env}/users/{id}",
-            get(users_api::get_user)
-                .put(users_api::put_user)
-                .delete(users_api::delete_user),
-        )
-        .route("/v1/{env}/users", get(users_api::list_users))
-        .route("/v1/{env}/users:batch", post(users_api::post_batch))
-        .route("/v1/{env}/imports", post(users_api::post_import))
-        .route(
-            "/v1/{env}/fields",
-            get(fields_api::get_fields).post(fields_api::post_field),
-        )
-        .route("/v1/{env}/fields/{name}", delete(fields_api::delete_field))
+fn users_routes() -> Vec<Route> {
+    use Input::*;
+    let one = "/v1/{env}/users/{id}";
+    vec![
+        Route::get(one, users_api::get_user),
+        Route::new(http::Method::PUT, one, Json, users_api::put_user),
+        Route::delete(one, users_api::delete_user),
+        Route::get("/v1/{env}/users", users_api::list_users),
+        Route::post("/v1/{env}/users:batch", Json, users_api::post_batch),
+        Route::post("/v1/{env}/imports", Csv, users_api::post_import),
+        Route::get("/v1/{env}/fields", fields_api::get_fields),
+        Route::post("/v1/{env}/fields", Json, fields_api::post_field),
+        Route::delete("/v1/{env}/fields/{name}", fields_api::delete_field),
+    ]
 }
 
-fn segments_routes() -> Routes {
-    Router::new()
-        .route(
-            "/v1/{env}/segments",
-            get(segments_api::list).post(segments_api::create),
-        )
-        .route(
+fn segments_routes() -> Vec<Route> {
+    use Input::*;
+    let one = "/v1/{env}/segments/{id}";
+    vec![
+        Route::get("/v1/{env}/segments", segments_api::list),
+        Route::post("/v1/{env}/segments", Json, segments_api::create),
+        Route::post(
             "/v1/{env}/segments:preview",
-            post(segments_api::preview_segment),
-        )
-        .route(
-            "/v1/{env}/segments/{id}",
-            get(segments_api::get_one)
-                .put(segments_api::update)
-                .delete(segments_api::delete),
-        )
-        .route(
-            "/v1/{env}/segments/{id}/members",
-            get(segments_api::members),
-        )
+            Json,
+            segments_api::preview_segment,
+        ),
+        Route::get(one, segments_api::get_one),
+        Route::new(http::Method::PUT, one, Json, segments_api::update),
+        Route::delete(one, segments_api::delete),
+        Route::get(format!("{one}/members"), segments_api::members),
+    ]
 }
 
-fn webhooks_routes() -> Routes {
+fn webhooks_routes() -> Vec<Route> {
+    use Input::*;
     let one = "/v1/{env}/webhooks/{id}";
-    Router::new()
-        .route(
-            "/v1/{env}/webhooks",
-            get(webhooks_api::list).post(webhooks_api::create),
-        )
-        .route(
-            one,
-            get(webhooks_api::get_one)
-                .patch(webhooks_api::update)
-                .delete(webhooks_api::delete),
-        )
-        .route(&format!("{one}/pause"), post(webhooks_api::pause))
-        .route(&format!("{one}/resume"), post(webhooks_api::resume))
-        .route(&format!("{one}/test"), post(webhooks_api::test))
-        .route(&format!("{one}/recover"), post(webhooks_api::recover))
-        .route(
-            &format!("{one}/rotate-secret"),
-            post(webhooks_api::rotate_secret),
-        )
-        .route(&format!("{one}/deliveries"), get(webhooks_api::deliveries))
+    vec![
+        Route::get("/v1/{env}/webhooks", webhooks_api::list),
+        Route::post("/v1/{env}/webhooks", Json, webhooks_api::create),
+        Route::get(one, webhooks_api::get_one),
+        Route::new(http::Method::PATCH, one, Json, webhooks_api::update),
+        Route::delete(one, webhooks_api::delete),
+        Route::post(format!("{one}/pause"), Nothing, webhooks_api::pause),
+        Route::post(format!("{one}/resume"), Nothing, webhooks_api::resume),
+        Route::post(format!("{one}/test"), Nothing, webhooks_api::test),
+        Route::post(format!("{one}/recover"), Json, webhooks_api::recover),
+        Route::post(
+            format!("{one}/rotate-secret"),
+            Json,
+            webhooks_api::rotate_secret,
+        ),
+        Route::get(format!("{one}/deliveries"), webhooks_api::deliveries),
+    ]
 }
 
 /// The batched pull API and scheduled exports.
-fn exports_routes() -> Routes {
+fn exports_routes() -> Vec<Route> {
+    use Input::*;
     let one = "/v1/{env}/exports/{id}";
-    Router::new()
-        .route(
-            "/v1/{env}/analytics/batched",
-            get(exports_api::batched_list),
-        )
-        .route(
+    vec![
+        Route::get("/v1/{env}/analytics/batched", exports_api::batched_list),
+        Route::get(
             "/v1/{env}/analytics/batched/{file}",
-            get(exports_api::batched_download),
-        )
-        .route(
-            "/v1/{env}/exports",
-            get(exports_api::list).post(exports_api::create),
-        )
-        .route(one, get(exports_api::get_one).delete(exports_api::delete))
-        .route(&format!("{one}/status"), get(exports_api::status))
-        .route(&format!("{one}/pause"), post(exports_api::pause))
-        .route(&format!("{one}/resume"), post(exports_api::resume))
-        .route(&format!("{one}/run"), post(exports_api::run))
-        .route(&format!("{one}/backfill"), post(exports_api::backfill))
+            exports_api::batched_download,
+        ),
+        Route::get("/v1/{env}/exports", exports_api::list),
+        Route::post("/v1/{env}/exports", Json, exports_api::create),
+        Route::get(one, exports_api::get_one),
+        Route::delete(one, exports_api::delete),
+        Route::get(format!("{one}/status"), exports_api::status),
+        Route::post(format!("{one}/pause"), Nothing, exports_api::pause),
+        Route::post(format!("{one}/resume"), Nothing, exports_api::resume),
+        Route::post(format!("{one}/run"), Nothing, exports_api::run),
+        Route::post(format!("{one}/backfill"), Json, exports_api::backfill),
+    ]
 }

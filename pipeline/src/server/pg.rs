@@ -368,6 +368,8 @@ impl QueryParser for PgParser {
 impl PgParser {
     /// The statements of `sql`, after time travel was taken out of its text.
     fn parse(&self, sql: &str) -> PgWireResult<(Vec<Statement>, Vec<AsOf>)> {
+        crate::query::depth::check(sql, crate::query::depth::MAX_EXPRESSION_DEPTH)
+            .map_err(|m| query_error(QueryError::Invalid(m)))?;
         let (sql, as_of) =
             time_travel::rewrite(sql).map_err(|m| query_error(QueryError::Invalid(m)))?;
         let statements = self.sql.parse(&sql).map_err(|e| {

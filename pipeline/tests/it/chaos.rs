@@ -38,8 +38,14 @@ fn write_config(ts: &TestStore, faults: Option<f64>) {
     std::fs::write(ts.tmp.path().join("tidemark.toml"), text).unwrap();
 }
 
-/// Creates the subscription and a segment through `node`; returns the ingest key.
-async fn set_up(node: &Node, rx: &Receiver) -> String {
+/// The export's window: one minute, so the windows checked hold the load's events (a
+/// 300-second run spans at least five).
+const EXPORT_INTERVAL: tidemark::exports::window::Interval =
+    tidemark::exports::window::Interval::Minute;
+
+/// Creates the subscription, a segment and the export through `node`; returns the ingest
+/// key and the export's first window start.
+async fn set_up(node: &Node, rx: &Receiver) -> (String, chrono::DateTime<chrono::Utc>) {
     let admin = node.admin_key.clone().unwrap();
     let (s, b) = call(
         "POST",
@@ -58,27 +64,48 @@ async fn set_up(node: &Node, rx: &Receiver) -> String {
     )
     .await;
     assert_eq!(s, 201, "{b}");
-    // Events by 5-minute window, as CSV POSTed to the receiver; the first windows (before
+    // Events by 1-minute window, as CSV POSTed to the receiver; the first windows (before
     // the load) close at once, the loaded ones as the clock passes their end.
-    let start = tidemark::exports::window::Interval::FiveMinutes
-        .floor(chrono::Utc::now() - chrono::Duration::minutes(10));
+    let start = EXPORT_INTERVAL.floor(chrono::Utc::now() - chrono::Duration::minutes(2));
     let (s, b) = call(
         "POST",
         &node.url("/v1/default/exports"),
         &admin,
         Some(
-            json!({"source": "events", "interval": "5m", "format": "csv",
+            json!({"source": "events", "interval": EXPORT_INTERVAL.name(), "format": "csv",
                     "destination": rx.url("export"), "start": start.to_rfc3339()}),
         ),
     )
     .await;
     assert_eq!(s, 201, "{b}");
-    node.ingest_key().to_string()
+    (node.ingest_key().to_string(), start)
 }
 
-/// The export's closed windows as the receiver holds them (the last copy of each file):
-/// (windows checked, rows, windows whose ids differ from the table's or repeat one).
-fn check_exports(ts: &TestStore, rx: &Receiver) -> (usize, usize, usize) {
+/// The manifests the receiver holds (the last copy of each).
+fn manifests(rx: &Receiver) -> BTreeMap<String, Value> {
+    rx.at("export")
+        .iter()
+        .filter_map(|r| {
+            let name = r.headers["tidemark-export-file"].to_str().ok()?;
+            if !name.ends_with("_manifest.json") {
+                return None;
+            }
+            Some((name.to_string(), serde_json::from_slice(&r.body).ok()?))
+        })
+        .collect()
+}
+
+/// What the export's closed windows hold, as the receiver has them (the last copy of each
+/// file).
+struct Exported {
+    windows: usize,
+    /// Windows whose ids differ from the table's.
+    wrong: usize,
+    /// Each exported event id and how many windows held it.
+    ids: BTreeMap<String, usize>,
+}
+
+fn check_exports(ts: &TestStore, rx: &Receiver) -> Exported {
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for r in rx.at("export") {
         let name = r.headers["tidemark-export-file"]
@@ -87,7 +114,8 @@ fn check_exports(ts: &TestStore, rx: &Receiver) -> (usize, usize, usize) {
             .to_string();
         files.insert(name, r.body.to_vec());
     }
-    let (mut windows, mut rows, mut wrong) = (0, 0, 0);
+    let (mut windows, mut wrong) = (0, 0);
+    let mut all: BTreeMap<String, usize> = BTreeMap::new();
     for (name, body) in &files {
         if !name.ends_with("_manifest.json") {
             continue;
@@ -116,7 +144,9 @@ fn check_exports(ts: &TestStore, rx: &Receiver) -> (usize, usize, usize) {
             .collect();
         ids.sort();
         windows += 1;
-        rows += ids.len();
+        for id in &ids {
+            *all.entry(id.clone()).or_default() += 1;
+        }
         if ids != want {
             eprintln!(
                 "export window {start}..{end}: {} rows exported, {} in events",
@@ -126,7 +156,11 @@ fn check_exports(ts: &TestStore, rx: &Receiver) -> (usize, usize, usize) {
             wrong += 1;
         }
     }
-    (windows, rows, wrong)
+    Exported {
+        windows,
+        wrong,
+        ids: all,
+    }
 }
 
 /// Posts batches of 20 events to `url` until `stop`; returns the ids acknowledged (202).
@@ -175,6 +209,9 @@ struct Tally {
     export_windows: usize,
     exported: usize,
     export_wrong: usize,
+    /// Acknowledged events in no export window, and events in more than one.
+    export_missing: usize,
+    export_repeated: usize,
     acknowledged: usize,
     stored: usize,
     duplicates: usize,
@@ -186,8 +223,18 @@ struct Tally {
 
 /// Waits for a clean node to catch up, then checks every invariant; the derived tables are
 /// compared with a rebuild after the node stops.
-async fn check(ts: &TestStore, node: Node, rx: &Receiver, acked: &BTreeSet<String>) -> Tally {
-    let deadline = Instant::now() + Duration::from_secs(180);
+async fn check(
+    ts: &TestStore,
+    node: Node,
+    rx: &Receiver,
+    acked: &BTreeSet<String>,
+    export_start: chrono::DateTime<chrono::Utc>,
+) -> Tally {
+    // Every window up to the one the load ended in must be exported before the check.
+    let load_end = chrono::Utc::now();
+    let windows_due = ((EXPORT_INTERVAL.ceil(load_end) - export_start).num_seconds()
+        / EXPORT_INTERVAL.seconds()) as usize;
+    let deadline = Instant::now() + Duration::from_secs(180 + EXPORT_INTERVAL.seconds() as u64);
     let ours = |ids: Vec<String>| {
         ids.into_iter()
             .filter(|e| acked.contains(e))
@@ -200,21 +247,9 @@ async fn check(ts: &TestStore, node: Node, rx: &Receiver, acked: &BTreeSet<Strin
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // The windows closed before the load are exported (an export that failed under faults
-    // retries within max_backoff).
-    while rx
-        .at("export")
-        .iter()
-        .filter(|r| {
-            r.headers["tidemark-export-file"]
-                .to_str()
-                .unwrap_or_default()
-                .ends_with("_manifest.json")
-        })
-        .count()
-        < 2
-        && Instant::now() < deadline
-    {
+    // The windows up to the end of the load are exported (an export that failed under
+    // faults retries within max_backoff).
+    while manifests(rx).len() < windows_due && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // The jobs caught up with every commit.
@@ -245,11 +280,19 @@ async fn check(ts: &TestStore, node: Node, rx: &Receiver, acked: &BTreeSet<Strin
             ids_of.entry(e).or_default().insert(r.id.clone());
         }
     }
-    let (export_windows, exported, export_wrong) = check_exports(ts, rx);
+    let exported = check_exports(ts, rx);
     let tally = Tally {
-        export_windows,
-        exported,
-        export_wrong,
+        export_windows: exported.windows,
+        exported: acked
+            .iter()
+            .filter(|e| exported.ids.contains_key(*e))
+            .count(),
+        export_wrong: exported.wrong,
+        export_missing: acked
+            .iter()
+            .filter(|e| !exported.ids.contains_key(*e))
+            .count(),
+        export_repeated: exported.ids.values().filter(|n| **n > 1).count(),
         acknowledged: acked.len(),
         stored: acked.iter().filter(|e| counts.contains_key(*e)).count(),
         duplicates: counts.values().filter(|n| **n > 1).count(),
@@ -295,6 +338,10 @@ fn print(title: &str, t: &Tally, head: &[(&str, String)]) {
             format!("{} / {}", t.export_windows, t.exported),
         ),
         ("export windows wrong", t.export_wrong.to_string()),
+        (
+            "export rows missing / twice",
+            format!("{} / {}", t.export_missing, t.export_repeated),
+        ),
         ("lost", t.lost.to_string()),
     ];
     eprintln!("\n{title}");
@@ -311,6 +358,10 @@ fn assert_clean(t: &Tally) {
     assert_eq!(t.second_ids, 0, "{t:?}");
     assert!(t.export_windows >= 2, "{t:?}");
     assert_eq!(t.export_wrong, 0, "{t:?}");
+    // Every acknowledged event is in exactly one exported window.
+    assert_eq!(t.exported, t.acknowledged, "{t:?}");
+    assert_eq!(t.export_missing, 0, "{t:?}");
+    assert_eq!(t.export_repeated, 0, "{t:?}");
 }
 
 /// The whole pipeline on a store that fails 10% of operations (half of the failed writes
@@ -322,7 +373,7 @@ async fn under_storage_faults_nothing_acknowledged_is_lost_or_doubled() {
     let ts = TestStore::new(Backend::Local);
     write_config(&ts, None);
     let setup = ts.serve(&[], &[]);
-    let key = set_up(&setup, &rx).await;
+    let (key, export_start) = set_up(&setup, &rx).await;
     setup.terminate();
 
     write_config(&ts, Some(0.1));
@@ -365,7 +416,7 @@ async fn under_storage_faults_nothing_acknowledged_is_lost_or_doubled() {
     write_config(&ts, None);
     let clean = ts.serve(&[], &[]);
     let acked = acked.lock().unwrap().clone();
-    let t = check(&ts, clean, &rx, &acked).await;
+    let t = check(&ts, clean, &rx, &acked, export_start).await;
     print(
         &format!("fault run: {seconds} s at 10% faults"),
         &t,
@@ -387,7 +438,7 @@ async fn sigkill_loop_loses_nothing_acknowledged() {
     let ts = TestStore::new(Backend::Local);
     write_config(&ts, None);
     let mut node = ts.serve(&[], &[]);
-    let key = set_up(&node, &rx).await;
+    let (key, export_start) = set_up(&node, &rx).await;
     let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let (mut sent, mut refused) = (0, 0);
     for k in 0..kills {
@@ -409,7 +460,7 @@ async fn sigkill_loop_loses_nothing_acknowledged() {
         node = ts.serve(&[], &[]);
     }
     let acked = acked.lock().unwrap().clone();
-    let t = check(&ts, node, &rx, &acked).await;
+    let t = check(&ts, node, &rx, &acked, export_start).await;
     print(
         &format!("crash loop: {kills} SIGKILLs"),
         &t,

@@ -43,6 +43,7 @@ mod ingest_api;
 mod jobs;
 mod jobs_model;
 mod lost_answers;
+mod nesting;
 mod sdks;
 mod segments;
 mod sql_doors;
