@@ -446,3 +446,36 @@ async fn sql_doors_refuse_deep_expressions() {
         }
     }
 }
+
+/// The CLI's definition files, JSON and YAML (flow style), at every depth: refused with a
+/// message and a non-zero exit (libyaml is quadratic in flow depth: a million levels ran
+/// for over 20 minutes before the text was measured ahead of parsing).
+#[test]
+fn cli_definition_files_refuse_deep_nesting() {
+    let ts = TestStore::new(Backend::Local);
+    for depth in DEPTHS {
+        for shape in SHAPES {
+            let value = deep(shape, depth);
+            for (ext, text) in [
+                (
+                    "json",
+                    format!(r#"{{"id":"deep","name":"deep","match":"all","conditions":{value}}}"#),
+                ),
+                (
+                    "yaml",
+                    format!("id: deep\nname: deep\nmatch: all\nconditions: {value}\n"),
+                ),
+            ] {
+                let file = ts.tmp.path().join(format!("deep.{ext}"));
+                std::fs::write(&file, &text).unwrap();
+                let out = ts.cli(&["segments", "add", file.to_str().unwrap()]);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(!out.status.success(), "{ext} {shape:?} x{depth} was stored");
+                assert!(
+                    stderr.contains("deep."),
+                    "{ext} {shape:?} x{depth}: {stderr:.300}"
+                );
+            }
+        }
+    }
+}
