@@ -25,7 +25,9 @@ const RANGE_US: std::ops::Range<i64> = 946_684_800_000_000..4_102_444_800_000_00
 fn limits() -> Limits {
     Limits {
         max_events_per_batch: 64,
-        max_properties_bytes: 2048,
+        // Large enough that a deep `properties` (the seed `deep` nests 75,000 levels)
+        // reaches the walk instead of the size check.
+        max_properties_bytes: 1 << 20,
         max_properties_depth: 6,
         max_string_len: 64,
         ..Limits::default()
