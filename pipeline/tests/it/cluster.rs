@@ -229,3 +229,109 @@ async fn two_nodes_on_one_store_run_each_worker_once_and_take_over_after_a_kill(
     );
     drop(survivor);
 }
+
+/// Posts batches of 20 events `{prefix}-{n}-{i}` to `url` until `stop`; returns the ids
+/// acknowledged (202). A request the stopping node does not answer is not acknowledged.
+async fn load_until(
+    url: String,
+    key: String,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> BTreeSet<String> {
+    let http = crate::harness::client();
+    let mut acked = BTreeSet::new();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let ids: Vec<String> = (0..20).map(|i| format!("{prefix}-{n}-{i}")).collect();
+        n += 1;
+        let body: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"event_id": id, "event_name": "view", "user_id": "u1"}))
+            .collect();
+        match http.post(&url).bearer_auth(&key).json(&body).send().await {
+            Ok(r) if r.status().as_u16() == 202 => acked.extend(ids),
+            Ok(_) => {}
+            // The node is gone: nothing more will be acknowledged.
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// Two nodes share a store under load; one is stopped with SIGTERM in the middle of it.
+/// By the time that process has exited, every event it acknowledged is in `events` (read
+/// from the store itself, while the other node goes on), and none twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_with_sigterm_has_committed_what_it_acknowledged() {
+    let ts = TestStore::new(Backend::Local);
+    let a = ts.serve(&[], &[]);
+    let b = ts.serve_with_wal(&ts.tmp.path().join("wal-b"), &[], &[]);
+    let key = a.ingest_key().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_a = tokio::spawn(load_until(
+        a.events_url("default"),
+        key.clone(),
+        "a",
+        stop.clone(),
+    ));
+    let on_b = tokio::spawn(load_until(
+        b.events_url("default"),
+        key.clone(),
+        "b",
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // SIGTERM while requests to b are in flight; the load on a goes on meanwhile.
+    let status = tokio::task::spawn_blocking(move || b.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "b exited with {status}");
+    let acked_b = on_b.await.unwrap();
+    assert!(
+        acked_b.len() >= 100,
+        "only {} acknowledged by b",
+        acked_b.len()
+    );
+    let stored = ts.sql(
+        "SELECT event_id, count(*) AS n FROM events WHERE event_id LIKE 'b-%' GROUP BY event_id",
+    );
+    let stored_b: BTreeMap<String, i64> = stored
+        .iter()
+        .map(|r| {
+            (
+                r["event_id"].as_str().unwrap().to_string(),
+                r["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let missing: Vec<_> = acked_b
+        .iter()
+        .filter(|e| !stored_b.contains_key(*e))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events b acknowledged are not in events after it exited: {:?}",
+        missing.len(),
+        acked_b.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        stored_b.values().all(|n| *n == 1),
+        "an event of b stored twice"
+    );
+    // b's WAL holds nothing left to replay.
+    let left: Vec<_> = std::fs::read_dir(ts.tmp.path().join("wal-b"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wal"))
+        .collect();
+    assert!(left.is_empty(), "segments left in b's WAL: {left:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked_a = on_a.await.unwrap();
+    let status = tokio::task::spawn_blocking(move || a.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let total = ts.sql("SELECT count(*) AS n FROM events");
+    assert_eq!(total[0]["n"], json!(acked_a.len() + stored_b.len()));
+}
