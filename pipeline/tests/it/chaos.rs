@@ -23,12 +23,16 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The settings of both runs. A loaded window holds ~90,000 events: the export splits it
+/// into files of 5,000 rows, each under the test receiver's 2 MB body limit (one file per
+/// window was refused with 413 and retried forever).
 fn write_config(ts: &TestStore, faults: Option<f64>) {
     let mut text = "[jobs]\ndebounce = \"100ms\"\npoll_interval = \"1s\"\n\
          [segments]\ninterval = \"2s\"\n\
          [webhooks]\nallow_networks = [\"127.0.0.0/8\"]\npoll_interval = \"100ms\"\nlog_interval = \"300ms\"\n\
          retry_schedule = [\"0s\", \"200ms\", \"500ms\", \"1s\", \"2s\", \"5s\", \"5s\", \"5s\", \"5s\", \"5s\"]\n\
-         [exports]\npoll_interval = \"200ms\"\ngrace = \"0s\"\nmax_backoff = \"2s\"\n"
+         [exports]\npoll_interval = \"200ms\"\ngrace = \"0s\"\nmax_backoff = \"2s\"\n\
+         max_rows_per_file = 5000\n"
         .to_string();
     if let Some(rate) = faults {
         text.push_str(&format!(
