@@ -207,75 +207,6 @@ fn with_panic_guard<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Rout
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A handler that panics answers 500 with the panic's message; the server goes on
-    /// answering on the same listener.
-    #[tokio::test]
-    async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
-        async fn boom() -> &'static str {
-            panic!("boom at the handler")
-        }
-        async fn fine() -> &'static str {
-            "fine"
-        }
-        let app: Router = with_panic_guard(
-            Router::new()
-                .route("/boom", axum::routing::get(boom))
-                .route("/fine", axum::routing::get(fine)),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let http = reqwest::Client::new();
-        for _ in 0..3 {
-            let r = http
-                .get(format!("http://{addr}/boom"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status().as_u16(), 500);
-            let body: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(body["error"], "internal");
-            assert_eq!(
-                body["message"],
-                "internal error (a bug): boom at the handler"
-            );
-            let r = http
-                .get(format!("http://{addr}/fine"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.text().await.unwrap(), "fine");
-        }
-    }
-
-    /// Every route of the table is served once, with what it reads named.
-    #[test]
-    fn the_route_table_names_each_route_once() {
-        let table = routes();
-        let mut seen = std::collections::BTreeSet::new();
-        for r in &table {
-            assert!(
-                seen.insert((r.method.clone().to_string(), r.path.clone())),
-                "{} {} twice",
-                r.method,
-                r.path
-            );
-            if r.method == http::Method::GET || r.method == http::Method::DELETE {
-                assert_eq!(r.input, Input::Nothing, "{} {}", r.method, r.path);
-            }
-        }
-        let events = table.iter().find(|r| r.path == "/v1/{env}/events").unwrap();
-        assert_eq!(
-            (events.method.as_str(), events.input),
-            ("POST", Input::Events)
-        );
-    }
-}
-
 /// The ingest APIs of existing analytics SDKs (the key names the environment).
 fn sdk_routes() -> Vec<Route> {
     use compat_api::*;
@@ -372,4 +303,73 @@ fn exports_routes() -> Vec<Route> {
         Route::post(format!("{one}/run"), Nothing, exports_api::run),
         Route::post(format!("{one}/backfill"), Json, exports_api::backfill),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handler that panics answers 500 with the panic's message; the server goes on
+    /// answering on the same listener.
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+        async fn boom() -> &'static str {
+            panic!("boom at the handler")
+        }
+        async fn fine() -> &'static str {
+            "fine"
+        }
+        let app: Router = with_panic_guard(
+            Router::new()
+                .route("/boom", axum::routing::get(boom))
+                .route("/fine", axum::routing::get(fine)),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        for _ in 0..3 {
+            let r = http
+                .get(format!("http://{addr}/boom"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 500);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "internal");
+            assert_eq!(
+                body["message"],
+                "internal error (a bug): boom at the handler"
+            );
+            let r = http
+                .get(format!("http://{addr}/fine"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.text().await.unwrap(), "fine");
+        }
+    }
+
+    /// Every route of the table is served once, with what it reads named.
+    #[test]
+    fn the_route_table_names_each_route_once() {
+        let table = routes();
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &table {
+            assert!(
+                seen.insert((r.method.clone().to_string(), r.path.clone())),
+                "{} {} twice",
+                r.method,
+                r.path
+            );
+            if r.method == http::Method::GET || r.method == http::Method::DELETE {
+                assert_eq!(r.input, Input::Nothing, "{} {}", r.method, r.path);
+            }
+        }
+        let events = table.iter().find(|r| r.path == "/v1/{env}/events").unwrap();
+        assert_eq!(
+            (events.method.as_str(), events.input),
+            ("POST", Input::Events)
+        );
+    }
 }
