@@ -98,7 +98,7 @@ fn check_event(e: &Event<'_>, l: &Limits) {
     if let Some(t) = e.occurred_at {
         assert!(RANGE_US.contains(&t), "occurred_at {t} out of range");
     }
-    if let Some(p) = e.properties {
+    if let Some(p) = e.properties.as_deref() {
         assert!(p.len() <= l.max_properties_bytes, "properties too large");
         let v: Value = serde_json::from_str(p).expect("accepted properties must parse");
         assert!(v.is_object(), "properties not an object: {p}");
