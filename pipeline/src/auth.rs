@@ -199,6 +199,44 @@ impl ApiKeys {
     }
 }
 
+/// The roles a door admits, as a type: an HTTP handler names it in its signature
+/// (`Authorized<Admin>`), and the SDK, Postgres and Flight SQL doors pass it to
+/// [`KeyCache::authorize`], the one check every door makes.
+pub trait Roles: Send + Sync + 'static {
+    const ROLES: &'static [Role];
+}
+
+/// Configuration and erasure: `admin` keys.
+pub struct Admin;
+/// Reads of profiles, segments and analytics (and every SQL door): `read` or `admin` keys.
+pub struct Reader;
+/// Events and profile writes: `ingest` or `admin` keys.
+pub struct Writer;
+/// Any valid key (`GET /v1/whoami`).
+pub struct Anyone;
+
+impl Roles for Admin {
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+impl Roles for Reader {
+    const ROLES: &'static [Role] = &[Role::Read, Role::Admin];
+}
+impl Roles for Writer {
+    const ROLES: &'static [Role] = &[Role::Ingest, Role::Admin];
+}
+impl Roles for Anyone {
+    const ROLES: &'static [Role] = &[Role::Ingest, Role::Read, Role::Admin];
+}
+
+/// How a door presents a key.
+#[derive(Debug, Clone, Copy)]
+pub enum Credential<'a> {
+    /// An `Authorization` header value (`Bearer <key>`), or none.
+    Header(Option<&'a str>),
+    /// The key itself (HTTP basic auth, a password, a body field of an analytics SDK).
+    Token(&'a str),
+}
+
 /// Checks that `principal` may act on `environment` with one of `roles`.
 pub fn authorize(
     principal: &Principal,
@@ -359,8 +397,24 @@ impl KeyCache {
         })
     }
 
+    /// The one role check of every door: authenticates `credential`, then checks that the
+    /// key may act on `environment` (`None`: the key's own) with a role of `R`.
+    pub async fn authorize<R: Roles>(
+        &self,
+        credential: Credential<'_>,
+        environment: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        let principal = match credential {
+            Credential::Header(h) => self.authenticate(h).await?,
+            Credential::Token(t) => self.authenticate_token(t).await?,
+        };
+        let env = environment.unwrap_or(&principal.environment);
+        authorize(&principal, env, R::ROLES)?;
+        Ok(principal)
+    }
+
     /// Authenticates an `Authorization` header value.
-    pub async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+    async fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
         let Some(header) = header else {
             return Err(AuthError::Unauthenticated(
                 "missing Authorization header; send 'Authorization: Bearer <key>'".into(),
@@ -380,7 +434,7 @@ impl KeyCache {
 
     /// Authenticates a key however it was sent (a bearer header, HTTP basic auth's user
     /// name, a body field of an analytics SDK).
-    pub async fn authenticate_token(&self, token: &str) -> Result<Principal, AuthError> {
+    async fn authenticate_token(&self, token: &str) -> Result<Principal, AuthError> {
         let unknown = || AuthError::Unauthenticated("unknown or revoked API key".into());
         if split_token(token).is_none() {
             return Err(unknown());

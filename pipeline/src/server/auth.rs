@@ -1,42 +1,24 @@
 //! [`Authorized`]: the extractor that authenticates a request's key and checks it may act
-//! on the path's `{env}` with a role of `R`, so a handler's role is in its signature.
+//! on the path's `{env}` with a role of `R`, so a handler's role is in its signature. The
+//! check itself is [`KeyCache::authorize`](crate::auth::KeyCache::authorize), which the SDK,
+//! Postgres and Flight SQL doors call too.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::header;
 use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::{Principal, Role};
-
-/// The roles an endpoint admits.
-pub trait Roles: Send + Sync + 'static {
-    const ROLES: &'static [Role];
-}
-
-/// Configuration and erasure: `admin` keys.
-pub struct Admin;
-/// Reads of profiles, segments and analytics: `read` or `admin` keys.
-pub struct Reader;
-/// Events and profile writes: `ingest` or `admin` keys.
-pub struct Writer;
-
-impl Roles for Admin {
-    const ROLES: &'static [Role] = &[Role::Admin];
-}
-impl Roles for Reader {
-    const ROLES: &'static [Role] = &[Role::Read, Role::Admin];
-}
-impl Roles for Writer {
-    const ROLES: &'static [Role] = &[Role::Ingest, Role::Admin];
-}
+pub use crate::auth::{Admin, Anyone, Reader, Roles, Writer};
+use crate::auth::{Credential, Principal, Role};
 
 /// A request whose key belongs to the path's environment and has a role of `R`.
 pub struct Authorized<R> {
     pub principal: Principal,
-    /// The path's `{env}`.
+    /// The path's `{env}` (on a route without one, the key's own environment).
     pub env: String,
     roles: PhantomData<R>,
 }
@@ -51,16 +33,27 @@ impl<R: Roles> FromRequestParts<Arc<AppState>> for Authorized<R> {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let Some(env) = params.iter().find(|(k, _)| *k == "env").map(|(_, v)| v) else {
+        let env = params.iter().find(|(k, _)| *k == "env").map(|(_, v)| v);
+        // Only a route any key may call goes without an environment to check.
+        if env.is_none() && R::ROLES.len() < ANY_ROLE.len() {
             return Err(ApiError::internal(
                 "this route has no {env} to authorize against",
             ));
-        };
-        let principal = state.authorize(&parts.headers, env, R::ROLES).await?;
+        }
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let principal = state
+            .keys
+            .authorize::<R>(Credential::Header(header), env)
+            .await?;
         Ok(Authorized {
+            env: env.map_or_else(|| principal.environment.clone(), str::to_string),
             principal,
-            env: env.to_string(),
             roles: PhantomData,
         })
     }
 }
+
+const ANY_ROLE: &[Role] = <Anyone as Roles>::ROLES;

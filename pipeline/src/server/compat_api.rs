@@ -30,9 +30,9 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::{Roles, Writer};
 use super::body::{gunzip, header_str, read_body};
 use super::error::ApiError;
+use crate::auth::{Credential, Writer};
 use crate::ingest::IngestError;
 use crate::ingest::compat::lenient::{Context, Lenient};
 use crate::ingest::compat::segment::{Envelope, Kind};
@@ -298,9 +298,11 @@ async fn handle(
              as writeKey or api_key in the body (PostHog), or as 'Authorization: Bearer <key>'",
         )
     })?;
-    let principal = state.keys.authenticate_token(&key).await?;
+    let principal = state
+        .keys
+        .authorize::<Writer>(Credential::Token(&key), None)
+        .await?;
     let env = principal.environment.clone();
-    crate::auth::authorize(&principal, &env, Writer::ROLES)?;
     let (raws, envelope) = messages(body, api)?;
     if state.shutting_down.load(Ordering::Acquire) {
         return Err(ApiError::unavailable("tidemark is shutting down; retry"));

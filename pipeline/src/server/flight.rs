@@ -38,7 +38,7 @@ use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{KeyCache, Role, authorize};
+use crate::auth::{AuthError, Credential, KeyCache, Reader};
 use crate::query::encode::{plain_schema, to_plain};
 use crate::query::{Engine, Planned, QueryError};
 
@@ -95,6 +95,14 @@ fn status(e: QueryError) -> Status {
     }
 }
 
+/// A refused key as a gRPC status.
+fn refused(e: AuthError) -> Status {
+    match e {
+        AuthError::Unauthenticated(m) => Status::unauthenticated(m),
+        AuthError::Forbidden(m) => Status::permission_denied(m),
+    }
+}
+
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
@@ -110,12 +118,10 @@ impl FlightDoor {
             .and_then(|v| v.to_str().ok());
         let principal = self
             .keys
-            .authenticate(header)
+            .authorize::<Reader>(Credential::Header(header), None)
             .await
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        let env = principal.environment.clone();
-        authorize(&principal, &env, &[Role::Read, Role::Admin])
-            .map_err(|e| Status::permission_denied(e.to_string()))?;
+            .map_err(refused)?;
+        let env = principal.environment;
         Ok(env)
     }
 
@@ -275,14 +281,15 @@ impl FlightSqlService for FlightDoor {
             let (env, key) = text
                 .split_once(':')
                 .ok_or_else(|| Status::unauthenticated("basic auth must be environment:key"))?;
-            let principal = self
-                .keys
-                .authenticate(Some(&format!("Bearer {key}")))
+            self.keys
+                .authorize::<Reader>(Credential::Token(key.trim()), Some(env))
                 .await
-                .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            authorize(&principal, env, &[Role::Read, Role::Admin]).map_err(|e| {
-                Status::permission_denied(format!("user '{env}' (the environment): {e}"))
-            })?;
+                .map_err(|e| match e {
+                    AuthError::Forbidden(m) => {
+                        Status::permission_denied(format!("user '{env}' (the environment): {m}"))
+                    }
+                    e => refused(e),
+                })?;
             key.to_string()
         } else if let Some(key) = header.strip_prefix("Bearer ") {
             self.environment(&request).await?;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::{Admin, Authorized};
+use super::auth::{Admin, Anyone, Authorized};
 use super::body::{BodyKind, JsonBody};
 use super::error::ApiError;
 use crate::auth::{KeyRecord, Role};
@@ -19,13 +19,8 @@ use crate::auth::{KeyRecord, Role};
 /// `GET /v1/whoami`: the key's id, environment and role, so a client (the console) that
 /// was handed only a key knows where it may go.
 pub async fn whoami(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Authorized { principal: p, .. }: Authorized<Anyone>,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let p = state.keys.authenticate(auth).await?;
     Ok(Json(json!({
         "key_id": p.key_id,
         "environment": p.environment,

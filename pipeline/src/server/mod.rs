@@ -44,10 +44,9 @@ use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, header};
 use tokio::sync::OnceCell;
 
-use crate::auth::{KeyCache, Principal, Role, authorize};
+use crate::auth::KeyCache;
 use crate::config::Limits;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
@@ -74,23 +73,6 @@ pub struct AppState {
     pub exports: crate::exports::Context,
     /// Data-team queries (this door and the Postgres and Flight SQL ones).
     pub query: Arc<crate::query::Engine>,
-}
-
-impl AppState {
-    /// Authenticates the request's key and checks it may act on `env` with one of `roles`.
-    pub async fn authorize(
-        &self,
-        headers: &HeaderMap,
-        env: &str,
-        roles: &[Role],
-    ) -> Result<Principal, error::ApiError> {
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let principal = self.keys.authenticate(auth).await?;
-        authorize(&principal, env, roles)?;
-        Ok(principal)
-    }
 }
 
 /// What a route reads from its request body (every body may also come gzip-encoded).

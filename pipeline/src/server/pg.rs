@@ -50,7 +50,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 
-use crate::auth::{KeyCache, Role, authorize};
+use crate::auth::{AuthError, Credential, KeyCache, Reader};
 use crate::query::policy;
 use crate::query::time_travel::{self, AsOf};
 use crate::query::{Engine, Planned, QueryError};
@@ -191,24 +191,22 @@ impl StartupHandler for KeyStartup {
                     .or(login.user())
                     .unwrap_or_default()
                     .to_string();
-                let principal = self
-                    .keys
-                    .authenticate(Some(&format!("Bearer {}", pwd.password)))
+                let token = pwd.password.trim();
+                self.keys
+                    .authorize::<Reader>(Credential::Token(token), Some(&env))
                     .await
-                    .map_err(|e| {
-                        pg_error(
+                    .map_err(|e| match e {
+                        AuthError::Unauthenticated(m) => pg_error(
                             "FATAL",
                             "28P01",
-                            format!("password authentication failed: {e}"),
-                        )
+                            format!("password authentication failed: {m}"),
+                        ),
+                        AuthError::Forbidden(m) => pg_error(
+                            "FATAL",
+                            "28000",
+                            format!("database '{env}' (the environment): {m}"),
+                        ),
                     })?;
-                authorize(&principal, &env, &[Role::Read, Role::Admin]).map_err(|e| {
-                    pg_error(
-                        "FATAL",
-                        "28000",
-                        format!("database '{env}' (the environment): {e}"),
-                    )
-                })?;
                 client
                     .metadata_mut()
                     .insert(METADATA_DATABASE.to_string(), env);
