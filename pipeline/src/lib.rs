@@ -41,6 +41,7 @@
 pub mod auth;
 pub mod ballista;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod error;
 pub mod exports;

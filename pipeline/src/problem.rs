@@ -1,7 +1,7 @@
 //! Problems with what a user sent, listed all at once (every problem of a batch or a
 //! definition with its index and field), and the error of a write that validates first.
 //!
-//! The HTTP API turns them into one 400 body ([`crate::server::error::ApiError::problems`]);
+//! The HTTP API turns them into one 400 body (`server::error::ApiError::problems`);
 //! the CLI prints them one a line.
 
 use serde::Serialize;

@@ -109,7 +109,12 @@ pub fn vacuum(
     rt.block_on(async move {
         let (config, store) = super::open_store(file, data)?;
         let retention = retention.unwrap_or(config.retention.vacuum_after);
-        let deleted = crate::storage::retention::vacuum_all(&store, retention).await?;
+        let deleted = crate::storage::retention::vacuum_all(
+            &store,
+            retention,
+            &crate::jobs::defs::pending_tables(),
+        )
+        .await?;
         for (table, n) in &deleted {
             println!("{table}: {n} file(s) deleted");
         }

@@ -1,5 +1,5 @@
 //! Checks of single JSON values, shared by the native event format ([`super::event`])
-//! and the SDK formats ([`super::compat`]): strings, ids, `occurred_at`, and objects
+//! and the SDK formats (`compat`): strings, ids, `occurred_at`, and objects
 //! stored as `properties`. Each returns the problem's wording; the caller names the field.
 
 use std::borrow::Cow;

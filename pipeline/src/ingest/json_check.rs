@@ -35,7 +35,7 @@ pub enum Scan {
 
 /// The deepest walk [`scan`] makes whatever `max_depth` it is given: serde_json's own
 /// recursion limit, so a value deeper than this could not be read back as a `Value`.
-pub const MAX_WALK_DEPTH: usize = 128;
+pub const MAX_WALK_DEPTH: usize = crate::config::ingest::MAX_PROPERTIES_DEPTH;
 
 enum Seg<'a> {
     Key(Cow<'a, str>),

@@ -1,15 +1,19 @@
 //! Ingest: validate a batch, drop retried events, make it durable, acknowledge.
 //!
 //! - [`event`]: parse and validate a body into events.
+//! - [`fields`]: checks of single JSON values, shared with the SDK formats (strings, ids,
+//!   `occurred_at`, objects stored as `properties`).
+//! - [`json_check`]: one walk over `properties` (duplicate keys, big numbers, depth).
 //! - [`batch`]: build the Arrow record batch of validated events.
 //! - [`dedup`]: the index of recently accepted event ids.
 //! - [`wal`]: the on-disk segment format (framing, checksums, torn tails).
+//! - [`wal_frame`]: the records of a segment, written and read without I/O (a torn tail
+//!   ends the reading).
 //! - [`log`]: the log thread (group commit, rotation).
 //! - [`flusher`]: commits sealed segments to the `events` Delta table.
 //! - [`recovery`]: WAL replay and dedup rebuild at startup.
 
 pub mod batch;
-pub mod compat;
 pub mod dedup;
 pub mod event;
 pub mod fields;

@@ -53,6 +53,11 @@ pub enum Job {
 
 pub const ALL: [Job; 3] = [Job::Profiles, Job::EventStats, Job::Attributes];
 
+/// The jobs' pending tables, which live below `_tidemark/` (for VACUUM).
+pub fn pending_tables() -> Vec<String> {
+    ALL.iter().map(|j| j.pending().to_string()).collect()
+}
+
 impl Job {
     pub fn source(self) -> Source {
         match self {

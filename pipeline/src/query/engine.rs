@@ -20,8 +20,9 @@ use futures::stream::BoxStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::limits::{Gate, QueryConfig, QueryError};
+use super::limits::{Gate, QueryError};
 use super::{depth, policy, time_travel};
+use crate::config::QueryConfig;
 use crate::storage::Store;
 
 /// What a door adds to a query's session before planning.

@@ -27,7 +27,7 @@ use futures::TryStreamExt;
 
 pub use encode::{Encoder, Format};
 pub use engine::{Engine, Planned, Rows};
-pub use limits::{QueryConfig, QueryError};
+pub use limits::QueryError;
 
 use crate::jobs::{self, Job};
 use crate::storage::Store;

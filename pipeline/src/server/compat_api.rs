@@ -5,7 +5,7 @@
 //! The write key is an ingest (or admin) key, sent as HTTP basic auth's user name (both
 //! Segment SDKs), `writeKey` / `api_key` / `token` in the body, or a bearer header; the
 //! environment is the key's. Bodies may be gzip-encoded. The mapping is
-//! [`crate::ingest::compat`]; here the request is read, stored and answered as the SDKs
+//! [`crate::compat`]; here the request is read, stored and answered as the SDKs
 //! expect: 200 with a JSON body (RudderStack's SDK takes anything else as a failure), 400
 //! when no message is valid, 413 past `limits.max_sdk_batch_bytes`, 503 with Retry-After
 //! under backpressure. Error bodies carry `code` and `message` (what the Segment SDKs
@@ -33,10 +33,10 @@ use super::AppState;
 use super::body::{gunzip, header_str, read_body};
 use super::error::ApiError;
 use crate::auth::{Credential, Writer};
+use crate::compat::lenient::{Context, Lenient};
+use crate::compat::segment::{Envelope, Kind};
+use crate::compat::{self, Mapped, posthog, segment};
 use crate::ingest::IngestError;
-use crate::ingest::compat::lenient::{Context, Lenient};
-use crate::ingest::compat::segment::{Envelope, Kind};
-use crate::ingest::compat::{self, Mapped, posthog, segment};
 use crate::problem::Subject;
 use crate::users::fields::Registry;
 

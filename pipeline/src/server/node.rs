@@ -456,6 +456,7 @@ async fn maintenance_pass(
     retention: crate::config::RetentionConfig,
     deliveries: Duration,
 ) {
+    let hidden = crate::jobs::defs::pending_tables();
     match crate::storage::retention::apply_retention(&store, &retention).await {
         Ok(deleted) => {
             for (env, rows) in deleted {
@@ -469,7 +470,7 @@ async fn maintenance_pass(
         Ok(rows) => tracing::info!(rows, "retention deleted old delivery attempts"),
         Err(e) => tracing::warn!(error = %e, "retention of deliveries failed"),
     }
-    match crate::storage::retention::vacuum_all(&store, retention.vacuum_after).await {
+    match crate::storage::retention::vacuum_all(&store, retention.vacuum_after, &hidden).await {
         Ok(deleted) => {
             let n: usize = deleted.values().sum();
             if n > 0 {

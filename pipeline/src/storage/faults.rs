@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::config::FaultConfig;
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
@@ -24,31 +25,6 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
-use serde::{Deserialize, Serialize};
-
-/// `[storage.faults]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FaultConfig {
-    /// Share of operations that fail (0 = off, 0.1 = one in ten).
-    pub rate: f64,
-    /// Share of operations delayed (by up to `max_delay`).
-    pub delay_rate: f64,
-    #[serde(with = "humantime_serde")]
-    pub max_delay: Duration,
-    /// For crash tests: the process aborts at its first write into this table's Delta log
-    /// (`event_stats`, `_tidemark/pending/profiles`): its data files are written, its commit
-    /// is not. Empty = off.
-    pub crash_on_commit_to: String,
-}
-
-impl FaultConfig {
-    pub fn is_on(&self) -> bool {
-        self.rate > 0.0
-            || (self.delay_rate > 0.0 && !self.max_delay.is_zero())
-            || !self.crash_on_commit_to.is_empty()
-    }
-}
 
 /// What was injected so far.
 #[derive(Debug, Default)]

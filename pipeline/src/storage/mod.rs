@@ -14,7 +14,7 @@ pub mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
+use crate::config::StorageConfig;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -258,50 +258,6 @@ impl Store {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// `[storage]`: object-store options by name, and fault injection.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StorageConfig {
-    /// Fault injection for tests and drills (`rate`, `delay_rate`, `max_delay`; off).
-    #[serde(default, skip_serializing_if = "is_off")]
-    pub faults: faults::FaultConfig,
-    /// Options by `object_store` name (`aws_endpoint`, `aws_region`, …).
-    #[serde(flatten, deserialize_with = "scalars_as_strings")]
-    pub options: BTreeMap<String, String>,
-}
-
-fn is_off(f: &faults::FaultConfig) -> bool {
-    !f.is_on()
-}
-
-/// Option values as strings, whatever TOML or an environment variable made of them
-/// (`aws_allow_http = true`, `TIDEMARK_STORAGE__AWS_ALLOW_HTTP=true`).
-fn scalars_as_strings<'de, D>(d: D) -> std::result::Result<BTreeMap<String, String>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        S(String),
-        B(bool),
-        I(i64),
-        F(f64),
-    }
-    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Scalar::S(s) => s,
-                Scalar::B(b) => b.to_string(),
-                Scalar::I(i) => i.to_string(),
-                Scalar::F(f) => f.to_string(),
-            };
-            (k, v)
-        })
-        .collect())
 }
 
 /// deltalake resolves a log store by URL scheme even when we hand it the object store;

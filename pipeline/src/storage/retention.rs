@@ -62,13 +62,17 @@ async fn environments_of(events: &DeltaTable) -> Result<Vec<String>> {
 }
 
 /// VACUUM (full: also orphaned files of crashed writers) of every table, deleting files
-/// that left their table more than `retention` ago. Returns files deleted per table.
-pub async fn vacuum_all(store: &Store, retention: Duration) -> Result<BTreeMap<String, usize>> {
+/// that left their table more than `retention` ago. `hidden` names the tables that live
+/// below `_tidemark/`, outside the listed table directories (the jobs' pending tables).
+/// Returns files deleted per table.
+pub async fn vacuum_all(
+    store: &Store,
+    retention: Duration,
+    hidden: &[String],
+) -> Result<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
-    // The pending tables live below `_tidemark/`, outside the listed table directories.
-    let pending = crate::jobs::defs::ALL.map(|j| j.pending().to_string());
-    for name in super::table_dirs(store).await?.into_iter().chain(pending) {
-        let Some(table) = store.load_table(&name).await? else {
+    for name in super::table_dirs(store).await?.iter().chain(hidden) {
+        let Some(table) = store.load_table(name).await? else {
             continue;
         };
         let period = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
@@ -78,7 +82,7 @@ pub async fn vacuum_all(store: &Store, retention: Duration) -> Result<BTreeMap<S
             .with_enforce_retention_duration(false)
             .with_mode(VacuumMode::Full)
             .await?;
-        out.insert(name, metrics.files_deleted.len());
+        out.insert(name.clone(), metrics.files_deleted.len());
     }
     Ok(out)
 }

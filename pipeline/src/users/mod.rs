@@ -1,5 +1,5 @@
 //! Customer data written by the users API and the importer (reads and erasure are in
-//! [`crate::profiles`], above the jobs).
+//! `profiles`, below the jobs).
 //!
 //! - [`fields`]: the custom field registry (config document) and typed value checks.
 //! - [`aliases`]: the `aliases` Delta table (SDK alias calls) the jobs resolve ids through.

@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::event::Event;
-use super::fields;
 use crate::config::Limits;
+use crate::ingest::event::Event;
+use crate::ingest::fields;
 use crate::problem::Problem;
 use crate::users::aliases::Alias;
 use crate::users::changes::{self, Update};
