@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::DataArgs;
 use crate::jobs::{Runner, status};
-use crate::refresh::{self, Schedule};
+use crate::node::refresh::{self, Schedule};
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {

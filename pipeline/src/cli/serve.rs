@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::{AckMode, Overrides};
-use crate::server::node;
+use crate::node;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {

@@ -342,7 +342,7 @@ pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Resul
         webhooks.key()?;
         let mut sup = Supervisor::new();
         let started =
-            crate::server::node::start_sinks(&mut sup, &config, &store, &webhooks, &exports);
+            crate::node::passes::start_sinks(&mut sup, &config, &store, &webhooks, &exports);
         if started == 0 {
             anyhow::bail!("nothing to run: webhooks.enabled and exports.enabled are both false");
         }

@@ -18,7 +18,6 @@
 //! - [`pg`]: the Postgres wire protocol door (`query.pg_listen`).
 //! - [`console`]: the web console's static files, `/console/`.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`node`]: starting a node: recovery, background tasks, graceful shutdown.
 
 pub mod auth;
 pub mod body;
@@ -30,7 +29,6 @@ pub mod fields_api;
 pub mod flight;
 pub mod ingest_api;
 pub mod keys_api;
-pub mod node;
 pub mod ops;
 pub mod pg;
 pub mod query_api;
