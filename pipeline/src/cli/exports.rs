@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::{DataArgs, Target};
+use super::{DataArgs, Target, registry};
 use crate::exports::Context;
 use crate::exports::batched::parse_bound;
 use crate::exports::def::{Export, Exports};
@@ -60,6 +60,12 @@ pub enum ExportsCommand {
         #[command(flatten)]
         at: Target,
     },
+}
+
+impl registry::Printed for Export {
+    fn print(&self) {
+        print_export(self);
+    }
 }
 
 fn print_export(e: &Export) {
@@ -174,29 +180,15 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
             ExportsCommand::Pause {
                 id,
                 at: Target { env, data },
-            } => {
-                let (_, store) = super::open_store(file, data)?;
-                let ex = Exports::new(store)
-                    .set_paused(&env, &id, true, None)
-                    .await?;
-                print_export(&ex);
-            }
+            } => registry::set_paused::<Export>(file, data, &env, &id, true).await?,
             ExportsCommand::Resume {
                 id,
                 at: Target { env, data },
-            } => {
-                let (_, store) = super::open_store(file, data)?;
-                let ex = Exports::new(store).resume(&env, &id).await?;
-                print_export(&ex);
-            }
+            } => registry::set_paused::<Export>(file, data, &env, &id, false).await?,
             ExportsCommand::Delete {
                 id,
                 at: Target { env, data },
-            } => {
-                let (_, store) = super::open_store(file, data)?;
-                Exports::new(store).delete(&env, &id).await?;
-                println!("deleted export {id}");
-            }
+            } => registry::delete::<Export>(file, data, &env, &id).await?,
         }
         Ok(ExitCode::SUCCESS)
     })

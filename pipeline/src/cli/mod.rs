@@ -17,6 +17,7 @@ mod fields;
 mod import;
 mod jobs;
 mod keys;
+mod registry;
 mod segments;
 mod serve;
 mod sql;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use super::{DataArgs, Target};
+use super::{DataArgs, Target, registry};
 use crate::problem::Problem;
 use crate::problem::{Subject, WriteError};
 use crate::segments::store::Segments;
@@ -226,11 +226,7 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
             SegmentsCommand::Delete {
                 id,
                 at: Target { env, data },
-            } => {
-                let (_, store) = super::open_store(file, data)?;
-                Segments::new(store).delete(&env, &id).await?;
-                println!("deleted segment {id}");
-            }
+            } => registry::delete::<crate::segments::store::Stored>(file, data, &env, &id).await?,
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{DataArgs, Target};
+use super::{DataArgs, Target, registry};
 use crate::problem::Problem;
 use crate::problem::{Subject, WriteError};
 use crate::supervisor::Supervisor;
 use crate::webhooks::follow::Follower;
-use crate::webhooks::subscription::{self, Subscriptions};
+use crate::webhooks::subscription::{self, Subscription, Subscriptions};
 use crate::webhooks::{self, Context};
 
 /// Settings of a subscription given as flags (add and update).
@@ -207,6 +207,12 @@ fn written(
     }
 }
 
+impl registry::Printed for Subscription {
+    fn print(&self) {
+        print_sub(self);
+    }
+}
+
 fn print_sub(s: &subscription::Subscription) {
     let state = if s.paused {
         format!(
@@ -264,19 +270,15 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
             WebhooksCommand::Pause {
                 id,
                 at: Target { env, data },
-            } => set_paused(file, id, env, data, true).await?,
+            } => registry::set_paused::<Subscription>(file, data, &env, &id, true).await?,
             WebhooksCommand::Resume {
                 id,
                 at: Target { env, data },
-            } => set_paused(file, id, env, data, false).await?,
+            } => registry::set_paused::<Subscription>(file, data, &env, &id, false).await?,
             WebhooksCommand::Delete {
                 id,
                 at: Target { env, data },
-            } => {
-                let (_, store) = super::open_store(file, data)?;
-                Subscriptions::new(store).delete(&env, &id).await?;
-                println!("deleted webhook {id}");
-            }
+            } => registry::delete::<Subscription>(file, data, &env, &id).await?,
             WebhooksCommand::Test {
                 id,
                 at: Target { env, data },
@@ -312,23 +314,6 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
         }
         Ok(ExitCode::SUCCESS)
     })
-}
-
-async fn set_paused(
-    file: Option<&std::path::Path>,
-    id: String,
-    env: String,
-    data: DataArgs,
-    paused: bool,
-) -> anyhow::Result<()> {
-    let (_, store) = super::open_store(file, data)?;
-    let s = written(
-        Subscriptions::new(store)
-            .set_paused(&env, &id, paused)
-            .await,
-    )?;
-    print_sub(&s);
-    Ok(())
 }
 
 pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Result<ExitCode> {
@@ -477,11 +462,7 @@ async fn update(
     let input = sub.to_json()?;
     let s = written(
         Subscriptions::new(store)
-            .modify(&env, &id, |s| {
-                subscription::apply(s, &input, false, &|u| ctx.check_url(u))
-                    .map(|_| ())
-                    .map_err(WriteError::Invalid)
-            })
+            .update(&env, &id, &input, &ctx)
             .await,
     )?;
     print_sub(&s);

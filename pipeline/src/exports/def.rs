@@ -19,6 +19,7 @@ use super::window::Interval;
 use crate::problem::{Problem, WriteError};
 use crate::storage::Store;
 use crate::storage::paths::Doc;
+use crate::storage::registry::{Apply, Kind, Pausable, Registry};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -140,8 +141,8 @@ const FIELDS: &[&str] = &[
     "description",
 ];
 
-/// The checked values of a create request.
-struct Input {
+/// The checked values of a create request that are not stored as sent.
+pub struct Input {
     secret: Option<Secret>,
     options: BTreeMap<String, String>,
 }
@@ -347,38 +348,57 @@ fn apply(
     }
 }
 
+impl Kind for Export {
+    const DOC: Doc = Doc::Exports;
+    const NOUN: &'static str = "export";
+
+    fn not_found(environment: &str, id: &str) -> Error {
+        Error::NotFound(format!(
+            "export {id:?} does not exist in environment {environment:?}"
+        ))
+    }
+
+    fn touch(&mut self, now: DateTime<Utc>) {
+        self.updated_at = now;
+    }
+
+    /// The export's run state goes with it.
+    async fn deleted(store: &Store, environment: &str, id: &str) {
+        let _ = super::state::delete(store, environment, id).await;
+    }
+}
+
+impl Pausable for Export {
+    fn set_paused(&mut self, paused: bool, reason: Option<&str>) {
+        self.paused = paused;
+        self.paused_reason = paused.then(|| reason.unwrap_or("paused by a user").to_string());
+    }
+
+    /// A resumed export runs at once instead of waiting out its backoff.
+    async fn resumed(store: &Store, environment: &str, id: &str) -> Result<()> {
+        super::state::update(store, environment, id, super::schedule::resumed).await?;
+        Ok(())
+    }
+}
+
+impl Apply for Export {
+    type Context = Context;
+    type Extra = Input;
+
+    fn apply(
+        &mut self,
+        input: &Value,
+        _creating: bool,
+        ctx: &Context,
+    ) -> std::result::Result<Input, Vec<Problem>> {
+        apply(self, input, ctx)
+    }
+}
+
 /// The exports of a store.
-#[derive(Clone, Debug)]
-pub struct Exports {
-    store: Store,
-}
+pub type Exports = Registry<Export>;
 
-fn not_found(environment: &str, id: &str) -> Error {
-    Error::NotFound(format!(
-        "export {id:?} does not exist in environment {environment:?}"
-    ))
-}
-
-impl Exports {
-    pub fn new(store: Store) -> Exports {
-        Exports { store }
-    }
-
-    pub async fn all(&self) -> Result<ExportsDoc> {
-        self.store.docs().by_environment(Doc::Exports).await
-    }
-
-    pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Export>> {
-        Ok(self.all().await?.take(environment))
-    }
-
-    pub async fn get(&self, environment: &str, id: &str) -> Result<Export> {
-        self.list(environment)
-            .await?
-            .remove(id)
-            .ok_or_else(|| not_found(environment, id))
-    }
-
+impl Registry<Export> {
     /// Validates `input` (and, for SQL, plans the query) and stores the export; returns it
     /// and, for an HTTPS destination, its signing secret (shown once).
     pub async fn create(
@@ -407,10 +427,10 @@ impl Exports {
             created_at: now,
             updated_at: now,
         };
-        let input = apply(&mut ex, input, ctx).map_err(WriteError::Invalid)?;
+        let input = ex.apply(input, true, ctx).map_err(WriteError::Invalid)?;
         if ex.sql.is_some() {
             let window = ex.interval.window(ex.start);
-            let session = crate::query::session(&self.store, Some(environment)).await?;
+            let session = crate::query::session(self.store(), Some(environment)).await?;
             let q = source::source_sql(&ex.query(), window);
             if let Err(e) = source::plan(&session, &q).await {
                 return Err(WriteError::Invalid(vec![problem("sql", e.to_string())]));
@@ -429,85 +449,7 @@ impl Exports {
                 serde_json::to_vec(&input.options).map_err(|e| Error::Invalid(e.to_string()))?;
             ex.options = Some(key.encrypt(&json));
         }
-        let stored = ex.clone();
-        self.store
-            .docs()
-            .update(Doc::Exports, |d: Option<ExportsDoc>| {
-                let mut d = d.unwrap_or_default();
-                d.environments
-                    .entry(environment.to_string())
-                    .or_default()
-                    .insert(stored.id.clone(), stored.clone());
-                Ok(d)
-            })
-            .await?;
+        self.insert(environment, &ex.id, &ex).await?;
         Ok((ex, secret))
-    }
-
-    /// Applies `change` to one export and stores it.
-    async fn modify(
-        &self,
-        environment: &str,
-        id: &str,
-        change: impl Fn(&mut Export) + Send + Sync,
-    ) -> Result<Export> {
-        let (_, doc) = self
-            .store
-            .docs()
-            .update(Doc::Exports, |d: Option<ExportsDoc>| {
-                let mut d = d.unwrap_or_default();
-                let ex = d
-                    .environments
-                    .get_mut(environment)
-                    .and_then(|m| m.get_mut(id))
-                    .ok_or_else(|| not_found(environment, id))?;
-                change(ex);
-                ex.updated_at = Utc::now();
-                Ok(d)
-            })
-            .await?;
-        doc.environments
-            .get(environment)
-            .and_then(|m| m.get(id))
-            .cloned()
-            .ok_or_else(|| not_found(environment, id))
-    }
-
-    /// Pauses (with `reason`) or resumes an export.
-    pub async fn set_paused(
-        &self,
-        environment: &str,
-        id: &str,
-        paused: bool,
-        reason: Option<&str>,
-    ) -> Result<Export> {
-        self.modify(environment, id, |ex| {
-            ex.paused = paused;
-            ex.paused_reason = paused.then(|| reason.unwrap_or("paused by a user").to_string());
-        })
-        .await
-    }
-
-    /// Resumes the export; it runs at once instead of waiting out its backoff.
-    pub async fn resume(&self, environment: &str, id: &str) -> Result<Export> {
-        let ex = self.set_paused(environment, id, false, None).await?;
-        super::state::update(&self.store, environment, id, super::schedule::resumed).await?;
-        Ok(ex)
-    }
-
-    pub async fn delete(&self, environment: &str, id: &str) -> Result<()> {
-        self.store
-            .docs()
-            .update(Doc::Exports, |d: Option<ExportsDoc>| {
-                let mut d = d.unwrap_or_default();
-                d.environments
-                    .get_mut(environment)
-                    .and_then(|m| m.remove(id))
-                    .ok_or_else(|| not_found(environment, id))?;
-                Ok(d)
-            })
-            .await?;
-        let _ = super::state::delete(&self.store, environment, id).await;
-        Ok(())
     }
 }

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::def::{self, Segment};
-use crate::problem::Problem;
-use crate::storage::Store;
+use crate::problem::{Problem, WriteError};
 use crate::storage::paths::Doc;
-use crate::users::fields::Registry;
+use crate::storage::registry::{Apply, Kind, Registry};
+use crate::users::fields::{FieldDef, Registry as FieldRegistry};
 use crate::{Error, Result};
 
 /// One stored definition: the document as sent, and when it was written.
@@ -27,41 +27,52 @@ pub struct Stored {
 /// The `segments` config document: environment -> id -> stored definition.
 pub type SegmentsDoc = crate::storage::docs::ByEnvironment<Stored>;
 
-use crate::problem::WriteError;
+impl Kind for Stored {
+    const DOC: Doc = Doc::Segments;
+    const NOUN: &'static str = "segment";
 
-#[derive(Clone, Debug)]
-pub struct Segments {
-    store: Store,
-}
-
-impl Segments {
-    pub fn new(store: Store) -> Segments {
-        Segments { store }
+    fn not_found(environment: &str, id: &str) -> Error {
+        Error::NotFound(format!("no segment '{id}' in environment '{environment}'"))
     }
 
+    fn touch(&mut self, now: DateTime<Utc>) {
+        self.updated_at = now;
+        self.version += 1;
+    }
+}
+
+impl Apply for Stored {
+    /// The environment's custom fields (conditions are typed by them).
+    type Context = BTreeMap<String, FieldDef>;
+    type Extra = Segment;
+
+    /// A definition is replaced whole: `input` is checked, then stored as sent.
+    fn apply(
+        &mut self,
+        input: &Value,
+        _creating: bool,
+        fields: &Self::Context,
+    ) -> std::result::Result<Segment, Vec<Problem>> {
+        let (_, segment) = def::parse(input, fields)?;
+        self.definition = input.clone();
+        Ok(segment)
+    }
+}
+
+/// The segment definitions of a store.
+pub type Segments = Registry<Stored>;
+
+impl Registry<Stored> {
     /// Parses `doc` for `environment` (against its current fields).
     pub async fn validate(
         &self,
         environment: &str,
         doc: &Value,
     ) -> Result<Result<Segment, Vec<Problem>>> {
-        let fields = Registry::new(self.store.clone()).list(environment).await?;
+        let fields = FieldRegistry::new(self.store().clone())
+            .list(environment)
+            .await?;
         Ok(def::parse(doc, &fields).map(|(_, s)| s))
-    }
-
-    pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Stored>> {
-        Ok(self.all().await?.take(environment))
-    }
-
-    /// Every environment's segments.
-    pub async fn all(&self) -> Result<SegmentsDoc> {
-        self.store.docs().by_environment(Doc::Segments).await
-    }
-
-    pub async fn get(&self, environment: &str, id: &str) -> Result<Stored> {
-        self.list(environment).await?.remove(id).ok_or_else(|| {
-            Error::NotFound(format!("no segment '{id}' in environment '{environment}'"))
-        })
     }
 
     /// Creates (`replace = false`: 409 when the id exists) or replaces (`true`: 404 when
@@ -78,62 +89,28 @@ impl Segments {
         };
         let id = segment.id.clone();
         let now = Utc::now();
-        let mut written = None;
-        self.store
-            .docs()
-            .update(Doc::Segments, |d: Option<SegmentsDoc>| {
-                let mut d = d.unwrap_or_default();
-                let env = d.environments.entry(environment.to_string()).or_default();
-                let stored = match (env.get(&id), replace) {
-                    (Some(_), false) => {
-                        return Err(Error::Conflict(format!(
-                            "id: segment '{id}' already exists; update it with PUT"
-                        )));
-                    }
-                    (None, true) => {
-                        return Err(Error::NotFound(format!(
-                            "no segment '{id}' in environment '{environment}'"
-                        )));
-                    }
-                    (Some(old), true) => Stored {
+        let stored = self
+            .write(environment, &id, |old| match (old, replace) {
+                (Some(_), false) => Err(Error::Conflict(format!(
+                    "id: segment '{id}' already exists; update it with PUT"
+                ))),
+                (None, true) => Err(Stored::not_found(environment, &id)),
+                (Some(old), true) => {
+                    let mut stored = Stored {
                         definition: doc.clone(),
-                        created_at: old.created_at,
-                        updated_at: now,
-                        version: old.version + 1,
-                    },
-                    (None, false) => Stored {
-                        definition: doc.clone(),
-                        created_at: now,
-                        updated_at: now,
-                        version: 1,
-                    },
-                };
-                env.insert(id.clone(), stored.clone());
-                written = Some(stored);
-                Ok(d)
-            })
-            .await?;
-        written.ok_or_else(|| WriteError::Other(Error::Unavailable("segment write lost".into())))
-    }
-
-    pub async fn delete(&self, environment: &str, id: &str) -> Result<Stored> {
-        let mut removed = None;
-        self.store
-            .docs()
-            .update(Doc::Segments, |d: Option<SegmentsDoc>| {
-                let mut d = d.unwrap_or_default();
-                removed = d
-                    .environments
-                    .get_mut(environment)
-                    .and_then(|e| e.remove(id));
-                if removed.is_none() {
-                    return Err(Error::NotFound(format!(
-                        "no segment '{id}' in environment '{environment}'"
-                    )));
+                        ..old.clone()
+                    };
+                    stored.touch(now);
+                    Ok(stored)
                 }
-                Ok(d)
+                (None, false) => Ok(Stored {
+                    definition: doc.clone(),
+                    created_at: now,
+                    updated_at: now,
+                    version: 1,
+                }),
             })
             .await?;
-        removed.ok_or_else(|| Error::NotFound(format!("no segment '{id}'")))
+        Ok(stored)
     }
 }

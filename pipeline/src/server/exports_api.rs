@@ -194,14 +194,6 @@ pub async fn get_one(
     Ok(Json(exports(&state).get(&env, &id).await?.public()))
 }
 
-pub async fn delete(
-    State(state): State<Arc<AppState>>,
-    (_, Path((env, id))): OneExport,
-) -> Result<StatusCode, ApiError> {
-    exports(&state).delete(&env, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 pub async fn status(
     State(state): State<Arc<AppState>>,
     (_, Path((env, id))): OneExport,
@@ -210,34 +202,6 @@ pub async fn status(
     Ok(Json(
         worker::status(&state.store, &state.exports, &env, &ex, chrono::Utc::now()).await?,
     ))
-}
-
-async fn set_paused(
-    state: &AppState,
-    env: &str,
-    id: &str,
-    paused: bool,
-) -> Result<Json<Value>, ApiError> {
-    let ex = if paused {
-        exports(state).set_paused(env, id, true, None).await?
-    } else {
-        exports(state).resume(env, id).await?
-    };
-    Ok(Json(ex.public()))
-}
-
-pub async fn pause(
-    State(state): State<Arc<AppState>>,
-    (_, Path((env, id))): OneExport,
-) -> Result<Json<Value>, ApiError> {
-    set_paused(&state, &env, &id, true).await
-}
-
-pub async fn resume(
-    State(state): State<Arc<AppState>>,
-    (_, Path((env, id))): OneExport,
-) -> Result<Json<Value>, ApiError> {
-    set_paused(&state, &env, &id, false).await
 }
 
 /// Runs the export's due windows now (ignoring backoff) and reports them.

@@ -10,6 +10,7 @@
 //! - [`fields_api`]: the custom field registry, `/v1/{env}/fields`.
 //! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
 //! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
+//! - [`registry_api`]: delete, pause and resume of every kind of config document.
 //! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
 //! - [`stream_api`]: the live event stream (SSE), `GET /v1/{env}/events/stream`.
 //! - [`keys_api`]: `GET /v1/whoami` and the keys of an environment, `/v1/{env}/keys`.
@@ -32,6 +33,7 @@ pub mod keys_api;
 pub mod ops;
 pub mod pg;
 pub mod query_api;
+pub mod registry_api;
 pub mod segments_api;
 pub mod stream_api;
 pub mod users_api;
@@ -46,9 +48,11 @@ use tokio::sync::OnceCell;
 
 use crate::auth::KeyCache;
 use crate::config::Limits;
+use crate::exports::def::Export;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::storage::Store;
+use crate::webhooks::subscription::Subscription;
 
 /// Shared by every request handler.
 pub struct AppState {
@@ -249,9 +253,17 @@ fn webhooks_routes() -> Vec<Route> {
         Route::post("/v1/{env}/webhooks", Json, webhooks_api::create),
         Route::get(one, webhooks_api::get_one),
         Route::new(http::Method::PATCH, one, Json, webhooks_api::update),
-        Route::delete(one, webhooks_api::delete),
-        Route::post(format!("{one}/pause"), Nothing, webhooks_api::pause),
-        Route::post(format!("{one}/resume"), Nothing, webhooks_api::resume),
+        Route::delete(one, registry_api::delete::<Subscription>),
+        Route::post(
+            format!("{one}/pause"),
+            Nothing,
+            registry_api::pause::<Subscription>,
+        ),
+        Route::post(
+            format!("{one}/resume"),
+            Nothing,
+            registry_api::resume::<Subscription>,
+        ),
         Route::post(format!("{one}/test"), Nothing, webhooks_api::test),
         Route::post(format!("{one}/recover"), Json, webhooks_api::recover),
         Route::post(
@@ -276,10 +288,18 @@ fn exports_routes() -> Vec<Route> {
         Route::get("/v1/{env}/exports", exports_api::list),
         Route::post("/v1/{env}/exports", Json, exports_api::create),
         Route::get(one, exports_api::get_one),
-        Route::delete(one, exports_api::delete),
+        Route::delete(one, registry_api::delete::<Export>),
         Route::get(format!("{one}/status"), exports_api::status),
-        Route::post(format!("{one}/pause"), Nothing, exports_api::pause),
-        Route::post(format!("{one}/resume"), Nothing, exports_api::resume),
+        Route::post(
+            format!("{one}/pause"),
+            Nothing,
+            registry_api::pause::<Export>,
+        ),
+        Route::post(
+            format!("{one}/resume"),
+            Nothing,
+            registry_api::resume::<Export>,
+        ),
         Route::post(format!("{one}/run"), Nothing, exports_api::run),
         Route::post(format!("{one}/backfill"), Json, exports_api::backfill),
     ]

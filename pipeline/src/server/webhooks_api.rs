@@ -14,8 +14,8 @@ use super::AppState;
 use super::auth::{Admin, Authorized};
 use super::body::{BodyKind, JsonBody};
 use super::error::{ApiError, rejected};
-use crate::problem::{Subject, WriteError};
-use crate::webhooks::subscription::{self, Subscriptions};
+use crate::problem::Subject;
+use crate::webhooks::subscription::Subscriptions;
 use crate::webhooks::{self, follow::Follower};
 
 /// A subscription or the options of an action on one.
@@ -97,52 +97,11 @@ pub async fn update(
     (_, Path((env, id))): OneWebhook,
     JsonBody(input, _): JsonBody<Value, Request>,
 ) -> Result<Json<Value>, ApiError> {
-    let ctx = &state.webhooks;
     let sub = subs(&state)
-        .modify(&env, &id, |sub| {
-            subscription::apply(sub, &input, false, &|u| ctx.check_url(u))
-                .map(|_| ())
-                .map_err(WriteError::Invalid)
-        })
+        .update(&env, &id, &input, &state.webhooks)
         .await
         .map_err(rejected(Subject::Webhook))?;
     Ok(Json(sub.public()))
-}
-
-pub async fn delete(
-    State(state): State<Arc<AppState>>,
-    (_, Path((env, id))): OneWebhook,
-) -> Result<StatusCode, ApiError> {
-    subs(&state).delete(&env, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// `POST …/{id}/pause` and `…/resume`.
-async fn set_paused(
-    state: &AppState,
-    env: &str,
-    id: &str,
-    paused: bool,
-) -> Result<Json<Value>, ApiError> {
-    let sub = subs(state)
-        .set_paused(env, id, paused)
-        .await
-        .map_err(rejected(Subject::Webhook))?;
-    Ok(Json(sub.public()))
-}
-
-pub async fn pause(
-    State(state): State<Arc<AppState>>,
-    (_, Path((env, id))): OneWebhook,
-) -> Result<Json<Value>, ApiError> {
-    set_paused(&state, &env, &id, true).await
-}
-
-pub async fn resume(
-    State(state): State<Arc<AppState>>,
-    (_, Path((env, id))): OneWebhook,
-) -> Result<Json<Value>, ApiError> {
-    set_paused(&state, &env, &id, false).await
 }
 
 pub async fn test(

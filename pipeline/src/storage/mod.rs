@@ -10,6 +10,7 @@ pub mod events_table;
 pub mod faults;
 pub mod lease;
 pub mod paths;
+pub mod registry;
 pub mod retention;
 
 use std::collections::{BTreeMap, HashMap};

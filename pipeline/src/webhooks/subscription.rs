@@ -12,8 +12,8 @@ use tidemark_sinks::sign::Secret;
 
 use super::checks::{self, Filter};
 use crate::problem::Problem;
-use crate::storage::Store;
 use crate::storage::paths::Doc;
+use crate::storage::registry::{Apply, Kind, Pausable, Registry};
 use crate::{Error, Result};
 
 pub const MAX_EVENTS_LIMIT: u32 = 1000;
@@ -252,32 +252,45 @@ pub fn apply(
     }
 }
 
-/// The subscriptions of a store.
-#[derive(Clone, Debug)]
-pub struct Subscriptions {
-    store: Store,
+impl Kind for Subscription {
+    const DOC: Doc = Doc::Webhooks;
+    const NOUN: &'static str = "webhook";
+
+    fn not_found(environment: &str, id: &str) -> Error {
+        Error::NotFound(format!("no webhook '{id}' in environment '{environment}'"))
+    }
+
+    fn touch(&mut self, now: DateTime<Utc>) {
+        self.updated_at = now;
+    }
 }
 
-impl Subscriptions {
-    pub fn new(store: Store) -> Subscriptions {
-        Subscriptions { store }
+impl Pausable for Subscription {
+    fn set_paused(&mut self, paused: bool, reason: Option<&str>) {
+        self.paused = paused;
+        self.paused_reason = paused.then(|| reason.unwrap_or("paused by a user").to_string());
     }
+}
 
-    pub async fn all(&self) -> Result<WebhooksDoc> {
-        self.store.docs().by_environment(Doc::Webhooks).await
+impl Apply for Subscription {
+    /// The deployment's address policy judges the URL.
+    type Context = super::Context;
+    type Extra = Option<Secret>;
+
+    fn apply(
+        &mut self,
+        input: &Value,
+        creating: bool,
+        ctx: &super::Context,
+    ) -> std::result::Result<Option<Secret>, Vec<Problem>> {
+        apply(self, input, creating, &|u| ctx.check_url(u))
     }
+}
 
-    pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, Subscription>> {
-        Ok(self.all().await?.take(environment))
-    }
+/// The subscriptions of a store.
+pub type Subscriptions = Registry<Subscription>;
 
-    pub async fn get(&self, environment: &str, id: &str) -> Result<Subscription> {
-        self.list(environment)
-            .await?
-            .remove(id)
-            .ok_or_else(|| not_found(environment, id))
-    }
-
+impl Registry<Subscription> {
     /// Creates a subscription from `input`; returns it and its secret (shown once).
     pub async fn create(
         &self,
@@ -315,76 +328,8 @@ impl Subscriptions {
             created_at: now,
             expires_at: None,
         });
-        let stored = sub.clone();
-        self.store
-            .docs()
-            .update(Doc::Webhooks, |d: Option<WebhooksDoc>| {
-                let mut d = d.unwrap_or_default();
-                d.environments
-                    .entry(environment.to_string())
-                    .or_default()
-                    .insert(stored.id.clone(), stored.clone());
-                Ok(d)
-            })
-            .await?;
+        self.insert(environment, &sub.id, &sub).await?;
         Ok((sub, secret))
-    }
-
-    /// Applies `change` to subscription `id` and stores the result.
-    pub async fn modify<F>(
-        &self,
-        environment: &str,
-        id: &str,
-        mut change: F,
-    ) -> std::result::Result<Subscription, WriteError>
-    where
-        F: FnMut(&mut Subscription) -> std::result::Result<(), WriteError>,
-    {
-        let mut invalid = None;
-        let mut result = None;
-        let written = self
-            .store
-            .docs()
-            .update(Doc::Webhooks, |d: Option<WebhooksDoc>| {
-                let mut d = d.unwrap_or_default();
-                let sub = d
-                    .environments
-                    .get_mut(environment)
-                    .and_then(|e| e.get_mut(id))
-                    .ok_or_else(|| not_found(environment, id))?;
-                match change(sub) {
-                    Ok(()) => {}
-                    Err(WriteError::Invalid(p)) => {
-                        invalid = Some(p);
-                        return Err(Error::Invalid("invalid".into()));
-                    }
-                    Err(WriteError::Other(e)) => return Err(e),
-                }
-                sub.updated_at = Utc::now();
-                result = Some(sub.clone());
-                Ok(d)
-            })
-            .await;
-        if let Some(p) = invalid {
-            return Err(WriteError::Invalid(p));
-        }
-        written?;
-        result.ok_or_else(|| WriteError::Other(not_found(environment, id)))
-    }
-
-    /// Pauses or resumes by a user's request.
-    pub async fn set_paused(
-        &self,
-        environment: &str,
-        id: &str,
-        paused: bool,
-    ) -> std::result::Result<Subscription, WriteError> {
-        self.modify(environment, id, |sub| {
-            sub.paused = paused;
-            sub.paused_reason = paused.then(|| "paused by a user".to_string());
-            Ok(())
-        })
-        .await
     }
 
     /// Asks the worker to re-send the messages that failed at or after `since`.
@@ -417,25 +362,6 @@ impl Subscriptions {
         })
         .await
     }
-
-    pub async fn delete(&self, environment: &str, id: &str) -> Result<()> {
-        self.store
-            .docs()
-            .update(Doc::Webhooks, |d: Option<WebhooksDoc>| {
-                let mut d = d.unwrap_or_default();
-                d.environments
-                    .get_mut(environment)
-                    .and_then(|e| e.remove(id))
-                    .ok_or_else(|| not_found(environment, id))?;
-                Ok(d)
-            })
-            .await?;
-        Ok(())
-    }
-}
-
-fn not_found(environment: &str, id: &str) -> Error {
-    Error::NotFound(format!("no webhook '{id}' in environment '{environment}'"))
 }
 
 /// Rotates the signing secret: the new one signs from now; the old ones keep signing
