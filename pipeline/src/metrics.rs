@@ -64,67 +64,27 @@ impl Metrics {
             stream_events: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "events_accepted",
-            "Events stored",
-            m.events_accepted.clone(),
-        );
-        registry.register(
-            "events_rejected",
-            "Events in batches refused as invalid",
-            m.events_rejected_total.clone(),
-        );
-        registry.register(
-            "requests_rejected",
-            "Ingest requests refused, by reason",
-            m.events_rejected.clone(),
-        );
-        registry.register(
-            "events_duplicate",
-            "Events dropped as retries of stored events",
-            m.events_duplicate.clone(),
-        );
-        registry.register(
-            "wal_pending_bytes",
-            "WAL bytes not yet committed to the events table",
-            m.wal_pending_bytes.clone(),
-        );
-        registry.register(
-            "wal_bytes",
-            "Bytes appended to the WAL",
-            m.wal_bytes.clone(),
-        );
-        registry.register(
-            "ack_latency_seconds",
-            "Time from request to acknowledgement",
-            m.ack_latency.clone(),
-        );
-        registry.register(
-            "flush_latency_seconds",
-            "Time to commit one WAL segment to Delta",
-            m.flush_latency.clone(),
-        );
-        registry.register("commits", "Delta commits of events", m.commits.clone());
-        registry.register(
-            "commit_failures",
-            "Failed Delta commits of events",
-            m.commit_failures.clone(),
-        );
-        registry.register(
-            "optimize_files_removed",
-            "Small files removed by compaction",
-            m.optimize_files_removed.clone(),
-        );
-        registry.register(
-            "stream_connections",
-            "Open event streams (GET /v1/{env}/events/stream)",
-            m.stream_connections.clone(),
-        );
-        registry.register(
-            "stream_events",
-            "Events sent on event streams",
-            m.stream_events.clone(),
-        );
+        // The name, the help text and the metric of each, registered in this order.
+        macro_rules! register {
+            ($($name:literal, $help:literal => $field:ident;)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            "events_accepted", "Events stored" => events_accepted;
+            "events_rejected", "Events in batches refused as invalid" => events_rejected_total;
+            "requests_rejected", "Ingest requests refused, by reason" => events_rejected;
+            "events_duplicate", "Events dropped as retries of stored events" => events_duplicate;
+            "wal_pending_bytes", "WAL bytes not yet committed to the events table" => wal_pending_bytes;
+            "wal_bytes", "Bytes appended to the WAL" => wal_bytes;
+            "ack_latency_seconds", "Time from request to acknowledgement" => ack_latency;
+            "flush_latency_seconds", "Time to commit one WAL segment to Delta" => flush_latency;
+            "commits", "Delta commits of events" => commits;
+            "commit_failures", "Failed Delta commits of events" => commit_failures;
+            "optimize_files_removed", "Small files removed by compaction" => optimize_files_removed;
+            "stream_connections", "Open event streams (GET /v1/{env}/events/stream)" => stream_connections;
+            "stream_events", "Events sent on event streams" => stream_events;
+        }
         Metrics { registry, ..m }
     }
 

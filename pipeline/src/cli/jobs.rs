@@ -86,45 +86,54 @@ fn print_published(reports: &[crate::jobs::publish::PublishReport]) {
     }
 }
 
+/// `jobs run --once`: runs the jobs until caught up, then publishes.
+async fn run_once(runner: Runner) -> anyhow::Result<ExitCode> {
+    let mut total = 0;
+    loop {
+        let reports = runner.run_once().await?;
+        if reports.is_empty() {
+            break;
+        }
+        total += reports.len();
+        print_reports(&reports);
+    }
+    if total == 0 {
+        println!("jobs are up to date");
+    }
+    print_published(&runner.publish().await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `jobs run`: the job loop until Ctrl-C or SIGTERM.
+async fn run_loop(runner: Runner, config: crate::config::Config) -> anyhow::Result<ExitCode> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        super::serve::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    println!(
+        "tidemark: running jobs every {:?}",
+        config.jobs.poll_interval
+    );
+    let schedule = Schedule {
+        debounce: config.jobs.debounce,
+        poll_interval: config.jobs.poll_interval,
+    };
+    refresh::run_loop(runner, schedule, None, Default::default(), stop_rx).await;
+    println!("tidemark: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(file: Option<&Path>, cmd: JobsCommand) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     match cmd {
         JobsCommand::Run { data, once, engine } => {
             let (runner, config) = runner_on(file, data, engine)?;
-            rt.block_on(async move {
-                if once {
-                    let mut total = 0;
-                    loop {
-                        let reports = runner.run_once().await?;
-                        if reports.is_empty() {
-                            break;
-                        }
-                        total += reports.len();
-                        print_reports(&reports);
-                    }
-                    if total == 0 {
-                        println!("jobs are up to date");
-                    }
-                    print_published(&runner.publish().await?);
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    super::serve::shutdown_signal().await;
-                    let _ = stop_tx.send(true);
-                });
-                println!(
-                    "tidemark: running jobs every {:?}",
-                    config.jobs.poll_interval
-                );
-                let schedule = Schedule {
-                    debounce: config.jobs.debounce,
-                    poll_interval: config.jobs.poll_interval,
-                };
-                refresh::run_loop(runner, schedule, None, Default::default(), stop_rx).await;
-                println!("tidemark: stopped");
-                Ok(ExitCode::SUCCESS)
-            })
+            if once {
+                rt.block_on(run_once(runner))
+            } else {
+                rt.block_on(run_loop(runner, config))
+            }
         }
         JobsCommand::Rebuild { data, engine } => {
             let (runner, _) = runner_on(file, data, engine)?;

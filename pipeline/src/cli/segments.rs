@@ -152,52 +152,11 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 file: def_file,
                 replace,
                 at: Target { env, data },
-            } => {
-                let doc = read_definition(&def_file)?;
-                let (config, store) = super::open_store(file, data)?;
-                match Segments::new(store.clone()).put(&env, doc, replace).await {
-                    Ok(s) => println!(
-                        "{} segment {} (version {})",
-                        if replace { "updated" } else { "added" },
-                        s.definition["id"].as_str().unwrap_or_default(),
-                        s.version
-                    ),
-                    Err(WriteError::Invalid(p)) => return Err(problems_error(&def_file, &p)),
-                    Err(WriteError::Other(e)) => return Err(e.into()),
-                }
-                // Evaluated at once, not at a serve's next `segments.interval`.
-                let leases = Leases::new(&store, config.lease_ttl);
-                let now = chrono::Utc::now().timestamp_micros();
-                let runs = crate::segments::job::run_all(&leases, now)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "the segment is stored, but evaluating it failed: {e}; \
-                         `tidemark segments run` (or a running serve) evaluates it"
-                        )
-                    })?;
-                print_runs(&runs);
-            }
+            } => add(file, &def_file, replace, env, data).await?,
             SegmentsCommand::List {
                 json,
                 at: Target { env, data },
-            } => {
-                let (_, store) = super::open_store(file, data)?;
-                let all = Segments::new(store).list(&env).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&all)?);
-                } else if all.is_empty() {
-                    println!("no segments in environment {env}");
-                } else {
-                    for (id, s) in &all {
-                        println!(
-                            "{id:<32} v{:<4} {}",
-                            s.version,
-                            s.definition["name"].as_str().unwrap_or_default()
-                        );
-                    }
-                }
-            }
+            } => list(file, json, env, data).await?,
             SegmentsCommand::Preview {
                 file: def_file,
                 at: Target { env, data },
@@ -230,6 +189,61 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `segments add`: stores the definition, then evaluates the segments at once (not at a
+/// serve's next `segments.interval`).
+async fn add(
+    file: Option<&Path>,
+    def_file: &Path,
+    replace: bool,
+    env: String,
+    data: DataArgs,
+) -> anyhow::Result<()> {
+    let doc = read_definition(def_file)?;
+    let (config, store) = super::open_store(file, data)?;
+    match Segments::new(store.clone()).put(&env, doc, replace).await {
+        Ok(s) => println!(
+            "{} segment {} (version {})",
+            if replace { "updated" } else { "added" },
+            s.definition["id"].as_str().unwrap_or_default(),
+            s.version
+        ),
+        Err(WriteError::Invalid(p)) => return Err(problems_error(def_file, &p)),
+        Err(WriteError::Other(e)) => return Err(e.into()),
+    }
+    let leases = Leases::new(&store, config.lease_ttl);
+    let now = chrono::Utc::now().timestamp_micros();
+    let runs = crate::segments::job::run_all(&leases, now)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the segment is stored, but evaluating it failed: {e}; \
+                 `tidemark segments run` (or a running serve) evaluates it"
+            )
+        })?;
+    print_runs(&runs);
+    Ok(())
+}
+
+/// `segments list`.
+async fn list(file: Option<&Path>, json: bool, env: String, data: DataArgs) -> anyhow::Result<()> {
+    let (_, store) = super::open_store(file, data)?;
+    let all = Segments::new(store).list(&env).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("no segments in environment {env}");
+    } else {
+        for (id, s) in &all {
+            println!(
+                "{id:<32} v{:<4} {}",
+                s.version,
+                s.definition["name"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `segments preview`: the member count and a sample of an unsaved definition.

@@ -98,38 +98,10 @@ fn event<'a>(
         },
     };
     let event_id = id_text(c.uuid, "uuid", limits, &mut p);
-    let occurred_at = if present(c.timestamp).is_some() {
-        time_us(c.timestamp, "timestamp", &mut p)
-    } else {
-        match present(c.offset).map(|r| r.get().parse::<i64>()) {
-            None => None,
-            Some(Ok(ms)) if ms >= 0 => Some(received_us.saturating_sub(ms.saturating_mul(1000))),
-            Some(_) => {
-                p.add(
-                    Some("offset"),
-                    "must be a whole number of milliseconds, at least 0",
-                );
-                None
-            }
-        }
-    };
+    let occurred_at = occurred_at(&c, received_us, &mut p);
     let set = object_text(c.set.or(props.set), "$set", limits, &mut p);
     let set_once = object_text(c.set_once.or(props.set_once), "$set_once", limits, &mut p);
-    let alias_of = match name.as_deref() {
-        Some("$identify") => Some(("properties.$anon_distinct_id", props.anon_distinct_id)),
-        Some("$create_alias") => Some(("properties.alias", props.alias)),
-        _ => None,
-    };
-    let previous_id = match alias_of {
-        Some((field, raw)) => {
-            let v = id_text(raw, field, limits, &mut p);
-            if v.is_none() && name.as_deref() == Some("$create_alias") && present(raw).is_none() {
-                p.add(Some(field), "is required for $create_alias");
-            }
-            v.map(Cow::into_owned)
-        }
-        None => None,
-    };
+    let previous_id = previous_id(name.as_deref(), &props, limits, &mut p);
     let (Some(event_name), Some(user_id)) = (name, user_id) else {
         return Err(p.list);
     };
@@ -163,6 +135,50 @@ fn event<'a>(
         write,
         alias,
     })
+}
+
+/// `timestamp` as sent; else the time received less `offset` (milliseconds ago); else none.
+fn occurred_at(c: &Capture, received_us: i64, p: &mut Problems) -> Option<i64> {
+    if present(c.timestamp).is_some() {
+        time_us(c.timestamp, "timestamp", p)
+    } else {
+        match present(c.offset).map(|r| r.get().parse::<i64>()) {
+            None => None,
+            Some(Ok(ms)) if ms >= 0 => Some(received_us.saturating_sub(ms.saturating_mul(1000))),
+            Some(_) => {
+                p.add(
+                    Some("offset"),
+                    "must be a whole number of milliseconds, at least 0",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The id an `$identify` (`$anon_distinct_id`) or `$create_alias` (`alias`) makes an alias
+/// of the event's user.
+fn previous_id(
+    name: Option<&str>,
+    props: &Props,
+    limits: &Limits,
+    p: &mut Problems,
+) -> Option<String> {
+    let alias_of = match name {
+        Some("$identify") => Some(("properties.$anon_distinct_id", props.anon_distinct_id)),
+        Some("$create_alias") => Some(("properties.alias", props.alias)),
+        _ => None,
+    };
+    match alias_of {
+        Some((field, raw)) => {
+            let v = id_text(raw, field, limits, p);
+            if v.is_none() && name == Some("$create_alias") && present(raw).is_none() {
+                p.add(Some(field), "is required for $create_alias");
+            }
+            v.map(Cow::into_owned)
+        }
+        None => None,
+    }
 }
 
 /// Maps the events of one request, received at `received_us`.

@@ -120,7 +120,57 @@ fn message<'a>(
     let Some(m) = open::<Message>(raw, "message", limits, &mut p) else {
         return Err(p.list);
     };
-    let kind = match (present(m.kind), envelope.implied) {
+    let kind = kind_of(&m, envelope.implied, &mut p);
+    let user = id_text(m.user_id, "userId", limits, &mut p);
+    let anonymous = id_text(m.anonymous_id, "anonymousId", limits, &mut p);
+    let event_id = id_text(m.message_id, "messageId", limits, &mut p);
+    let occurred_at = occurred_at(&m, envelope, received_us, &mut p);
+    let Some(kind) = kind else {
+        return Err(p.list);
+    };
+    let user_id = user_of(kind, user, anonymous, &mut p);
+    let Body {
+        event_name,
+        category,
+        properties,
+        previous_id,
+    } = body(kind, &m, limits, &mut p);
+    let platform = match &m.context {
+        Some(c) => c.0.platform(),
+        None => envelope.platform,
+    }
+    .map(Cow::Borrowed);
+    let (Some(user_id), Some(event_name)) = (user_id, event_name) else {
+        return Err(p.list);
+    };
+    let write = (kind == Kind::Identify).then(|| Write {
+        index,
+        user_id: user_id.to_string(),
+        set: properties.as_deref().map(members).unwrap_or_default(),
+        set_once: Default::default(),
+    });
+    let alias = previous_id.map(|previous_id| Alias {
+        previous_id,
+        user_id: user_id.to_string(),
+    });
+    p.finish(|| Part {
+        event: Event {
+            event_id,
+            event_name,
+            user_id,
+            occurred_at,
+            category,
+            platform,
+            properties,
+        },
+        write,
+        alias,
+    })
+}
+
+/// The message's `type`, or the one its endpoint implies.
+fn kind_of(m: &Message, implied: Option<Kind>, p: &mut Problems) -> Option<Kind> {
+    match (present(m.kind), implied) {
         (None, Some(k)) => Some(k),
         (None, None) => {
             p.add(
@@ -157,15 +207,17 @@ fn message<'a>(
                 None
             }
         },
-    };
-    let user = id_text(m.user_id, "userId", limits, &mut p);
-    let anonymous = id_text(m.anonymous_id, "anonymousId", limits, &mut p);
-    let event_id = id_text(m.message_id, "messageId", limits, &mut p);
-    let occurred_at = occurred_at(&m, envelope, received_us, &mut p);
-    let Some(kind) = kind else {
-        return Err(p.list);
-    };
-    let user_id = match (kind, user.clone(), anonymous) {
+    }
+}
+
+/// Who the message is about: `userId`, else `anonymousId` (an alias needs `userId`).
+fn user_of<'a>(
+    kind: Kind,
+    user: Option<Cow<'a, str>>,
+    anonymous: Option<Cow<'a, str>>,
+    p: &mut Problems,
+) -> Option<Cow<'a, str>> {
+    match (kind, user, anonymous) {
         (Kind::Alias, None, _) => {
             p.add(Some("userId"), "is required for an alias");
             None
@@ -176,7 +228,19 @@ fn message<'a>(
             p.add(Some("userId"), "userId or anonymousId is required");
             None
         }
-    };
+    }
+}
+
+/// What one message type stores: the event's name, category and properties, and an
+/// alias's previous id.
+struct Body<'a> {
+    event_name: Option<Cow<'a, str>>,
+    category: Category,
+    properties: Option<Cow<'a, str>>,
+    previous_id: Option<String>,
+}
+
+fn body<'a>(kind: Kind, m: &Message<'a>, limits: &Limits, p: &mut Problems) -> Body<'a> {
     let named = |fallback: &'static str, p: &mut Problems| match present(m.name) {
         None => Some(Cow::Borrowed(fallback)),
         Some(raw) => checked_string(raw, limits)
@@ -196,21 +260,21 @@ fn message<'a>(
                         .map_err(|e| p.add(Some("event"), e))
                         .ok(),
                 };
-                let props = object_text(m.properties, "properties", limits, &mut p);
+                let props = object_text(m.properties, "properties", limits, p);
                 (name, Category::Custom, props.map(Cow::Borrowed))
             }
             Kind::Page | Kind::Screen => {
-                let name = named(kind.as_str(), &mut p);
-                let props = object_text(m.properties, "properties", limits, &mut p);
+                let name = named(kind.as_str(), p);
+                let props = object_text(m.properties, "properties", limits, p);
                 (name, Category::Sdk, props.map(Cow::Borrowed))
             }
             Kind::Identify => {
                 // RudderStack's SDKs send identify's traits in `context.traits`.
                 let traits = match present(m.traits) {
-                    Some(_) => object_text(m.traits, "traits", limits, &mut p),
+                    Some(_) => object_text(m.traits, "traits", limits, p),
                     None => {
                         let in_context = m.context.as_ref().and_then(|c| c.0.traits);
-                        object_text(in_context, "context.traits", limits, &mut p)
+                        object_text(in_context, "context.traits", limits, p)
                     }
                 };
                 (
@@ -219,31 +283,13 @@ fn message<'a>(
                     traits.map(Cow::Borrowed),
                 )
             }
-            Kind::Group => {
-                let group = id_text(m.group_id, "groupId", limits, &mut p);
-                if group.is_none() && p.list.is_empty() {
-                    p.add(Some("groupId"), "is required for a group");
-                }
-                let traits = object_text(m.traits, "traits", limits, &mut p).unwrap_or("{}");
-                let props = group.map(|g| {
-                    Cow::Owned(format!(
-                        "{{\"group_id\":{},\"traits\":{traits}}}",
-                        serde_json::Value::String(g.into_owned())
-                    ))
-                });
-                (Some(Cow::Borrowed("group")), Category::Sdk, props)
-            }
+            Kind::Group => (
+                Some(Cow::Borrowed("group")),
+                Category::Sdk,
+                group_properties(m, limits, p),
+            ),
             Kind::Alias => {
-                let previous = id_text(m.previous_id, "previousId", limits, &mut p);
-                if previous.is_none()
-                    && !p
-                        .list
-                        .iter()
-                        .any(|x| x.field.as_deref() == Some("previousId"))
-                {
-                    p.add(Some("previousId"), "is required for an alias");
-                }
-                previous_id = previous.map(Cow::into_owned);
+                previous_id = alias_previous_id(m, limits, p);
                 let props = previous_id.as_ref().map(|v| {
                     Cow::Owned(format!(
                         "{{\"previous_id\":{}}}",
@@ -253,37 +299,45 @@ fn message<'a>(
                 (Some(Cow::Borrowed("alias")), Category::Sdk, props)
             }
         };
-    let platform = match &m.context {
-        Some(c) => c.0.platform(),
-        None => envelope.platform,
-    }
-    .map(Cow::Borrowed);
-    let (Some(user_id), Some(event_name)) = (user_id, event_name) else {
-        return Err(p.list);
-    };
-    let write = (kind == Kind::Identify).then(|| Write {
-        index,
-        user_id: user_id.to_string(),
-        set: properties.as_deref().map(members).unwrap_or_default(),
-        set_once: Default::default(),
-    });
-    let alias = previous_id.map(|previous_id| Alias {
+    Body {
+        event_name,
+        category,
+        properties,
         previous_id,
-        user_id: user_id.to_string(),
-    });
-    p.finish(|| Part {
-        event: Event {
-            event_id,
-            event_name,
-            user_id,
-            occurred_at,
-            category,
-            platform,
-            properties,
-        },
-        write,
-        alias,
+    }
+}
+
+/// A group call's properties: `{"group_id": …, "traits": {…}}`.
+fn group_properties<'a>(
+    m: &Message<'a>,
+    limits: &Limits,
+    p: &mut Problems,
+) -> Option<Cow<'a, str>> {
+    let group = id_text(m.group_id, "groupId", limits, p);
+    if group.is_none() && p.list.is_empty() {
+        p.add(Some("groupId"), "is required for a group");
+    }
+    let traits = object_text(m.traits, "traits", limits, p).unwrap_or("{}");
+    group.map(|g| {
+        Cow::Owned(format!(
+            "{{\"group_id\":{},\"traits\":{traits}}}",
+            serde_json::Value::String(g.into_owned())
+        ))
     })
+}
+
+/// An alias call's `previousId` (required).
+fn alias_previous_id(m: &Message, limits: &Limits, p: &mut Problems) -> Option<String> {
+    let previous = id_text(m.previous_id, "previousId", limits, p);
+    if previous.is_none()
+        && !p
+            .list
+            .iter()
+            .any(|x| x.field.as_deref() == Some("previousId"))
+    {
+        p.add(Some("previousId"), "is required for an alias");
+    }
+    previous.map(Cow::into_owned)
 }
 
 /// `timestamp` as sent; else `originalTimestamp` corrected by the client's clock error

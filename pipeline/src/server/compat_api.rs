@@ -16,7 +16,6 @@
 //! repeated `set` writes the same value) and aliases (the earliest link of an id wins).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Json;
@@ -268,6 +267,53 @@ fn messages(body: &str, api: Api) -> Result<(Vec<&RawValue>, Envelope<'_>), ApiE
     }
 }
 
+/// The request's body, gzip-decoded (posthog-js sends gzip without Content-Encoding,
+/// `?compression=gzip-js`), within `limits.max_sdk_batch_bytes`.
+async fn read_sdk_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, ApiError> {
+    let limit = (
+        state.limits.max_sdk_batch_bytes,
+        "limits.max_sdk_batch_bytes",
+    );
+    let bytes = read_body(headers, body, limit, state.limits.body_timeout).await?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return gunzip(&bytes, limit);
+    }
+    Ok(bytes)
+}
+
+/// Stores the profile writes (declared custom fields; returns the traits ignored) and the
+/// aliases of the accepted messages.
+async fn write_profiles(
+    state: &AppState,
+    env: &str,
+    mapped: &Mapped<'_>,
+) -> Result<Vec<compat::Ignored>, ApiError> {
+    let mut ignored = Vec::new();
+    if !mapped.writes.is_empty() {
+        let fields = Registry::new(state.store.clone())
+            .list(env)
+            .await
+            .map_err(|e| ApiError::from(e).context("cannot read the field registry"))?;
+        let (updates, skipped) =
+            compat::declared_updates(&mapped.writes, &fields, state.limits.max_string_len);
+        ignored = skipped;
+        if !updates.is_empty() {
+            super::users_api::write_updates(state, env, updates).await?;
+        }
+    }
+    if !mapped.aliases.is_empty() {
+        crate::users::aliases::append(&state.store, env, &mapped.aliases)
+            .await
+            .map_err(|e| ApiError::from(e).context("cannot store the aliases"))?;
+        state.profile_writes.notify_one();
+    }
+    Ok(ignored)
+}
+
 async fn handle(
     state: &AppState,
     headers: &HeaderMap,
@@ -275,15 +321,7 @@ async fn handle(
     api: Api,
 ) -> Result<Value, ApiError> {
     let started = Instant::now();
-    let limit = (
-        state.limits.max_sdk_batch_bytes,
-        "limits.max_sdk_batch_bytes",
-    );
-    let mut bytes = read_body(headers, body, limit, state.limits.body_timeout).await?;
-    // posthog-js sends gzip without Content-Encoding (`?compression=gzip-js`).
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        bytes = gunzip(&bytes, limit)?;
-    }
+    let bytes = read_sdk_body(state, headers, body).await?;
     let body = std::str::from_utf8(&bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "body is not valid UTF-8 (at byte {})",
@@ -304,14 +342,7 @@ async fn handle(
         .await?;
     let env = principal.environment.clone();
     let (raws, envelope) = messages(body, api)?;
-    if state.shutting_down.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable("tidemark is shutting down; retry"));
-    }
-    let Some(ingestor) = state.ingestor.get() else {
-        return Err(ApiError::unavailable(
-            "tidemark is starting (replaying the write-ahead log); retry shortly",
-        ));
-    };
+    let ingestor = state.accepting()?;
     if raws.is_empty() {
         return Err(ApiError::bad_request("the request has no messages"));
     }
@@ -341,25 +372,7 @@ async fn handle(
                 ApiError::internal(m)
             }
         })?;
-    let mut ignored = Vec::new();
-    if !mapped.writes.is_empty() {
-        let fields = Registry::new(state.store.clone())
-            .list(&env)
-            .await
-            .map_err(|e| ApiError::from(e).context("cannot read the field registry"))?;
-        let (updates, skipped) =
-            compat::declared_updates(&mapped.writes, &fields, state.limits.max_string_len);
-        ignored = skipped;
-        if !updates.is_empty() {
-            super::users_api::write_updates(state, &env, updates).await?;
-        }
-    }
-    if !mapped.aliases.is_empty() {
-        crate::users::aliases::append(&state.store, &env, &mapped.aliases)
-            .await
-            .map_err(|e| ApiError::from(e).context("cannot store the aliases"))?;
-        state.profile_writes.notify_one();
-    }
+    let ignored = write_profiles(state, &env, &mapped).await?;
     let mut problems = mapped.problems;
     problems.truncate(crate::problem::MAX_PROBLEMS);
     let mut answer = json!({

@@ -1,7 +1,6 @@
 //! `POST /v1/{env}/events`: a JSON array or NDJSON body, optionally gzip-encoded.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Body;
@@ -67,14 +66,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if state.shutting_down.load(Ordering::Acquire) {
-        return Err(ApiError::unavailable("tidemark is shutting down; retry"));
-    }
-    let Some(ingestor) = state.ingestor.get() else {
-        return Err(ApiError::unavailable(
-            "tidemark is starting (replaying the write-ahead log); retry shortly",
-        ));
-    };
+    let ingestor = state.accepting()?;
     let format = body_format(headers)?;
     let body = read_body(
         headers,

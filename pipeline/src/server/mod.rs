@@ -77,6 +77,26 @@ pub struct AppState {
     pub query: Arc<crate::query::Engine>,
 }
 
+impl AppState {
+    /// The ingestor, while the node accepts writes: a 503 while it is starting (replaying
+    /// the write-ahead log) or shutting down.
+    pub fn accepting(&self) -> Result<&Arc<Ingestor>, error::ApiError> {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(error::ApiError::unavailable(
+                "tidemark is shutting down; retry",
+            ));
+        }
+        self.ingestor.get().ok_or_else(|| {
+            error::ApiError::unavailable(
+                "tidemark is starting (replaying the write-ahead log); retry shortly",
+            )
+        })
+    }
+}
+
 /// What a route reads from its request body (every body may also come gzip-encoded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {

@@ -271,18 +271,7 @@ fn parse(
             out.failed += 1;
             continue;
         }
-        let tag_cell = columns
-            .iter()
-            .position(|c| matches!(c, Column::Tags))
-            .and_then(|i| record.get(i));
-        let tags: Vec<&str> = tag_cell
-            .map(|c| {
-                c.split(';')
-                    .map(str::trim)
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tags = row_tags(&record, columns);
         out.applied += 1;
         if tx.is_none() || (cells.is_empty() && tags.is_empty()) {
             // a dry run, or a row with nothing to set
@@ -297,24 +286,43 @@ fn parse(
         for t in &tags {
             builder.push(id, op::TAG, t, None);
         }
-        if builder.len() >= CHUNK_OPS
-            && let Some(tx) = &tx
-        {
-            let batch = builder.finish()?;
-            if tx.blocking_send(batch).is_err() {
-                return Err(Error::Unavailable("the import writer stopped".into()));
-            }
+        if builder.len() >= CHUNK_OPS {
+            send(&mut builder, &tx)?;
         }
     }
-    if let Some(tx) = &tx
-        && !builder.is_empty()
-    {
+    if !builder.is_empty() {
+        send(&mut builder, &tx)?;
+    }
+    Ok(out)
+}
+
+/// The tags of a row's `tags` cell (`;`-separated, trimmed).
+fn row_tags<'r>(record: &'r csv::StringRecord, columns: &[Column]) -> Vec<&'r str> {
+    columns
+        .iter()
+        .position(|c| matches!(c, Column::Tags))
+        .and_then(|i| record.get(i))
+        .map(|c| {
+            c.split(';')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends the changes built so far to the writer (none on a dry run).
+fn send(
+    builder: &mut ChangeBuilder,
+    tx: &Option<mpsc::Sender<arrow::array::RecordBatch>>,
+) -> Result<()> {
+    if let Some(tx) = tx {
         let batch = builder.finish()?;
         if tx.blocking_send(batch).is_err() {
             return Err(Error::Unavailable("the import writer stopped".into()));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads a whole file on this blocking thread: the header checked against `fields` (an
