@@ -17,12 +17,7 @@ pub enum ExportsCommand {
     /// Schedule an export (prints its id; for an https:// destination, its signing secret).
     Add(AddArgs),
     /// List exports.
-    List {
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        at: Target,
-    },
+    List(registry::Listing),
     /// The last good window, lag and errors of an export.
     Status {
         id: String,
@@ -45,21 +40,9 @@ pub enum ExportsCommand {
         #[command(flatten)]
         at: Target,
     },
-    Pause {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
-    Resume {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
-    Delete {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
+    Pause(registry::One),
+    Resume(registry::One),
+    Delete(registry::One),
 }
 
 impl registry::Printed for Export {
@@ -133,10 +116,10 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
     rt.block_on(async move {
         match cmd {
             ExportsCommand::Add(args) => add(file, args).await?,
-            ExportsCommand::List {
+            ExportsCommand::List(registry::Listing {
                 json,
                 at: Target { env, data },
-            } => {
+            }) => {
                 let (_, store) = super::open_store(file, data)?;
                 let all = Exports::new(store).list(&env).await?;
                 if json {
@@ -177,18 +160,9 @@ pub fn run(file: Option<&std::path::Path>, cmd: ExportsCommand) -> anyhow::Resul
             } => {
                 backfill(file, id, from, to, env, data).await?;
             }
-            ExportsCommand::Pause {
-                id,
-                at: Target { env, data },
-            } => registry::set_paused::<Export>(file, data, &env, &id, true).await?,
-            ExportsCommand::Resume {
-                id,
-                at: Target { env, data },
-            } => registry::set_paused::<Export>(file, data, &env, &id, false).await?,
-            ExportsCommand::Delete {
-                id,
-                at: Target { env, data },
-            } => registry::delete::<Export>(file, data, &env, &id).await?,
+            ExportsCommand::Pause(one) => registry::set_paused::<Export>(file, one, true).await?,
+            ExportsCommand::Resume(one) => registry::set_paused::<Export>(file, one, false).await?,
+            ExportsCommand::Delete(one) => registry::delete::<Export>(file, one).await?,
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::Target;
+use super::{Target, registry};
 use crate::users::fields::{FieldType, Registry};
 
 #[derive(Subcommand, Debug)]
@@ -23,13 +23,7 @@ pub enum FieldsCommand {
         at: Target,
     },
     /// List the fields of an environment.
-    List {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        at: Target,
-    },
+    List(registry::Listing),
     /// Delete a field: its values disappear from profiles.
     Delete {
         name: String,
@@ -58,10 +52,10 @@ pub fn run(file: Option<&Path>, cmd: FieldsCommand) -> anyhow::Result<ExitCode> 
                     def.field_type.as_str()
                 );
             }
-            FieldsCommand::List {
+            FieldsCommand::List(registry::Listing {
                 json,
                 at: Target { env, data },
-            } => {
+            }) => {
                 let (_, store) = super::open_store(file, data)?;
                 let fields = Registry::new(store).list(&env).await?;
                 if json {

@@ -24,12 +24,7 @@ pub enum SegmentsCommand {
         at: Target,
     },
     /// The definitions of an environment.
-    List {
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        at: Target,
-    },
+    List(registry::Listing),
     /// Count the members of an unsaved definition and show 20 of them.
     Preview {
         file: PathBuf,
@@ -57,21 +52,17 @@ pub enum SegmentsCommand {
         at: Target,
     },
     /// Delete a definition.
-    Delete {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
+    Delete(registry::One),
 }
 
 /// The largest definition file read (a definition is a few KB; the HTTP API takes
 /// `limits.max_body_bytes`).
 const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
 
-/// The deepest flow nesting (`[` / `{`) a YAML definition may have: serde_yaml's own
-/// recursion limit. libyaml's scanner takes time quadratic in that depth (measured in a
-/// debug build: 30,000 levels 5.2 s, 1,000,000 levels more than 20 minutes) before serde
-/// stops at 128, so the text is checked first, in one loop.
+/// The deepest flow nesting (`[` / `{`) a YAML definition may have, as deep as JSON
+/// definitions may nest (serde_json's limit). The text is measured first, in one loop,
+/// so no parser ever sees deeper input (libyaml, behind the former serde_yaml, took time
+/// quadratic in that depth: 1,000,000 levels ran for more than 20 minutes).
 const MAX_YAML_FLOW_DEPTH: usize = 128;
 
 /// Reads a definition: YAML for `.yaml`/`.yml`, JSON otherwise.
@@ -96,7 +87,7 @@ fn read_definition(path: &Path) -> anyhow::Result<Value> {
                 "{shown}: not valid YAML: it nests [ and {{ {depth} levels deep, more than the limit of {MAX_YAML_FLOW_DEPTH}"
             );
         }
-        serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("{shown}: not valid YAML: {e}"))
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{shown}: not valid YAML: {e}"))
     } else {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{shown}: not valid JSON: {e}"))
     }
@@ -153,10 +144,10 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                 replace,
                 at: Target { env, data },
             } => add(file, &def_file, replace, env, data).await?,
-            SegmentsCommand::List {
+            SegmentsCommand::List(registry::Listing {
                 json,
                 at: Target { env, data },
-            } => list(file, json, env, data).await?,
+            }) => list(file, json, env, data).await?,
             SegmentsCommand::Preview {
                 file: def_file,
                 at: Target { env, data },
@@ -182,10 +173,9 @@ pub fn run(file: Option<&Path>, cmd: SegmentsCommand) -> anyhow::Result<ExitCode
                     println!("{}", m["user_id"].as_str().unwrap_or_default());
                 }
             }
-            SegmentsCommand::Delete {
-                id,
-                at: Target { env, data },
-            } => registry::delete::<crate::segments::store::Stored>(file, data, &env, &id).await?,
+            SegmentsCommand::Delete(one) => {
+                registry::delete::<crate::segments::store::Stored>(file, one).await?
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -113,12 +113,7 @@ pub enum WebhooksCommand {
         at: Target,
     },
     /// The subscriptions of an environment.
-    List {
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        at: Target,
-    },
+    List(registry::Listing),
     /// Change settings of a subscription (only the flags given).
     Update {
         id: String,
@@ -128,23 +123,11 @@ pub enum WebhooksCommand {
         at: Target,
     },
     /// Stop delivering (messages keep queueing; nothing is dropped).
-    Pause {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
+    Pause(registry::One),
     /// Deliver again, backlog first.
-    Resume {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
+    Resume(registry::One),
     /// Delete a subscription and its queued messages.
-    Delete {
-        id: String,
-        #[command(flatten)]
-        at: Target,
-    },
+    Delete(registry::One),
     /// Send one signed test message now and show the response.
     Test {
         id: String,
@@ -254,10 +237,10 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
             } => {
                 add(file, sub, secret, paused, env, data).await?;
             }
-            WebhooksCommand::List {
+            WebhooksCommand::List(registry::Listing {
                 json,
                 at: Target { env, data },
-            } => {
+            }) => {
                 list(file, json, env, data).await?;
             }
             WebhooksCommand::Update {
@@ -267,18 +250,13 @@ pub fn run(file: Option<&std::path::Path>, cmd: WebhooksCommand) -> anyhow::Resu
             } => {
                 update(file, id, sub, env, data).await?;
             }
-            WebhooksCommand::Pause {
-                id,
-                at: Target { env, data },
-            } => registry::set_paused::<Subscription>(file, data, &env, &id, true).await?,
-            WebhooksCommand::Resume {
-                id,
-                at: Target { env, data },
-            } => registry::set_paused::<Subscription>(file, data, &env, &id, false).await?,
-            WebhooksCommand::Delete {
-                id,
-                at: Target { env, data },
-            } => registry::delete::<Subscription>(file, data, &env, &id).await?,
+            WebhooksCommand::Pause(one) => {
+                registry::set_paused::<Subscription>(file, one, true).await?
+            }
+            WebhooksCommand::Resume(one) => {
+                registry::set_paused::<Subscription>(file, one, false).await?
+            }
+            WebhooksCommand::Delete(one) => registry::delete::<Subscription>(file, one).await?,
             WebhooksCommand::Test {
                 id,
                 at: Target { env, data },

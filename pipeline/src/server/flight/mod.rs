@@ -10,15 +10,14 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
@@ -39,8 +38,11 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{AuthError, Credential, KeyCache, Reader};
+
+mod catalog;
 use crate::query::encode::{plain_schema, to_plain};
 use crate::query::{Engine, Planned, QueryError};
+use catalog::Catalog;
 
 /// Serves Flight SQL on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, keys: Arc<KeyCache>) {
@@ -187,18 +189,33 @@ impl FlightDoor {
     }
 
     /// A metadata command's `FlightInfo`: its schema and the command itself as the ticket.
-    async fn describe(
+    async fn describe<C: Catalog>(
         &self,
         request: Request<FlightDescriptor>,
-        schema: &Schema,
-        command: impl ProstMessageExt,
+        command: C,
     ) -> Result<Response<FlightInfo>, Status> {
         self.environment(&request).await?;
         self.info(
-            schema,
+            &command.schema(),
             command.as_any().encode_to_vec(),
             request.into_inner(),
         )
+    }
+
+    /// `DoGet` of a catalog command: its rows for the caller's environment.
+    async fn catalog<C: Catalog>(
+        &self,
+        command: C,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let env = self.environment(&request).await?;
+        let tables = if C::NEEDS_TABLES {
+            self.tables(&env).await?
+        } else {
+            Vec::new()
+        };
+        let (schema, batch) = command.rows(&tables)?;
+        Ok(encode_batch(schema, batch))
     }
 
     /// The environment's views and their schemas.
@@ -226,7 +243,7 @@ impl FlightDoor {
 }
 
 fn encode_batch(
-    schema: arrow::datatypes::SchemaRef,
+    schema: SchemaRef,
     batch: Result<RecordBatch, FlightError>,
 ) -> Response<DoGetStream> {
     let stream = FlightDataEncoderBuilder::new()
@@ -235,21 +252,6 @@ fn encode_batch(
         .map_err(Status::from);
     Response::new(Box::pin(stream))
 }
-
-/// What `GetSqlInfo` answers, built once.
-static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
-    let mut b = SqlInfoDataBuilder::new();
-    b.append(SqlInfo::FlightSqlServerName, "tidemark");
-    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
-    b.append(SqlInfo::FlightSqlServerReadOnly, true);
-    b.append(SqlInfo::FlightSqlServerSql, true);
-    b.append(SqlInfo::FlightSqlServerSubstrait, false);
-    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-    b.append(SqlInfo::FlightSqlServerCancel, false);
-    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    b.build().expect("static sql info")
-});
 
 #[tonic::async_trait]
 impl FlightSqlService for FlightDoor {
@@ -479,8 +481,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        self.describe(request, &schema, query).await
+        self.describe(request, query).await
     }
 
     async fn do_get_catalogs(
@@ -488,11 +489,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.environment(&request).await?;
-        let mut builder = query.into_builder();
-        builder.append("datafusion");
-        let schema = builder.schema();
-        Ok(encode_batch(schema, builder.build()))
+        self.catalog(query, request).await
     }
 
     async fn get_flight_info_schemas(
@@ -500,8 +497,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        self.describe(request, &schema, query).await
+        self.describe(request, query).await
     }
 
     async fn do_get_schemas(
@@ -509,11 +505,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.environment(&request).await?;
-        let mut builder = query.into_builder();
-        builder.append("datafusion", "public");
-        let schema = builder.schema();
-        Ok(encode_batch(schema, builder.build()))
+        self.catalog(query, request).await
     }
 
     async fn get_flight_info_tables(
@@ -521,8 +513,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        self.describe(request, &schema, query).await
+        self.describe(request, query).await
     }
 
     async fn do_get_tables(
@@ -530,16 +521,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let env = self.environment(&request).await?;
-        let tables = self.tables(&env).await?;
-        let mut builder = query.into_builder();
-        for (name, schema, kind) in &tables {
-            builder
-                .append("datafusion", "public", name, *kind, &plain_schema(schema))
-                .map_err(|e| internal("listing tables", e))?;
-        }
-        let schema = builder.schema();
-        Ok(encode_batch(schema, builder.build()))
+        self.catalog(query, request).await
     }
 
     async fn get_flight_info_table_types(
@@ -547,8 +529,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.into_builder().schema();
-        self.describe(request, &schema, query).await
+        self.describe(request, query).await
     }
 
     async fn do_get_table_types(
@@ -556,12 +537,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.environment(&request).await?;
-        let mut builder = query.into_builder();
-        builder.append("TABLE");
-        builder.append("VIEW");
-        let schema = builder.schema();
-        Ok(encode_batch(schema, builder.build()))
+        self.catalog(query, request).await
     }
 
     async fn get_flight_info_sql_info(
@@ -569,8 +545,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder(&SQL_INFO).schema();
-        self.describe(request, &schema, query).await
+        self.describe(request, query).await
     }
 
     async fn do_get_sql_info(
@@ -578,10 +553,7 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.environment(&request).await?;
-        let builder = query.into_builder(&SQL_INFO);
-        let schema = builder.schema();
-        Ok(encode_batch(schema, builder.build()))
+        self.catalog(query, request).await
     }
 
     async fn do_get_fallback(
