@@ -1,4 +1,4 @@
-"""Drives the real analytics SDKs from PyPI at a `tidemark serve` (pipeline/tests/it/sdks.rs).
+"""Drives the real analytics SDKs from PyPI at a `tidemark serve` (pipeline/tests/it/sdks/).
 
 Usage: sdk_test.py '{"url": "http://127.0.0.1:PORT", "key": "tm_...", "phase": 1}'
 

@@ -566,4 +566,4 @@ fn verify_signed(receipts: &[crate::webhooks::Receipt], secret: &str) {
     }
 }
 
-mod schedules;
+mod pull_and_https;

@@ -422,5 +422,5 @@ async fn the_segment_rudderstack_and_posthog_sdks_work_unchanged() {
     );
 }
 
-mod more;
-use more::bad_input;
+mod refusals;
+use refusals::bad_input;

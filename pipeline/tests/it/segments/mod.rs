@@ -571,4 +571,4 @@ async fn hostile_values_match_literally_and_bad_names_are_refused() {
     }
 }
 
-mod more;
+mod api;

@@ -424,4 +424,4 @@ async fn every_door_sees_only_its_environment_and_refuses_writes() {
     drop(node);
 }
 
-mod more;
+mod answers;

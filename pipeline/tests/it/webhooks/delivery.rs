@@ -1,4 +1,5 @@
-//! webhooks tests, continued: retries_follow_the_schedule_on_a_paused_clock, sinks_run_survives_sigkill_and_the_cli_manages_subscriptions.
+//! The retry schedule on a paused clock, and `tidemark sinks run` surviving SIGKILL while
+//! the CLI manages subscriptions.
 
 use super::*;
 

@@ -1,4 +1,4 @@
-//! webhooks tests, continued: serve_delivers_signed_events_with_retries_and_a_log.
+//! Delivery from `serve`: signed events, filters, batching, retries and the delivery log.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! sdks tests, continued: bad_input, backpressure_answers_503_with_retry_after.
+//! What the SDK endpoints refuse: bad input message by message, and backpressure (503
+//! with Retry-After).
 
 use super::*;
 

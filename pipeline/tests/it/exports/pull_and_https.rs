@@ -1,4 +1,5 @@
-//! exports tests, continued: hour_key, batched_pull_api_serves_closed_hours_with_expiring_links, exports_api_https_destination_status_and_auto_pause.
+//! The batched pull API (closed hours, expiring links), and scheduled exports to an
+//! HTTPS destination (status, auto-pause).
 
 use super::*;
 

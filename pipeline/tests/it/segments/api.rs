@@ -1,4 +1,4 @@
-//! segments tests, continued: segments_api_and_cli, users_enter_and_exit_with_events.
+//! The segments API and CLI, and users entering and leaving segments as events arrive.
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! sql_doors tests, continued: answers_stream_in_every_format_and_limits_fail_alone, the_repl_reads_statements_meta_commands_and_files, the_postgres_door_offers_tls_with_a_configured_certificate.
+//! Answers in every format and their limits, the `tidemark sql` REPL, and TLS on the
+//! Postgres door.
 
 use super::*;
 
