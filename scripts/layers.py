@@ -2,13 +2,17 @@
 """Checks the layering of pipeline/src that lib.rs states: each top-level module (a file or
 a folder) uses only the modules listed before it in LAYERS, so there is no cycle between
 folders and nothing reaches up (the ground floor, `config`, `problem` and `storage`, uses
-no data-path module). Test modules (`#[cfg(test)]`) are not counted. Exits 1 and names
-each import that breaks the order; run by .ci/run."""
+no data-path module). Test modules (`#[cfg(test)]`) are not counted. It also checks that
+every `lib.rs` and `mod.rs` names each of its submodules in its `//!` docs (the Layouts).
+Exits 1 and names each problem; run by .ci/run."""
 import os
 import re
 import sys
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "pipeline", "src")
+REPO = os.path.join(os.path.dirname(__file__), "..")
+ROOT = os.path.join(REPO, "pipeline", "src")
+# Every module file of these crates names each of its submodules in its `//!` docs.
+CRATES = ["pipeline/src", "sinks/src", "udfs/src", "benchmarks/src"]
 
 # Bottom first: a module may use only those listed before it.
 LAYERS = [
@@ -55,6 +59,24 @@ def uses(src):
     return found
 
 
+def unlisted_modules():
+    """Submodules a `lib.rs` or `mod.rs` declares but its `//!` docs do not name."""
+    out = []
+    for crate in CRATES:
+        for dirpath, _, files in os.walk(os.path.join(REPO, crate)):
+            for f in files:
+                if f not in ("lib.rs", "mod.rs"):
+                    continue
+                path = os.path.join(dirpath, f)
+                src = open(path).read()
+                doc = "\n".join(l for l in src.split("\n") if l.startswith("//!"))
+                declared = re.findall(r"^(?:pub(?:\([^)]*\))? )?mod (\w+);", src, re.M)
+                for m in declared:
+                    if m != "tests" and f"`{m}`" not in doc:
+                        out.append(f"{os.path.relpath(path, REPO)}: module `{m}` is not in its docs")
+    return out
+
+
 def main():
     declared = set(re.findall(r"^pub mod (\w+);", open(os.path.join(ROOT, "lib.rs")).read(), re.M))
     declared.add("error")
@@ -80,12 +102,13 @@ def main():
                     broken.append(f"{rel}: `{top}` uses `{used}`, which is above it")
                 elif (top, used) in APART:
                     broken.append(f"{rel}: `{top}` uses `{used}`, which it must not (APART)")
+    broken += unlisted_modules()
     for b in broken:
         print(b)
     if broken:
-        print(f"layers.py: {len(broken)} import(s) against the layer order (see LAYERS)")
+        print(f"layers.py: {len(broken)} problem(s): imports against LAYERS, modules not in docs")
         return 1
-    print(f"layers.py: {len(LAYERS)} layers, no import reaches up")
+    print(f"layers.py: {len(LAYERS)} layers, no import reaches up, every module in its docs")
     return 0
 
 

@@ -18,6 +18,9 @@
 //!   adapter for `fn(&str) -> Option<&str>` functions that accepts `Utf8`, `Utf8View` and
 //!   `LargeUtf8` and passes nulls through.
 //!
+//! - [`vectors`]: reading `vectors.json`, the cases every implementation is tested
+//!   against.
+//!
 //! [`register_all`] adds every function to a DataFusion session.
 
 #[cfg(feature = "datafusion")]

@@ -10,6 +10,9 @@
 //! - `sql`: query the tables straight from the store.
 //! - `ballista`: the scheduler and executor roles of a Ballista cluster.
 //! - `config`: print an example configuration.
+//!
+//! `exports` manages scheduled exports; `registry` holds the arms every kind of config
+//! document shares (`delete`, `pause`, `resume`, `list` arguments).
 
 mod ballista;
 mod exports;

@@ -2,6 +2,8 @@
 //!
 //! - [`segment`]: the Segment / RudderStack HTTP tracking API (`/v1/batch`, `/v1/track`, …).
 //! - [`posthog`]: PostHog's capture API (`/batch/`, `/capture/`, `/e/`).
+//! - [`lenient`]: reading the parts of a message tidemark only looks into (`context`)
+//!   without failing the message.
 //!
 //! Both are pure: a message becomes a [`Mapped`] part (an event, maybe a profile write and
 //! an alias) or a list of problems named by the SDK's own field names. The HTTP layer

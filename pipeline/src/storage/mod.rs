@@ -4,6 +4,10 @@
 //! - [`docs`]: versioned JSON config documents written create-only, newest wins.
 //! - [`events_table`]: the `events` Delta table (schema, create, idempotent append, compaction).
 //! - [`retention`]: deleting events past their retention, and VACUUM of every table.
+//! - [`registry`]: the one registry of config documents (exports, webhook subscriptions,
+//!   segments): read, create, change, pause, delete; each kind validates its own input.
+//! - [`lease`]: the leases that give each singleton worker one process per store.
+//! - [`faults`]: storage fault injection for tests and drills (`[storage.faults]`).
 
 pub mod docs;
 pub mod events_table;

@@ -8,8 +8,8 @@
 //! - [`log`]: the `deliveries` table (every attempt; what a restart recovers from);
 //! - [`batch`]: the pure batching decisions: which events join, when a batch is cut,
 //!   where the cursor moves and when it is written;
-//! - [`worker`]: follows `events`, cuts messages, runs one [`tidemark_sinks::endpoint`]
-//!   task per subscription, logs every attempt.
+//! - [`worker`]: follows `events`, cuts messages, runs one [`tidemark_sinks::webhook`]
+//!   delivery task per subscription, logs every attempt.
 //!
 //! Signing, the SSRF-safe client, the retry schedule and the per-endpoint task live in
 //! `tidemark-sinks`.

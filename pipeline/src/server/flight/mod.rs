@@ -6,7 +6,7 @@
 //! password = key) answered with that bearer token. Statements and prepared statements
 //! (with parameters bound as a one-row batch, as ADBC and JDBC send them) run through the
 //! shared [`Engine`]; `GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetTableTypes` and
-//! `GetSqlInfo` describe the environment's views only.
+//! `GetSqlInfo` describe the environment's views only ([`catalog`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
