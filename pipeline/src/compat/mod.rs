@@ -160,9 +160,34 @@ fn id_text<'a>(
     {
         return Some(Cow::Borrowed(text));
     }
+    checked(raw, field, limits, problems)
+}
+
+/// A JSON string within the limits, or its problem recorded under `field`.
+fn checked<'a>(
+    raw: &'a RawValue,
+    field: &str,
+    limits: &Limits,
+    problems: &mut Problems,
+) -> Option<Cow<'a, str>> {
     fields::checked_string(raw, limits)
         .map_err(|m| problems.add(Some(field), m))
         .ok()
+}
+
+/// A name string (an event's name): `missing` is the problem when it is absent.
+fn name_text<'a>(
+    raw: Option<&'a RawValue>,
+    field: &str,
+    missing: &str,
+    limits: &Limits,
+    problems: &mut Problems,
+) -> Option<Cow<'a, str>> {
+    let Some(raw) = present(raw) else {
+        problems.add(Some(field), missing);
+        return None;
+    };
+    checked(raw, field, limits, problems)
 }
 
 /// A time as RFC 3339 text or epoch milliseconds, in microseconds.

@@ -18,10 +18,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
+use super::{
+    Mapped, Part, Problems, Write, id_text, members, name_text, object_text, open, present, time_us,
+};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event};
-use crate::ingest::fields::checked_string;
 use crate::problem::Problem;
 use crate::users::aliases::Alias;
 
@@ -78,15 +79,7 @@ fn event<'a>(
     let props: Props = properties
         .and_then(|t| serde_json::from_str(t).ok())
         .unwrap_or_default();
-    let name = match present(c.event) {
-        None => {
-            p.add(Some("event"), "is required");
-            None
-        }
-        Some(raw) => checked_string(raw, limits)
-            .map_err(|e| p.add(Some("event"), e))
-            .ok(),
-    };
+    let name = name_text(c.event, "event", "is required", limits, &mut p);
     let user_id = match present(c.distinct_id) {
         Some(_) => id_text(c.distinct_id, "distinct_id", limits, &mut p),
         None => match present(props.distinct_id) {

@@ -20,7 +20,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::lenient::{Context, Lenient};
-use super::{Mapped, Part, Problems, Write, id_text, members, object_text, open, present, time_us};
+use super::{
+    Mapped, Part, Problems, Write, id_text, members, name_text, object_text, open, present, time_us,
+};
 use crate::config::Limits;
 use crate::ingest::event::{Category, Event};
 use crate::ingest::fields::{checked_string, string_value};
@@ -251,15 +253,7 @@ fn body<'a>(kind: Kind, m: &Message<'a>, limits: &Limits, p: &mut Problems) -> B
     let (event_name, category, properties): (Option<Cow<str>>, Category, Option<Cow<str>>) =
         match kind {
             Kind::Track => {
-                let name = match present(m.event) {
-                    None => {
-                        p.add(Some("event"), "is required for a track");
-                        None
-                    }
-                    Some(raw) => checked_string(raw, limits)
-                        .map_err(|e| p.add(Some("event"), e))
-                        .ok(),
-                };
+                let name = name_text(m.event, "event", "is required for a track", limits, p);
                 let props = object_text(m.properties, "properties", limits, p);
                 (name, Category::Custom, props.map(Cow::Borrowed))
             }

@@ -311,19 +311,9 @@ async fn check(
     // Stopped, the incremental jobs catch up with the last commits (segment events the
     // node wrote after its last job run), then a rebuild must give the same tables.
     node.terminate();
-    let out = ts.cli(&["jobs", "run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "run", "--once"]);
     let before = (ts.sql(profiles), ts.sql(stats));
-    let out = ts.cli(&["jobs", "rebuild"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "rebuild"]);
     let after = (ts.sql(profiles), ts.sql(stats));
     assert_eq!(before, after, "the derived tables differ from a rebuild");
     tally

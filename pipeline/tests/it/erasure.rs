@@ -153,12 +153,7 @@ async fn erased_users_leave_no_trace_after_vacuum() {
     assert_eq!(node.terminate().code(), Some(0));
 
     // the jobs run once more (nothing comes back), then the report says files remain
-    let out = ts.cli(&["jobs", "run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "run", "--once"]);
     let out = ts.cli(&["users", "erasures", "--env", "default"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -168,12 +163,7 @@ async fn erased_users_leave_no_trace_after_vacuum() {
     );
     assert!(text.contains("pending:"), "{text}");
 
-    let out = ts.cli(&["vacuum", "--retention", "0s"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["vacuum", "--retention", "0s"]);
     let out = ts.cli(&["users", "erasures", "--env", "default", "--json"]);
     let statuses: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(statuses[0]["complete"], true, "{statuses}");

@@ -146,6 +146,18 @@ impl TestStore {
         cmd.output().expect("run tidemark")
     }
 
+    /// Runs a CLI command that must succeed (else panics with its stderr).
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tidemark {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// The rows of `tidemark sql --format json`. Panics with stderr on failure.
     pub fn sql(&self, sql: &str) -> Vec<Value> {
         let out = self.cli(&["sql", "--format", "json", sql]);

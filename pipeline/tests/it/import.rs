@@ -13,12 +13,7 @@ fn declare(ts: &TestStore) {
         ("signup", "datetime"),
         ("langs", "list"),
     ] {
-        let out = ts.cli(&["fields", "add", name, "--type", ty, "--env", "default"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ts.cli_ok(&["fields", "add", name, "--type", ty, "--env", "default"]);
     }
 }
 
@@ -54,12 +49,7 @@ fn csv_import_from_the_cli() {
     let (code, out, err) = import(&ts, good, &["--map", "Score=score"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 row(s): 2 applied, 0 failed"), "{out}");
-    let out = ts.cli(&["jobs", "run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "run", "--once"]);
     let rows = ts.sql("SELECT user_id, tags, fields FROM profiles ORDER BY user_id");
     assert_eq!(rows.len(), 2, "{rows:?}");
     let ann: Value = serde_json::from_str(rows[0]["fields"].as_str().unwrap()).unwrap();

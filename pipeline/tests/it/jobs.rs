@@ -210,12 +210,7 @@ async fn runner_killed_mid_run_recovers_exactly() {
             killed_mid_run += 1;
         }
     }
-    let out = ts.cli(&["jobs", "run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "run", "--once"]);
     let want = expected(&all, 3600 * 1_000_000, 300 * 1_000_000);
     let got = actual(&store).await;
     assert_eq!(got.profiles.len(), 500);
@@ -482,12 +477,7 @@ async fn publish_killed_mid_pass_leaves_the_previous_version() {
         orphans_seen += usize::from(orphans > orphans_before);
         orphans_before = orphans;
     }
-    let out = ts.cli(&["jobs", "publish"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "publish"]);
     let want = expected(&all, 3600 * 1_000_000, 300 * 1_000_000);
     assert_eq!(published(&store).await, want);
     assert_eq!(actual(&store).await, want);

@@ -127,7 +127,21 @@ impl FlightDoor {
         Ok(env)
     }
 
-    fn store_handle(&self, handle: Handle) -> Vec<u8> {
+    /// Plans `sql` for `env` through the shared engine.
+    async fn plan(&self, env: &str, sql: &str) -> Result<Planned, Status> {
+        self.engine.prepare(Some(env), sql).await.map_err(status)
+    }
+
+    /// Keeps a planned statement (`one_shot`: a ticket's, taken by its one `DoGet`) and
+    /// returns its handle.
+    fn store_handle(&self, environment: String, planned: Planned, one_shot: bool) -> Vec<u8> {
+        let handle = Handle {
+            environment,
+            planned,
+            params: ParamValues::List(vec![]),
+            one_shot,
+            created: Instant::now(),
+        };
         let id = uuid::Uuid::new_v4().as_bytes().to_vec();
         let mut handles = self.handles.lock().expect("handles lock");
         handles.retain(|_, h| h.created.elapsed() < HANDLE_TTL);
@@ -320,19 +334,9 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let env = self.environment(&request).await?;
-        let planned = self
-            .engine
-            .prepare(Some(&env), &query.query)
-            .await
-            .map_err(status)?;
+        let planned = self.plan(&env, &query.query).await?;
         let schema = plain_schema(&planned.schema());
-        let handle = self.store_handle(Handle {
-            environment: env,
-            planned,
-            params: ParamValues::List(vec![]),
-            one_shot: true,
-            created: Instant::now(),
-        });
+        let handle = self.store_handle(env, planned, true);
         let ticket = TicketStatementQuery {
             statement_handle: handle.into(),
         };
@@ -359,11 +363,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let env = self.environment(&request).await?;
-        let planned = self
-            .engine
-            .prepare(Some(&env), &query.query)
-            .await
-            .map_err(status)?;
+        let planned = self.plan(&env, &query.query).await?;
         let options = arrow::ipc::writer::IpcWriteOptions::default();
         let schema_bytes = |s: &Schema| -> Result<bytes::Bytes, Status> {
             let IpcMessage(b) = SchemaAsIpc::new(s, &options)
@@ -373,13 +373,7 @@ impl FlightSqlService for FlightDoor {
         };
         let dataset_schema = schema_bytes(&plain_schema(&planned.schema()))?;
         let parameter_schema = schema_bytes(&planned.parameter_schema().map_err(status)?)?;
-        let handle = self.store_handle(Handle {
-            environment: env,
-            planned,
-            params: ParamValues::List(vec![]),
-            one_shot: false,
-            created: Instant::now(),
-        });
+        let handle = self.store_handle(env, planned, false);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into(),
             dataset_schema,

@@ -99,12 +99,7 @@ fn stats(ts: &TestStore, user: &str) -> Vec<(String, i64)> {
 async fn the_segment_rudderstack_and_posthog_sdks_work_unchanged() {
     let ts = TestStore::new(Backend::Local);
     for (name, t) in [("plan", "text"), ("age", "number")] {
-        let out = ts.cli(&["fields", "add", name, "--type", t, "--env", "default"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ts.cli_ok(&["fields", "add", name, "--type", t, "--env", "default"]);
     }
     let read = ts.create_key("default", "read");
     let key = ts.create_key("default", "ingest");
@@ -378,12 +373,7 @@ async fn the_segment_rudderstack_and_posthog_sdks_work_unchanged() {
 
     // A rebuild applies every alias to every event: the anonymous ids' events count for
     // their users, and the anonymous ids have no profiles of their own.
-    let out = ts.cli(&["jobs", "rebuild"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ts.cli_ok(&["jobs", "rebuild"]);
     let users: Vec<String> = ts
         .sql("SELECT user_id FROM profiles WHERE user_id LIKE '%anon%'")
         .iter()

@@ -148,18 +148,13 @@ async fn segments_api_and_cli() {
         "id: vips\nname: VIPs\nmatch: all\nconditions:\n  - tag: vip\n    op: has\n",
     )
     .unwrap();
-    let out = ts.cli(&[
+    ts.cli_ok(&[
         "segments",
         "add",
         yaml.to_str().unwrap(),
         "--env",
         "default",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let out = ts.cli(&["segments", "explain", "vips", "--env", "default"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -258,12 +253,7 @@ async fn users_enter_and_exit_with_events() {
     };
     let last_seen = seen["last_seen_at"].clone();
     let run = |now: chrono::DateTime<chrono::Utc>| {
-        let out = ts.cli(&["segments", "run", "--now", &now.to_rfc3339()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = ts.cli_ok(&["segments", "run", "--now", &now.to_rfc3339()]);
         String::from_utf8_lossy(&out.stdout).to_string()
     };
     let now = chrono::Utc::now();
