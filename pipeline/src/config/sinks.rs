@@ -153,12 +153,6 @@ pub(super) fn validate(w: &WebhooksConfig, x: &ExportsConfig) -> Result<()> {
         ("webhooks.timeout", w.timeout),
         ("webhooks.poll_interval", w.poll_interval),
         ("webhooks.log_interval", w.log_interval),
-    ] {
-        if d.is_zero() {
-            return fail(name, "must be greater than 0");
-        }
-    }
-    for (name, d) in [
         ("exports.poll_interval", x.poll_interval),
         ("exports.pause_after", x.pause_after),
         ("exports.max_backoff", x.max_backoff),

@@ -31,10 +31,6 @@ impl Kind for Stored {
     const DOC: Doc = Doc::Segments;
     const NOUN: &'static str = "segment";
 
-    fn not_found(environment: &str, id: &str) -> Error {
-        Error::NotFound(format!("no segment '{id}' in environment '{environment}'"))
-    }
-
     fn touch(&mut self, now: DateTime<Utc>) {
         self.updated_at = now;
         self.version += 1;

@@ -273,17 +273,6 @@ fn webhooks_routes() -> Vec<Route> {
         Route::post("/v1/{env}/webhooks", Json, webhooks_api::create),
         Route::get(one, webhooks_api::get_one),
         Route::new(http::Method::PATCH, one, Json, webhooks_api::update),
-        Route::delete(one, registry_api::delete::<Subscription>),
-        Route::post(
-            format!("{one}/pause"),
-            Nothing,
-            registry_api::pause::<Subscription>,
-        ),
-        Route::post(
-            format!("{one}/resume"),
-            Nothing,
-            registry_api::resume::<Subscription>,
-        ),
         Route::post(format!("{one}/test"), Nothing, webhooks_api::test),
         Route::post(format!("{one}/recover"), Json, webhooks_api::recover),
         Route::post(
@@ -293,6 +282,9 @@ fn webhooks_routes() -> Vec<Route> {
         ),
         Route::get(format!("{one}/deliveries"), webhooks_api::deliveries),
     ]
+    .into_iter()
+    .chain(registry_api::routes::<Subscription>(one))
+    .collect()
 }
 
 /// The batched pull API and scheduled exports.
@@ -308,21 +300,13 @@ fn exports_routes() -> Vec<Route> {
         Route::get("/v1/{env}/exports", exports_api::list),
         Route::post("/v1/{env}/exports", Json, exports_api::create),
         Route::get(one, exports_api::get_one),
-        Route::delete(one, registry_api::delete::<Export>),
         Route::get(format!("{one}/status"), exports_api::status),
-        Route::post(
-            format!("{one}/pause"),
-            Nothing,
-            registry_api::pause::<Export>,
-        ),
-        Route::post(
-            format!("{one}/resume"),
-            Nothing,
-            registry_api::resume::<Export>,
-        ),
         Route::post(format!("{one}/run"), Nothing, exports_api::run),
         Route::post(format!("{one}/backfill"), Json, exports_api::backfill),
     ]
+    .into_iter()
+    .chain(registry_api::routes::<Export>(one))
+    .collect()
 }
 
 #[cfg(test)]

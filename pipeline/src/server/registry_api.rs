@@ -9,9 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use super::AppState;
 use super::auth::{Admin, Authorized};
 use super::error::ApiError;
+use super::{AppState, Input, Route};
 use crate::storage::registry::{Kind, Pausable, Registry};
 
 /// A kind the HTTP API shows.
@@ -22,6 +22,16 @@ pub trait Shown: Kind {
 
 /// One item of the path's environment, by an admin key.
 pub type One = (Authorized<Admin>, Path<(String, String)>);
+
+/// The routes of a pausable kind under `one` (`/v1/{env}/<kind>/{id}`): `DELETE`,
+/// `POST …/pause` and `POST …/resume`.
+pub(super) fn routes<K: Pausable + Shown>(one: &str) -> Vec<Route> {
+    vec![
+        Route::delete(one, delete::<K>),
+        Route::post(format!("{one}/pause"), Input::Nothing, pause::<K>),
+        Route::post(format!("{one}/resume"), Input::Nothing, resume::<K>),
+    ]
+}
 
 /// `DELETE …/{id}`.
 pub async fn delete<K: Kind>(

@@ -27,8 +27,13 @@ pub trait Kind: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// What users call one item ("export", "webhook", "segment").
     const NOUN: &'static str;
 
-    /// The error for an item that is not there, in the kind's words.
-    fn not_found(environment: &str, id: &str) -> Error;
+    /// The error for an item that is not there: "no webhook 'wh_…' in environment 'prod'".
+    fn not_found(environment: &str, id: &str) -> Error {
+        Error::NotFound(format!(
+            "no {} '{id}' in environment '{environment}'",
+            Self::NOUN
+        ))
+    }
 
     /// Records that the item changed at `now` (its `updated_at`).
     fn touch(&mut self, now: DateTime<Utc>);

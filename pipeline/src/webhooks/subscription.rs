@@ -256,10 +256,6 @@ impl Kind for Subscription {
     const DOC: Doc = Doc::Webhooks;
     const NOUN: &'static str = "webhook";
 
-    fn not_found(environment: &str, id: &str) -> Error {
-        Error::NotFound(format!("no webhook '{id}' in environment '{environment}'"))
-    }
-
     fn touch(&mut self, now: DateTime<Utc>) {
         self.updated_at = now;
     }

@@ -17,7 +17,7 @@ use object_store::{
 use serde_json::json;
 
 use crate::harness::{Backend, TestStore, post_json};
-use crate::webhooks::Receiver;
+use crate::webhooks::{Receiver, node_without_worker};
 
 /// What [`LoseFirstAnswer`] did and may do, shared with the test.
 #[derive(Debug, Default)]
@@ -115,24 +115,13 @@ impl ObjectStore for LoseFirstAnswer {
 /// 1,460 of 38,020 events delivered under a second webhook-id).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunk_whose_write_answer_was_lost_is_sent_under_its_own_ids_only() {
-    use tidemark::config::Config;
     use tidemark::storage::Store;
     use tidemark::webhooks::subscription::Subscriptions;
     use tidemark::webhooks::{self, worker::Worker};
 
     let rx = Receiver::start(1).await;
     let ts = TestStore::new(Backend::Local);
-    let node = ts.serve(
-        &["--ack", "commit"],
-        &[("TIDEMARK_WEBHOOKS__ENABLED", "false")],
-    );
-    let mut config = Config {
-        data: ts.data.clone(),
-        ..Default::default()
-    };
-    config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
-    config.webhooks.poll_interval = Duration::from_millis(50);
-    config.webhooks.log_interval = Duration::from_millis(50);
+    let (node, config) = node_without_worker(&ts);
     let plain = Store::open(&config.data, &config.storage.options).unwrap();
     let key = webhooks::master_key(&config, &plain).unwrap();
     Subscriptions::new(plain.clone())

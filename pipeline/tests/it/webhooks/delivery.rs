@@ -9,7 +9,6 @@ use super::*;
 /// once it has failed for longer than `pause_after`; a 429 waits its Retry-After.
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_follow_the_schedule_on_a_paused_clock() {
-    use tidemark::config::Config;
     use tidemark::storage::Store;
     use tidemark::webhooks::subscription::Subscriptions;
     use tidemark::webhooks::{self, worker::Worker};
@@ -17,19 +16,9 @@ async fn retries_follow_the_schedule_on_a_paused_clock() {
 
     let rx = Receiver::start(120).await;
     let ts = TestStore::new(Backend::Local);
-    let node = ts.serve(
-        &["--ack", "commit"],
-        &[("TIDEMARK_WEBHOOKS__ENABLED", "false")],
-    );
-    let mut config = Config {
-        data: ts.data.clone(),
-        ..Default::default()
-    };
-    config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
+    let (node, mut config) = node_without_worker(&ts);
     config.webhooks.jitter = 0.0;
     config.webhooks.pause_after = Duration::from_secs(20 * 3600);
-    config.webhooks.poll_interval = Duration::from_millis(50);
-    config.webhooks.log_interval = Duration::from_millis(50);
     let store = Store::open(&config.data, &config.storage.options).unwrap();
     let key = webhooks::master_key(&config, &store).unwrap();
     let subs = Subscriptions::new(store.clone());

@@ -14,7 +14,7 @@ use axum::routing::any;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestStore, call, post_json};
+use crate::harness::{Backend, Node, TestStore, call, post_json};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -193,6 +193,23 @@ fn events(n: usize, name: &str, prefix: &str) -> Value {
             .map(|i| json!({"event_id": format!("{prefix}-{i}"), "event_name": name, "user_id": format!("u{}", i % 5), "properties": {"i": i, "note": "Zoë"}}))
             .collect(),
     )
+}
+
+/// A node whose webhook worker is off, and the configuration a test runs the worker with
+/// in its own process (fast polls and logs, the loopback network allowed).
+pub fn node_without_worker(ts: &TestStore) -> (Node, tidemark::config::Config) {
+    let node = ts.serve(
+        &["--ack", "commit"],
+        &[("TIDEMARK_WEBHOOKS__ENABLED", "false")],
+    );
+    let mut config = tidemark::config::Config {
+        data: ts.data.clone(),
+        ..Default::default()
+    };
+    config.webhooks.allow_networks = vec!["127.0.0.0/8".into()];
+    config.webhooks.poll_interval = Duration::from_millis(50);
+    config.webhooks.log_interval = Duration::from_millis(50);
+    (node, config)
 }
 
 const SECRET_EXAMPLE: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
