@@ -63,6 +63,30 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A subscription with every default, before the user's input is applied.
+    pub fn new(id: String, start_version: i64, now: DateTime<Utc>) -> Subscription {
+        Subscription {
+            id,
+            url: String::new(),
+            method: "POST".into(),
+            headers: BTreeMap::new(),
+            filter: Filter::default(),
+            max_events: 1,
+            max_wait_ms: 1000,
+            include_profile: false,
+            rate_limit: None,
+            max_in_flight: DEFAULT_IN_FLIGHT,
+            paused: false,
+            paused_reason: None,
+            description: None,
+            secrets: Vec::new(),
+            start_version,
+            recover: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// The subscription as the API shows it (never a secret).
     pub fn public(&self) -> Value {
         json!({
@@ -297,26 +321,11 @@ impl Registry<Subscription> {
         check_url: &(dyn Fn(&url::Url) -> std::result::Result<(), String> + Sync),
     ) -> std::result::Result<(Subscription, Secret), WriteError> {
         let now = Utc::now();
-        let mut sub = Subscription {
-            id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
-            url: String::new(),
-            method: "POST".into(),
-            headers: BTreeMap::new(),
-            filter: Filter::default(),
-            max_events: 1,
-            max_wait_ms: 1000,
-            include_profile: false,
-            rate_limit: None,
-            max_in_flight: DEFAULT_IN_FLIGHT,
-            paused: false,
-            paused_reason: None,
-            description: None,
-            secrets: Vec::new(),
+        let mut sub = Subscription::new(
+            format!("wh_{}", uuid::Uuid::now_v7().simple()),
             start_version,
-            recover: None,
-            created_at: now,
-            updated_at: now,
-        };
+            now,
+        );
         let supplied = apply(&mut sub, input, true, check_url).map_err(WriteError::Invalid)?;
         let secret = supplied.unwrap_or_else(Secret::generate);
         sub.secrets.push(StoredSecret {
@@ -384,27 +393,7 @@ mod tests {
     use super::*;
 
     fn blank() -> Subscription {
-        let now = Utc::now();
-        Subscription {
-            id: "wh_1".into(),
-            url: String::new(),
-            method: "POST".into(),
-            headers: BTreeMap::new(),
-            filter: Filter::default(),
-            max_events: 1,
-            max_wait_ms: 1000,
-            include_profile: false,
-            rate_limit: None,
-            max_in_flight: 8,
-            paused: false,
-            paused_reason: None,
-            description: None,
-            secrets: Vec::new(),
-            start_version: 0,
-            recover: None,
-            created_at: now,
-            updated_at: now,
-        }
+        Subscription::new("wh_1".into(), 0, Utc::now())
     }
 
     #[test]
