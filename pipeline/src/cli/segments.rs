@@ -87,7 +87,13 @@ fn read_definition(path: &Path) -> anyhow::Result<Value> {
                 "{shown}: not valid YAML: it nests [ and {{ {depth} levels deep, more than the limit of {MAX_YAML_FLOW_DEPTH}"
             );
         }
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{shown}: not valid YAML: {e}"))
+        serde_saphyr::from_str(&text).map_err(|e| {
+            let e = e.to_string();
+            anyhow::anyhow!(
+                "{shown}: not valid YAML: {}",
+                e.trim_start_matches("error: ")
+            )
+        })
     } else {
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{shown}: not valid JSON: {e}"))
     }

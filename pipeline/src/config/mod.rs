@@ -5,10 +5,10 @@
 //! The ground floor: every section of `tidemark.toml` is defined here, one file a section,
 //! and this module uses nothing else of the crate but its error type.
 //! - [`ingest`]: acknowledgement and the size limits of every request (`[limits]`).
-//! - [`jobs`]: `[jobs]` and `[segments]`.
-//! - [`sinks`]: `[webhooks]` and `[exports]`.
-//! - [`storage`]: `[storage]` (with `[storage.faults]`) and `[retention]`.
-//! - [`query`]: `[query]`.
+//! - [`jobs`]: the `[jobs]` and `[segments]` sections.
+//! - [`sinks`]: the `[webhooks]` and `[exports]` sections.
+//! - [`storage`]: the `[storage]` (with `[storage.faults]`) and `[retention]` sections.
+//! - [`query`]: the `[query]` section.
 
 pub mod ingest;
 pub mod jobs;

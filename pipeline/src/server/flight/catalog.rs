@@ -34,7 +34,7 @@ pub(super) trait Catalog: ProstMessageExt + Clone + Send + 'static {
 
 impl Catalog for CommandGetCatalogs {
     fn schema(&self) -> SchemaRef {
-        self.clone().into_builder().schema()
+        (*self).into_builder().schema()
     }
 
     fn rows(self, _: &Tables) -> Result<(SchemaRef, Result<RecordBatch, FlightError>), Status> {
@@ -79,7 +79,7 @@ impl Catalog for CommandGetTables {
 
 impl Catalog for CommandGetTableTypes {
     fn schema(&self) -> SchemaRef {
-        self.clone().into_builder().schema()
+        (*self).into_builder().schema()
     }
 
     fn rows(self, _: &Tables) -> Result<(SchemaRef, Result<RecordBatch, FlightError>), Status> {
