@@ -15,6 +15,9 @@ export async function render(view, { args, query }) {
   const [w, log] = await Promise.all([api("GET", base), api("GET", `${base}/deliveries?${p}`)]);
   const out = el("div", { "aria-live": "polite" });
   const reload = () => refresh();
+  // Timers this page set: cleared when it is left or re-rendered, so a late reload never
+  // replaces a newer page (and with it a secret shown once).
+  const timers = [];
   const act = (label, fn, cls) => el("button", { type: "button", class: cls, onclick: () => attempt(out, fn) }, label);
 
   const paused = w.status?.state === "paused";
@@ -51,7 +54,7 @@ export async function render(view, { args, query }) {
         el("dt", {}, "Failed messages"), el("dd", {}, String(w.status?.failed ?? 0)),
         el("dt", {}, "Events"), el("dd", {}, w.filter?.events?.length ? w.filter.events.join(", ") : "all"),
         el("dt", {}, "Secrets"), el("dd", {}, w.secrets.map((s) => `since ${when(s.created_at)}${s.expires_at ? ` until ${when(s.expires_at)}` : ""}`).join("; ")))),
-    recoverForm(base, out, reload)));
+    recoverForm(base, out, reload, timers)));
   view.append(out);
 
   const filter = el("select", { name: "status" }, STATUSES.map((s) => el("option", { value: s, selected: s === status }, s || "(any)")));
@@ -71,9 +74,10 @@ export async function render(view, { args, query }) {
       { label: "Events", class: "num", get: (d) => String(d.event_ids?.length ?? 0) },
       { label: "Next attempt", get: (d) => (d.next_attempt_at ? when(d.next_attempt_at) : "") },
     ], log.deliveries, { empty: "No delivery attempts yet." }));
+  return () => timers.forEach(clearTimeout);
 }
 
-function recoverForm(base, out, reload) {
+function recoverForm(base, out, reload, timers) {
   const since = el("input", { type: "text", name: "since", value: "24h", required: true });
   const form = el("form", { class: "card", "aria-labelledby": "h-recover" },
     el("h2", { id: "h-recover" }, "Recover"),
@@ -85,7 +89,7 @@ function recoverForm(base, out, reload) {
     attempt(out, async () => {
       const r = await api("POST", `${base}/recover`, { since: since.value.trim() });
       toast(`Recovering messages since ${when(r.recover_since)}`);
-      setTimeout(reload, 1500);
+      timers.push(setTimeout(reload, 1500));
     });
   });
   return form;

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::storage::Store;
 use crate::storage::paths::Doc;
+use crate::storage::registry::{self, Kind};
 use crate::{Error, Result};
 
 /// The built-in profile columns (and response keys): no custom field may take these names.
@@ -239,28 +239,19 @@ pub fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads and changes the field registry of a store.
-#[derive(Clone, Debug)]
-pub struct Registry {
-    store: Store,
+impl Kind for FieldDef {
+    const DOC: Doc = Doc::Fields;
+    const NOUN: &'static str = "field";
+
+    /// A field is declared and deleted, never changed.
+    fn touch(&mut self, _now: DateTime<Utc>) {}
 }
 
-impl Registry {
-    pub fn new(store: Store) -> Registry {
-        Registry { store }
-    }
+/// The field registry of a store (a kind of the one registry of config documents).
+pub type Registry = registry::Registry<FieldDef>;
 
-    /// The fields of `environment`, by name.
-    pub async fn list(&self, environment: &str) -> Result<BTreeMap<String, FieldDef>> {
-        Ok(self.all().await?.take(environment))
-    }
-
-    /// Every environment's fields.
-    pub async fn all(&self) -> Result<FieldsDoc> {
-        self.store.docs().by_environment(Doc::Fields).await
-    }
-
-    /// Declares a field; an existing name is a conflict (`Error::Invalid` naming it).
+impl registry::Registry<FieldDef> {
+    /// Declares a field; an existing name is a conflict (`Error::Conflict` naming it).
     pub async fn add(
         &self,
         environment: &str,
@@ -284,45 +275,14 @@ impl Registry {
             created_at: now,
             since_change_id: super::change_id::change_id_floor(now),
         };
-        let added = def.clone();
-        self.store
-            .docs()
-            .update(Doc::Fields, move |doc: Option<FieldsDoc>| {
-                let mut doc = doc.unwrap_or_default();
-                let fields = doc.environments.entry(environment.to_string()).or_default();
-                if let Some(existing) = fields.get(name) {
-                    return Err(Error::Conflict(format!(
-                        "name: field '{name}' already exists (type {})",
-                        existing.field_type.as_str()
-                    )));
-                }
-                fields.insert(name.to_string(), added.clone());
-                Ok(doc)
-            })
-            .await?;
-        Ok(def)
-    }
-
-    /// Removes a field from the registry; its values disappear from profiles.
-    pub async fn delete(&self, environment: &str, name: &str) -> Result<FieldDef> {
-        let mut removed = None;
-        self.store
-            .docs()
-            .update(Doc::Fields, |doc: Option<FieldsDoc>| {
-                let mut doc = doc.unwrap_or_default();
-                removed = doc
-                    .environments
-                    .get_mut(environment)
-                    .and_then(|f| f.remove(name));
-                if removed.is_none() {
-                    return Err(Error::NotFound(format!(
-                        "no field '{name}' in environment '{environment}'"
-                    )));
-                }
-                Ok(doc)
-            })
-            .await?;
-        removed.ok_or_else(|| Error::NotFound(format!("no field '{name}'")))
+        self.write(environment, name, |existing| match existing {
+            Some(existing) => Err(Error::Conflict(format!(
+                "name: field '{name}' already exists (type {})",
+                existing.field_type.as_str()
+            ))),
+            None => Ok(def.clone()),
+        })
+        .await
     }
 }
 
