@@ -44,7 +44,7 @@ def strip_tests(src):
             continue
         indent = m.group(1)
         j = i + 1
-        while j < len(lines) and lines[j] not in (indent + "}", indent + "}\n"):
+        while j < len(lines) and lines[j] != indent + "}":
             if j == i + 1 and lines[j].rstrip().endswith(";"):
                 break  # `#[cfg(test)] mod tests;`
             j += 1

@@ -115,10 +115,7 @@ async fn run_loop(runner: Runner, config: crate::config::Config) -> anyhow::Resu
         "tidemark: running jobs every {:?}",
         config.jobs.poll_interval
     );
-    let schedule = Schedule {
-        debounce: config.jobs.debounce,
-        poll_interval: config.jobs.poll_interval,
-    };
+    let schedule = Schedule::of(&config.jobs);
     refresh::run_loop(runner, schedule, None, Default::default(), stop_rx).await;
     println!("tidemark: stopped");
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::server::{AppState, flight, pg, router};
 use crate::supervisor::Supervisor;
@@ -40,11 +39,7 @@ pub fn serve_http(
 
 /// The Postgres and Flight SQL doors, when `query.pg_listen` / `query.flight_listen`
 /// are set: bound now (a port in use fails the start), served until shutdown.
-pub async fn start_sql(
-    config: &Config,
-    state: &AppState,
-    keys: Arc<KeyCache>,
-) -> Result<Vec<JoinHandle<()>>> {
+pub async fn start_sql(config: &Config, state: &AppState) -> Result<Vec<JoinHandle<()>>> {
     let q = &config.query;
     let mut doors = Vec::new();
     if let Some(pg) = q.pg_listen {
@@ -63,7 +58,7 @@ pub async fn start_sql(
         doors.push(tokio::spawn(pg::serve(
             listener,
             state.query.clone(),
-            keys.clone(),
+            state.keys.clone(),
             tls,
         )));
     }
@@ -80,7 +75,7 @@ pub async fn start_sql(
         doors.push(tokio::spawn(flight::serve(
             listener,
             state.query.clone(),
-            keys,
+            state.keys.clone(),
         )));
     }
     Ok(doors)

@@ -12,7 +12,6 @@ use crate::ingest::dedup::Dedup;
 use crate::ingest::flusher::Flusher;
 use crate::ingest::log::{Log, LogOptions};
 use crate::ingest::{Ingestor, recovery};
-use crate::metrics::Metrics;
 use crate::server::AppState;
 use crate::storage::paths::wal as wal_paths;
 use crate::storage::{Store, events_table};
@@ -30,11 +29,10 @@ pub fn wal_dir(config: &Config, store: &Store) -> PathBuf {
 /// Recovery, then the log and the flusher. Returns the flusher's task.
 pub async fn start(
     config: &Config,
-    store: &Store,
     state: &AppState,
-    metrics: Arc<Metrics>,
     stop_rx: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let (store, metrics) = (&state.store, state.metrics.clone());
     let dir = wal_dir(config, store);
     let (table, app_id, next_seq, wal_lock) = if config.ack == AckMode::Wal || dir.exists() {
         let r = recovery::replay_wal(store, &dir).await?;

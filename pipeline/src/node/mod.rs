@@ -72,7 +72,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     let store = Store::open_config(&config.data, &config.storage)?;
     let keys = open_keys(&store, addr).await?;
-    let state = Arc::new(app_state(&config, &store, keys.clone())?);
+    let state = Arc::new(app_state(&config, &store, keys)?);
 
     let mut sup = Supervisor::new();
     let http = doors::serve_http(&sup, listener, state.clone(), shutdown);
@@ -80,15 +80,9 @@ pub async fn run(
     println!("tidemark: console at http://{addr}/console/ (sign in with a read or admin key)");
     tracing::info!(%addr, data = %config.data, "listening");
     let started = async {
-        let sql_doors = doors::start_sql(&config, &state, keys.clone()).await?;
+        let sql_doors = doors::start_sql(&config, &state).await?;
         let flusher = with_retries("recovery", || {
-            ingest::start(
-                &config,
-                &store,
-                &state,
-                state.metrics.clone(),
-                sup.stop_signal(),
-            )
+            ingest::start(&config, &state, sup.stop_signal())
         })
         .await;
         match flusher {
@@ -108,14 +102,7 @@ pub async fn run(
             return Err(e);
         }
     };
-    passes::start(
-        &mut sup,
-        &config,
-        &store,
-        &state,
-        keys,
-        state.metrics.clone(),
-    );
+    passes::start(&mut sup, &config, &state);
     passes::start_sinks(&mut sup, &config, &store, &state.webhooks, &state.exports);
     println!("tidemark: ready");
     stop(http, sql_doors, flusher, sup, &store).await

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::KeyCache;
 use crate::config::{Config, RetentionConfig};
 use crate::jobs::Runner;
 use crate::metrics::Metrics;
@@ -19,14 +18,8 @@ use super::refresh::Schedule;
 
 /// Starts the node's background passes besides the sinks: key refresh, compaction,
 /// retention and VACUUM, and (with `jobs.enabled`) segment evaluation and the job loop.
-pub fn start(
-    sup: &mut Supervisor,
-    config: &Config,
-    store: &Store,
-    state: &AppState,
-    keys: Arc<KeyCache>,
-    metrics: Arc<Metrics>,
-) {
+pub fn start(sup: &mut Supervisor, config: &Config, state: &AppState) {
+    let (store, keys, metrics) = (&state.store, state.keys.clone(), state.metrics.clone());
     sup.every("key refresh", KEY_REFRESH, move || {
         let keys = keys.clone();
         async move {
@@ -51,11 +44,8 @@ pub fn start(
             segments_pass(leases.clone())
         });
         let commits = state.ingestor.get().map(|i| i.committed.clone());
-        let runner = Runner::new(store.clone(), crate::jobs::JobOptions::from_config(config));
-        let schedule = Schedule {
-            debounce: config.jobs.debounce,
-            poll_interval: config.jobs.poll_interval,
-        };
+        let runner = Runner::new(store.clone(), state.job_options.clone());
+        let schedule = Schedule::of(&config.jobs);
         let stop = sup.stop_signal();
         let writes = state.profile_writes.clone();
         sup.spawn(

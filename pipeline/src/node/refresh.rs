@@ -23,6 +23,16 @@ pub struct Schedule {
     pub poll_interval: Duration,
 }
 
+impl Schedule {
+    /// The schedule `[jobs]` sets.
+    pub fn of(jobs: &crate::config::JobsConfig) -> Schedule {
+        Schedule {
+            debounce: jobs.debounce,
+            poll_interval: jobs.poll_interval,
+        }
+    }
+}
+
 /// Runs jobs until `stop` turns true. `commits` changes after each local `events`
 /// commit; `writes` is notified after each profile write of this node.
 pub async fn run_loop(

@@ -1,8 +1,6 @@
 //! Segment definitions in the config document `segments` (environment -> id -> stored
 //! definition), validated against the field registry on every write.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,8 +8,8 @@ use serde_json::Value;
 use super::def::{self, Segment};
 use crate::problem::{Problem, WriteError};
 use crate::storage::paths::Doc;
-use crate::storage::registry::{Apply, Kind, Registry};
-use crate::users::fields::{FieldDef, Registry as FieldRegistry};
+use crate::storage::registry::{Kind, Registry};
+use crate::users::fields::Registry as FieldRegistry;
 use crate::{Error, Result};
 
 /// One stored definition: the document as sent, and when it was written.
@@ -34,24 +32,6 @@ impl Kind for Stored {
     fn touch(&mut self, now: DateTime<Utc>) {
         self.updated_at = now;
         self.version += 1;
-    }
-}
-
-impl Apply for Stored {
-    /// The environment's custom fields (conditions are typed by them).
-    type Context = BTreeMap<String, FieldDef>;
-    type Extra = Segment;
-
-    /// A definition is replaced whole: `input` is checked, then stored as sent.
-    fn apply(
-        &mut self,
-        input: &Value,
-        _creating: bool,
-        fields: &Self::Context,
-    ) -> std::result::Result<Segment, Vec<Problem>> {
-        let (_, segment) = def::parse(input, fields)?;
-        self.definition = input.clone();
-        Ok(segment)
     }
 }
 

@@ -241,15 +241,15 @@ impl<K: Pausable> Registry<K> {
         reason: Option<&str>,
     ) -> Result<K> {
         let item = self
-            .modify(environment, id, |item| {
+            .write(environment, id, |current| {
+                let mut item = current
+                    .cloned()
+                    .ok_or_else(|| K::not_found(environment, id))?;
                 item.set_paused(paused, reason);
-                Ok(())
+                item.touch(Utc::now());
+                Ok(item)
             })
-            .await
-            .map_err(|e| match e {
-                WriteError::Other(e) => e,
-                WriteError::Invalid(p) => Error::Invalid(format!("{p:?}")),
-            })?;
+            .await?;
         if !paused {
             K::resumed(&self.store, environment, id).await?;
         }

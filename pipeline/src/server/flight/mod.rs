@@ -123,8 +123,7 @@ impl FlightDoor {
             .authorize::<Reader>(Credential::Header(header), None)
             .await
             .map_err(refused)?;
-        let env = principal.environment;
-        Ok(env)
+        Ok(principal.environment)
     }
 
     /// Plans `sql` for `env` through the shared engine.
