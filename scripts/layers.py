@@ -21,7 +21,7 @@ LAYERS = [
     "ballista",
     # The data path.
     "ingest", "users", "compat", "jobs", "query", "segments", "profiles", "webhooks",
-    "exports",
+    "exports", "flows",
     # The doors, the composition of a node, and the command line.
     "server", "node", "cli",
 ]

@@ -40,6 +40,8 @@
 //!   `tidemark-sinks`).
 //! - [`exports`]: the batched pull API and scheduled exports (encoders and destinations
 //!   are in `tidemark-sinks`).
+//! - [`flows`]: flows (typed variables, starts, steps), their durable runs and the worker
+//!   that fans them out to signed webhooks.
 //!
 //! On top:
 //! - [`server`]: the doors: the HTTP API (axum), the Postgres (pgwire) and Flight SQL
@@ -55,6 +57,7 @@ pub mod compat;
 pub mod config;
 pub mod error;
 pub mod exports;
+pub mod flows;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;

@@ -6,7 +6,7 @@
 //! and this module uses nothing else of the crate but its error type.
 //! - [`ingest`]: acknowledgement and the size limits of every request (`[limits]`).
 //! - [`jobs`]: the `[jobs]` and `[segments]` sections.
-//! - [`sinks`]: the `[webhooks]` and `[exports]` sections.
+//! - [`sinks`]: the `[webhooks]`, `[exports]` and `[flows]` sections.
 //! - [`storage`]: the `[storage]` (with `[storage.faults]`) and `[retention]` sections.
 //! - [`query`]: the `[query]` section.
 
@@ -19,7 +19,7 @@ pub mod storage;
 pub use ingest::{AckMode, Limits};
 pub use jobs::{JobsConfig, SegmentsConfig};
 pub use query::QueryConfig;
-pub use sinks::{ExportsConfig, WebhooksConfig};
+pub use sinks::{ExportsConfig, FlowsConfig, WebhooksConfig};
 pub use storage::{FaultConfig, RetentionConfig, StorageConfig};
 
 use std::net::SocketAddr;
@@ -80,6 +80,7 @@ pub struct Config {
     pub segments: SegmentsConfig,
     pub webhooks: WebhooksConfig,
     pub exports: ExportsConfig,
+    pub flows: FlowsConfig,
     pub query: QueryConfig,
 }
 
@@ -106,6 +107,7 @@ impl Default for Config {
             segments: SegmentsConfig::default(),
             webhooks: WebhooksConfig::default(),
             exports: ExportsConfig::default(),
+            flows: FlowsConfig::default(),
             query: QueryConfig::default(),
         }
     }

@@ -1,4 +1,5 @@
-//! `[webhooks]` (delivery) and `[exports]` (scheduled and batched exports).
+//! `[webhooks]` (delivery), `[exports]` (scheduled and batched exports) and `[flows]`
+//! (the flow worker; its webhook steps use `[webhooks]`' client and retry schedule).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,6 +67,37 @@ impl Default for WebhooksConfig {
             rotation_grace: Duration::from_secs(24 * 3600),
             deliveries_retention: Duration::from_secs(30 * 86400),
             master_key_file: None,
+        }
+    }
+}
+
+/// The flow worker (`tidemark serve` and `tidemark sinks run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Whether this process runs the flow worker (of all processes on a store, the lease
+    /// holder runs flows).
+    pub enabled: bool,
+    /// How often the worker looks for starts, due runs and new `events` versions.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A flow whose runs failed this many times in a row (no run got past a webhook step
+    /// in between) is paused, with the last error as its reason.
+    pub pause_after_failures: u32,
+    /// Runs advanced per pass at most (the rest wait for the next pass).
+    pub max_runs_per_pass: usize,
+    /// Webhook steps in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            enabled: true,
+            poll_interval: Duration::from_millis(200),
+            pause_after_failures: 20,
+            max_runs_per_pass: 2000,
+            max_in_flight: 64,
         }
     }
 }

@@ -36,7 +36,7 @@ use super::compile;
 use super::membership::{self, Change, Members, apply};
 use super::store::Segments;
 use crate::query::to_json_rows;
-use crate::storage::events_table::{self, timestamp_type, writer_properties};
+use crate::storage::events_table::{self, SystemEvent, timestamp_type, writer_properties};
 use crate::storage::lease::Leases;
 use crate::storage::{Store, TableSpec};
 use crate::{Result, query};
@@ -247,45 +247,22 @@ fn events_batch(
     changes: &[Change],
     names: &BTreeMap<String, String>,
 ) -> Result<RecordBatch> {
-    let n = changes.len();
-    let day = i32::try_from(at.div_euclid(86_400_000_000)).unwrap_or_default();
-    let props: Vec<String> = changes
+    let rows: Vec<SystemEvent> = changes
         .iter()
-        .map(|c| {
-            serde_json::json!({
+        .map(|c| SystemEvent {
+            environment: env.to_string(),
+            event_id: event_id(env, run, c),
+            event_name: if c.entered { ENTERED_EVENT } else { EXITED_EVENT }.to_string(),
+            user_id: c.user_id.clone(),
+            at_us: at,
+            properties: serde_json::json!({
                 "segment_id": c.segment_id,
                 "segment_name": names.get(&c.segment_id).cloned().unwrap_or_else(|| c.segment_id.clone()),
             })
-            .to_string()
+            .to_string(),
         })
         .collect();
-    Ok(RecordBatch::try_new(
-        events_table::schema(),
-        vec![
-            Arc::new(StringArray::from(vec![env; n])),
-            Arc::new(StringArray::from_iter_values(
-                changes.iter().map(|c| event_id(env, run, c)),
-            )),
-            Arc::new(StringArray::from_iter_values(changes.iter().map(|c| {
-                if c.entered {
-                    ENTERED_EVENT
-                } else {
-                    EXITED_EVENT
-                }
-            }))),
-            Arc::new(StringArray::from(vec!["system"; n])),
-            Arc::new(StringArray::from_iter_values(
-                changes.iter().map(|c| c.user_id.as_str()),
-            )),
-            Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")),
-            Arc::new(TimestampMicrosecondArray::from(vec![at; n]).with_timezone("UTC")),
-            Arc::new(StringArray::from(vec![None::<&str>; n])),
-            Arc::new(StringArray::from_iter_values(
-                props.iter().map(String::as_str),
-            )),
-            Arc::new(arrow::array::Date32Array::from(vec![day; n])),
-        ],
-    )?)
+    events_table::system_batch(&rows)
 }
 
 async fn write_changes(

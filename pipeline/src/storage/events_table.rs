@@ -4,6 +4,7 @@
 use std::num::NonZeroU64;
 use std::sync::{Arc, LazyLock};
 
+use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
@@ -68,6 +69,51 @@ pub(crate) fn writer_properties(level: i32) -> WriterProperties {
         .map(Compression::ZSTD)
         .unwrap_or(Compression::SNAPPY);
     WriterProperties::builder().set_compression(zstd).build()
+}
+
+/// An event tidemark itself emits (category `system`): segment changes, flow progress.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SystemEvent {
+    pub environment: String,
+    pub event_id: String,
+    pub event_name: String,
+    pub user_id: String,
+    /// Occurred and received at, microseconds since the epoch.
+    pub at_us: i64,
+    /// JSON text.
+    pub properties: String,
+}
+
+/// `rows` as one batch of the `events` schema.
+pub fn system_batch(rows: &[SystemEvent]) -> Result<RecordBatch> {
+    use arrow::array::{Date32Array, StringArray, TimestampMicrosecondArray};
+    let n = rows.len();
+    let text = |f: fn(&SystemEvent) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let times = || -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.at_us))
+                .with_timezone("UTC"),
+        )
+    };
+    Ok(RecordBatch::try_new(
+        schema(),
+        vec![
+            text(|r| &r.environment),
+            text(|r| &r.event_id),
+            text(|r| &r.event_name),
+            Arc::new(StringArray::from(vec!["system"; n])),
+            text(|r| &r.user_id),
+            times(),
+            times(),
+            Arc::new(StringArray::from(vec![None::<&str>; n])),
+            text(|r| &r.properties),
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| {
+                i32::try_from(r.at_us.div_euclid(86_400_000_000)).unwrap_or_default()
+            }))),
+        ],
+    )?)
 }
 
 /// Loads `events`, creating the (empty) table first if it does not exist.

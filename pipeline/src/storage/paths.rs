@@ -25,6 +25,8 @@ pub enum Doc {
     Webhooks,
     /// Scheduled exports of every environment (credentials encrypted).
     Exports,
+    /// Flows of every environment (drafts; published versions are state documents).
+    Flows,
 }
 
 impl Doc {
@@ -37,6 +39,7 @@ impl Doc {
             Doc::Segments => "segments",
             Doc::Webhooks => "webhooks",
             Doc::Exports => "exports",
+            Doc::Flows => "flows",
         }
     }
 }
@@ -122,6 +125,72 @@ impl Paths {
             .join("state")
             .join("exports")
             .join(environment)
+    }
+
+    /// The state of one environment's flows: `versions/<flow>/` (published versions,
+    /// create-only), `runs/<flow>/<run>.json`, `inbox/` (starts and commands for the
+    /// worker), `keys/` (idempotency keys), `due/<minute>/<flow>.<run>` (when runs are
+    /// due), `waits/<user>/<flow>.<run>` (runs waiting for a user's event) and
+    /// `entry/<flow>/<user>.json` (entry-rule state). `user` is a hash of the user id.
+    pub fn flow_state(&self, environment: &str) -> Path {
+        self.root()
+            .join("_tidemark")
+            .join("state")
+            .join("flows")
+            .join(environment)
+    }
+
+    /// The published versions of `flow` (one create-only document per version).
+    pub fn flow_versions(&self, environment: &str, flow: &str) -> Path {
+        self.flow_state(environment).join("versions").join(flow)
+    }
+
+    /// The runs of `flow`.
+    pub fn flow_runs(&self, environment: &str, flow: &str) -> Path {
+        self.flow_state(environment).join("runs").join(flow)
+    }
+
+    /// One run's state.
+    pub fn flow_run(&self, environment: &str, flow: &str, run: &str) -> Path {
+        self.flow_runs(environment, flow).join(format!("{run}.json"))
+    }
+
+    /// Starts and commands not yet taken in by the flow worker.
+    pub fn flow_inbox(&self, environment: &str) -> Path {
+        self.flow_state(environment).join("inbox")
+    }
+
+    /// An idempotency key of a start (`hash`: of the flow and the key).
+    pub fn flow_key(&self, environment: &str, hash: &str) -> Path {
+        self.flow_state(environment)
+            .join("keys")
+            .join(format!("{hash}.json"))
+    }
+
+    /// The due index; `minute` is `YYYYMMDDHHMM`, entries are named `<flow>.<run>`.
+    pub fn flow_due(&self, environment: &str) -> Path {
+        self.flow_state(environment).join("due")
+    }
+
+    /// Runs waiting for an event of the user whose id hashes to `user`.
+    pub fn flow_waits(&self, environment: &str, user: &str) -> Path {
+        self.flow_state(environment).join("waits").join(user)
+    }
+
+    /// The entry-rule state of one user in `flow`.
+    pub fn flow_entry(&self, environment: &str, flow: &str, user: &str) -> Path {
+        self.flow_state(environment)
+            .join("entry")
+            .join(flow)
+            .join(format!("{user}.json"))
+    }
+
+    /// The flow worker's cursor and pass journal (all environments).
+    pub fn flow_worker(&self) -> Path {
+        self.root()
+            .join("_tidemark")
+            .join("state")
+            .join("flow_worker")
     }
 
     /// The versions of lease `name` (one worker per store holds it; see `storage::lease`).

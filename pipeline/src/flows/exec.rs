@@ -1,0 +1,448 @@
+//! Running a run's steps: the I/O around [`super::decide`]. A step reads the profile
+//! live (when its templates or condition read it), renders its request leaf by leaf,
+//! sends it through the sinks client (address guard, Standard Webhooks signature) under
+//! the run's stable `webhook-id` for that step, and decides what comes next. A preview
+//! runs the same rendering and branching with nothing sent and nothing stored.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use datafusion::prelude::{col, lit};
+use serde_json::{Map, Value, json};
+use tidemark_sinks::client::SafeClient;
+use tidemark_sinks::retry::RetryPolicy;
+use tidemark_sinks::sign::Secret;
+
+use super::decide::{After, after_webhook, delay_end};
+use super::model::{MAX_WAIT, Spec, Step, StepKind};
+use super::run::{MAX_RESPONSE_BYTES, Run, Status, Wait};
+use super::template::{Engine, MAX_RENDERED_BYTES, context};
+use crate::query::to_json_rows;
+use crate::segments::def::Segment;
+use crate::storage::Store;
+use crate::{Result, query};
+
+/// Steps one run goes through in one pass at most (a loop of branches waits for the next).
+pub const MAX_STEPS_PER_PASS: usize = 64;
+
+/// A rendered webhook request.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Request {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// What a run did in one advance, for `flow-*` events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emit {
+    StepCompleted { step: String, detail: Value },
+    StepFailed { step: String, error: String },
+    Completed,
+    Exited { step: Option<String>, reason: String },
+}
+
+/// What running steps needs.
+pub struct Exec<'a> {
+    pub store: &'a Store,
+    pub client: &'a SafeClient,
+    pub policy: &'a RetryPolicy,
+    pub engine: &'a Engine,
+    pub secret: &'a Secret,
+    pub spec: &'a Spec,
+}
+
+/// The profile as templates see it (`fields.<name>` is the value), or `null`.
+pub async fn profile(store: &Store, environment: &str, user_id: &str) -> Result<Value> {
+    let Some(Value::Object(mut p)) =
+        crate::profiles::read::user(store, environment, user_id, 0).await?
+    else {
+        return Ok(Value::Null);
+    };
+    if let Some(Value::Object(fields)) = p.get_mut("fields") {
+        for v in fields.values_mut() {
+            let inner = v.get("value").cloned().unwrap_or(Value::Null);
+            *v = inner;
+        }
+    }
+    p.remove("segment_memberships");
+    Ok(Value::Object(p))
+}
+
+/// Whether `step` reads the profile (so it is read only when needed).
+fn reads_profile(step: &Step) -> bool {
+    let text = serde_json::to_string(&step.kind).unwrap_or_default();
+    text.contains("profile") || matches!(step.kind, StepKind::Branch { condition: Some(_), .. })
+}
+
+/// Renders a webhook step's request against `ctx` (the run's context).
+pub fn render(engine: &Engine, kind: &StepKind, ctx: &Value) -> std::result::Result<Request, String> {
+    let StepKind::Webhook {
+        url,
+        method,
+        headers,
+        body,
+        ..
+    } = kind
+    else {
+        return Err("not a webhook step".into());
+    };
+    let c = context(ctx);
+    let mut budget = MAX_RENDERED_BYTES;
+    let text = |v: Value| match v {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let url = engine
+        .render_leaf(url, &c, &mut budget)
+        .map(text)
+        .map_err(|e| format!("url: {e}"))?;
+    let mut rendered = BTreeMap::new();
+    for (k, v) in headers {
+        let v = engine
+            .render_leaf(v, &c, &mut budget)
+            .map(text)
+            .map_err(|e| format!("headers.{k}: {e}"))?;
+        rendered.insert(k.clone(), v);
+    }
+    let body = match body {
+        None => None,
+        Some(b) => Some(engine.render_json(b, &c, &mut budget).map_err(|(p, e)| {
+            if p.is_empty() {
+                format!("body: {e}")
+            } else {
+                format!("body.{p}: {e}")
+            }
+        })?),
+    };
+    Ok(Request {
+        method: method.clone(),
+        url,
+        headers: rendered,
+        body,
+    })
+}
+
+/// Whether `user_id`'s live profile matches a branch condition (the segment language).
+pub async fn matches(store: &Store, environment: &str, user_id: &str, condition: &Value) -> Result<bool> {
+    let fields = crate::users::fields::Registry::new(store.clone())
+        .list(environment)
+        .await?;
+    let doc = json!({
+        "id": "branch", "name": "branch",
+        "match": condition.get("match").cloned().unwrap_or(json!("all")),
+        "conditions": condition.get("conditions").cloned().unwrap_or(Value::Null),
+    });
+    let segment: Segment = crate::segments::def::parse(&doc, &fields)
+        .map(|(_, s)| s)
+        .map_err(|p| crate::Error::Invalid(p.iter().map(|x| x.line()).collect::<Vec<_>>().join("; ")))?;
+    let compiled = crate::segments::compile::compile(&segment, environment, Utc::now().timestamp_micros());
+    let (ctx, narrowing) = query::profiles_session(store, environment).await?;
+    narrowing.apply(&ctx, col("user_id").eq(lit(user_id))).await?;
+    let batches = ctx
+        .sql(&compiled.sql)
+        .await?
+        .with_param_values(compiled.params.clone())?
+        .filter(col("user_id").eq(lit(user_id)))?
+        .collect()
+        .await?;
+    Ok(!to_json_rows(&batches)?.is_empty())
+}
+
+/// The answer body as context: JSON when it parses, else text; capped.
+fn answer(body: &[u8]) -> Value {
+    let cut = &body[..body.len().min(MAX_RESPONSE_BYTES)];
+    serde_json::from_slice(cut)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(cut).into_owned()))
+}
+
+impl Exec<'_> {
+    /// Runs `run`'s due steps until it waits, ends, or has taken [`MAX_STEPS_PER_PASS`].
+    pub async fn advance(&self, run: &mut Run, now: DateTime<Utc>) -> Vec<Emit> {
+        let mut out = Vec::new();
+        for _ in 0..MAX_STEPS_PER_PASS {
+            let Some(step_id) = run.step.clone() else {
+                run.end(Status::Completed, now, None);
+                run.log(now, None, "completed", None);
+                out.push(Emit::Completed);
+                return out;
+            };
+            let Some((i, step)) = self.spec.step(&step_id) else {
+                let reason = format!("version {} has no step '{step_id}'", run.version);
+                run.end(Status::Failed, now, Some(reason.clone()));
+                out.push(Emit::StepFailed { step: step_id, error: reason });
+                return out;
+            };
+            match self.step(run, i, step, now, &mut out).await {
+                Some(next) => {
+                    run.step = next;
+                    run.attempt = 0;
+                    run.due_at = None;
+                }
+                None => return out,
+            }
+        }
+        run.due_at = Some(now);
+        out
+    }
+
+    /// Runs one step. `Some(next)`: it finished and the run goes to `next` (`None`: the
+    /// end); `None`: the run waits or ended.
+    async fn step(
+        &self,
+        run: &mut Run,
+        i: usize,
+        step: &Step,
+        now: DateTime<Utc>,
+        out: &mut Vec<Emit>,
+    ) -> Option<Option<String>> {
+        let after = self.spec.after(i).map(str::to_string);
+        match &step.kind {
+            StepKind::Exit {} => {
+                run.end(Status::Exited, now, None);
+                run.log(now, Some(&step.id), "exited", None);
+                out.push(Emit::Exited {
+                    step: Some(step.id.clone()),
+                    reason: "exit step".into(),
+                });
+                None
+            }
+            StepKind::Delay {
+                duration,
+                until,
+                max,
+            } => {
+                if run.attempt > 0 {
+                    if run.due_at.is_some_and(|d| d > now) {
+                        return None;
+                    }
+                    self.completed(run, step, now, json!({}), out);
+                    return Some(after);
+                }
+                let until = match until {
+                    None => None,
+                    Some(t) => match self.render_text(run, step, t).await {
+                        Ok(s) => Some(s),
+                        Err(e) => return self.failed(run, step, None, now, e, out),
+                    },
+                };
+                match delay_end(*duration, until.as_deref(), *max, now) {
+                    Ok(end) if end <= now => {
+                        self.completed(run, step, now, json!({}), out);
+                        Some(after)
+                    }
+                    Ok(end) => {
+                        run.attempt = 1;
+                        run.due_at = Some(end);
+                        run.status = Status::Running;
+                        run.log(now, Some(&step.id), "delayed", Some(json!({"until": end})));
+                        None
+                    }
+                    Err(e) => self.failed(run, step, None, now, e, out),
+                }
+            }
+            StepKind::Branch {
+                condition,
+                expression,
+                then,
+                otherwise,
+            } => {
+                let mut yes = true;
+                if let Some(c) = condition {
+                    match matches(self.store, &run.environment, &run.user_id, c).await {
+                        Ok(m) => yes &= m,
+                        Err(e) if e.is_retryable() => return self.retry_soon(run, step, now, e.to_string()),
+                        Err(e) => return self.failed(run, step, None, now, e.to_string(), out),
+                    }
+                }
+                if let Some(e) = expression {
+                    let ctx = run.context(Value::Null);
+                    match self.engine.truthy(e, &ctx) {
+                        Ok(t) => yes &= t,
+                        Err(err) => return self.failed(run, step, None, now, format!("expression: {err}"), out),
+                    }
+                }
+                let to = if yes { then } else { otherwise };
+                self.completed(run, step, now, json!({"result": yes, "next": to}), out);
+                Some(Some(to.clone()))
+            }
+            StepKind::WaitForEvent {
+                event,
+                filter,
+                timeout,
+                on_timeout,
+            } => {
+                if run.status == Status::Waiting {
+                    // due again: the timeout passed without the event
+                    if run.due_at.is_some_and(|d| d > now) {
+                        return None;
+                    }
+                    run.status = Status::Running;
+                    run.wait = None;
+                    self.completed(run, step, now, json!({"timed_out": true}), out);
+                    return Some(on_timeout.clone().or(after));
+                }
+                run.status = Status::Waiting;
+                run.attempt = 1;
+                run.wait = Some(Wait {
+                    event: event.clone(),
+                    filter: filter.clone(),
+                });
+                let t = (*timeout).min(MAX_WAIT);
+                run.due_at = Some(now + chrono::Duration::from_std(t).unwrap_or_default());
+                run.log(now, Some(&step.id), "waiting", Some(json!({"event": event, "until": run.due_at})));
+                None
+            }
+            StepKind::Webhook {
+                on_status,
+                on_error,
+                ..
+            } => {
+                if run.due_at.is_some_and(|d| d > now) {
+                    return None;
+                }
+                let profile = if reads_profile(step) {
+                    match profile(self.store, &run.environment, &run.user_id).await {
+                        Ok(p) => p,
+                        Err(e) => return self.retry_soon(run, step, now, e.to_string()),
+                    }
+                } else {
+                    Value::Null
+                };
+                let req = match render(self.engine, &step.kind, &run.context(profile)) {
+                    Ok(r) => r,
+                    Err(e) => return self.failed(run, step, on_error.clone(), now, e, out),
+                };
+                run.attempt += 1;
+                let result = self.send(run, &step.id, &req).await;
+                match after_webhook(on_status, &result, run.attempt, self.policy, now) {
+                    After::Continue => {
+                        let (status, body) = match &result {
+                            Ok(r) => (Some(r.status), answer(&r.body)),
+                            Err(_) => (None, Value::Null),
+                        };
+                        let detail = json!({"status": status, "body": body});
+                        run.outputs.insert(step.id.clone(), detail);
+                        self.completed(run, step, now, json!({"status": status, "attempt": run.attempt}), out);
+                        Some(after)
+                    }
+                    After::Retry { after, error } => {
+                        run.due_at = Some(now + chrono::Duration::from_std(after).unwrap_or_default());
+                        run.log(now, Some(&step.id), "retrying", Some(json!({"error": error, "attempt": run.attempt, "at": run.due_at})));
+                        None
+                    }
+                    After::Error(error) => {
+                        if let Ok(r) = &result {
+                            run.outputs.insert(step.id.clone(), json!({"status": r.status, "body": answer(&r.body)}));
+                        }
+                        self.failed(run, step, on_error.clone(), now, error, out)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        run: &Run,
+        step: &str,
+        req: &Request,
+    ) -> std::result::Result<tidemark_sinks::client::Response, tidemark_sinks::client::Failure> {
+        use tidemark_sinks::client::{Failure, FailureKind};
+        let fail = |m: String| Failure {
+            kind: FailureKind::Blocked,
+            message: m,
+            latency: std::time::Duration::ZERO,
+        };
+        let url = url::Url::parse(&req.url).map_err(|e| fail(format!("url {:?}: {e}", req.url)))?;
+        let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        let pairs: Vec<(String, String)> = req.headers.clone().into_iter().collect();
+        let mut headers = tidemark_sinks::client::header_map(&pairs).map_err(|e| fail(e.to_string()))?;
+        let body = match &req.body {
+            Some(b) => serde_json::to_vec(b).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if req.body.is_some() {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::header::HeaderValue::from_static("application/json"),
+            );
+        }
+        let id = run.message_id(step);
+        tidemark_sinks::sign::set_headers(
+            &mut headers,
+            std::slice::from_ref(self.secret),
+            &id,
+            Utc::now().timestamp(),
+            &body,
+        );
+        self.client.send(method, &url, headers, Bytes::from(body)).await
+    }
+
+    async fn render_text(&self, run: &Run, step: &Step, source: &str) -> std::result::Result<String, String> {
+        let profile = if source.contains("profile") {
+            profile(self.store, &run.environment, &run.user_id)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Value::Null
+        };
+        let mut budget = MAX_RENDERED_BYTES;
+        let v = self
+            .engine
+            .render_leaf(source, &context(&run.context(profile)), &mut budget)
+            .map_err(|e| format!("{}: {e}", step.id))?;
+        Ok(match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        })
+    }
+
+    fn completed(&self, run: &mut Run, step: &Step, now: DateTime<Utc>, detail: Value, out: &mut Vec<Emit>) {
+        run.log(now, Some(&step.id), "completed", Some(detail.clone()));
+        out.push(Emit::StepCompleted {
+            step: step.id.clone(),
+            detail,
+        });
+    }
+
+    /// The step failed: its error branch, or the run fails.
+    fn failed(
+        &self,
+        run: &mut Run,
+        step: &Step,
+        on_error: Option<String>,
+        now: DateTime<Utc>,
+        error: String,
+        out: &mut Vec<Emit>,
+    ) -> Option<Option<String>> {
+        run.log(now, Some(&step.id), "failed", Some(json!({"error": error})));
+        out.push(Emit::StepFailed {
+            step: step.id.clone(),
+            error: error.clone(),
+        });
+        match on_error {
+            Some(next) => Some(Some(next)),
+            None => {
+                run.end(Status::Failed, now, Some(format!("{}: {error}", step.id)));
+                None
+            }
+        }
+    }
+
+    /// A failure of tidemark's own (the store, a query): the step runs again shortly.
+    fn retry_soon(&self, run: &mut Run, step: &Step, now: DateTime<Utc>, error: String) -> Option<Option<String>> {
+        run.due_at = Some(now + chrono::Duration::seconds(5));
+        run.log(now, Some(&step.id), "deferred", Some(json!({"error": error})));
+        None
+    }
+}
+
+/// A variables map with redacted values masked (for events and logs).
+pub fn masked(spec: &Spec, values: &Map<String, Value>) -> Value {
+    super::run::redacted(&Value::Object(values.clone()), &|k| spec.redacts(k), 0)
+}

@@ -1,0 +1,177 @@
+//! How a pass of the flow worker reaches the store: everything it changed (run states,
+//! index entries, entry-rule state, inbox commands taken, `flow-*` events, the `events`
+//! cursor) is first written as one journal document, then applied, then the journal is
+//! deleted. The events are appended with a Delta `txn` (app id `tidemark-flows`, version
+//! = the pass), so a crash anywhere is repaired by applying the journal again: no run is
+//! lost and no event is emitted twice.
+
+use chrono::{DateTime, Utc};
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::decide::EntryState;
+use super::def::Flows;
+use super::run::Run;
+use super::store::FlowStore;
+use crate::Result;
+use crate::storage::Store;
+use crate::storage::events_table::{self, SystemEvent};
+use crate::storage::registry::Registry;
+
+/// The Delta `txn` app id of the `flow-*` events.
+pub const APP_ID: &str = "tidemark-flows";
+
+/// Where the worker is: the last pass applied and the `events` version read up to.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Cursor {
+    pub pass: u64,
+    /// `-1`: not yet placed (the first pass starts at the head: older events start nothing).
+    pub events_version: i64,
+}
+
+/// What one pass changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Journal {
+    pub pass: u64,
+    pub events_version: i64,
+    pub runs: Vec<Run>,
+    /// (environment, due at, flow, run).
+    pub dues_add: Vec<(String, DateTime<Utc>, String, String)>,
+    /// (environment, minute, flow, run).
+    pub dues_del: Vec<(String, String, String, String)>,
+    /// (environment, user, flow, run).
+    pub waits_add: Vec<(String, String, String, String)>,
+    pub waits_del: Vec<(String, String, String, String)>,
+    /// (environment, flow, user, state).
+    pub entries: Vec<(String, String, String, EntryState)>,
+    /// Inbox commands taken: (environment, name).
+    pub taken: Vec<(String, String)>,
+    pub events: Vec<SystemEvent>,
+    /// Flows to pause: (environment, flow, reason).
+    pub pauses: Vec<(String, String, String)>,
+}
+
+impl Journal {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+            && self.taken.is_empty()
+            && self.events.is_empty()
+            && self.dues_del.is_empty()
+            && self.waits_del.is_empty()
+            && self.pauses.is_empty()
+    }
+}
+
+fn path(store: &Store, name: &str) -> object_store::path::Path {
+    store.paths().flow_worker().join(name)
+}
+
+pub async fn cursor(store: &Store) -> Result<Cursor> {
+    match store.object_store().get(&path(store, "cursor.json")).await {
+        Ok(got) => Ok(serde_json::from_slice(&got.bytes().await?)?),
+        Err(object_store::Error::NotFound { .. }) => Ok(Cursor {
+            pass: 0,
+            events_version: -1,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn put_cursor(store: &Store, c: &Cursor) -> Result<()> {
+    store
+        .object_store()
+        .put(&path(store, "cursor.json"), PutPayload::from(serde_json::to_vec(c)?))
+        .await?;
+    Ok(())
+}
+
+/// A journal left by a pass that did not finish applying.
+pub async fn pending(store: &Store) -> Result<Option<Journal>> {
+    match store.object_store().get(&path(store, "journal.json")).await {
+        Ok(got) => Ok(Some(serde_json::from_slice(&got.bytes().await?)?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fault injection for crash tests: `TIDEMARK_CRASH_AFTER=flow-journal` aborts right
+/// after a pass's journal is written, `flow-events` after its events are committed.
+fn crash_point(step: &str) {
+    if std::env::var("TIDEMARK_CRASH_AFTER").is_ok_and(|v| v == step) {
+        eprintln!("tidemark: crashing after {step} (TIDEMARK_CRASH_AFTER)");
+        std::process::abort();
+    }
+}
+
+/// Writes `j` as the journal, then applies it.
+pub async fn commit(store: &Store, j: &Journal) -> Result<Cursor> {
+    store
+        .object_store()
+        .put(&path(store, "journal.json"), PutPayload::from(serde_json::to_vec(j)?))
+        .await?;
+    crash_point("flow-journal");
+    apply(store, j).await
+}
+
+/// Applies a journal (again, after a crash: every step is idempotent) and deletes it.
+pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
+    if !j.events.is_empty() {
+        let table = events_table::open_or_create(store).await?;
+        let done = events_table::committed_version(&table, APP_ID)
+            .await?
+            .unwrap_or(-1);
+        if done < j.pass as i64 {
+            let batch = events_table::system_batch(&j.events)?;
+            events_table::append(table, vec![batch], Some(APP_ID), j.pass as i64).await?;
+        }
+        crash_point("flow-events");
+    }
+    let fs = |env: &str| FlowStore::new(store, env);
+    // What a run needs to be found again is written before what it no longer needs is
+    // deleted: new index entries, then the run, then old entries.
+    for (env, at, flow, run) in &j.dues_add {
+        fs(env).due_add(*at, flow, run).await?;
+    }
+    for (env, user, flow, run) in &j.waits_add {
+        fs(env).wait_add(user, flow, run).await?;
+    }
+    for run in &j.runs {
+        fs(&run.environment).put_run(run).await?;
+    }
+    for (env, flow, user, state) in &j.entries {
+        fs(env).put_entry(flow, user, state).await?;
+    }
+    for (env, minute, flow, run) in &j.dues_del {
+        let re_added = j.dues_add.iter().any(|(e, at, f, r)| {
+            e == env && f == flow && r == run && super::store::minute(*at) == *minute
+        });
+        if !re_added {
+            fs(env).due_done(minute, flow, run).await?;
+        }
+    }
+    for (env, user, flow, run) in &j.waits_del {
+        let re_added = j.waits_add.iter().any(|w| (&w.0, &w.1, &w.2, &w.3) == (env, user, flow, run));
+        if !re_added {
+            fs(env).wait_del(user, flow, run).await?;
+        }
+    }
+    for (env, name) in &j.taken {
+        fs(env).take(name).await?;
+    }
+    let flows: Flows = Registry::new(store.clone());
+    for (env, flow, reason) in &j.pauses {
+        if let Err(e) = flows.set_paused(env, flow, true, Some(reason)).await {
+            tracing::warn!(flow, error = %e, "flows: cannot pause a failing flow");
+        }
+    }
+    let c = Cursor {
+        pass: j.pass,
+        events_version: j.events_version,
+    };
+    put_cursor(store, &c).await?;
+    match store.object_store().delete(&path(store, "journal.json")).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(c)
+}
