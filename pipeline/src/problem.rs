@@ -71,6 +71,8 @@ pub enum Subject {
     Segment,
     Webhook,
     Export,
+    Flow,
+    Start,
 }
 
 impl Subject {
@@ -82,6 +84,8 @@ impl Subject {
             Subject::Segment => "invalid_segment",
             Subject::Webhook => "invalid_webhook",
             Subject::Export => "invalid_export",
+            Subject::Flow => "invalid_flow",
+            Subject::Start => "invalid_start",
         }
     }
 
@@ -93,6 +97,8 @@ impl Subject {
             Subject::Segment => format!("the segment definition has {total} problem(s)"),
             Subject::Webhook => format!("the webhook subscription has {total} problem(s)"),
             Subject::Export => format!("the export has {total} problem(s)"),
+            Subject::Flow => format!("the flow has {total} problem(s); nothing was saved"),
+            Subject::Start => format!("{total} problem(s) with the start; no run was started"),
         }
     }
 

@@ -7,6 +7,7 @@
 //! - `users`: erase a user, list erasures; `vacuum` and `retention` housekeeping.
 //! - `segments`: segment definitions, previews and their SQL.
 //! - `webhooks`: webhook subscriptions; `sinks run`: the delivery worker on its own.
+//! - `flows`: flows, their starts, previews and runs.
 //! - `sql`: query the tables straight from the store.
 //! - `ballista`: the scheduler and executor roles of a Ballista cluster.
 //! - `config`: print an example configuration.
@@ -17,6 +18,7 @@
 mod ballista;
 mod exports;
 mod fields;
+mod flows;
 mod import;
 mod jobs;
 mod keys;
@@ -102,6 +104,10 @@ pub enum Command {
     /// Scheduled bulk exports: add, list, status, run, backfill, pause, resume, delete.
     #[command(subcommand)]
     Exports(exports::ExportsCommand),
+    /// Flows: add, update, publish, list, show, start, preview, runs, run, retry, cancel,
+    /// pause, resume, delete.
+    #[command(subcommand)]
+    Flows(flows::FlowsCommand),
     /// Run the sinks (webhook delivery and exports) without the rest of the node.
     #[command(subcommand)]
     Sinks(webhooks::SinksCommand),
@@ -202,6 +208,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users(cmd) => users::run(file, cmd),
         Command::Webhooks(cmd) => webhooks::run(file, cmd),
         Command::Exports(cmd) => exports::run(file, cmd),
+        Command::Flows(cmd) => flows::run(file, cmd),
         Command::Sinks(cmd) => webhooks::sinks(file, cmd),
         Command::Vacuum { retention, data } => users::vacuum(file, data, retention),
         Command::Retention(data) => users::retention(file, data),

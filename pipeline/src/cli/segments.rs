@@ -66,7 +66,7 @@ const MAX_DEFINITION_BYTES: u64 = 1024 * 1024;
 const MAX_YAML_FLOW_DEPTH: usize = 128;
 
 /// Reads a definition: YAML for `.yaml`/`.yml`, JSON otherwise.
-fn read_definition(path: &Path) -> anyhow::Result<Value> {
+pub(super) fn read_definition(path: &Path) -> anyhow::Result<Value> {
     let shown = path.display();
     let size = std::fs::metadata(path)
         .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?

@@ -1,6 +1,6 @@
 //! The background passes of a node, each under the [`Supervisor`]: key refresh,
 //! compaction, retention and VACUUM, segment evaluation, the job loop
-//! ([`super::refresh`]), and the sink workers (webhooks, exports) that also run alone in
+//! ([`super::refresh`]), and the sink workers (webhooks, flows, exports) that also run alone in
 //! `tidemark sinks run`.
 
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub fn start(sup: &mut Supervisor, config: &Config, state: &AppState) {
     }
 }
 
-/// The webhook and export workers, each when enabled and the master key is there
+/// The webhook, flow and export workers, each when enabled and the master key is there
 /// (`tidemark serve` and `tidemark sinks run`), each on the one process of the store that
 /// holds its lease. Returns how many were started.
 pub fn start_sinks(
@@ -79,6 +79,25 @@ pub fn start_sinks(
                 config.clone(),
                 key.clone(),
                 client.clone(),
+                stop,
+            )
+        });
+        started += 1;
+    }
+    if let (true, Ok(key)) = (config.flows.enabled, webhooks.key.clone()) {
+        let (store, flows, client) = (
+            store.clone(),
+            config.flows.clone(),
+            webhooks.client.clone(),
+        );
+        let policy = crate::webhooks::retry_policy(&config.webhooks);
+        sup.leased("flows", leases.clone(), move |stop| {
+            crate::flows::worker::run(
+                store.clone(),
+                flows.clone(),
+                key.clone(),
+                client.clone(),
+                policy.clone(),
                 stop,
             )
         });

@@ -10,6 +10,7 @@
 //! - [`fields_api`]: the custom field registry, `/v1/{env}/fields`.
 //! - [`segments_api`]: segment definitions and previews, `/v1/{env}/segments`.
 //! - [`webhooks_api`]: webhook subscriptions, `/v1/{env}/webhooks`.
+//! - [`flows_api`]: flows, their starts, previews and runs, `/v1/{env}/flows`.
 //! - [`registry_api`]: delete, pause and resume of every kind of config document.
 //! - [`exports_api`]: the batched pull API and scheduled exports, `/v1/{env}/exports`.
 //! - [`stream_api`]: the live event stream (SSE), `GET /v1/{env}/events/stream`.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod exports_api;
 pub mod fields_api;
 pub mod flight;
+pub mod flows_api;
 pub mod ingest_api;
 pub mod keys_api;
 pub mod ops;
@@ -177,6 +179,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(segments_routes());
     all.extend(webhooks_routes());
     all.extend(exports_routes());
+    all.extend(flows_routes());
     all.extend([
         Route::get("/healthz", ops::healthz),
         Route::get("/readyz", ops::readyz),
@@ -284,6 +287,29 @@ fn webhooks_routes() -> Vec<Route> {
     ]
     .into_iter()
     .chain(registry_api::routes::<Subscription>(one))
+    .collect()
+}
+
+fn flows_routes() -> Vec<Route> {
+    use Input::*;
+    let one = "/v1/{env}/flows/{id}";
+    let run = "/v1/{env}/flows/{id}/runs/{run}";
+    vec![
+        Route::get("/v1/{env}/flows", flows_api::list),
+        Route::post("/v1/{env}/flows", Json, flows_api::create),
+        Route::get(one, flows_api::get_one),
+        Route::new(http::Method::PUT, one, Json, flows_api::replace),
+        Route::post(format!("{one}/publish"), Nothing, flows_api::publish),
+        Route::post(format!("{one}/start"), Json, flows_api::start_runs),
+        Route::post(format!("{one}/preview"), Json, flows_api::preview),
+        Route::post(format!("{one}/retry"), Json, flows_api::retry_failed),
+        Route::get(format!("{one}/runs"), flows_api::list_runs),
+        Route::get(run, flows_api::get_run),
+        Route::post(format!("{run}/cancel"), Nothing, flows_api::cancel_run),
+        Route::post(format!("{run}/retry"), Nothing, flows_api::retry_run),
+    ]
+    .into_iter()
+    .chain(registry_api::routes::<crate::flows::Flow>(one))
     .collect()
 }
 
