@@ -37,6 +37,7 @@ mod crash;
 mod delta_readers;
 mod erasure;
 mod exports;
+mod flows;
 mod freshness;
 mod import;
 mod ingest_api;
