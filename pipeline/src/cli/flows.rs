@@ -129,11 +129,16 @@ pub struct Who {
 impl registry::Printed for Flow {
     fn print(&self) {
         let state = if self.paused {
-            format!("paused ({})", self.paused_reason.as_deref().unwrap_or("no reason"))
+            format!(
+                "paused ({})",
+                self.paused_reason.as_deref().unwrap_or("no reason")
+            )
         } else {
             "enabled".into()
         };
-        let published = self.published.map_or("not published".to_string(), |v| format!("published v{v}"));
+        let published = self
+            .published
+            .map_or("not published".to_string(), |v| format!("published v{v}"));
         println!(
             "{:<28} {:<16} {:<10} {}",
             self.id,
@@ -150,7 +155,8 @@ fn vars(list: &[String]) -> anyhow::Result<Map<String, Value>> {
         let Some((name, value)) = v.split_once('=') else {
             anyhow::bail!("--var {v:?}: expected NAME=VALUE");
         };
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+        let value =
+            serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
         out.insert(name.to_string(), value);
     }
     Ok(out)
@@ -163,7 +169,11 @@ fn refused(subject: Subject, what: &str) -> impl Fn(WriteError) -> anyhow::Error
     }
 }
 
-async fn validation(config: &crate::config::Config, store: &Store, env: &str) -> anyhow::Result<(Validation, crate::webhooks::Context)> {
+async fn validation(
+    config: &crate::config::Config,
+    store: &Store,
+    env: &str,
+) -> anyhow::Result<(Validation, crate::webhooks::Context)> {
     let hooks = crate::webhooks::Context::new(config, store)?;
     Ok((Validation::load(store, env, hooks.clone()).await?, hooks))
 }
@@ -172,7 +182,11 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         match cmd {
-            FlowsCommand::Add { file: doc, publish, at } => {
+            FlowsCommand::Add {
+                file: doc,
+                publish,
+                at,
+            } => {
                 let input = super::segments::read_definition(&doc)?;
                 let (config, store) = super::open_store(file, at.data)?;
                 let (v, hooks) = validation(&config, &store, &at.env).await?;
@@ -187,7 +201,12 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                     publish_one(&store, &at.env, &flow.id, &v).await?;
                 }
             }
-            FlowsCommand::Update { id, file: doc, publish, at } => {
+            FlowsCommand::Update {
+                id,
+                file: doc,
+                publish,
+                at,
+            } => {
                 let input = super::segments::read_definition(&doc)?;
                 let (config, store) = super::open_store(file, at.data)?;
                 let (v, _) = validation(&config, &store, &at.env).await?;
@@ -236,9 +255,16 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                 let f = Flows::new(store).get(&at.env, &id).await?;
                 println!("{}", serde_json::to_string_pretty(&f.public())?);
             }
-            FlowsCommand::Start { id, who, vars: list, idempotency_key, at } => {
+            FlowsCommand::Start {
+                id,
+                who,
+                vars: list,
+                idempotency_key,
+                at,
+            } => {
                 let (_, store) = super::open_store(file, at.data)?;
-                let mut input = json!({"variables": vars(&list)?, "idempotency_key": idempotency_key});
+                let mut input =
+                    json!({"variables": vars(&list)?, "idempotency_key": idempotency_key});
                 match (who.user, who.users, who.segment) {
                     (Some(u), _, _) => input["user_id"] = json!(u),
                     (_, Some(us), _) => input["user_ids"] = json!(us),
@@ -250,14 +276,21 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                     .map_err(refused(Subject::Start, "start"))?;
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
-            FlowsCommand::Preview { id, user, vars: list, published, at } => {
+            FlowsCommand::Preview {
+                id,
+                user,
+                vars: list,
+                published,
+                at,
+            } => {
                 let (config, store) = super::open_store(file, at.data)?;
                 let f = Flows::new(store.clone()).get(&at.env, &id).await?;
                 let spec = if published {
                     start::published(&store, &at.env, &f).await?.1
                 } else {
                     let (v, _) = validation(&config, &store, &at.env).await?;
-                    v.check(&f.draft).map_err(|p| anyhow::anyhow!("{}", Subject::Flow.listing(&p)))?
+                    v.check(&f.draft)
+                        .map_err(|p| anyhow::anyhow!("{}", Subject::Flow.listing(&p)))?
                 };
                 let input = json!({"user_id": user, "variables": vars(&list)?});
                 let out = start::preview(&store, &at.env, &f, &spec, &input)
@@ -265,12 +298,26 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                     .map_err(refused(Subject::Start, "preview"))?;
                 println!("{}", serde_json::to_string_pretty(&out)?);
             }
-            FlowsCommand::Runs { id, status, since, user, limit, json, at } => {
+            FlowsCommand::Runs {
+                id,
+                status,
+                since,
+                user,
+                limit,
+                json,
+                at,
+            } => {
                 let (_, store) = super::open_store(file, at.data)?;
                 Flows::new(store.clone()).get(&at.env, &id).await?;
                 let filter = runs::Filter {
-                    status: status.map(|s| runs::parse_status(&s)).transpose().map_err(|e| anyhow::anyhow!("--status: {e}"))?,
-                    since: since.map(|s| crate::webhooks::parse_time(&s)).transpose().map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+                    status: status
+                        .map(|s| runs::parse_status(&s))
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("--status: {e}"))?,
+                    since: since
+                        .map(|s| crate::webhooks::parse_time(&s))
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
                     user_id: user,
                     limit,
                 };
@@ -300,14 +347,23 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                     .version(&id, r.version)
                     .await?
                     .map(|v| v.spec);
-                println!("{}", serde_json::to_string_pretty(&runs::public(&r, spec.as_ref()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs::public(&r, spec.as_ref()))?
+                );
             }
-            FlowsCommand::Retry { id, runs: list, since, at } => {
+            FlowsCommand::Retry {
+                id,
+                runs: list,
+                since,
+                at,
+            } => {
                 let (_, store) = super::open_store(file, at.data)?;
                 Flows::new(store.clone()).get(&at.env, &id).await?;
                 let out = match (since, list.is_empty()) {
                     (Some(s), true) => {
-                        let t = crate::webhooks::parse_time(&s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+                        let t = crate::webhooks::parse_time(&s)
+                            .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
                         runs::retry_failed_since(&store, &at.env, &id, t).await?
                     }
                     (None, false) => runs::retry(&store, &at.env, &id, list).await?,
@@ -318,7 +374,10 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
             FlowsCommand::Cancel { id, runs: list, at } => {
                 let (_, store) = super::open_store(file, at.data)?;
                 Flows::new(store.clone()).get(&at.env, &id).await?;
-                println!("{}", serde_json::to_string_pretty(&runs::cancel(&store, &at.env, &id, list).await?)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs::cancel(&store, &at.env, &id, list).await?)?
+                );
             }
             FlowsCommand::Pause(one) => registry::set_paused::<Flow>(file, one, true).await?,
             FlowsCommand::Resume(one) => registry::set_paused::<Flow>(file, one, false).await?,

@@ -307,7 +307,9 @@ pub fn sinks(file: Option<&std::path::Path>, cmd: SinksCommand) -> anyhow::Resul
         let started =
             crate::node::passes::start_sinks(&mut sup, &config, &store, &webhooks, &exports);
         if started == 0 {
-            anyhow::bail!("nothing to run: webhooks.enabled, flows.enabled and exports.enabled are all false");
+            anyhow::bail!(
+                "nothing to run: webhooks.enabled, flows.enabled and exports.enabled are all false"
+            );
         }
         println!(
             "tidemark: delivering {} from {}",

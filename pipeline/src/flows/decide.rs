@@ -84,7 +84,8 @@ pub fn delay_end(
     max: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, String> {
-    let cap = now + chrono::Duration::from_std(max.unwrap_or(MAX_WAIT).min(MAX_WAIT)).unwrap_or_default();
+    let cap =
+        now + chrono::Duration::from_std(max.unwrap_or(MAX_WAIT).min(MAX_WAIT)).unwrap_or_default();
     let end = match (duration, until) {
         (Some(d), _) => now + chrono::Duration::from_std(d).unwrap_or_default(),
         (None, Some(text)) => DateTime::parse_from_rfc3339(text.trim())
@@ -110,7 +111,9 @@ pub fn admit(rule: &Entry, state: &EntryState, now_ms: i64) -> Result<(), String
     if rule.one_active_run
         && let Some(run) = &state.active_run
     {
-        return Err(format!("the user is in run {run} of this flow (one active run per user)"));
+        return Err(format!(
+            "the user is in run {run} of this flow (one active run per user)"
+        ));
     }
     if let (Some(max), Some(per)) = (rule.max_starts, rule.per) {
         let since = now_ms - per.as_millis() as i64;
@@ -154,7 +157,11 @@ mod tests {
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
-            schedule: vec![Duration::ZERO, Duration::from_secs(5), Duration::from_secs(60)],
+            schedule: vec![
+                Duration::ZERO,
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+            ],
             jitter: 0.0,
         }
     }
@@ -174,8 +181,13 @@ mod tests {
                 error: "HTTP 503: nope".into()
             }
         );
-        assert_eq!(after(&[], resp(400), 1), After::Error("HTTP 400: nope".into()));
-        assert!(matches!(after(&[], resp(429), 2), After::Retry { after, .. } if after == Duration::from_secs(60)));
+        assert_eq!(
+            after(&[], resp(400), 1),
+            After::Error("HTTP 400: nope".into())
+        );
+        assert!(
+            matches!(after(&[], resp(429), 2), After::Retry { after, .. } if after == Duration::from_secs(60))
+        );
         assert_eq!(
             after(&[], resp(500), 3),
             After::Error("gave up after 3 attempts: HTTP 500: nope".into())
@@ -191,12 +203,19 @@ mod tests {
             message: "10.0.0.1 is a private address".into(),
             latency: Duration::ZERO,
         });
-        assert_eq!(after(&[], blocked, 1), After::Error("10.0.0.1 is a private address".into()));
+        assert_eq!(
+            after(&[], blocked, 1),
+            After::Error("10.0.0.1 is a private address".into())
+        );
     }
 
     #[test]
     fn a_step_overrides_by_code_then_class() {
-        let on = [("404", OnStatus::Continue), ("4xx", OnStatus::Retry), ("2xx", OnStatus::Error)];
+        let on = [
+            ("404", OnStatus::Continue),
+            ("4xx", OnStatus::Retry),
+            ("2xx", OnStatus::Error),
+        ];
         assert_eq!(after(&on, resp(404), 1), After::Continue);
         assert!(matches!(after(&on, resp(422), 1), After::Retry { .. }));
         assert_eq!(after(&on, resp(201), 1), After::Error(String::new()));
@@ -204,14 +223,22 @@ mod tests {
 
     #[test]
     fn delays_end_within_their_bounds() {
-        let now = DateTime::parse_from_rfc3339("2026-12-08T10:00:00Z").unwrap().to_utc();
+        let now = DateTime::parse_from_rfc3339("2026-12-08T10:00:00Z")
+            .unwrap()
+            .to_utc();
         let h = Duration::from_secs(3600);
-        assert_eq!(delay_end(Some(h), None, None, now).unwrap(), now + chrono::Duration::hours(1));
+        assert_eq!(
+            delay_end(Some(h), None, None, now).unwrap(),
+            now + chrono::Duration::hours(1)
+        );
         assert_eq!(
             delay_end(None, Some("2026-12-08T12:00:00Z"), Some(h), now).unwrap(),
             now + chrono::Duration::hours(1)
         );
-        assert_eq!(delay_end(None, Some("2020-01-01T00:00:00Z"), None, now).unwrap(), now);
+        assert_eq!(
+            delay_end(None, Some("2020-01-01T00:00:00Z"), None, now).unwrap(),
+            now
+        );
         let e = delay_end(None, Some("soon"), None, now).unwrap_err();
         assert_eq!(e, "until rendered \"soon\", which is not an RFC 3339 time");
     }
@@ -232,7 +259,10 @@ mod tests {
         admitted(&rule, &mut st, "run_b", 2_000);
         st.active_run = None;
         let e = admit(&rule, &st, 3_000).unwrap_err();
-        assert_eq!(e, "the user started this flow 2 times in the last 1m (at most 2)");
+        assert_eq!(
+            e,
+            "the user started this flow 2 times in the last 1m (at most 2)"
+        );
         // the window slides
         assert_eq!(admit(&rule, &st, 61_500), Ok(()));
         let only_active = Entry {

@@ -50,7 +50,11 @@ pub struct Validation {
 }
 
 impl Validation {
-    pub async fn load(store: &Store, environment: &str, hooks: crate::webhooks::Context) -> Result<Validation> {
+    pub async fn load(
+        store: &Store,
+        environment: &str,
+        hooks: crate::webhooks::Context,
+    ) -> Result<Validation> {
         let fields = crate::users::fields::Registry::new(store.clone())
             .list(environment)
             .await?;

@@ -39,10 +39,19 @@ pub struct Request {
 /// What a run did in one advance, for `flow-*` events.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emit {
-    StepCompleted { step: String, detail: Value },
-    StepFailed { step: String, error: String },
+    StepCompleted {
+        step: String,
+        detail: Value,
+    },
+    StepFailed {
+        step: String,
+        error: String,
+    },
     Completed,
-    Exited { step: Option<String>, reason: String },
+    Exited {
+        step: Option<String>,
+        reason: String,
+    },
 }
 
 /// What running steps needs.
@@ -75,11 +84,22 @@ pub async fn profile(store: &Store, environment: &str, user_id: &str) -> Result<
 /// Whether `step` reads the profile (so it is read only when needed).
 fn reads_profile(step: &Step) -> bool {
     let text = serde_json::to_string(&step.kind).unwrap_or_default();
-    text.contains("profile") || matches!(step.kind, StepKind::Branch { condition: Some(_), .. })
+    text.contains("profile")
+        || matches!(
+            step.kind,
+            StepKind::Branch {
+                condition: Some(_),
+                ..
+            }
+        )
 }
 
 /// Renders a webhook step's request against `ctx` (the run's context).
-pub fn render(engine: &Engine, kind: &StepKind, ctx: &Value) -> std::result::Result<Request, String> {
+pub fn render(
+    engine: &Engine,
+    kind: &StepKind,
+    ctx: &Value,
+) -> std::result::Result<Request, String> {
     let StepKind::Webhook {
         url,
         method,
@@ -128,7 +148,12 @@ pub fn render(engine: &Engine, kind: &StepKind, ctx: &Value) -> std::result::Res
 }
 
 /// Whether `user_id`'s live profile matches a branch condition (the segment language).
-pub async fn matches(store: &Store, environment: &str, user_id: &str, condition: &Value) -> Result<bool> {
+pub async fn matches(
+    store: &Store,
+    environment: &str,
+    user_id: &str,
+    condition: &Value,
+) -> Result<bool> {
     let fields = crate::users::fields::Registry::new(store.clone())
         .list(environment)
         .await?;
@@ -139,10 +164,15 @@ pub async fn matches(store: &Store, environment: &str, user_id: &str, condition:
     });
     let segment: Segment = crate::segments::def::parse(&doc, &fields)
         .map(|(_, s)| s)
-        .map_err(|p| crate::Error::Invalid(p.iter().map(|x| x.line()).collect::<Vec<_>>().join("; ")))?;
-    let compiled = crate::segments::compile::compile(&segment, environment, Utc::now().timestamp_micros());
+        .map_err(|p| {
+            crate::Error::Invalid(p.iter().map(|x| x.line()).collect::<Vec<_>>().join("; "))
+        })?;
+    let compiled =
+        crate::segments::compile::compile(&segment, environment, Utc::now().timestamp_micros());
     let (ctx, narrowing) = query::profiles_session(store, environment).await?;
-    narrowing.apply(&ctx, col("user_id").eq(lit(user_id))).await?;
+    narrowing
+        .apply(&ctx, col("user_id").eq(lit(user_id)))
+        .await?;
     let batches = ctx
         .sql(&compiled.sql)
         .await?
@@ -174,7 +204,10 @@ impl Exec<'_> {
             let Some((i, step)) = self.spec.step(&step_id) else {
                 let reason = format!("version {} has no step '{step_id}'", run.version);
                 run.end(Status::Failed, now, Some(reason.clone()));
-                out.push(Emit::StepFailed { step: step_id, error: reason });
+                out.push(Emit::StepFailed {
+                    step: step_id,
+                    error: reason,
+                });
                 return out;
             };
             match self.step(run, i, step, now, &mut out).await {
@@ -255,7 +288,9 @@ impl Exec<'_> {
                 if let Some(c) = condition {
                     match matches(self.store, &run.environment, &run.user_id, c).await {
                         Ok(m) => yes &= m,
-                        Err(e) if e.is_retryable() => return self.retry_soon(run, step, now, e.to_string()),
+                        Err(e) if e.is_retryable() => {
+                            return self.retry_soon(run, step, now, e.to_string());
+                        }
                         Err(e) => return self.failed(run, step, None, now, e.to_string(), out),
                     }
                 }
@@ -263,7 +298,16 @@ impl Exec<'_> {
                     let ctx = run.context(Value::Null);
                     match self.engine.truthy(e, &ctx) {
                         Ok(t) => yes &= t,
-                        Err(err) => return self.failed(run, step, None, now, format!("expression: {err}"), out),
+                        Err(err) => {
+                            return self.failed(
+                                run,
+                                step,
+                                None,
+                                now,
+                                format!("expression: {err}"),
+                                out,
+                            );
+                        }
                     }
                 }
                 let to = if yes { then } else { otherwise };
@@ -294,7 +338,12 @@ impl Exec<'_> {
                 });
                 let t = (*timeout).min(MAX_WAIT);
                 run.due_at = Some(now + chrono::Duration::from_std(t).unwrap_or_default());
-                run.log(now, Some(&step.id), "waiting", Some(json!({"event": event, "until": run.due_at})));
+                run.log(
+                    now,
+                    Some(&step.id),
+                    "waiting",
+                    Some(json!({"event": event, "until": run.due_at})),
+                );
                 None
             }
             StepKind::Webhook {
@@ -327,17 +376,32 @@ impl Exec<'_> {
                         };
                         let detail = json!({"status": status, "body": body});
                         run.outputs.insert(step.id.clone(), detail);
-                        self.completed(run, step, now, json!({"status": status, "attempt": run.attempt}), out);
+                        self.completed(
+                            run,
+                            step,
+                            now,
+                            json!({"status": status, "attempt": run.attempt}),
+                            out,
+                        );
                         Some(after)
                     }
                     After::Retry { after, error } => {
-                        run.due_at = Some(now + chrono::Duration::from_std(after).unwrap_or_default());
-                        run.log(now, Some(&step.id), "retrying", Some(json!({"error": error, "attempt": run.attempt, "at": run.due_at})));
+                        run.due_at =
+                            Some(now + chrono::Duration::from_std(after).unwrap_or_default());
+                        run.log(
+                            now,
+                            Some(&step.id),
+                            "retrying",
+                            Some(json!({"error": error, "attempt": run.attempt, "at": run.due_at})),
+                        );
                         None
                     }
                     After::Error(error) => {
                         if let Ok(r) = &result {
-                            run.outputs.insert(step.id.clone(), json!({"status": r.status, "body": answer(&r.body)}));
+                            run.outputs.insert(
+                                step.id.clone(),
+                                json!({"status": r.status, "body": answer(&r.body)}),
+                            );
                         }
                         self.failed(run, step, on_error.clone(), now, error, out)
                     }
@@ -351,7 +415,8 @@ impl Exec<'_> {
         run: &Run,
         step: &str,
         req: &Request,
-    ) -> std::result::Result<tidemark_sinks::client::Response, tidemark_sinks::client::Failure> {
+    ) -> std::result::Result<tidemark_sinks::client::Response, tidemark_sinks::client::Failure>
+    {
         use tidemark_sinks::client::{Failure, FailureKind};
         let fail = |m: String| Failure {
             kind: FailureKind::Blocked,
@@ -359,9 +424,11 @@ impl Exec<'_> {
             latency: std::time::Duration::ZERO,
         };
         let url = url::Url::parse(&req.url).map_err(|e| fail(format!("url {:?}: {e}", req.url)))?;
-        let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        let method =
+            http::Method::from_bytes(req.method.as_bytes()).map_err(|e| fail(e.to_string()))?;
         let pairs: Vec<(String, String)> = req.headers.clone().into_iter().collect();
-        let mut headers = tidemark_sinks::client::header_map(&pairs).map_err(|e| fail(e.to_string()))?;
+        let mut headers =
+            tidemark_sinks::client::header_map(&pairs).map_err(|e| fail(e.to_string()))?;
         let body = match &req.body {
             Some(b) => serde_json::to_vec(b).unwrap_or_default(),
             None => Vec::new(),
@@ -380,10 +447,17 @@ impl Exec<'_> {
             Utc::now().timestamp(),
             &body,
         );
-        self.client.send(method, &url, headers, Bytes::from(body)).await
+        self.client
+            .send(method, &url, headers, Bytes::from(body))
+            .await
     }
 
-    async fn render_text(&self, run: &Run, step: &Step, source: &str) -> std::result::Result<String, String> {
+    async fn render_text(
+        &self,
+        run: &Run,
+        step: &Step,
+        source: &str,
+    ) -> std::result::Result<String, String> {
         let profile = if source.contains("profile") {
             profile(self.store, &run.environment, &run.user_id)
                 .await
@@ -402,7 +476,14 @@ impl Exec<'_> {
         })
     }
 
-    fn completed(&self, run: &mut Run, step: &Step, now: DateTime<Utc>, detail: Value, out: &mut Vec<Emit>) {
+    fn completed(
+        &self,
+        run: &mut Run,
+        step: &Step,
+        now: DateTime<Utc>,
+        detail: Value,
+        out: &mut Vec<Emit>,
+    ) {
         run.log(now, Some(&step.id), "completed", Some(detail.clone()));
         out.push(Emit::StepCompleted {
             step: step.id.clone(),
@@ -435,9 +516,20 @@ impl Exec<'_> {
     }
 
     /// A failure of tidemark's own (the store, a query): the step runs again shortly.
-    fn retry_soon(&self, run: &mut Run, step: &Step, now: DateTime<Utc>, error: String) -> Option<Option<String>> {
+    fn retry_soon(
+        &self,
+        run: &mut Run,
+        step: &Step,
+        now: DateTime<Utc>,
+        error: String,
+    ) -> Option<Option<String>> {
         run.due_at = Some(now + chrono::Duration::seconds(5));
-        run.log(now, Some(&step.id), "deferred", Some(json!({"error": error})));
+        run.log(
+            now,
+            Some(&step.id),
+            "deferred",
+            Some(json!({"error": error})),
+        );
         None
     }
 }

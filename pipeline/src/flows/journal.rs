@@ -80,7 +80,10 @@ pub async fn cursor(store: &Store) -> Result<Cursor> {
 async fn put_cursor(store: &Store, c: &Cursor) -> Result<()> {
     store
         .object_store()
-        .put(&path(store, "cursor.json"), PutPayload::from(serde_json::to_vec(c)?))
+        .put(
+            &path(store, "cursor.json"),
+            PutPayload::from(serde_json::to_vec(c)?),
+        )
         .await?;
     Ok(())
 }
@@ -107,7 +110,10 @@ fn crash_point(step: &str) {
 pub async fn commit(store: &Store, j: &Journal) -> Result<Cursor> {
     store
         .object_store()
-        .put(&path(store, "journal.json"), PutPayload::from(serde_json::to_vec(j)?))
+        .put(
+            &path(store, "journal.json"),
+            PutPayload::from(serde_json::to_vec(j)?),
+        )
         .await?;
     crash_point("flow-journal");
     apply(store, j).await
@@ -150,7 +156,10 @@ pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
         }
     }
     for (env, user, flow, run) in &j.waits_del {
-        let re_added = j.waits_add.iter().any(|w| (&w.0, &w.1, &w.2, &w.3) == (env, user, flow, run));
+        let re_added = j
+            .waits_add
+            .iter()
+            .any(|w| (&w.0, &w.1, &w.2, &w.3) == (env, user, flow, run));
         if !re_added {
             fs(env).wait_del(user, flow, run).await?;
         }
@@ -169,7 +178,11 @@ pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
         events_version: j.events_version,
     };
     put_cursor(store, &c).await?;
-    match store.object_store().delete(&path(store, "journal.json")).await {
+    match store
+        .object_store()
+        .delete(&path(store, "journal.json"))
+        .await
+    {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }

@@ -310,7 +310,6 @@ impl Spec {
 
     /// Whether a variable or a trigger property named `key` is masked.
     pub fn redacts(&self, key: &str) -> bool {
-        self.redact.iter().any(|k| k == key)
-            || self.variables.get(key).is_some_and(|v| v.redact)
+        self.redact.iter().any(|k| k == key) || self.variables.get(key).is_some_and(|v| v.redact)
     }
 }

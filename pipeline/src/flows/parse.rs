@@ -81,7 +81,10 @@ pub fn parse(doc: &Value, checks: &Checks) -> Result<Spec, Vec<Problem>> {
         );
         return Err(ctx.problems);
     }
-    for k in o.keys().filter(|k| !TOP.contains(&k.as_str()) && *k != "id") {
+    for k in o
+        .keys()
+        .filter(|k| !TOP.contains(&k.as_str()) && *k != "id")
+    {
         ctx.problem(k, format!("unknown key; a flow has {}", TOP.join(", ")));
     }
     let name = o.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -104,7 +107,10 @@ pub fn parse(doc: &Value, checks: &Checks) -> Result<Spec, Vec<Problem>> {
     if let Some(e) = &entry
         && e.max_starts.is_some() != e.per.is_some()
     {
-        ctx.problem("entry", "max_starts and per go together (\"at most N starts per window\")");
+        ctx.problem(
+            "entry",
+            "max_starts and per go together (\"at most N starts per window\")",
+        );
     }
     let redact = match o.get("redact") {
         None => Vec::new(),
@@ -132,7 +138,10 @@ fn parse_variables(ctx: &mut Ctx, v: Option<&Value>) -> BTreeMap<String, Variabl
     let mut out = BTreeMap::new();
     let Some(v) = v else { return out };
     let Some(o) = v.as_object() else {
-        ctx.problem("variables", "must be an object of name: {type, default, ...}");
+        ctx.problem(
+            "variables",
+            "must be an object of name: {type, default, ...}",
+        );
         return out;
     };
     if o.len() > MAX_VARIABLES {
@@ -141,7 +150,10 @@ fn parse_variables(ctx: &mut Ctx, v: Option<&Value>) -> BTreeMap<String, Variabl
     for (name, def) in o {
         let path = format!("variables.{name}");
         if !valid_name(name) {
-            ctx.problem(&path, "a variable name is a letter then letters, digits or _ (at most 64)");
+            ctx.problem(
+                &path,
+                "a variable name is a letter then letters, digits or _ (at most 64)",
+            );
         }
         let Some(var) = ctx.typed::<Variable>(def, &path) else {
             continue;
@@ -153,7 +165,10 @@ fn parse_variables(ctx: &mut Ctx, v: Option<&Value>) -> BTreeMap<String, Variabl
             ctx.problem(&format!("{path}.default"), e);
         }
         if var.required && var.default.is_some() {
-            ctx.problem(&format!("{path}.default"), "a required variable has no default");
+            ctx.problem(
+                &format!("{path}.default"),
+                "a required variable has no default",
+            );
         }
         out.insert(name.clone(), var);
     }
@@ -309,7 +324,10 @@ fn check_step(ctx: &mut Ctx, path: &str, kind: &StepKind) {
                 ctx.problem(&format!("{path}.event"), "must be 1 to 200 bytes");
             }
             if *timeout > MAX_WAIT || timeout.is_zero() {
-                ctx.problem(&format!("{path}.timeout"), "must be more than 0 and at most 366 days");
+                ctx.problem(
+                    &format!("{path}.timeout"),
+                    "must be more than 0 and at most 366 days",
+                );
             }
         }
         StepKind::Exit {} => {}
@@ -332,7 +350,10 @@ fn check_url(ctx: &mut Ctx, path: &str, url: &str) {
         .and_then(|s| url[s..].find(['/', '?']).map(|j| s + j))
         .unwrap_or(url.len());
     if url[..head_end].contains("{{") || url[..head_end].contains("{%") {
-        ctx.problem(path, "the scheme and host must be written out; templates may fill the path and query");
+        ctx.problem(
+            path,
+            "the scheme and host must be written out; templates may fill the path and query",
+        );
         return;
     }
     match url::Url::parse(&url[..head_end]) {
@@ -348,7 +369,10 @@ fn check_url(ctx: &mut Ctx, path: &str, url: &str) {
 
 fn check_condition(ctx: &mut Ctx, path: &str, c: &Value) {
     let Some(o) = c.as_object() else {
-        ctx.problem(path, "must be {\"match\": \"all\"|\"any\", \"conditions\": [...]}");
+        ctx.problem(
+            path,
+            "must be {\"match\": \"all\"|\"any\", \"conditions\": [...]}",
+        );
         return;
     };
     let doc = serde_json::json!({
@@ -358,7 +382,10 @@ fn check_condition(ctx: &mut Ctx, path: &str, c: &Value) {
         "conditions": o.get("conditions").cloned().unwrap_or(Value::Null),
     });
     for k in o.keys().filter(|k| *k != "match" && *k != "conditions") {
-        ctx.problem(&format!("{path}.{k}"), "unknown key; a condition has match, conditions");
+        ctx.problem(
+            &format!("{path}.{k}"),
+            "unknown key; a condition has match, conditions",
+        );
     }
     if let Err(problems) = crate::segments::def::parse(&doc, ctx.checks.fields) {
         for p in problems {
@@ -378,9 +405,10 @@ fn check_graph(ctx: &mut Ctx, spec: &Spec) {
             StepKind::Webhook { on_error, .. } => {
                 on_error.iter().map(|s| ("on_error", s.as_str())).collect()
             }
-            StepKind::WaitForEvent { on_timeout, .. } => {
-                on_timeout.iter().map(|s| ("on_timeout", s.as_str())).collect()
-            }
+            StepKind::WaitForEvent { on_timeout, .. } => on_timeout
+                .iter()
+                .map(|s| ("on_timeout", s.as_str()))
+                .collect(),
             _ => Vec::new(),
         };
         let next = step.next.iter().map(|n| ("next", n.as_str()));
@@ -388,7 +416,10 @@ fn check_graph(ctx: &mut Ctx, spec: &Spec) {
             if !ids.contains(target) {
                 ctx.problem(
                     &format!("steps[{i}].{key}"),
-                    format!("no step '{target}'; steps are {}", ids.iter().copied().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "no step '{target}'; steps are {}",
+                        ids.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
                 );
             } else if target == step.id {
                 ctx.problem(&format!("steps[{i}].{key}"), "a step cannot go to itself");
@@ -397,7 +428,11 @@ fn check_graph(ctx: &mut Ctx, spec: &Spec) {
     }
     // Reachability from the first step.
     let mut reached = BTreeSet::new();
-    let mut todo: Vec<usize> = if spec.steps.is_empty() { vec![] } else { vec![0] };
+    let mut todo: Vec<usize> = if spec.steps.is_empty() {
+        vec![]
+    } else {
+        vec![0]
+    };
     while let Some(i) = todo.pop() {
         if !reached.insert(i) {
             continue;
@@ -412,7 +447,10 @@ fn check_graph(ctx: &mut Ctx, spec: &Spec) {
         if !reached.contains(&i) {
             ctx.problem(
                 &format!("steps[{i}]"),
-                format!("no step reaches '{}' (a run starts at the first step)", step.id),
+                format!(
+                    "no step reaches '{}' (a run starts at the first step)",
+                    step.id
+                ),
             );
         }
     }

@@ -112,7 +112,9 @@ fn a_templated_host_is_refused() {
     doc["steps"][2]["url"] = json!("https://{{ variables.coupon }}.example/x");
     assert_eq!(
         lines(doc),
-        vec!["steps[2].url: the scheme and host must be written out; templates may fill the path and query"]
+        vec![
+            "steps[2].url: the scheme and host must be written out; templates may fill the path and query"
+        ]
     );
 }
 
@@ -137,7 +139,10 @@ fn step_shapes_are_checked() {
         "steps[4].on_status.4x: a key is a status code (404) or a class (4xx)",
     ];
     for w in want {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
     }
 }
 
@@ -153,6 +158,9 @@ fn entry_rules_and_starts_are_checked() {
         "starts.events[0].categories[0]: 'bogus' is not one of platform, sdk, custom, system",
         "starts.events[1]: names no event",
     ] {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
     }
 }

@@ -103,7 +103,13 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn log(&mut self, at: DateTime<Utc>, step: Option<&str>, what: &str, detail: Option<Value>) {
+    pub fn log(
+        &mut self,
+        at: DateTime<Utc>,
+        step: Option<&str>,
+        what: &str,
+        detail: Option<Value>,
+    ) {
         if self.log.len() >= MAX_LOG {
             self.log.remove(0);
         }
@@ -198,7 +204,8 @@ mod tests {
 
     #[test]
     fn redaction_masks_named_keys_at_any_depth() {
-        let v = json!({"email": "a@b", "order": {"email": "c@d", "sku": 1}, "list": [{"email": 1}]});
+        let v =
+            json!({"email": "a@b", "order": {"email": "c@d", "sku": 1}, "list": [{"email": 1}]});
         let out = redacted(&v, &|k| k == "email", 0);
         assert_eq!(
             out,

@@ -52,7 +52,12 @@ pub fn public(run: &Run, spec: Option<&Spec>) -> Value {
 }
 
 /// The runs of `flow` that pass `filter`, newest first.
-pub async fn list(store: &Store, environment: &str, flow: &str, filter: &Filter) -> Result<Vec<Run>> {
+pub async fn list(
+    store: &Store,
+    environment: &str,
+    flow: &str,
+    filter: &Filter,
+) -> Result<Vec<Run>> {
     let fs = FlowStore::new(store, environment);
     let mut ids = fs.run_ids(flow).await?;
     ids.reverse();
@@ -64,7 +69,9 @@ pub async fn list(store: &Store, environment: &str, flow: &str, filter: &Filter)
         {
             break;
         }
-        let Some(run) = fs.run(flow, &id).await? else { continue };
+        let Some(run) = fs.run(flow, &id).await? else {
+            continue;
+        };
         if filter.status.is_some_and(|s| s != run.status)
             || filter.user_id.as_ref().is_some_and(|u| *u != run.user_id)
         {
@@ -83,17 +90,39 @@ pub async fn get(store: &Store, environment: &str, flow: &str, run: &str) -> Res
     FlowStore::new(store, environment)
         .run(flow, run)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("no run '{run}' of flow '{flow}' in environment '{environment}'")))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no run '{run}' of flow '{flow}' in environment '{environment}'"
+            ))
+        })
 }
 
 /// Asks the worker to retry `runs` (failed ones start again at the step that failed).
-pub async fn retry(store: &Store, environment: &str, flow: &str, runs: Vec<String>) -> Result<Value> {
-    command(store, environment, Command::Retry { flow: flow.to_string(), runs: runs.clone() }).await?;
+pub async fn retry(
+    store: &Store,
+    environment: &str,
+    flow: &str,
+    runs: Vec<String>,
+) -> Result<Value> {
+    command(
+        store,
+        environment,
+        Command::Retry {
+            flow: flow.to_string(),
+            runs: runs.clone(),
+        },
+    )
+    .await?;
     Ok(json!({"flow_id": flow, "retrying": runs.len(), "runs": runs}))
 }
 
 /// Retries every run of `flow` that failed and started at or after `since`.
-pub async fn retry_failed_since(store: &Store, environment: &str, flow: &str, since: DateTime<Utc>) -> Result<Value> {
+pub async fn retry_failed_since(
+    store: &Store,
+    environment: &str,
+    flow: &str,
+    since: DateTime<Utc>,
+) -> Result<Value> {
     let filter = Filter {
         status: Some(Status::Failed),
         since: Some(since),
@@ -108,8 +137,21 @@ pub async fn retry_failed_since(store: &Store, environment: &str, flow: &str, si
 }
 
 /// Asks the worker to cancel `runs` (active ones end as `cancelled`).
-pub async fn cancel(store: &Store, environment: &str, flow: &str, runs: Vec<String>) -> Result<Value> {
-    command(store, environment, Command::Cancel { flow: flow.to_string(), runs: runs.clone() }).await?;
+pub async fn cancel(
+    store: &Store,
+    environment: &str,
+    flow: &str,
+    runs: Vec<String>,
+) -> Result<Value> {
+    command(
+        store,
+        environment,
+        Command::Cancel {
+            flow: flow.to_string(),
+            runs: runs.clone(),
+        },
+    )
+    .await?;
     Ok(json!({"flow_id": flow, "cancelling": runs.len(), "runs": runs}))
 }
 

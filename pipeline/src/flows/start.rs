@@ -65,7 +65,9 @@ fn invalid(field: &str, message: impl Into<String>) -> WriteError {
 async fn existing(store: &Store, environment: &str, ids: &[String]) -> Result<BTreeSet<String>> {
     let (ctx, narrowing) = query::profiles_session(store, environment).await?;
     let list: Vec<_> = ids.iter().map(|u| lit(u.as_str())).collect();
-    narrowing.apply(&ctx, col("user_id").in_list(list.clone(), false)).await?;
+    narrowing
+        .apply(&ctx, col("user_id").in_list(list.clone(), false))
+        .await?;
     if !ctx.table_exist("profiles")? {
         return Ok(BTreeSet::new());
     }
@@ -85,7 +87,11 @@ async fn existing(store: &Store, environment: &str, ids: &[String]) -> Result<BT
 }
 
 /// The users a start names: `user_id`, `user_ids` or a segment's members.
-async fn users(store: &Store, environment: &str, o: &Map<String, Value>) -> std::result::Result<Vec<String>, WriteError> {
+async fn users(
+    store: &Store,
+    environment: &str,
+    o: &Map<String, Value>,
+) -> std::result::Result<Vec<String>, WriteError> {
     let given: Vec<&str> = ["user_id", "user_ids", "segment"]
         .into_iter()
         .filter(|k| o.contains_key(*k))
@@ -99,21 +105,35 @@ async fn users(store: &Store, environment: &str, o: &Map<String, Value>) -> std:
     let ids: Vec<String> = match given[0] {
         "user_id" => match o.get("user_id") {
             Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            other => return Err(invalid("user_id", format!("{} is not a user id (a non-empty string)", other.cloned().unwrap_or_default()))),
+            other => {
+                return Err(invalid(
+                    "user_id",
+                    format!(
+                        "{} is not a user id (a non-empty string)",
+                        other.cloned().unwrap_or_default()
+                    ),
+                ));
+            }
         },
         "user_ids" => {
             let Some(list) = o.get("user_ids").and_then(Value::as_array) else {
                 return Err(invalid("user_ids", "must be an array of user ids"));
             };
             if list.is_empty() || list.len() > MAX_USERS {
-                return Err(invalid("user_ids", format!("holds {} ids; give 1 to {MAX_USERS}", list.len())));
+                return Err(invalid(
+                    "user_ids",
+                    format!("holds {} ids; give 1 to {MAX_USERS}", list.len()),
+                ));
             }
             let mut ids = Vec::new();
             let mut problems = Vec::new();
             for (i, v) in list.iter().enumerate() {
                 match v.as_str() {
                     Some(s) if !s.is_empty() => ids.push(s.to_string()),
-                    _ => problems.push(Problem::field(&format!("user_ids[{i}]"), format!("{v} is not a user id"))),
+                    _ => problems.push(Problem::field(
+                        &format!("user_ids[{i}]"),
+                        format!("{v} is not a user id"),
+                    )),
                 }
             }
             if !problems.is_empty() {
@@ -130,14 +150,28 @@ async fn users(store: &Store, environment: &str, o: &Map<String, Value>) -> std:
             crate::segments::store::Segments::new(store.clone())
                 .get(environment, seg)
                 .await
-                .map_err(|_| invalid("segment", format!("no segment '{seg}' in environment '{environment}'")))?;
+                .map_err(|_| {
+                    invalid(
+                        "segment",
+                        format!("no segment '{seg}' in environment '{environment}'"),
+                    )
+                })?;
             let mut ids = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
-                let page = crate::segments::members(store, environment, seg, 10_000, cursor.as_deref()).await?;
-                ids.extend(page.members.iter().filter_map(|m| m["user_id"].as_str().map(str::to_string)));
+                let page =
+                    crate::segments::members(store, environment, seg, 10_000, cursor.as_deref())
+                        .await?;
+                ids.extend(
+                    page.members
+                        .iter()
+                        .filter_map(|m| m["user_id"].as_str().map(str::to_string)),
+                );
                 if ids.len() > MAX_SEGMENT_USERS {
-                    return Err(invalid("segment", format!("'{seg}' has more than {MAX_SEGMENT_USERS} members")));
+                    return Err(invalid(
+                        "segment",
+                        format!("'{seg}' has more than {MAX_SEGMENT_USERS} members"),
+                    ));
                 }
                 match page.next_cursor {
                     Some(c) => cursor = Some(c),
@@ -153,7 +187,11 @@ async fn users(store: &Store, environment: &str, o: &Map<String, Value>) -> std:
         .filter(|u| !found.contains(*u))
         .map(|u| {
             Problem::field(
-                if given[0] == "user_id" { "user_id" } else { "user_ids" },
+                if given[0] == "user_id" {
+                    "user_id"
+                } else {
+                    "user_ids"
+                },
                 format!("no user '{u}' in environment '{environment}' (never seen, or erased)"),
             )
         })
@@ -176,7 +214,11 @@ fn shown(spec: &Spec, r: &Resolved) -> Value {
         .ignored
         .iter()
         .map(|(k, i)| {
-            let v = if spec.redacts(k) { json!("[redacted]") } else { i.value.clone() };
+            let v = if spec.redacts(k) {
+                json!("[redacted]")
+            } else {
+                i.value.clone()
+            };
             (k.clone(), json!({"value": v, "reason": i.reason}))
         })
         .collect();
@@ -204,17 +246,28 @@ pub async fn start(
     }
     let (version, spec) = published(store, environment, &flow).await?;
     if !spec.starts.api {
-        return Err(invalid("flow", format!("flow '{id}' does not allow API starts (starts.api is false)")));
+        return Err(invalid(
+            "flow",
+            format!("flow '{id}' does not allow API starts (starts.api is false)"),
+        ));
     }
     let key = match o.get("idempotency_key") {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.clone()),
-        Some(other) => return Err(invalid("idempotency_key", format!("{} is not 1 to {MAX_KEY_BYTES} bytes of text", exec_short(other)))),
+        Some(other) => {
+            return Err(invalid(
+                "idempotency_key",
+                format!(
+                    "{} is not 1 to {MAX_KEY_BYTES} bytes of text",
+                    exec_short(other)
+                ),
+            ));
+        }
     };
     let fs = FlowStore::new(store, environment);
-    let key_hash = key.as_ref().map(|k| {
-        hex::encode(&sha2::Sha256::digest(format!("{id}\0{k}").as_bytes())[..16])
-    });
+    let key_hash = key
+        .as_ref()
+        .map(|k| hex::encode(&sha2::Sha256::digest(format!("{id}\0{k}").as_bytes())[..16]));
     if let Some(h) = &key_hash
         && let Some(record) = fs.key(h).await?
     {
@@ -223,12 +276,22 @@ pub async fn start(
     let given = match o.get("variables") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
-        Some(other) => return Err(invalid("variables", format!("{} is not an object of name: value", exec_short(other)))),
+        Some(other) => {
+            return Err(invalid(
+                "variables",
+                format!("{} is not an object of name: value", exec_short(other)),
+            ));
+        }
     };
     let trigger = match o.get("trigger") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
-        Some(other) => return Err(invalid("trigger", format!("{} is not an object", exec_short(other)))),
+        Some(other) => {
+            return Err(invalid(
+                "trigger",
+                format!("{} is not an object", exec_short(other)),
+            ));
+        }
     };
     let resolved = resolve(&spec.variables, &given, Given::Api).map_err(WriteError::Invalid)?;
     let users = users(store, environment, o).await?;
@@ -295,7 +358,8 @@ async fn replay(fs: &FlowStore, record: KeyRecord) -> std::result::Result<Value,
         None => true,
     };
     if !started && !fs.has_posted(&record.inbox).await? {
-        fs.post(&record.inbox, &Command::Start(record.start.clone())).await?;
+        fs.post(&record.inbox, &Command::Start(record.start.clone()))
+            .await?;
     }
     let mut answer = record.answer;
     answer["replayed"] = json!(true);
@@ -311,20 +375,32 @@ pub async fn preview(
     spec: &Spec,
     input: &Value,
 ) -> std::result::Result<Value, WriteError> {
-    let (o, problems) = object_of(input, &["user_id", "variables", "trigger"]).map_err(WriteError::Invalid)?;
+    let (o, problems) =
+        object_of(input, &["user_id", "variables", "trigger"]).map_err(WriteError::Invalid)?;
     if !problems.is_empty() {
         return Err(WriteError::Invalid(problems));
     }
     let Some(user) = o.get("user_id").and_then(Value::as_str) else {
         return Err(invalid("user_id", "is required: the user to preview for"));
     };
-    let given = o.get("variables").and_then(Value::as_object).cloned().unwrap_or_default();
+    let given = o
+        .get("variables")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let resolved = resolve(&spec.variables, &given, Given::Api).map_err(WriteError::Invalid)?;
     let profile = exec::profile(store, environment, user).await?;
     if profile.is_null() {
-        return Err(invalid("user_id", format!("no user '{user}' in environment '{environment}'")));
+        return Err(invalid(
+            "user_id",
+            format!("no user '{user}' in environment '{environment}'"),
+        ));
     }
-    let mut trigger = o.get("trigger").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut trigger = o
+        .get("trigger")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     trigger.insert("type".into(), json!("preview"));
     let run = super::run::Run {
         id: "run_preview".into(),
@@ -355,7 +431,12 @@ pub async fn preview(
                 Ok(r) => s["request"] = json!(r),
                 Err(e) => s["error"] = json!(e),
             },
-            StepKind::Branch { condition, expression, then, otherwise } => {
+            StepKind::Branch {
+                condition,
+                expression,
+                then,
+                otherwise,
+            } => {
                 let mut yes = true;
                 if let Some(c) = condition {
                     let m = exec::matches(store, environment, user, c).await?;

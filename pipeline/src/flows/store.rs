@@ -49,9 +49,15 @@ pub struct Start {
 pub enum Command {
     Start(Start),
     /// Cancels active runs.
-    Cancel { flow: String, runs: Vec<String> },
+    Cancel {
+        flow: String,
+        runs: Vec<String>,
+    },
     /// Starts failed runs again at the step that failed.
-    Retry { flow: String, runs: Vec<String> },
+    Retry {
+        flow: String,
+        runs: Vec<String>,
+    },
 }
 
 /// An idempotency key's record: the start it made (kept at least 24 h).
@@ -168,7 +174,9 @@ impl FlowStore {
                 return Ok(v.version);
             }
         }
-        Err(Error::Unavailable(format!("flow {flow}: too many concurrent publishes")))
+        Err(Error::Unavailable(format!(
+            "flow {flow}: too many concurrent publishes"
+        )))
     }
 
     pub async fn version(&self, flow: &str, version: u32) -> Result<Option<Version>> {
@@ -199,7 +207,9 @@ impl FlowStore {
 
     pub async fn put_run(&self, run: &Run) -> Result<()> {
         self.put(
-            &self.paths.flow_run(&self.environment, &run.flow_id, &run.id),
+            &self
+                .paths
+                .flow_run(&self.environment, &run.flow_id, &run.id),
             run,
         )
         .await
@@ -242,11 +252,16 @@ impl FlowStore {
     /// Up to `limit` commands, oldest first, with their names.
     pub async fn inbox(&self, limit: usize) -> Result<Vec<(String, Command)>> {
         let mut out = Vec::new();
-        for n in self.names(&self.paths.flow_inbox(&self.environment)).await? {
+        for n in self
+            .names(&self.paths.flow_inbox(&self.environment))
+            .await?
+        {
             if out.len() >= limit {
                 break;
             }
-            let Some(name) = n.strip_suffix(".json") else { continue };
+            let Some(name) = n.strip_suffix(".json") else {
+                continue;
+            };
             let path = self.paths.flow_inbox(&self.environment).join(n.as_str());
             if let Some(c) = self.get::<Command>(&path).await? {
                 out.push((name.to_string(), c));
@@ -268,7 +283,8 @@ impl FlowStore {
     // --- idempotency keys
 
     pub async fn key(&self, hash: &str) -> Result<Option<KeyRecord>> {
-        self.get(&self.paths.flow_key(&self.environment, hash)).await
+        self.get(&self.paths.flow_key(&self.environment, hash))
+            .await
     }
 
     /// Records a key unless another start recorded it first (then `false`).
@@ -298,7 +314,11 @@ impl FlowStore {
     }
 
     /// Up to `limit` entries due at or before `now`'s minute: (minute, flow, run).
-    pub async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<(String, String, String)>> {
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String)>> {
         let base = self.paths.flow_due(&self.environment);
         let listed = self.os.list_with_delimiter(Some(&base)).await?;
         let mut minutes: Vec<String> = listed
@@ -364,7 +384,10 @@ impl FlowStore {
             .names(&self.paths.flow_waits(&self.environment, &user_key(user)))
             .await?
             .into_iter()
-            .filter_map(|n| n.split_once('.').map(|(f, r)| (f.to_string(), r.to_string())))
+            .filter_map(|n| {
+                n.split_once('.')
+                    .map(|(f, r)| (f.to_string(), r.to_string()))
+            })
             .collect())
     }
 
@@ -372,14 +395,20 @@ impl FlowStore {
 
     pub async fn entry(&self, flow: &str, user: &str) -> Result<EntryState> {
         Ok(self
-            .get(&self.paths.flow_entry(&self.environment, flow, &user_key(user)))
+            .get(
+                &self
+                    .paths
+                    .flow_entry(&self.environment, flow, &user_key(user)),
+            )
             .await?
             .unwrap_or_default())
     }
 
     pub async fn put_entry(&self, flow: &str, user: &str, state: &EntryState) -> Result<()> {
         self.put(
-            &self.paths.flow_entry(&self.environment, flow, &user_key(user)),
+            &self
+                .paths
+                .flow_entry(&self.environment, flow, &user_key(user)),
             state,
         )
         .await

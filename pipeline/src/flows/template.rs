@@ -117,10 +117,7 @@ impl Engine {
 
     /// Evaluates an expression (a branch's or a wait's filter) to true or false.
     pub fn truthy(&self, expr: &str, ctx: &Value) -> Result<bool, TemplateError> {
-        let e = self
-            .env
-            .compile_expression(expr)
-            .map_err(|e| explain(&e))?;
+        let e = self.env.compile_expression(expr).map_err(|e| explain(&e))?;
         let v = e
             .eval(minijinja::Value::from(Serde(ctx)))
             .map_err(|e| explain(&e))?;
@@ -145,10 +142,7 @@ impl Engine {
             )));
         }
         if let Some(expr) = one_placeholder(source) {
-            let e = self
-                .env
-                .compile_expression(expr)
-                .map_err(|e| explain(&e))?;
+            let e = self.env.compile_expression(expr).map_err(|e| explain(&e))?;
             let v = e.eval(ctx.clone()).map_err(|e| explain(&e))?;
             let json = if v.is_undefined() || v.is_none() {
                 Value::Null
@@ -316,8 +310,9 @@ mod tests {
 
     #[test]
     fn quotes_in_values_never_break_the_json() {
-        let out = render(json!({"c": "code: {{ variables.coupon }}", "raw": "{{ variables.coupon }}"}))
-            .unwrap();
+        let out =
+            render(json!({"c": "code: {{ variables.coupon }}", "raw": "{{ variables.coupon }}"}))
+                .unwrap();
         assert_eq!(out["c"], json!("code: SAVE\"10"));
         assert_eq!(out["raw"], json!("SAVE\"10"));
         let text = serde_json::to_string(&out).unwrap();
@@ -337,7 +332,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             names.into_iter().collect::<Vec<_>>(),
-            vec!["profile.fields.plan", "trigger.properties.sku", "variables.on"]
+            vec![
+                "profile.fields.plan",
+                "trigger.properties.sku",
+                "variables.on"
+            ]
         );
     }
 
@@ -345,7 +344,9 @@ mod tests {
     fn a_template_that_does_not_compile_is_refused_with_the_reason() {
         let e = Engine::new().check("hello {{ name ").unwrap_err();
         assert!(e.0.contains("syntax error"), "{e}");
-        let e = Engine::new().check("{% for x in %}{% endfor %}").unwrap_err();
+        let e = Engine::new()
+            .check("{% for x in %}{% endfor %}")
+            .unwrap_err();
         assert!(e.0.contains("syntax error"), "{e}");
     }
 

@@ -67,7 +67,10 @@ pub fn typed(ty: VarType, value: &Value) -> Result<Value, String> {
             VarType::Boolean => "true or false",
             VarType::Json => "JSON",
         };
-        format!("{shown} is not {want}; the variable's type is {}", ty.as_str())
+        format!(
+            "{shown} is not {want}; the variable's type is {}",
+            ty.as_str()
+        )
     })
 }
 
@@ -121,7 +124,9 @@ pub fn resolve(
             if size > MAX_VARIABLE_BYTES {
                 problems.push(Problem::field(
                     &path,
-                    format!("is {size} bytes of JSON; a variable holds at most {MAX_VARIABLE_BYTES}"),
+                    format!(
+                        "is {size} bytes of JSON; a variable holds at most {MAX_VARIABLE_BYTES}"
+                    ),
                 ));
                 continue;
             }
@@ -132,7 +137,9 @@ pub fn resolve(
                     out.values.insert(name.clone(), t);
                     out.sources.insert(name.clone(), Source::Trigger);
                 }
-                Err(e) if from == Given::Api || var.required => problems.push(Problem::field(&path, e)),
+                Err(e) if from == Given::Api || var.required => {
+                    problems.push(Problem::field(&path, e))
+                }
                 Err(e) => {
                     out.ignored.insert(
                         name.clone(),
@@ -170,10 +177,8 @@ pub fn resolve(
 }
 
 fn use_default(out: &mut Resolved, name: &str, var: &Variable, source: Source) {
-    out.values.insert(
-        name.to_string(),
-        var.default.clone().unwrap_or(Value::Null),
-    );
+    out.values
+        .insert(name.to_string(), var.default.clone().unwrap_or(Value::Null));
     out.sources.insert(name.to_string(), source);
 }
 
@@ -194,8 +199,14 @@ mod tests {
 
     fn vars() -> BTreeMap<String, Variable> {
         BTreeMap::from([
-            ("coupon".into(), var(VarType::Text, Some(json!("WELCOME")), false, true)),
-            ("amount".into(), var(VarType::Number, Some(json!(5)), false, false)),
+            (
+                "coupon".into(),
+                var(VarType::Text, Some(json!("WELCOME")), false, true),
+            ),
+            (
+                "amount".into(),
+                var(VarType::Number, Some(json!(5)), false, false),
+            ),
             ("at".into(), var(VarType::Datetime, None, false, true)),
             ("order".into(), var(VarType::Json, None, true, false)),
         ])
@@ -234,16 +245,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.values["at"], json!("2026-12-08T09:00:00+00:00"));
-        let e = resolve(&vars(), &given(json!({"coupon": 7, "order": 1})), Given::Api).unwrap_err();
+        let e = resolve(
+            &vars(),
+            &given(json!({"coupon": 7, "order": 1})),
+            Given::Api,
+        )
+        .unwrap_err();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].field.as_deref(), Some("variables.coupon"));
         assert_eq!(
             e[0].message,
             "7 is not text (a JSON string); the variable's type is text"
         );
-        let e = resolve(&vars(), &given(json!({"at": "tomorrow", "order": 1})), Given::Api)
-            .unwrap_err();
-        assert!(e[0].message.starts_with("\"tomorrow\" is not a datetime"), "{e:?}");
+        let e = resolve(
+            &vars(),
+            &given(json!({"at": "tomorrow", "order": 1})),
+            Given::Api,
+        )
+        .unwrap_err();
+        assert!(
+            e[0].message.starts_with("\"tomorrow\" is not a datetime"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -275,8 +298,12 @@ mod tests {
     #[test]
     fn oversized_values_are_refused() {
         let big = "x".repeat(MAX_VARIABLE_BYTES + 1);
-        let e = resolve(&vars(), &given(json!({"coupon": big, "order": 1})), Given::Api)
-            .unwrap_err();
+        let e = resolve(
+            &vars(),
+            &given(json!({"coupon": big, "order": 1})),
+            Given::Api,
+        )
+        .unwrap_err();
         assert_eq!(e[0].field.as_deref(), Some("variables.coupon"));
         assert!(e[0].message.contains("at most 16384"), "{}", e[0].message);
     }

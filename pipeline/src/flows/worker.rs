@@ -28,11 +28,11 @@ use super::run::{Run, Status, run_id};
 use super::store::{Command, FlowStore, Start, minute};
 use super::template::Engine;
 use super::vars::{Given, resolve};
+use crate::Result;
 use crate::config::FlowsConfig;
 use crate::storage::Store;
 use crate::storage::events_table::SystemEvent;
 use crate::webhooks::follow::{Follower, NewEvent};
-use crate::Result;
 
 /// Inbox commands taken per environment and pass.
 const MAX_COMMANDS: usize = 200;
@@ -118,7 +118,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 pub fn starts_on(starts: &[EventStart], ev: &NewEvent, props: &Value) -> bool {
     starts.iter().any(|s| {
         (s.names.is_empty() || s.names.iter().any(|n| glob(n, &ev.event_name)))
-            && (s.categories.is_empty() || s.categories.iter().any(|c| *c == ev.category))
+            && (s.categories.is_empty() || s.categories.contains(&ev.category))
             && s.segment.as_ref().is_none_or(|seg| {
                 props.get("segment_id").and_then(Value::as_str) == Some(seg.as_str())
             })
@@ -134,7 +134,10 @@ impl Worker {
         policy: RetryPolicy,
     ) -> Result<Worker> {
         if let Some(j) = journal::pending(&store).await? {
-            tracing::info!(pass = j.pass, "flows: applying the journal of an unfinished pass");
+            tracing::info!(
+                pass = j.pass,
+                "flows: applying the journal of an unfinished pass"
+            );
             journal::apply(&store, &j).await?;
         }
         let cursor = journal::cursor(&store).await?;
@@ -157,7 +160,10 @@ impl Worker {
         if let Some(s) = self.versions.get(&k) {
             return Ok(Some(s.clone()));
         }
-        let Some(v) = FlowStore::new(&self.store, env).version(flow, version).await? else {
+        let Some(v) = FlowStore::new(&self.store, env)
+            .version(flow, version)
+            .await?
+        else {
             return Ok(None);
         };
         let s = Arc::new(v.spec);
@@ -178,7 +184,8 @@ impl Worker {
         for (env, flows) in &all {
             let fs = FlowStore::new(&self.store, env);
             for (name, cmd) in fs.inbox(MAX_COMMANDS).await? {
-                self.command(&fs, flows, cmd, now, &mut held, &mut entries, &mut j).await?;
+                self.command(&fs, flows, cmd, now, &mut held, &mut entries, &mut j)
+                    .await?;
                 j.taken.push((env.clone(), name));
             }
             let room = self.config.max_runs_per_pass.saturating_sub(held.len());
@@ -193,12 +200,14 @@ impl Worker {
                         h.listed = Some(m);
                         held.insert(key, h);
                     }
-                    Some(r) if r.status.is_active() && r.due_at.is_some_and(|d| minute(d) == m) => {}
+                    Some(r) if r.status.is_active() && r.due_at.is_some_and(|d| minute(d) == m) => {
+                    }
                     _ => j.dues_del.push((env.clone(), m, flow, run)),
                 }
             }
         }
-        self.follow(&all, now, &mut held, &mut entries, &mut j).await?;
+        self.follow(&all, now, &mut held, &mut entries, &mut j)
+            .await?;
         self.advance(&all, now, &mut held).await;
         self.finish(&all, now, held, entries, &mut j).await?;
         let changed = j.runs.len();
@@ -225,7 +234,11 @@ impl Worker {
         match cmd {
             Command::Start(s) => {
                 let Some(spec) = self.spec(&env, &s.flow, s.version).await? else {
-                    tracing::warn!(flow = s.flow, version = s.version, "flows: a start names a version that is gone");
+                    tracing::warn!(
+                        flow = s.flow,
+                        version = s.version,
+                        "flows: a start names a version that is gone"
+                    );
                     return Ok(());
                 };
                 for (id, user) in &s.runs {
@@ -244,9 +257,12 @@ impl Worker {
             }
             Command::Cancel { flow, runs } => {
                 for id in runs {
-                    let Some(h) = self.load(fs, &flow, &id, held).await? else { continue };
+                    let Some(h) = self.load(fs, &flow, &id, held).await? else {
+                        continue;
+                    };
                     if h.run.status.is_active() {
-                        h.run.end(Status::Cancelled, now, Some("cancelled by a user".into()));
+                        h.run
+                            .end(Status::Cancelled, now, Some("cancelled by a user".into()));
                         h.run.log(now, None, "cancelled", None);
                         h.emits.push(Emit::Exited {
                             step: h.run.step.clone(),
@@ -257,14 +273,17 @@ impl Worker {
             }
             Command::Retry { flow, runs } => {
                 for id in runs {
-                    let Some(h) = self.load(fs, &flow, &id, held).await? else { continue };
+                    let Some(h) = self.load(fs, &flow, &id, held).await? else {
+                        continue;
+                    };
                     if h.run.status == Status::Failed {
                         h.run.status = Status::Running;
                         h.run.attempt = 0;
                         h.run.error = None;
                         h.run.ended_at = None;
                         h.run.due_at = None;
-                        h.run.log(now, h.run.step.clone().as_deref(), "retried", None);
+                        h.run
+                            .log(now, h.run.step.clone().as_deref(), "retried", None);
                         h.advance = true;
                     }
                 }
@@ -280,7 +299,11 @@ impl Worker {
         id: &str,
         held: &'a mut BTreeMap<RunKey, Held>,
     ) -> Result<Option<&'a mut Held>> {
-        let key = (fs.environment().to_string(), flow.to_string(), id.to_string());
+        let key = (
+            fs.environment().to_string(),
+            flow.to_string(),
+            id.to_string(),
+        );
         if !held.contains_key(&key) {
             let Some(r) = fs.run(flow, id).await? else {
                 return Ok(None);
@@ -318,12 +341,24 @@ impl Worker {
                     admitted_run = false;
                     run.end(Status::Capped, now, Some(reason.clone()));
                     run.log(now, None, "capped", Some(json!({"reason": reason})));
-                    j.events.push(self.event(spec, &run, "flow-capped", json!({"reason": reason}), now, j.events.len()));
+                    j.events.push(self.event(
+                        spec,
+                        &run,
+                        "flow-capped",
+                        json!({"reason": reason}),
+                        now,
+                        j.events.len(),
+                    ));
                 }
             }
         }
         if admitted_run {
-            run.log(now, None, "started", Some(json!({"variables": masked(spec, &run.variables)})));
+            run.log(
+                now,
+                None,
+                "started",
+                Some(json!({"variables": masked(spec, &run.variables)})),
+            );
             j.events.push(self.event(
                 spec,
                 &run,
@@ -335,7 +370,10 @@ impl Worker {
             if let Some(err) = run.error.take() {
                 // the start itself was refused (a required variable an event lacked)
                 run.end(Status::Exited, now, Some(err.clone()));
-                emits.push(Emit::Exited { step: None, reason: err });
+                emits.push(Emit::Exited {
+                    step: None,
+                    reason: err,
+                });
             }
         }
         let key = (env, run.flow_id.clone(), run.id.clone());
@@ -389,12 +427,16 @@ impl Worker {
             let mut awaited = false;
             for (id, flow) in &flows {
                 let Some(v) = flow.published else { continue };
-                let Some(spec) = self.spec(&ev.environment, id, v).await? else { continue };
+                let Some(spec) = self.spec(&ev.environment, id, v).await? else {
+                    continue;
+                };
                 awaited |= spec.steps.iter().any(|s| matches!(&s.kind, StepKind::WaitForEvent { event, .. } if *event == ev.event_name));
                 if flow.paused || !starts_on(&spec.starts.events, &ev, &props) {
                     continue;
                 }
-                let at = value.get("received_at").and_then(Value::as_str)
+                let at = value
+                    .get("received_at")
+                    .and_then(Value::as_str)
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                     .map_or(now, |t| t.to_utc());
                 let rid = run_id(at.timestamp_millis(), id, &ev.event_id);
@@ -405,7 +447,10 @@ impl Worker {
                 let given = props.as_object().cloned().unwrap_or_default();
                 let (variables, error) = match resolve(&spec.variables, &given, Given::Event) {
                     Ok(r) => (r.values, None),
-                    Err(p) => (Map::new(), Some(p.iter().map(|x| x.line()).collect::<Vec<_>>().join("; "))),
+                    Err(p) => (
+                        Map::new(),
+                        Some(p.iter().map(|x| x.line()).collect::<Vec<_>>().join("; ")),
+                    ),
                 };
                 let start = Start {
                     flow: id.clone(),
@@ -437,7 +482,9 @@ impl Worker {
         held: &mut BTreeMap<RunKey, Held>,
     ) -> Result<()> {
         for (flow, id) in fs.waits(&ev.user_id).await? {
-            let Some(h) = self.load(fs, &flow, &id, held).await? else { continue };
+            let Some(h) = self.load(fs, &flow, &id, held).await? else {
+                continue;
+            };
             let r = &mut h.run;
             let Some(wait) = r.wait.clone() else { continue };
             if r.status != Status::Waiting || wait.event != ev.event_name {
@@ -450,11 +497,21 @@ impl Worker {
             {
                 continue;
             }
-            let Some(spec) = self.spec(fs.environment(), &flow, r.version).await? else { continue };
+            let Some(spec) = self.spec(fs.environment(), &flow, r.version).await? else {
+                continue;
+            };
             let step = r.step.clone().unwrap_or_default();
-            let next = spec.step(&step).and_then(|(i, _)| spec.after(i)).map(str::to_string);
+            let next = spec
+                .step(&step)
+                .and_then(|(i, _)| spec.after(i))
+                .map(str::to_string);
             r.outputs.insert(step.clone(), json!({"event": value}));
-            r.log(now, Some(&step), "completed", Some(json!({"event_id": ev.event_id})));
+            r.log(
+                now,
+                Some(&step),
+                "completed",
+                Some(json!({"event_id": ev.event_id})),
+            );
             h.emits.push(Emit::StepCompleted {
                 step: step.clone(),
                 detail: json!({"event_id": ev.event_id}),
@@ -483,7 +540,8 @@ impl Worker {
                 continue;
             }
             let Some(f) = all.get(env).and_then(|m| m.get(flow)) else {
-                h.run.end(Status::Cancelled, now, Some("the flow was deleted".into()));
+                h.run
+                    .end(Status::Cancelled, now, Some("the flow was deleted".into()));
                 continue;
             };
             let spec = match self.spec(env, flow, h.run.version).await {
@@ -499,20 +557,24 @@ impl Worker {
             };
             jobs.push((h, spec, secret));
         }
-        let (store, client, policy, engine) = (&self.store, &self.client, &self.policy, &self.engine);
+        let (store, client, policy, engine) =
+            (&self.store, &self.client, &self.policy, &self.engine);
         futures::stream::iter(jobs)
-            .for_each_concurrent(self.config.max_in_flight.max(1), |(h, spec, secret): (&mut Held, Arc<Spec>, Secret)| async move {
-                let x = Exec {
-                    store,
-                    client,
-                    policy,
-                    engine,
-                    secret: &secret,
-                    spec: &spec,
-                };
-                let emits = x.advance(&mut h.run, now).await;
-                h.emits.extend(emits);
-            })
+            .for_each_concurrent(
+                self.config.max_in_flight.max(1),
+                |(h, spec, secret): (&mut Held, Arc<Spec>, Secret)| async move {
+                    let x = Exec {
+                        store,
+                        client,
+                        policy,
+                        engine,
+                        secret: &secret,
+                        spec: &spec,
+                    };
+                    let emits = x.advance(&mut h.run, now).await;
+                    h.emits.extend(emits);
+                },
+            )
             .await;
     }
 
@@ -531,25 +593,37 @@ impl Worker {
             let spec = self.spec(&env, &flow, run.version).await?;
             for e in &h.emits {
                 let (name, props) = match e {
-                    Emit::StepCompleted { step, detail } => ("flow-step-completed", json!({"step_id": step, "detail": detail})),
-                    Emit::StepFailed { step, error } => ("flow-step-failed", json!({"step_id": step, "error": error})),
+                    Emit::StepCompleted { step, detail } => (
+                        "flow-step-completed",
+                        json!({"step_id": step, "detail": detail}),
+                    ),
+                    Emit::StepFailed { step, error } => {
+                        ("flow-step-failed", json!({"step_id": step, "error": error}))
+                    }
                     Emit::Completed => ("flow-completed", json!({})),
-                    Emit::Exited { step, reason } => ("flow-exited", json!({"step_id": step, "reason": reason})),
+                    Emit::Exited { step, reason } => {
+                        ("flow-exited", json!({"step_id": step, "reason": reason}))
+                    }
                 };
                 if let Some(s) = &spec {
-                    j.events.push(self.event(s, &run, name, props, now, j.events.len()));
+                    j.events
+                        .push(self.event(s, &run, name, props, now, j.events.len()));
                 }
                 self.count(&env, &flow, e, &run, j);
             }
             if let Some(m) = &h.listed
-                && run.due_at.is_none_or(|d| minute(d) != *m || !run.status.is_active())
+                && run
+                    .due_at
+                    .is_none_or(|d| minute(d) != *m || !run.status.is_active())
             {
-                j.dues_del.push((env.clone(), m.clone(), flow.clone(), id.clone()));
+                j.dues_del
+                    .push((env.clone(), m.clone(), flow.clone(), id.clone()));
             }
             if let Some(old) = h.old_due
                 && (run.due_at != Some(old) || !run.status.is_active())
             {
-                j.dues_del.push((env.clone(), minute(old), flow.clone(), id.clone()));
+                j.dues_del
+                    .push((env.clone(), minute(old), flow.clone(), id.clone()));
             }
             if run.status.is_active()
                 && let Some(d) = run.due_at
@@ -559,14 +633,17 @@ impl Worker {
             }
             if run.status.is_active() && run.due_at.is_none() {
                 // due now (a start, a resumed wait, a retry): the next pass picks it up
-                j.dues_add.push((env.clone(), now, flow.clone(), id.clone()));
+                j.dues_add
+                    .push((env.clone(), now, flow.clone(), id.clone()));
             }
             let waiting = run.status == Status::Waiting;
             if waiting && !h.old_wait {
-                j.waits_add.push((env.clone(), run.user_id.clone(), flow.clone(), id.clone()));
+                j.waits_add
+                    .push((env.clone(), run.user_id.clone(), flow.clone(), id.clone()));
             }
             if h.old_wait && !waiting {
-                j.waits_del.push((env.clone(), run.user_id.clone(), flow.clone(), id.clone()));
+                j.waits_del
+                    .push((env.clone(), run.user_id.clone(), flow.clone(), id.clone()));
             }
             if !run.status.is_active()
                 && let Some(s) = &spec
@@ -574,7 +651,9 @@ impl Worker {
             {
                 let ek = (env.clone(), flow.clone(), run.user_id.clone());
                 if !entries.contains_key(&ek) {
-                    let st = FlowStore::new(&self.store, &env).entry(&flow, &run.user_id).await?;
+                    let st = FlowStore::new(&self.store, &env)
+                        .entry(&flow, &run.user_id)
+                        .await?;
                     entries.insert(ek.clone(), st);
                 }
                 if let Some(st) = entries.get_mut(&ek)
@@ -615,14 +694,26 @@ impl Worker {
         }
     }
 
-    fn event(&self, spec: &Spec, run: &Run, name: &str, mut props: Value, now: DateTime<Utc>, n: usize) -> SystemEvent {
+    fn event(
+        &self,
+        spec: &Spec,
+        run: &Run,
+        name: &str,
+        mut props: Value,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> SystemEvent {
         props["flow_id"] = json!(run.flow_id);
         props["run_id"] = json!(run.id);
         props["version"] = json!(run.version);
         let props = super::run::redacted(&props, &|k| spec.redacts(k), 0);
         SystemEvent {
             environment: run.environment.clone(),
-            event_id: format!("fe_{}_{}_{n}", self.cursor.pass + 1, run.id.trim_start_matches("run_")),
+            event_id: format!(
+                "fe_{}_{}_{n}",
+                self.cursor.pass + 1,
+                run.id.trim_start_matches("run_")
+            ),
             event_name: name.to_string(),
             user_id: run.user_id.clone(),
             at_us: now.timestamp_micros(),

@@ -85,11 +85,7 @@ pub fn start_sinks(
         started += 1;
     }
     if let (true, Ok(key)) = (config.flows.enabled, webhooks.key.clone()) {
-        let (store, flows, client) = (
-            store.clone(),
-            config.flows.clone(),
-            webhooks.client.clone(),
-        );
+        let (store, flows, client) = (store.clone(), config.flows.clone(), webhooks.client.clone());
         let policy = crate::webhooks::retry_policy(&config.webhooks);
         sup.leased("flows", leases.clone(), move |stop| {
             crate::flows::worker::run(

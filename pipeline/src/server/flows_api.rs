@@ -136,7 +136,11 @@ pub async fn start_runs(
     (_, Path((env, id))): OneFlow,
     JsonBody(input, _): JsonBody<Value, Action>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let via = if input.get("via").is_some() { "console" } else { "api" };
+    let via = if input.get("via").is_some() {
+        "console"
+    } else {
+        "api"
+    };
     let mut input = input;
     if let Some(o) = input.as_object_mut() {
         o.remove("via");
@@ -182,15 +186,24 @@ fn filter(q: &HashMap<String, String>) -> Result<runs::Filter, ApiError> {
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) if (1..=runs::MAX_LIST).contains(&n) => n,
-        _ => return Err(ApiError::bad_request("limit: must be an integer from 1 to 1000")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "limit: must be an integer from 1 to 1000",
+            ));
+        }
     };
     let status = match q.get("status") {
         None => None,
-        Some(s) => Some(runs::parse_status(s).map_err(|e| ApiError::bad_request(format!("status: {e}")))?),
+        Some(s) => {
+            Some(runs::parse_status(s).map_err(|e| ApiError::bad_request(format!("status: {e}")))?)
+        }
     };
     let since = match q.get("since") {
         None => None,
-        Some(s) => Some(crate::webhooks::parse_time(s).map_err(|e| ApiError::bad_request(format!("since: {e}")))?),
+        Some(s) => Some(
+            crate::webhooks::parse_time(s)
+                .map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
+        ),
     };
     Ok(runs::Filter {
         status,
@@ -212,10 +225,10 @@ pub async fn list_runs(
     let mut items = Vec::with_capacity(found.len());
     let mut specs = HashMap::new();
     for r in &found {
-        if !specs.contains_key(&r.version) {
-            specs.insert(r.version, fs.version(&id, r.version).await?.map(|v| v.spec));
+        if let std::collections::hash_map::Entry::Vacant(e) = specs.entry(r.version) {
+            e.insert(fs.version(&id, r.version).await?.map(|v| v.spec));
         }
-        let mut v = runs::public(r, specs[&r.version].as_ref());
+        let mut v = runs::public(r, specs.get(&r.version).and_then(Option::as_ref));
         if let Some(o) = v.as_object_mut() {
             o.remove("log");
             o.remove("outputs");
@@ -255,7 +268,10 @@ pub async fn retry_run(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
-            format!("run '{run}' is {}, not failed: only failed runs are retried", r.status.as_str()),
+            format!(
+                "run '{run}' is {}, not failed: only failed runs are retried",
+                r.status.as_str()
+            ),
         ));
     }
     let out = runs::retry(&state.store, &env, &id, vec![run]).await?;
@@ -270,9 +286,18 @@ pub async fn retry_failed(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     flows(&state).get(&env, &id).await?;
     let since = match input.get("since") {
-        Some(Value::String(s)) => crate::webhooks::parse_time(s).map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
-        None => return Err(ApiError::bad_request("since: is required (24h, 7d or an RFC 3339 time)")),
-        Some(other) => return Err(ApiError::bad_request(format!("since: {other} is not a time"))),
+        Some(Value::String(s)) => crate::webhooks::parse_time(s)
+            .map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
+        None => {
+            return Err(ApiError::bad_request(
+                "since: is required (24h, 7d or an RFC 3339 time)",
+            ));
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "since: {other} is not a time"
+            )));
+        }
     };
     let out = runs::retry_failed_since(&state.store, &env, &id, since).await?;
     Ok((StatusCode::ACCEPTED, Json(out)))

@@ -152,7 +152,8 @@ impl Paths {
 
     /// One run's state.
     pub fn flow_run(&self, environment: &str, flow: &str, run: &str) -> Path {
-        self.flow_runs(environment, flow).join(format!("{run}.json"))
+        self.flow_runs(environment, flow)
+            .join(format!("{run}.json"))
     }
 
     /// Starts and commands not yet taken in by the flow worker.

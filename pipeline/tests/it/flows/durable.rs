@@ -12,10 +12,14 @@ async fn a_delay_survives_a_kill_and_waits_end_by_event_or_timeout() {
     let ts = store(Backend::Local);
     let node = serve(&ts);
     let admin = node.admin_key.clone().unwrap();
-    seen(&node, &ts, json!([
-        {"event_name": "app-opened", "user_id": "u1"},
-        {"event_name": "app-opened", "user_id": "u2"},
-    ]))
+    seen(
+        &node,
+        &ts,
+        json!([
+            {"event_name": "app-opened", "user_id": "u1"},
+            {"event_name": "app-opened", "user_id": "u2"},
+        ]),
+    )
     .await;
     let later = publish(&node, &admin, json!({"id": "later", "name": "Later",
         "steps": [{"id": "wait", "type": "delay", "duration": "4s"},
@@ -30,55 +34,133 @@ async fn a_delay_survives_a_kill_and_waits_end_by_event_or_timeout() {
             {"id": "end", "type": "exit"}]})).await;
 
     let started = Instant::now();
-    let (s, b) = call("POST", &node.url("/v1/default/flows/later/start"), &admin, Some(json!({"user_id": "u1"}))).await;
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/flows/later/start"),
+        &admin,
+        Some(json!({"user_id": "u1"})),
+    )
+    .await;
     assert_eq!(s, 202, "{b}");
     let run = b["runs"][0]["run_id"].as_str().unwrap().to_string();
     let ingest = node.ingest_key().to_string();
-    let (s, b) = call("POST", &node.url("/v1/default/flows/waiter/start"), &admin, Some(json!({"user_ids": ["u1", "u2"]}))).await;
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/flows/waiter/start"),
+        &admin,
+        Some(json!({"user_ids": ["u1", "u2"]})),
+    )
+    .await;
     assert_eq!(s, 202, "{b}");
     // Both runs are stored as waiting before the process dies.
-    let r = runs_until(&node, &admin, "later", 30, |r| r.iter().any(|x| x["due_at"].is_string())).await;
+    let r = runs_until(&node, &admin, "later", 30, |r| {
+        r.iter().any(|x| x["due_at"].is_string())
+    })
+    .await;
     assert_eq!(r[0]["status"], "running", "{r:?}");
-    runs_until(&node, &admin, "waiter", 30, |r| r.len() == 2 && r.iter().all(|x| x["status"] == "waiting")).await;
+    runs_until(&node, &admin, "waiter", 30, |r| {
+        r.len() == 2 && r.iter().all(|x| x["status"] == "waiting")
+    })
+    .await;
     node.kill();
     assert!(rx.at("ok/").is_empty(), "nothing was due yet");
 
     let node = serve(&ts);
     // A smaller purchase does not pass the wait's filter; a larger one resumes u1's run.
-    crate::harness::ingest(&node, "default", &ingest, json!([
-        {"event_name": "purchase", "user_id": "u1", "properties": {"amount": 3}},
-    ])).await;
+    crate::harness::ingest(
+        &node,
+        "default",
+        &ingest,
+        json!([
+            {"event_name": "purchase", "user_id": "u1", "properties": {"amount": 3}},
+        ]),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    crate::harness::ingest(&node, "default", &ingest, json!([
-        {"event_name": "purchase", "user_id": "u1", "properties": {"amount": 30}},
-    ])).await;
-    assert!(rx.wait("ok/thanks/u1", 30, |g| !g.is_empty()).await, "{:?}", rx.all());
+    crate::harness::ingest(
+        &node,
+        "default",
+        &ingest,
+        json!([
+            {"event_name": "purchase", "user_id": "u1", "properties": {"amount": 30}},
+        ]),
+    )
+    .await;
+    assert!(
+        rx.wait("ok/thanks/u1", 30, |g| !g.is_empty()).await,
+        "{:?}",
+        rx.all()
+    );
     let thanks = rx.at("ok/thanks/");
     assert_eq!(thanks.len(), 1, "{thanks:?}");
     assert_eq!(thanks[0].json(), json!({"amount": 30}));
     verify(&thanks, &waiter);
 
-    assert!(rx.wait("ok/later/u1", 30, |g| !g.is_empty()).await, "the delay ended after the restart");
-    assert!(started.elapsed() >= Duration::from_secs(4), "the delay was cut short: {:?}", started.elapsed());
+    assert!(
+        rx.wait("ok/later/u1", 30, |g| !g.is_empty()).await,
+        "the delay ended after the restart"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "the delay was cut short: {:?}",
+        started.elapsed()
+    );
     let got = rx.at("ok/later/");
     assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!(got[0].id, format!("msg_{}_post", run.trim_start_matches("run_")));
+    assert_eq!(
+        got[0].id,
+        format!("msg_{}_post", run.trim_start_matches("run_"))
+    );
     verify(&got, &later);
 
     // u2 never bought: its wait times out and takes the on_timeout branch.
-    assert!(rx.wait("ok/nudge/u2", 30, |g| !g.is_empty()).await, "{:?}", rx.all());
+    assert!(
+        rx.wait("ok/nudge/u2", 30, |g| !g.is_empty()).await,
+        "{:?}",
+        rx.all()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(rx.at("ok/nudge/u1").is_empty());
     assert!(rx.at("ok/thanks/u2").is_empty());
-    let runs = runs_until(&node, &admin, "waiter", 30, |r| r.iter().all(|x| x["status"] == "exited")).await;
+    let runs = runs_until(&node, &admin, "waiter", 30, |r| {
+        r.iter().all(|x| x["status"] == "exited")
+    })
+    .await;
     let by_user: BTreeMap<String, String> = runs
         .iter()
-        .map(|r| (r["user_id"].as_str().unwrap().to_string(), r["status"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    assert_eq!(by_user, BTreeMap::from([("u1".into(), "exited".into()), ("u2".into(), "exited".into())]));
-    let (_, one) = call("GET", &node.url(&format!("/v1/default/flows/waiter/runs/{}", runs.iter().find(|r| r["user_id"] == "u2").unwrap()["id"].as_str().unwrap())), &admin, None).await;
+    assert_eq!(
+        by_user,
+        BTreeMap::from([
+            ("u1".into(), "exited".into()),
+            ("u2".into(), "exited".into())
+        ])
+    );
+    let (_, one) = call(
+        "GET",
+        &node.url(&format!(
+            "/v1/default/flows/waiter/runs/{}",
+            runs.iter().find(|r| r["user_id"] == "u2").unwrap()["id"]
+                .as_str()
+                .unwrap()
+        )),
+        &admin,
+        None,
+    )
+    .await;
     assert_eq!(one["outputs"].get("w"), None, "{one}");
-    let steps: Vec<&str> = one["log"].as_array().unwrap().iter().filter_map(|l| l["step"].as_str()).collect();
+    let steps: Vec<&str> = one["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["step"].as_str())
+        .collect();
     assert_eq!(steps, vec!["w", "w", "nudge", "end"], "{one}");
 }
 
@@ -86,7 +168,10 @@ async fn a_delay_survives_a_kill_and_waits_end_by_event_or_timeout() {
 async fn a_segment_entry_starts_a_flow_and_two_nodes_send_each_step_once() {
     let rx = Receiver::start().await;
     let ts = store(Backend::Local);
-    let env = [("TIDEMARK_JOBS__DEBOUNCE", "50ms"), ("TIDEMARK_LEASE_TTL", "3s")];
+    let env = [
+        ("TIDEMARK_JOBS__DEBOUNCE", "50ms"),
+        ("TIDEMARK_LEASE_TTL", "3s"),
+    ];
     let a = ts.serve(&[], &env);
     let admin = a.admin_key.clone().unwrap();
     let (s, b) = call("POST", &a.url("/v1/default/segments"), &admin,
@@ -102,25 +187,46 @@ async fn a_segment_entry_starts_a_flow_and_two_nodes_send_each_step_once() {
     // Users enter the segment on node b's ingest; the flow worker (on whichever node holds
     // its lease) starts one run each.
     let users: Vec<String> = (0..10).map(|i| format!("buyer{i}")).collect();
-    let events: Vec<Value> = users.iter().map(|u| json!({"event_name": "purchase", "user_id": u})).collect();
+    let events: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"event_name": "purchase", "user_id": u}))
+        .collect();
     crate::harness::ingest(&b_node, "default", a.ingest_key(), Value::Array(events)).await;
-    assert!(rx.wait("ok/seg/", 60, |g| g.len() >= 10).await, "{:?}", rx.all().len());
+    assert!(
+        rx.wait("ok/seg/", 60, |g| g.len() >= 10).await,
+        "{:?}",
+        rx.all().len()
+    );
     let got = rx.at("ok/seg/");
     verify(&got, &secret);
     assert!(got.iter().all(|g| g.json() == json!({"segment": "buyers"})));
 
     // Many API starts through node b while node a, the first lease holder, is killed.
     for u in &users {
-        let (s, b) = call("POST", &b_node.url("/v1/default/flows/seg/start"), &admin, Some(json!({"user_id": u}))).await;
+        let (s, b) = call(
+            "POST",
+            &b_node.url("/v1/default/flows/seg/start"),
+            &admin,
+            Some(json!({"user_id": u})),
+        )
+        .await;
         assert_eq!(s, 202, "{b}");
     }
     a.kill();
-    let runs = runs_until(&b_node, &admin, "seg", 90, |r| r.len() == 20 && r.iter().all(|x| x["status"] == "completed")).await;
+    let runs = runs_until(&b_node, &admin, "seg", 90, |r| {
+        r.len() == 20 && r.iter().all(|x| x["status"] == "completed")
+    })
+    .await;
     assert_eq!(runs.len(), 20, "{runs:?}");
     assert!(runs.iter().all(|r| r["status"] == "completed"), "{runs:?}");
     let expected: BTreeSet<String> = runs
         .iter()
-        .map(|r| format!("msg_{}_post", r["id"].as_str().unwrap().trim_start_matches("run_")))
+        .map(|r| {
+            format!(
+                "msg_{}_post",
+                r["id"].as_str().unwrap().trim_start_matches("run_")
+            )
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = rx.at("ok/seg/");
@@ -133,10 +239,14 @@ async fn a_segment_entry_starts_a_flow_and_two_nodes_send_each_step_once() {
         assert_eq!(prev, &g.body, "{}", g.id);
     }
     let per_user: BTreeMap<String, usize> = runs.iter().fold(BTreeMap::new(), |mut m, r| {
-        *m.entry(r["user_id"].as_str().unwrap().to_string()).or_default() += 1;
+        *m.entry(r["user_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
         m
     });
-    assert!(per_user.values().all(|n| *n == 2), "one segment run and one API run per user: {per_user:?}");
+    assert!(
+        per_user.values().all(|n| *n == 2),
+        "one segment run and one API run per user: {per_user:?}"
+    );
     // The events table holds each run's flow-started once.
     let started = ts.sql_until(
         "select count(*) as n, count(distinct json_get_str(properties, 'run_id')) as d from events where event_name = 'flow-started'",

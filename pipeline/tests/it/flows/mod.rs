@@ -52,7 +52,10 @@ impl Receiver {
         let app = Router::new().route(
             "/{*path}",
             any(
-                move |Path(path): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap, body: Bytes| {
+                move |Path(path): Path<String>,
+                      RawQuery(q): RawQuery,
+                      headers: HeaderMap,
+                      body: Bytes| {
                     let (g, f) = (g.clone(), f.load(Ordering::SeqCst));
                     async move { answer(g, path, q.unwrap_or_default(), headers, body, f) }
                 },
@@ -74,7 +77,10 @@ impl Receiver {
 
     /// Requests whose path starts with `prefix`.
     pub fn at(&self, prefix: &str) -> Vec<Got> {
-        self.all().into_iter().filter(|g| g.path.starts_with(prefix)).collect()
+        self.all()
+            .into_iter()
+            .filter(|g| g.path.starts_with(prefix))
+            .collect()
     }
 
     /// Waits until `done(requests under prefix)` or `secs` pass; returns whether it held.
@@ -170,11 +176,23 @@ pub fn serve(ts: &TestStore) -> Node {
 
 /// Creates and publishes a flow; returns its signing secret.
 pub async fn publish(node: &Node, admin: &str, flow: Value) -> String {
-    let (s, b) = call("POST", &node.url("/v1/default/flows"), admin, Some(flow.clone())).await;
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/flows"),
+        admin,
+        Some(flow.clone()),
+    )
+    .await;
     assert_eq!(s, 201, "{flow}: {b}");
     let id = b["id"].as_str().unwrap().to_string();
     let secret = b["secret"].as_str().unwrap().to_string();
-    let (s, b) = call("POST", &node.url(&format!("/v1/default/flows/{id}/publish")), admin, None).await;
+    let (s, b) = call(
+        "POST",
+        &node.url(&format!("/v1/default/flows/{id}/publish")),
+        admin,
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{b}");
     secret
 }
@@ -188,19 +206,43 @@ pub async fn seen(node: &Node, ts: &TestStore, events: Value) {
         .iter()
         .map(|e| e["user_id"].as_str().unwrap().to_string())
         .collect();
-    let list = users.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(",");
+    let list = users
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(",");
     let rows = ts.sql_until(
         &format!("select count(distinct user_id) as n from profiles where user_id in ({list})"),
-        |r| r[0]["n"].as_i64() == Some(users.iter().collect::<std::collections::BTreeSet<_>>().len() as i64),
+        |r| {
+            r[0]["n"].as_i64()
+                == Some(
+                    users
+                        .iter()
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len() as i64,
+                )
+        },
     );
     assert!(!rows.is_empty());
 }
 
 /// The runs of a flow once `done` holds for them (or after `secs`).
-pub async fn runs_until(node: &Node, admin: &str, flow: &str, secs: u64, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub async fn runs_until(
+    node: &Node,
+    admin: &str,
+    flow: &str,
+    secs: u64,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let (s, b) = call("GET", &node.url(&format!("/v1/default/flows/{flow}/runs?limit=1000")), admin, None).await;
+        let (s, b) = call(
+            "GET",
+            &node.url(&format!("/v1/default/flows/{flow}/runs?limit=1000")),
+            admin,
+            None,
+        )
+        .await;
         assert_eq!(s, 200, "{b}");
         let runs = b["runs"].as_array().unwrap().clone();
         if done(&runs) || Instant::now() > deadline {
