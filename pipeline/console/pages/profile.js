@@ -65,6 +65,7 @@ export async function render(view, { args }) {
       ], platforms, { empty: "No events kept for this user." })),
     tagsCard(user, path, admin),
     fieldsCard(user, defs.fields, path, admin),
+    admin ? startCard(id) : null,
     el("section", { class: "card", "aria-labelledby": "h-segments" },
       el("h2", { id: "h-segments" }, "Segments"),
       table("Segments the user is a member of", [
@@ -187,6 +188,44 @@ function fieldsCard(user, defs, path, admin) {
       const here = window.location.hash;
       await settle(path, want);
       if (window.location.hash === here) refresh();
+    });
+  });
+  card.append(form);
+  return card;
+}
+
+/** Starts a published flow for this one customer (the console's manual start). */
+function startCard(id) {
+  const card = el("section", { class: "card", "aria-labelledby": "h-start-flow" }, el("h2", { id: "h-start-flow" }, "Start a flow"));
+  const pick = el("select", { name: "flow" }, el("option", { value: "" }, "Loading flows…"));
+  const vars = el("textarea", { name: "variables", rows: 3, spellcheck: "false", class: "code" }, "{}");
+  const result = el("div", { "aria-live": "polite" });
+  api("GET", "/flows").then((doc) => {
+    const live = doc.flows.filter((f) => f.published_version && f.enabled);
+    pick.replaceChildren(...(live.length
+      ? live.map((f) => el("option", { value: f.id }, `${f.name || f.id} (v${f.published_version})`))
+      : [el("option", { value: "" }, "No published flow")]));
+  }).catch(() => pick.replaceChildren(el("option", { value: "" }, "Flows need an admin key")));
+  const form = el("form", {},
+    field("Flow", pick),
+    field("Variables (JSON)", vars, "resolved once at start; never stored on the profile"),
+    el("div", { class: "actions" }, el("button", { type: "submit" }, "Start flow")),
+    result);
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    attempt(card, async () => {
+      if (!pick.value) throw new Error("choose a published flow");
+      let variables;
+      try {
+        variables = JSON.parse(vars.value || "{}");
+      } catch (e) {
+        throw new Error(`the variables are not valid JSON: ${e.message}`);
+      }
+      const r = await api("POST", `/flows/${encodeURIComponent(pick.value)}/start`, { user_id: id, variables, trigger: { source: "console" } });
+      const run = r.runs[0]?.run_id;
+      result.replaceChildren(el("p", {}, "Started ",
+        el("a", { href: `#/flows/${encodeURIComponent(pick.value)}/runs/${encodeURIComponent(run)}` }, run)));
+      toast(`Started ${pick.value} for ${id}`);
     });
   });
   card.append(form);

@@ -102,7 +102,7 @@ def read_only(page):
     the API refuses the writes the buttons would make."""
     read = ARGS["read_key"]
     sign_in(page, read)
-    for name in ["Webhooks", "Exports", "Keys"]:
+    for name in ["Flows", "Webhooks", "Exports", "Keys"]:
         check(page.get_by_role("link", name=name).count() == 0, f"read key sees the {name} link")
     page.goto(BASE + "/console/#/users/alice-1")
     expect(page.get_by_role("heading", name="User alice-1")).to_be_visible()
@@ -455,6 +455,83 @@ def fields_and_keys(page):
     shot(page, "keys")
 
 
+def flows(page):
+    """Create and publish a flow from its JSON, preview it for a user (compared with the
+    API's preview), start it from a customer's page, follow the run to its end, and find
+    it in the flow's runs."""
+    admin = ARGS["admin_key"]
+    hook = ARGS["receiver_fix"].replace("/fix", "/hook")
+    flow = {"id": "console-flow", "name": "Console flow",
+            "variables": {"coupon": {"type": "text", "default": "HELLO"}},
+            "steps": [
+                {"id": "vip", "type": "branch", "condition": {"match": "all", "conditions": [{"tag": "vip", "op": "has"}]},
+                 "then": "post", "else": "done"},
+                {"id": "done", "type": "exit"},
+                {"id": "post", "type": "webhook", "url": hook,
+                 "body": {"user": "{{ profile.user_id }}", "coupon": "{{ variables.coupon }}"}}]}
+    page.goto(BASE + "/console/#/flows")
+    expect(page.get_by_role("heading", name="Flows", exact=True)).to_be_visible()
+    page.get_by_label("Flow document (JSON)").fill(json.dumps({**flow, "steps": flow["steps"][:1]}))
+    page.get_by_role("button", name="Create flow").click()
+    expect(page.get_by_role("alert")).to_contain_text("steps[0].then", timeout=10000)
+    shot(page, "flow-problems")
+    page.get_by_label("Flow document (JSON)").fill(json.dumps(flow))
+    page.get_by_role("button", name="Create flow").click()
+    expect(page.get_by_text("The signing secret of its webhook steps is shown this once")).to_be_visible(timeout=10000)
+    check(page.locator("pre.json").last.inner_text().strip('"').startswith("whsec_"), "flow secret shown")
+    page.get_by_role("link", name="Open the flow").click()
+    expect(page.get_by_role("heading", name="Console flow")).to_be_visible()
+    expect(page.locator('[data-field="state"]')).to_have_text("live v1")
+    page.get_by_label("User id").fill("alice-1")
+    page.get_by_label("Variables (JSON)").fill('{"coupon": "VIP"}')
+    page.get_by_role("button", name="Preview", exact=True).click()
+    preview = page.locator('[data-field="preview"]')
+    expect(preview.locator('[data-step="post"]')).to_be_visible(timeout=10000)
+    _, api = http("POST", f"/v1/{ENV}/flows/console-flow/preview", admin, {"user_id": "alice-1", "variables": {"coupon": "VIP"}})
+    check(api["variables"]["coupon"] == {"value": "VIP", "source": "trigger"}, f"preview variables {api}")
+    expect(preview.get_by_role("cell", name='"VIP"')).to_be_visible()
+    req = api["steps"][2]["request"]
+    expect(preview.locator('[data-step="post"] code')).to_have_text(f"{req['method']} {req['url']}")
+    expect(preview.locator('[data-step="post"] pre')).to_contain_text('"coupon": "VIP"')
+    check(api["steps"][0]["result"] is True, f"alice-1 is vip: {api['steps'][0]}")
+    expect(preview.locator('[data-step="vip"]')).to_contain_text("takes then")
+    labelled(page)
+    shot(page, "flow-preview")
+
+    # a manual start from the customer's page
+    page.goto(BASE + "/console/#/users/alice-1")
+    expect(page.get_by_role("heading", name="User alice-1")).to_be_visible()
+    card = page.locator("section", has=page.get_by_role("heading", name="Start a flow"))
+    expect(card.get_by_label("Flow")).to_have_value("console-flow")
+    card.get_by_label("Variables (JSON)").fill('{"coupon": "FROM-CONSOLE"}')
+    card.get_by_role("button", name="Start flow").click()
+    link = card.get_by_role("link", name="run_")
+    expect(link).to_be_visible(timeout=10000)
+    run_id = link.inner_text()
+    link.click()
+    expect(page.get_by_role("heading", name=f"Run {run_id}")).to_be_visible()
+    expect(page.locator('[data-field="status"]')).to_have_text("completed", timeout=30000)
+    _, run = http("GET", f"/v1/{ENV}/flows/console-flow/runs/{run_id}", admin)
+    check(run["status"] == "completed" and run["variables"]["coupon"] == "FROM-CONSOLE", f"run {run}")
+    check(run["trigger"].get("source") == "console", f"started from the console: {run['trigger']}")
+    rows = page.locator("table tbody tr")
+    expect(rows).to_have_count(len(run["log"]))
+    check([r.split("\t")[2] for r in rows.all_inner_texts()] == [l["what"] for l in run["log"]], "step log rows")
+    shot(page, "flow-run")
+    page.get_by_role("link", name="console-flow").click()
+    expect(page.locator("table tbody tr", has_text=run_id)).to_contain_text("completed")
+    shot(page, "flow")
+    page.goto(BASE + "/console/#/flows")
+
+    def counted():
+        page.goto(BASE + "/console/#/flows?t=" + str(time.time()))
+        expect(page.get_by_role("heading", name="Flows", exact=True)).to_be_visible()
+        row = page.locator("tr", has_text="console-flow")
+        return row.count() == 1 and row.locator("td").nth(3).inner_text() == "1"
+    wait_for(counted, "the flow's started count", 30, 1)
+    shot(page, "flows")
+
+
 def usable(page, browser):
     """Keyboard, focus, schemes, a narrow window."""
     page.goto(BASE + "/console/#/customers")
@@ -493,7 +570,7 @@ def usable(page, browser):
     narrow = browser.new_page(viewport={"width": 390, "height": 800})
     narrow.set_default_timeout(15000)  # as the main page: a loaded CI machine is slow
     sign_in(narrow, ARGS["admin_key"])
-    for route in ["customers", "users/alice-1", "segments/new", "debugger", "webhooks"]:
+    for route in ["customers", "users/alice-1", "segments/new", "debugger", "webhooks", "flows/console-flow"]:
         narrow.goto(BASE + f"/console/#/{route}")
         narrow.wait_for_timeout(700)
         over = narrow.evaluate("document.documentElement.scrollWidth - window.innerWidth")
@@ -522,7 +599,7 @@ def main():
             sign_in(page, ARGS["admin_key"])
             shot(page, "customers")
             for step, fn in [("customers", customers), ("profile", profile), ("builder", builder),
-                             ("debugger", debugger), ("webhooks", webhooks), ("exports", exports),
+                             ("debugger", debugger), ("webhooks", webhooks), ("flows", flows), ("exports", exports),
                              ("fields-and-keys", fields_and_keys)]:
                 fn(page)
             step = "usable"
