@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::decide::EntryState;
 use super::def::Flows;
 use super::run::Run;
-use super::store::FlowStore;
+use super::store::{Command, FlowStore};
 use crate::Result;
 use crate::storage::Store;
 use crate::storage::events_table::{self, SystemEvent};
@@ -46,6 +46,9 @@ pub struct Journal {
     pub entries: Vec<(String, String, String, EntryState)>,
     /// Inbox commands taken: (environment, name).
     pub taken: Vec<(String, String)>,
+    /// Inbox commands taken in part: what is left of them, written in their place.
+    #[serde(default)]
+    pub requeued: Vec<(String, String, Command)>,
     pub events: Vec<SystemEvent>,
     /// Flows to pause: (environment, flow, reason).
     pub pauses: Vec<(String, String, String)>,
@@ -55,6 +58,7 @@ impl Journal {
     pub fn is_empty(&self) -> bool {
         self.runs.is_empty()
             && self.taken.is_empty()
+            && self.requeued.is_empty()
             && self.events.is_empty()
             && self.dues_del.is_empty()
             && self.waits_del.is_empty()
@@ -119,6 +123,20 @@ pub async fn commit(store: &Store, j: &Journal) -> Result<Cursor> {
     apply(store, j).await
 }
 
+/// Store writes of one group made at once.
+const PARALLEL: usize = 32;
+
+type Job<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Runs `jobs`, [`PARALLEL`] at a time; the first error ends it.
+async fn each(jobs: Vec<Job<'_>>) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(jobs)
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await
+}
+
 /// Applies a journal (again, after a crash: every step is idempotent) and deletes it.
 pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
     if !j.events.is_empty() {
@@ -134,39 +152,102 @@ pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
     }
     let fs = |env: &str| FlowStore::new(store, env);
     // What a run needs to be found again is written before what it no longer needs is
-    // deleted: new index entries, then the run, then old entries.
-    for (env, at, flow, run) in &j.dues_add {
-        fs(env).due_add(*at, flow, run).await?;
-    }
-    for (env, user, flow, run) in &j.waits_add {
-        fs(env).wait_add(user, flow, run).await?;
-    }
-    for run in &j.runs {
-        fs(&run.environment).put_run(run).await?;
-    }
-    for (env, flow, user, state) in &j.entries {
-        fs(env).put_entry(flow, user, state).await?;
-    }
-    for (env, minute, flow, run) in &j.dues_del {
-        let re_added = j.dues_add.iter().any(|(e, at, f, r)| {
-            e == env && f == flow && r == run && super::store::minute(*at) == *minute
-        });
-        if !re_added {
-            fs(env).due_done(minute, flow, run).await?;
-        }
-    }
-    for (env, user, flow, run) in &j.waits_del {
-        let re_added = j
-            .waits_add
+    // deleted: new index entries, then the run, then old entries. Each group is written
+    // `PARALLEL` at a time.
+    each(
+        j.dues_add
             .iter()
-            .any(|w| (&w.0, &w.1, &w.2, &w.3) == (env, user, flow, run));
-        if !re_added {
-            fs(env).wait_del(user, flow, run).await?;
-        }
-    }
-    for (env, name) in &j.taken {
-        fs(env).take(name).await?;
-    }
+            .map(|(env, at, flow, run)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.due_add(*at, flow, run).await })
+            })
+            .collect(),
+    )
+    .await?;
+    each(
+        j.waits_add
+            .iter()
+            .map(|(env, user, flow, run)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.wait_add(user, flow, run).await })
+            })
+            .collect(),
+    )
+    .await?;
+    each(
+        j.runs
+            .iter()
+            .map(|run| -> Job<'_> {
+                let f = fs(&run.environment);
+                Box::pin(async move { f.put_run(run).await })
+            })
+            .collect(),
+    )
+    .await?;
+    each(
+        j.entries
+            .iter()
+            .map(|(env, flow, user, state)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.put_entry(flow, user, state).await })
+            })
+            .collect(),
+    )
+    .await?;
+    let stale_dues: Vec<_> = j
+        .dues_del
+        .iter()
+        .filter(|(env, minute, flow, run)| {
+            !j.dues_add.iter().any(|(e, at, f, r)| {
+                e == env && f == flow && r == run && super::store::minute(*at) == *minute
+            })
+        })
+        .collect();
+    each(
+        stale_dues
+            .iter()
+            .map(|(env, minute, flow, run)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.due_done(minute, flow, run).await })
+            })
+            .collect(),
+    )
+    .await?;
+    let stale_waits: Vec<_> = j
+        .waits_del
+        .iter()
+        .filter(|w| !j.waits_add.contains(w))
+        .collect();
+    each(
+        stale_waits
+            .iter()
+            .map(|(env, user, flow, run)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.wait_del(user, flow, run).await })
+            })
+            .collect(),
+    )
+    .await?;
+    each(
+        j.taken
+            .iter()
+            .map(|(env, name)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.take(name).await })
+            })
+            .collect(),
+    )
+    .await?;
+    each(
+        j.requeued
+            .iter()
+            .map(|(env, name, rest)| -> Job<'_> {
+                let f = fs(env);
+                Box::pin(async move { f.requeue(name, rest).await })
+            })
+            .collect(),
+    )
+    .await?;
     let flows: Flows = Registry::new(store.clone());
     for (env, flow, reason) in &j.pauses {
         if let Err(e) = flows.set_paused(env, flow, true, Some(reason)).await {

@@ -270,6 +270,15 @@ impl FlowStore {
         Ok(out)
     }
 
+    /// Replaces command `name` with what is left of it.
+    pub async fn requeue(&self, name: &str, rest: &Command) -> Result<()> {
+        let path = self
+            .paths
+            .flow_inbox(&self.environment)
+            .join(format!("{name}.json"));
+        self.put(&path, rest).await
+    }
+
     pub async fn take(&self, name: &str) -> Result<()> {
         self.delete(
             &self

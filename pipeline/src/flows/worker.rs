@@ -183,10 +183,30 @@ impl Worker {
         let mut entries: HashMap<(String, String, String), EntryState> = HashMap::new();
         for (env, flows) in &all {
             let fs = FlowStore::new(&self.store, env);
-            for (name, cmd) in fs.inbox(MAX_COMMANDS).await? {
+            for (name, mut cmd) in fs.inbox(MAX_COMMANDS).await? {
+                let room = self.config.max_runs_per_pass.saturating_sub(held.len());
+                if room == 0 {
+                    break;
+                }
+                // A start of many users (a segment's members) is taken in over several
+                // passes: the rest of it stays in the inbox, so a pass holds a bounded
+                // number of runs.
+                let rest = match &mut cmd {
+                    Command::Start(s) if s.runs.len() > room => {
+                        let later = s.runs.split_off(room);
+                        Some(Command::Start(Start {
+                            runs: later,
+                            ..s.clone()
+                        }))
+                    }
+                    _ => None,
+                };
                 self.command(&fs, flows, cmd, now, &mut held, &mut entries, &mut j)
                     .await?;
-                j.taken.push((env.clone(), name));
+                match rest {
+                    Some(r) => j.requeued.push((env.clone(), name, r)),
+                    None => j.taken.push((env.clone(), name)),
+                }
             }
             let room = self.config.max_runs_per_pass.saturating_sub(held.len());
             for (m, flow, run) in fs.due(now, room).await? {

@@ -31,6 +31,9 @@ use crate::storage::Store;
 use crate::storage::paths::Doc;
 use crate::{Error, Result};
 
+/// Times a DELETE is run again after a commit conflict with concurrent appends.
+const MAX_DELETE_ATTEMPTS: u32 = 10;
+
 /// Audit entries kept (oldest dropped beyond this).
 const MAX_AUDIT_ENTRIES: usize = 100_000;
 
@@ -81,15 +84,34 @@ async fn delete_from(
     environment: &str,
     user_id: &str,
 ) -> Result<Option<(Option<usize>, u64)>> {
-    let Some(table) = store.load_table(name).await? else {
-        return Ok(None);
-    };
-    let (table, metrics) = table
-        .delete()
-        .with_predicate(user_predicate(environment, user_id))
-        .await?;
-    let version = table.version().unwrap_or_default();
-    Ok(Some((metrics.num_deleted_rows, version)))
+    // A commit that appended rows while the DELETE ran (the flusher, segment and flow
+    // events) conflicts with it: the rows may be the user's, so the DELETE runs again on
+    // the table as it is now.
+    for attempt in 1..=MAX_DELETE_ATTEMPTS {
+        let Some(table) = store.load_table(name).await? else {
+            return Ok(None);
+        };
+        match table
+            .delete()
+            .with_predicate(user_predicate(environment, user_id))
+            .await
+        {
+            Ok((table, metrics)) => {
+                let version = table.version().unwrap_or_default();
+                return Ok(Some((metrics.num_deleted_rows, version)));
+            }
+            Err(deltalake::DeltaTableError::Transaction {
+                source: deltalake::kernel::transaction::TransactionError::CommitConflict(e),
+            }) if attempt < MAX_DELETE_ATTEMPTS => {
+                tracing::debug!(table = name, attempt, error = %e, "erasure: DELETE raced an append; running it again");
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "{name}: the DELETE kept conflicting with concurrent appends"
+    )))
 }
 
 /// Runs the jobs until every cursor is at its source's head (retrying when another

@@ -471,3 +471,132 @@ async fn events_start_flows_and_failures_say_so_then_retry_in_bulk() {
     assert_eq!(sw["runs"]["completed"], 2, "{sw}");
     assert_eq!(sw["runs"]["failed"], 2, "{sw}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entry_rules_cap_starts_and_a_template_bomb_fails_only_its_step() {
+    let rx = Receiver::start().await;
+    let ts = store(Backend::Local);
+    let node = serve(&ts);
+    let admin = node.admin_key.clone().unwrap();
+    seen(
+        &node,
+        &ts,
+        json!([
+            {"event_name": "app-opened", "user_id": "u1"},
+            {"event_name": "app-opened", "user_id": "u2"},
+            {"event_name": "app-opened", "user_id": "u3"},
+        ]),
+    )
+    .await;
+
+    // One active run per user, at most 2 starts per hour: the refused starts are runs
+    // that say why, and flow-capped events.
+    publish(&node, &admin, json!({"id": "once", "name": "Once",
+        "entry": {"one_active_run": true, "max_starts": 2, "per": "1h"},
+        "steps": [{"id": "wait", "type": "delay", "duration": "2s"},
+                  {"id": "post", "type": "webhook", "url": format!("{}/ok/once/{{{{ profile.user_id }}}}", rx.base())}]})).await;
+    let start = node.url("/v1/default/flows/once/start");
+    for _ in 0..2 {
+        let (s, b) = call("POST", &start, &admin, Some(json!({"user_id": "u1"}))).await;
+        assert_eq!(s, 202, "{b}");
+    }
+    let runs = runs_until(&node, &admin, "once", 30, |r| {
+        r.len() == 2 && r.iter().any(|x| x["status"] == "capped")
+    })
+    .await;
+    let capped: Vec<&Value> = runs.iter().filter(|r| r["status"] == "capped").collect();
+    assert_eq!(capped.len(), 1, "{runs:?}");
+    assert!(
+        capped[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("one active run per user"),
+        "{runs:?}"
+    );
+    assert!(rx.wait("ok/once/u1", 30, |g| g.len() == 1).await);
+    runs_until(&node, &admin, "once", 30, |r| {
+        r.iter().any(|x| x["status"] == "completed")
+    })
+    .await;
+    // the first run ended: a second start is admitted, a third is over the hourly cap
+    for _ in 0..2 {
+        let (s, b) = call("POST", &start, &admin, Some(json!({"user_id": "u1"}))).await;
+        assert_eq!(s, 202, "{b}");
+        runs_until(&node, &admin, "once", 30, |r| r.len() >= 3).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let runs = runs_until(&node, &admin, "once", 30, |r| {
+        r.len() == 4 && r.iter().all(|x| x["status"] != "running")
+    })
+    .await;
+    let mut statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec!["capped", "capped", "completed", "completed"],
+        "{runs:?}"
+    );
+    assert!(
+        runs.iter().any(|r| r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("2 times in the last 1h (at most 2)"))),
+        "{runs:?}"
+    );
+    let capped = ts.sql_until(
+        "select count(*) as n from events where event_name = 'flow-capped'",
+        |r| r[0]["n"] == 2,
+    );
+    assert_eq!(capped[0]["n"], 2);
+
+    // A template that compiles but runs out of fuel fails its step, with the reason;
+    // another flow goes on.
+    publish(&node, &admin, json!({"id": "bomb", "name": "Bomb",
+        "steps": [{"id": "post", "type": "webhook", "url": format!("{}/ok/bomb", rx.base()),
+                   "body": {"x": "{% for a in range(1000) %}{% for b in range(1000) %}x{% endfor %}{% endfor %}"}}]})).await;
+    publish(
+        &node,
+        &admin,
+        json!({"id": "fine", "name": "Fine",
+        "steps": [{"id": "post", "type": "webhook", "url": format!("{}/ok/fine", rx.base())}]}),
+    )
+    .await;
+    for f in ["bomb", "fine"] {
+        let (s, b) = call(
+            "POST",
+            &node.url(&format!("/v1/default/flows/{f}/start")),
+            &admin,
+            Some(json!({"user_id": "u2"})),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+    }
+    let runs = runs_until(&node, &admin, "bomb", 30, |r| {
+        r.iter().any(|x| x["status"] == "failed")
+    })
+    .await;
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("body.x: ran out of its work budget"),
+        "{runs:?}"
+    );
+    assert!(rx.wait("ok/fine", 30, |g| g.len() == 1).await);
+    assert!(rx.at("ok/bomb").is_empty());
+
+    // An erased user is no user: a start names it and starts nothing.
+    let (s, b) = call("DELETE", &node.url("/v1/default/users/u3"), &admin, None).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(
+        "POST",
+        &node.url("/v1/default/flows/fine/start"),
+        &admin,
+        Some(json!({"user_id": "u3"})),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["problems"][0]["message"],
+        "no user 'u3' in environment 'default' (never seen, or erased)"
+    );
+}
