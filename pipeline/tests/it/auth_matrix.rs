@@ -108,6 +108,21 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/{env}/exports/{id}/resume", Admin),
     ("POST", "/v1/{env}/exports/{id}/run", Admin),
     ("POST", "/v1/{env}/exports/{id}/backfill", Admin),
+    ("GET", "/v1/{env}/flows", Admin),
+    ("POST", "/v1/{env}/flows", Admin),
+    ("GET", "/v1/{env}/flows/{id}", Admin),
+    ("PUT", "/v1/{env}/flows/{id}", Admin),
+    ("DELETE", "/v1/{env}/flows/{id}", Admin),
+    ("POST", "/v1/{env}/flows/{id}/publish", Admin),
+    ("POST", "/v1/{env}/flows/{id}/start", Admin),
+    ("POST", "/v1/{env}/flows/{id}/preview", Admin),
+    ("POST", "/v1/{env}/flows/{id}/retry", Admin),
+    ("POST", "/v1/{env}/flows/{id}/pause", Admin),
+    ("POST", "/v1/{env}/flows/{id}/resume", Admin),
+    ("GET", "/v1/{env}/flows/{id}/runs", Admin),
+    ("GET", "/v1/{env}/flows/{id}/runs/{run}", Admin),
+    ("POST", "/v1/{env}/flows/{id}/runs/{run}/cancel", Admin),
+    ("POST", "/v1/{env}/flows/{id}/runs/{run}/retry", Admin),
 ];
 
 /// The keys tried on every endpoint.
@@ -220,7 +235,8 @@ async fn every_endpoint_by_every_key() {
                 .replace("{env}", "default")
                 .replace("{id}", "nope")
                 .replace("{name}", "nope")
-                .replace("{file}", "nope.ndjson"),
+                .replace("{file}", "nope.ndjson")
+                .replace("{run}", "nope"),
         );
         for key in KEYS {
             let mut req = http.request(method.parse().unwrap(), &url);
