@@ -65,6 +65,9 @@ pub struct Worker {
     versions: HashMap<(String, String, u32), Arc<Spec>>,
     /// Runs that failed in a row, per (environment, flow).
     failures: HashMap<(String, String), (u32, String)>,
+    /// A journal was written but not wholly applied (a store error): it is applied before
+    /// the next pass, whose journal would otherwise replace it.
+    unapplied: bool,
 }
 
 /// Runs the worker until `stop` turns true.
@@ -152,6 +155,7 @@ impl Worker {
             cursor,
             versions: HashMap::new(),
             failures: HashMap::new(),
+            unapplied: false,
         })
     }
 
@@ -173,6 +177,12 @@ impl Worker {
 
     /// One pass; returns how many runs it changed.
     pub async fn pass(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        if self.unapplied {
+            if let Some(j) = journal::pending(&self.store).await? {
+                self.cursor = journal::apply(&self.store, &j).await?;
+            }
+            self.unapplied = false;
+        }
         let all = Flows::new(self.store.clone()).all().await?.environments;
         let mut j = Journal {
             pass: self.cursor.pass + 1,
@@ -234,7 +244,9 @@ impl Worker {
         if j.is_empty() && j.events_version == self.cursor.events_version {
             return Ok(0);
         }
+        self.unapplied = true;
         self.cursor = journal::commit(&self.store, &j).await?;
+        self.unapplied = false;
         Ok(changed)
     }
 

@@ -255,3 +255,77 @@ async fn a_segment_entry_starts_a_flow_and_two_nodes_send_each_step_once() {
     assert_eq!(started[0]["n"], 20, "{started:?}");
     assert_eq!(started[0]["d"], 20, "{started:?}");
 }
+
+/// A crash right after a pass's journal is written, and right after its events are
+/// committed: the restart applies the journal again, so every run is there once, each
+/// `flow-*` event once, and each webhook step sent under its one id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_middle_of_a_pass_loses_nothing_and_counts_nothing_twice() {
+    let rx = Receiver::start().await;
+    let ts = store(Backend::Local);
+    let node = serve(&ts);
+    let admin = node.admin_key.clone().unwrap();
+    seen(
+        &node,
+        &ts,
+        json!([
+            {"event_name": "app-opened", "user_id": "u1"},
+            {"event_name": "app-opened", "user_id": "u2"},
+        ]),
+    )
+    .await;
+    let secret = publish(&node, &admin, json!({"id": "crash", "name": "Crash",
+        "steps": [{"id": "post", "type": "webhook", "url": format!("{}/ok/crash/{{{{ profile.user_id }}}}", rx.base())}]})).await;
+    node.kill();
+    for (point, user) in [("flow-journal", "u1"), ("flow-events", "u2")] {
+        let mut node = ts.serve(&[], &[("TIDEMARK_CRASH_AFTER", point)]);
+        let (s, b) = call(
+            "POST",
+            &node.url("/v1/default/flows/crash/start"),
+            &admin,
+            Some(json!({"user_id": user})),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{point}: the node did not crash");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let node = serve(&ts);
+        let runs = runs_until(&node, &admin, "crash", 30, |r| {
+            r.iter()
+                .filter(|x| x["user_id"] == user && x["status"] == "completed")
+                .count()
+                == 1
+        })
+        .await;
+        let mine: Vec<&Value> = runs.iter().filter(|r| r["user_id"] == user).collect();
+        assert_eq!(mine.len(), 1, "{point}: {runs:?}");
+        assert_eq!(mine[0]["status"], "completed", "{point}: {runs:?}");
+        let id = format!(
+            "msg_{}_post",
+            mine[0]["id"].as_str().unwrap().trim_start_matches("run_")
+        );
+        let got = rx.at(&format!("ok/crash/{user}"));
+        assert!(
+            !got.is_empty() && got.iter().all(|g| g.id == id),
+            "{point}: {got:?}"
+        );
+        verify(&got, &secret);
+        let rows = ts.sql_until(
+            &format!("select event_name, count(*) as n from events where event_name like 'flow-%' and user_id = '{user}' group by event_name order by event_name"),
+            |r| r.len() == 3,
+        );
+        assert_eq!(
+            rows,
+            vec![
+                json!({"event_name": "flow-completed", "n": 1}),
+                json!({"event_name": "flow-started", "n": 1}),
+                json!({"event_name": "flow-step-completed", "n": 1}),
+            ],
+            "{point}"
+        );
+        node.kill();
+    }
+}
