@@ -67,23 +67,7 @@ pub enum FlowsCommand {
         at: Target,
     },
     /// The runs of a flow, newest first.
-    Runs {
-        id: String,
-        /// running, waiting, completed, exited, failed, cancelled or capped.
-        #[arg(long)]
-        status: Option<String>,
-        /// Runs started since (24h, 7d, or an RFC 3339 time).
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        user: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        at: Target,
-    },
+    Runs(RunsArgs),
     /// One run with its log.
     Run {
         id: String,
@@ -124,6 +108,26 @@ pub struct Who {
     users: Option<Vec<String>>,
     #[arg(long)]
     segment: Option<String>,
+}
+
+/// Which runs `flows runs` lists.
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    id: String,
+    /// running, waiting, completed, exited, failed, cancelled or capped.
+    #[arg(long)]
+    status: Option<String>,
+    /// Runs started since (24h, 7d, or an RFC 3339 time).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    at: Target,
 }
 
 impl registry::Printed for Flow {
@@ -186,70 +190,19 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                 file: doc,
                 publish,
                 at,
-            } => {
-                let input = super::segments::read_definition(&doc)?;
-                let (config, store) = super::open_store(file, at.data)?;
-                let (v, hooks) = validation(&config, &store, &at.env).await?;
-                let shown = doc.display().to_string();
-                let (flow, secret) = Flows::new(store.clone())
-                    .create(&at.env, &input, &v, hooks.key()?)
-                    .await
-                    .map_err(refused(Subject::Flow, &shown))?;
-                println!("added flow {}", flow.id);
-                println!("signing secret (shown once): {}", secret.expose());
-                if publish {
-                    publish_one(&store, &at.env, &flow.id, &v).await?;
-                }
-            }
+            } => add(file, doc, publish, at).await?,
             FlowsCommand::Update {
                 id,
                 file: doc,
                 publish,
                 at,
-            } => {
-                let input = super::segments::read_definition(&doc)?;
-                let (config, store) = super::open_store(file, at.data)?;
-                let (v, _) = validation(&config, &store, &at.env).await?;
-                let shown = doc.display().to_string();
-                Flows::new(store.clone())
-                    .update(&at.env, &id, &input, &v)
-                    .await
-                    .map_err(refused(Subject::Flow, &shown))?;
-                println!("updated the draft of flow {id}");
-                if publish {
-                    publish_one(&store, &at.env, &id, &v).await?;
-                }
-            }
+            } => update(file, id, doc, publish, at).await?,
             FlowsCommand::Publish(registry::One { id, at }) => {
                 let (config, store) = super::open_store(file, at.data)?;
                 let (v, _) = validation(&config, &store, &at.env).await?;
                 publish_one(&store, &at.env, &id, &v).await?;
             }
-            FlowsCommand::List(registry::Listing { json, at }) => {
-                let (_, store) = super::open_store(file, at.data)?;
-                let all = Flows::new(store.clone()).list(&at.env).await?;
-                let stats = crate::flows::stats(&store, &at.env).await?;
-                if json {
-                    let items: Vec<Value> = all
-                        .values()
-                        .map(|f| {
-                            let mut v = f.public();
-                            v["runs"] = stats.get(&f.id).cloned().unwrap_or(json!({}));
-                            v
-                        })
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&items)?);
-                } else if all.is_empty() {
-                    println!("no flows in environment {}", at.env);
-                } else {
-                    for f in all.values() {
-                        registry::Printed::print(f);
-                        if let Some(s) = stats.get(&f.id) {
-                            println!("    runs: {s}");
-                        }
-                    }
-                }
-            }
+            FlowsCommand::List(registry::Listing { json, at }) => list(file, json, at).await?,
             FlowsCommand::Show(registry::One { id, at }) => {
                 let (_, store) = super::open_store(file, at.data)?;
                 let f = Flows::new(store).get(&at.env, &id).await?;
@@ -261,85 +214,15 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                 vars: list,
                 idempotency_key,
                 at,
-            } => {
-                let (_, store) = super::open_store(file, at.data)?;
-                let mut input =
-                    json!({"variables": vars(&list)?, "idempotency_key": idempotency_key});
-                match (who.user, who.users, who.segment) {
-                    (Some(u), _, _) => input["user_id"] = json!(u),
-                    (_, Some(us), _) => input["user_ids"] = json!(us),
-                    (_, _, Some(s)) => input["segment"] = json!(s),
-                    _ => anyhow::bail!("give --user, --users or --segment"),
-                }
-                let out = start::start(&store, &at.env, &id, &input, "cli")
-                    .await
-                    .map_err(refused(Subject::Start, "start"))?;
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            } => start_runs(file, id, who, list, idempotency_key, at).await?,
             FlowsCommand::Preview {
                 id,
                 user,
                 vars: list,
                 published,
                 at,
-            } => {
-                let (config, store) = super::open_store(file, at.data)?;
-                let f = Flows::new(store.clone()).get(&at.env, &id).await?;
-                let spec = if published {
-                    start::published(&store, &at.env, &f).await?.1
-                } else {
-                    let (v, _) = validation(&config, &store, &at.env).await?;
-                    v.check(&f.draft)
-                        .map_err(|p| anyhow::anyhow!("{}", Subject::Flow.listing(&p)))?
-                };
-                let input = json!({"user_id": user, "variables": vars(&list)?});
-                let out = start::preview(&store, &at.env, &f, &spec, &input)
-                    .await
-                    .map_err(refused(Subject::Start, "preview"))?;
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
-            FlowsCommand::Runs {
-                id,
-                status,
-                since,
-                user,
-                limit,
-                json,
-                at,
-            } => {
-                let (_, store) = super::open_store(file, at.data)?;
-                Flows::new(store.clone()).get(&at.env, &id).await?;
-                let filter = runs::Filter {
-                    status: status
-                        .map(|s| runs::parse_status(&s))
-                        .transpose()
-                        .map_err(|e| anyhow::anyhow!("--status: {e}"))?,
-                    since: since
-                        .map(|s| crate::webhooks::parse_time(&s))
-                        .transpose()
-                        .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
-                    user_id: user,
-                    limit,
-                };
-                let found = runs::list(&store, &at.env, &id, &filter).await?;
-                if json {
-                    let items: Vec<Value> = found.iter().map(|r| runs::public(r, None)).collect();
-                    println!("{}", serde_json::to_string_pretty(&items)?);
-                } else if found.is_empty() {
-                    println!("no runs");
-                } else {
-                    for r in &found {
-                        println!(
-                            "{}  {:<10} {:<20} step {:<16} {}",
-                            r.id,
-                            r.status.as_str(),
-                            r.user_id,
-                            r.step.as_deref().unwrap_or("-"),
-                            r.error.as_deref().unwrap_or("")
-                        );
-                    }
-                }
-            }
+            } => preview(file, id, user, list, published, at).await?,
+            FlowsCommand::Runs(r) => list_runs(file, r).await?,
             FlowsCommand::Run { id, run, at } => {
                 let (_, store) = super::open_store(file, at.data)?;
                 let r = runs::get(&store, &at.env, &id, &run).await?;
@@ -357,20 +240,7 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
                 runs: list,
                 since,
                 at,
-            } => {
-                let (_, store) = super::open_store(file, at.data)?;
-                Flows::new(store.clone()).get(&at.env, &id).await?;
-                let out = match (since, list.is_empty()) {
-                    (Some(s), true) => {
-                        let t = crate::webhooks::parse_time(&s)
-                            .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-                        runs::retry_failed_since(&store, &at.env, &id, t).await?
-                    }
-                    (None, false) => runs::retry(&store, &at.env, &id, list).await?,
-                    _ => anyhow::bail!("give run ids or --since, not both or neither"),
-                };
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            } => retry(file, id, list, since, at).await?,
             FlowsCommand::Cancel { id, runs: list, at } => {
                 let (_, store) = super::open_store(file, at.data)?;
                 Flows::new(store.clone()).get(&at.env, &id).await?;
@@ -385,6 +255,186 @@ pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+async fn add(file: Option<&Path>, doc: PathBuf, publish: bool, at: Target) -> anyhow::Result<()> {
+    let input = super::segments::read_definition(&doc)?;
+    let (config, store) = super::open_store(file, at.data)?;
+    let (v, hooks) = validation(&config, &store, &at.env).await?;
+    let shown = doc.display().to_string();
+    let (flow, secret) = Flows::new(store.clone())
+        .create(&at.env, &input, &v, hooks.key()?)
+        .await
+        .map_err(refused(Subject::Flow, &shown))?;
+    println!("added flow {}", flow.id);
+    println!("signing secret (shown once): {}", secret.expose());
+    if publish {
+        publish_one(&store, &at.env, &flow.id, &v).await?;
+    }
+    Ok(())
+}
+
+async fn update(
+    file: Option<&Path>,
+    id: String,
+    doc: PathBuf,
+    publish: bool,
+    at: Target,
+) -> anyhow::Result<()> {
+    let input = super::segments::read_definition(&doc)?;
+    let (config, store) = super::open_store(file, at.data)?;
+    let (v, _) = validation(&config, &store, &at.env).await?;
+    let shown = doc.display().to_string();
+    Flows::new(store.clone())
+        .update(&at.env, &id, &input, &v)
+        .await
+        .map_err(refused(Subject::Flow, &shown))?;
+    println!("updated the draft of flow {id}");
+    if publish {
+        publish_one(&store, &at.env, &id, &v).await?;
+    }
+    Ok(())
+}
+
+async fn list(file: Option<&Path>, json: bool, at: Target) -> anyhow::Result<()> {
+    let (_, store) = super::open_store(file, at.data)?;
+    let all = Flows::new(store.clone()).list(&at.env).await?;
+    let stats = crate::flows::stats(&store, &at.env).await?;
+    if json {
+        let items: Vec<Value> = all
+            .values()
+            .map(|f| {
+                let mut v = f.public();
+                v["runs"] = stats.get(&f.id).cloned().unwrap_or(json!({}));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else if all.is_empty() {
+        println!("no flows in environment {}", at.env);
+    } else {
+        for f in all.values() {
+            registry::Printed::print(f);
+            if let Some(s) = stats.get(&f.id) {
+                println!("    runs: {s}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn start_runs(
+    file: Option<&Path>,
+    id: String,
+    who: Who,
+    list: Vec<String>,
+    idempotency_key: Option<String>,
+    at: Target,
+) -> anyhow::Result<()> {
+    let (_, store) = super::open_store(file, at.data)?;
+    let mut input = json!({"variables": vars(&list)?, "idempotency_key": idempotency_key});
+    match (who.user, who.users, who.segment) {
+        (Some(u), _, _) => input["user_id"] = json!(u),
+        (_, Some(us), _) => input["user_ids"] = json!(us),
+        (_, _, Some(s)) => input["segment"] = json!(s),
+        _ => anyhow::bail!("give --user, --users or --segment"),
+    }
+    let out = start::start(&store, &at.env, &id, &input, "cli")
+        .await
+        .map_err(refused(Subject::Start, "start"))?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn preview(
+    file: Option<&Path>,
+    id: String,
+    user: String,
+    list: Vec<String>,
+    published: bool,
+    at: Target,
+) -> anyhow::Result<()> {
+    let (config, store) = super::open_store(file, at.data)?;
+    let f = Flows::new(store.clone()).get(&at.env, &id).await?;
+    let spec = if published {
+        start::published(&store, &at.env, &f).await?.1
+    } else {
+        let (v, _) = validation(&config, &store, &at.env).await?;
+        v.check(&f.draft)
+            .map_err(|p| anyhow::anyhow!("{}", Subject::Flow.listing(&p)))?
+    };
+    let input = json!({"user_id": user, "variables": vars(&list)?});
+    let out = start::preview(&store, &at.env, &f, &spec, &input)
+        .await
+        .map_err(refused(Subject::Start, "preview"))?;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+async fn list_runs(file: Option<&Path>, args: RunsArgs) -> anyhow::Result<()> {
+    let RunsArgs {
+        id,
+        status,
+        since,
+        user,
+        limit,
+        json,
+        at,
+    } = args;
+    let (_, store) = super::open_store(file, at.data)?;
+    Flows::new(store.clone()).get(&at.env, &id).await?;
+    let filter = runs::Filter {
+        status: status
+            .map(|s| runs::parse_status(&s))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--status: {e}"))?,
+        since: since
+            .map(|s| crate::webhooks::parse_time(&s))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--since: {e}"))?,
+        user_id: user,
+        limit,
+    };
+    let found = runs::list(&store, &at.env, &id, &filter).await?;
+    if json {
+        let items: Vec<Value> = found.iter().map(|r| runs::public(r, None)).collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else if found.is_empty() {
+        println!("no runs");
+    } else {
+        for r in &found {
+            println!(
+                "{}  {:<10} {:<20} step {:<16} {}",
+                r.id,
+                r.status.as_str(),
+                r.user_id,
+                r.step.as_deref().unwrap_or("-"),
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn retry(
+    file: Option<&Path>,
+    id: String,
+    list: Vec<String>,
+    since: Option<String>,
+    at: Target,
+) -> anyhow::Result<()> {
+    let (_, store) = super::open_store(file, at.data)?;
+    Flows::new(store.clone()).get(&at.env, &id).await?;
+    let out = match (since, list.is_empty()) {
+        (Some(s), true) => {
+            let t = crate::webhooks::parse_time(&s).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            runs::retry_failed_since(&store, &at.env, &id, t).await?
+        }
+        (None, false) => runs::retry(&store, &at.env, &id, list).await?,
+        _ => anyhow::bail!("give run ids or --since, not both or neither"),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 async fn publish_one(store: &Store, env: &str, id: &str, v: &Validation) -> anyhow::Result<()> {

@@ -15,7 +15,7 @@ use tidemark_sinks::retry::RetryPolicy;
 use tidemark_sinks::sign::Secret;
 
 use super::decide::{After, after_webhook, delay_end};
-use super::model::{MAX_WAIT, Spec, Step, StepKind};
+use super::model::{MAX_WAIT, OnStatus, Spec, Step, StepKind};
 use super::run::{MAX_RESPONSE_BYTES, Run, Status, Wait};
 use super::template::{Engine, MAX_RENDERED_BYTES, context};
 use crate::query::to_json_rows;
@@ -52,6 +52,17 @@ pub enum Emit {
         step: Option<String>,
         reason: String,
     },
+}
+
+/// What a step leads to: `Some(next)` when it finished (`None` inside: the end of the
+/// run), `None` when the run waits or ended.
+type Next = Option<Option<String>>;
+
+/// The step being run, when, and the step after it.
+struct At<'s> {
+    step: &'s Step,
+    now: DateTime<Utc>,
+    after: Option<String>,
 }
 
 /// What running steps needs.
@@ -232,8 +243,12 @@ impl Exec<'_> {
         step: &Step,
         now: DateTime<Utc>,
         out: &mut Vec<Emit>,
-    ) -> Option<Option<String>> {
-        let after = self.spec.after(i).map(str::to_string);
+    ) -> Next {
+        let at = At {
+            step,
+            now,
+            after: self.spec.after(i).map(str::to_string),
+        };
         match &step.kind {
             StepKind::Exit {} => {
                 run.end(Status::Exited, now, None);
@@ -249,34 +264,8 @@ impl Exec<'_> {
                 until,
                 max,
             } => {
-                if run.attempt > 0 {
-                    if run.due_at.is_some_and(|d| d > now) {
-                        return None;
-                    }
-                    self.completed(run, step, now, json!({}), out);
-                    return Some(after);
-                }
-                let until = match until {
-                    None => None,
-                    Some(t) => match self.render_text(run, step, t).await {
-                        Ok(s) => Some(s),
-                        Err(e) => return self.failed(run, step, None, now, e, out),
-                    },
-                };
-                match delay_end(*duration, until.as_deref(), *max, now) {
-                    Ok(end) if end <= now => {
-                        self.completed(run, step, now, json!({}), out);
-                        Some(after)
-                    }
-                    Ok(end) => {
-                        run.attempt = 1;
-                        run.due_at = Some(end);
-                        run.status = Status::Running;
-                        run.log(now, Some(&step.id), "delayed", Some(json!({"until": end})));
-                        None
-                    }
-                    Err(e) => self.failed(run, step, None, now, e, out),
-                }
+                self.delay(run, &at, (*duration, until.as_deref(), *max), out)
+                    .await
             }
             StepKind::Branch {
                 condition,
@@ -284,35 +273,16 @@ impl Exec<'_> {
                 then,
                 otherwise,
             } => {
-                let mut yes = true;
-                if let Some(c) = condition {
-                    match matches(self.store, &run.environment, &run.user_id, c).await {
-                        Ok(m) => yes &= m,
-                        Err(e) if e.is_retryable() => {
-                            return self.retry_soon(run, step, now, e.to_string());
-                        }
-                        Err(e) => return self.failed(run, step, None, now, e.to_string(), out),
-                    }
-                }
-                if let Some(e) = expression {
-                    let ctx = run.context(Value::Null);
-                    match self.engine.truthy(e, &ctx) {
-                        Ok(t) => yes &= t,
-                        Err(err) => {
-                            return self.failed(
-                                run,
-                                step,
-                                None,
-                                now,
-                                format!("expression: {err}"),
-                                out,
-                            );
-                        }
-                    }
-                }
-                let to = if yes { then } else { otherwise };
-                self.completed(run, step, now, json!({"result": yes, "next": to}), out);
-                Some(Some(to.clone()))
+                let paths = (then.as_str(), otherwise.as_str());
+                self.branch(
+                    run,
+                    &at,
+                    condition.as_ref(),
+                    expression.as_deref(),
+                    paths,
+                    out,
+                )
+                .await
             }
             StepKind::WaitForEvent {
                 event,
@@ -320,93 +290,182 @@ impl Exec<'_> {
                 timeout,
                 on_timeout,
             } => {
-                if run.status == Status::Waiting {
-                    // due again: the timeout passed without the event
-                    if run.due_at.is_some_and(|d| d > now) {
-                        return None;
-                    }
-                    run.status = Status::Running;
-                    run.wait = None;
-                    self.completed(run, step, now, json!({"timed_out": true}), out);
-                    return Some(on_timeout.clone().or(after));
-                }
-                run.status = Status::Waiting;
-                run.attempt = 1;
-                run.wait = Some(Wait {
+                let wait = Wait {
                     event: event.clone(),
                     filter: filter.clone(),
-                });
-                let t = (*timeout).min(MAX_WAIT);
-                run.due_at = Some(now + chrono::Duration::from_std(t).unwrap_or_default());
-                run.log(
-                    now,
-                    Some(&step.id),
-                    "waiting",
-                    Some(json!({"event": event, "until": run.due_at})),
-                );
-                None
+                };
+                self.wait(run, &at, wait, *timeout, on_timeout.as_deref(), out)
             }
             StepKind::Webhook {
                 on_status,
                 on_error,
                 ..
             } => {
-                if run.due_at.is_some_and(|d| d > now) {
-                    return None;
+                self.webhook(run, &at, on_status, on_error.as_deref(), out)
+                    .await
+            }
+        }
+    }
+
+    /// A delay: started (its end computed once), or due (it completes).
+    async fn delay(
+        &self,
+        run: &mut Run,
+        at: &At<'_>,
+        (duration, until, max): (
+            Option<std::time::Duration>,
+            Option<&str>,
+            Option<std::time::Duration>,
+        ),
+        out: &mut Vec<Emit>,
+    ) -> Next {
+        let (step, now) = (at.step, at.now);
+        if run.attempt > 0 {
+            if run.due_at.is_some_and(|d| d > now) {
+                return None;
+            }
+            self.completed(run, step, now, json!({}), out);
+            return Some(at.after.clone());
+        }
+        let until = match until {
+            None => None,
+            Some(t) => match self.render_text(run, step, t).await {
+                Ok(s) => Some(s),
+                Err(e) => return self.failed(run, step, None, now, e, out),
+            },
+        };
+        match delay_end(duration, until.as_deref(), max, now) {
+            Ok(end) if end <= now => {
+                self.completed(run, step, now, json!({}), out);
+                Some(at.after.clone())
+            }
+            Ok(end) => {
+                run.attempt = 1;
+                run.due_at = Some(end);
+                run.status = Status::Running;
+                run.log(now, Some(&step.id), "delayed", Some(json!({"until": end})));
+                None
+            }
+            Err(e) => self.failed(run, step, None, now, e, out),
+        }
+    }
+
+    /// A branch: the live profile against the condition, the context against the
+    /// expression; both must hold for `then`.
+    async fn branch(
+        &self,
+        run: &mut Run,
+        at: &At<'_>,
+        condition: Option<&Value>,
+        expression: Option<&str>,
+        (then, otherwise): (&str, &str),
+        out: &mut Vec<Emit>,
+    ) -> Next {
+        let (step, now) = (at.step, at.now);
+        let mut yes = true;
+        if let Some(c) = condition {
+            match matches(self.store, &run.environment, &run.user_id, c).await {
+                Ok(m) => yes &= m,
+                Err(e) if e.is_retryable() => {
+                    return self.retry_soon(run, step, now, e.to_string());
                 }
-                let profile = if reads_profile(step) {
-                    match profile(self.store, &run.environment, &run.user_id).await {
-                        Ok(p) => p,
-                        Err(e) => return self.retry_soon(run, step, now, e.to_string()),
-                    }
-                } else {
-                    Value::Null
-                };
-                let req = match render(self.engine, &step.kind, &run.context(profile)) {
-                    Ok(r) => r,
-                    Err(e) => return self.failed(run, step, on_error.clone(), now, e, out),
-                };
-                run.attempt += 1;
-                let result = self.send(run, &step.id, &req).await;
-                match after_webhook(on_status, &result, run.attempt, self.policy, now) {
-                    After::Continue => {
-                        let (status, body) = match &result {
-                            Ok(r) => (Some(r.status), answer(&r.body)),
-                            Err(_) => (None, Value::Null),
-                        };
-                        let detail = json!({"status": status, "body": body});
-                        run.outputs.insert(step.id.clone(), detail);
-                        self.completed(
-                            run,
-                            step,
-                            now,
-                            json!({"status": status, "attempt": run.attempt}),
-                            out,
-                        );
-                        Some(after)
-                    }
-                    After::Retry { after, error } => {
-                        run.due_at =
-                            Some(now + chrono::Duration::from_std(after).unwrap_or_default());
-                        run.log(
-                            now,
-                            Some(&step.id),
-                            "retrying",
-                            Some(json!({"error": error, "attempt": run.attempt, "at": run.due_at})),
-                        );
-                        None
-                    }
-                    After::Error(error) => {
-                        if let Ok(r) = &result {
-                            run.outputs.insert(
-                                step.id.clone(),
-                                json!({"status": r.status, "body": answer(&r.body)}),
-                            );
-                        }
-                        self.failed(run, step, on_error.clone(), now, error, out)
-                    }
+                Err(e) => return self.failed(run, step, None, now, e.to_string(), out),
+            }
+        }
+        if let Some(e) = expression {
+            match self.engine.truthy(e, &run.context(Value::Null)) {
+                Ok(t) => yes &= t,
+                Err(err) => {
+                    let error = format!("expression: {err}");
+                    return self.failed(run, step, None, now, error, out);
                 }
             }
+        }
+        let to = if yes { then } else { otherwise };
+        self.completed(run, step, now, json!({"result": yes, "next": to}), out);
+        Some(Some(to.to_string()))
+    }
+
+    /// A wait for an event: started (the run waits, with its timeout due), or due (the
+    /// timeout passed: `on_timeout`, else the next step). The event itself resumes the run
+    /// in the worker.
+    fn wait(
+        &self,
+        run: &mut Run,
+        at: &At<'_>,
+        wait: Wait,
+        timeout: std::time::Duration,
+        on_timeout: Option<&str>,
+        out: &mut Vec<Emit>,
+    ) -> Next {
+        let (step, now) = (at.step, at.now);
+        if run.status == Status::Waiting {
+            if run.due_at.is_some_and(|d| d > now) {
+                return None;
+            }
+            run.status = Status::Running;
+            run.wait = None;
+            self.completed(run, step, now, json!({"timed_out": true}), out);
+            return Some(on_timeout.map(str::to_string).or(at.after.clone()));
+        }
+        let detail = json!({"event": wait.event});
+        run.status = Status::Waiting;
+        run.attempt = 1;
+        run.wait = Some(wait);
+        run.due_at =
+            Some(now + chrono::Duration::from_std(timeout.min(MAX_WAIT)).unwrap_or_default());
+        let mut detail = detail;
+        detail["until"] = json!(run.due_at);
+        run.log(now, Some(&step.id), "waiting", Some(detail));
+        None
+    }
+
+    /// A webhook: rendered against the live profile, sent, and judged.
+    async fn webhook(
+        &self,
+        run: &mut Run,
+        at: &At<'_>,
+        on_status: &BTreeMap<String, OnStatus>,
+        on_error: Option<&str>,
+        out: &mut Vec<Emit>,
+    ) -> Next {
+        let (step, now) = (at.step, at.now);
+        let on_error = on_error.map(str::to_string);
+        if run.due_at.is_some_and(|d| d > now) {
+            return None;
+        }
+        let profile = if reads_profile(step) {
+            match profile(self.store, &run.environment, &run.user_id).await {
+                Ok(p) => p,
+                Err(e) => return self.retry_soon(run, step, now, e.to_string()),
+            }
+        } else {
+            Value::Null
+        };
+        let req = match render(self.engine, &step.kind, &run.context(profile)) {
+            Ok(r) => r,
+            Err(e) => return self.failed(run, step, on_error, now, e, out),
+        };
+        run.attempt += 1;
+        let result = self.send(run, &step.id, &req).await;
+        if let Ok(r) = &result {
+            let got = json!({"status": r.status, "body": answer(&r.body)});
+            run.outputs.insert(step.id.clone(), got);
+        }
+        match after_webhook(on_status, &result, run.attempt, self.policy, now) {
+            After::Continue => {
+                let status = result.as_ref().ok().map(|r| r.status);
+                let detail = json!({"status": status, "attempt": run.attempt});
+                self.completed(run, step, now, detail, out);
+                Some(at.after.clone())
+            }
+            After::Retry { after, error } => {
+                run.due_at = Some(now + chrono::Duration::from_std(after).unwrap_or_default());
+                let detail = json!({"error": error, "attempt": run.attempt, "at": run.due_at});
+                run.log(now, Some(&step.id), "retrying", Some(detail));
+                None
+            }
+            After::Error(error) => self.failed(run, step, on_error, now, error, out),
         }
     }
 
@@ -500,7 +559,7 @@ impl Exec<'_> {
         now: DateTime<Utc>,
         error: String,
         out: &mut Vec<Emit>,
-    ) -> Option<Option<String>> {
+    ) -> Next {
         run.log(now, Some(&step.id), "failed", Some(json!({"error": error})));
         out.push(Emit::StepFailed {
             step: step.id.clone(),
@@ -516,13 +575,7 @@ impl Exec<'_> {
     }
 
     /// A failure of tidemark's own (the store, a query): the step runs again shortly.
-    fn retry_soon(
-        &self,
-        run: &mut Run,
-        step: &Step,
-        now: DateTime<Utc>,
-        error: String,
-    ) -> Option<Option<String>> {
+    fn retry_soon(&self, run: &mut Run, step: &Step, now: DateTime<Utc>, error: String) -> Next {
         run.due_at = Some(now + chrono::Duration::seconds(5));
         run.log(
             now,

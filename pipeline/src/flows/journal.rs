@@ -153,6 +153,32 @@ pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
         }
         crash_point("flow-events");
     }
+    write_new(store, j).await?;
+    remove_old(store, j).await?;
+    let flows: Flows = Registry::new(store.clone());
+    for (env, flow, reason) in &j.pauses {
+        if let Err(e) = flows.set_paused(env, flow, true, Some(reason)).await {
+            tracing::warn!(flow, error = %e, "flows: cannot pause a failing flow");
+        }
+    }
+    let c = Cursor {
+        pass: j.pass,
+        events_version: j.events_version,
+    };
+    put_cursor(store, &c).await?;
+    match store
+        .object_store()
+        .delete(&path(store, "journal.json"))
+        .await
+    {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(c)
+}
+
+/// The journal's new state: index entries, runs, entry-rule state.
+async fn write_new(store: &Store, j: &Journal) -> Result<()> {
     let fs = |env: &str| FlowStore::new(store, env);
     // What a run needs to be found again is written before what it no longer needs is
     // deleted: new index entries, then the run, then old entries. Each group is written
@@ -197,6 +223,12 @@ pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
             .collect(),
     )
     .await?;
+    Ok(())
+}
+
+/// What the journal's runs no longer need: old index entries, inbox commands taken.
+async fn remove_old(store: &Store, j: &Journal) -> Result<()> {
+    let fs = |env: &str| FlowStore::new(store, env);
     let stale_dues: Vec<_> = j
         .dues_del
         .iter()
@@ -251,24 +283,5 @@ pub async fn apply(store: &Store, j: &Journal) -> Result<Cursor> {
             .collect(),
     )
     .await?;
-    let flows: Flows = Registry::new(store.clone());
-    for (env, flow, reason) in &j.pauses {
-        if let Err(e) = flows.set_paused(env, flow, true, Some(reason)).await {
-            tracing::warn!(flow, error = %e, "flows: cannot pause a failing flow");
-        }
-    }
-    let c = Cursor {
-        pass: j.pass,
-        events_version: j.events_version,
-    };
-    put_cursor(store, &c).await?;
-    match store
-        .object_store()
-        .delete(&path(store, "journal.json"))
-        .await
-    {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(c)
+    Ok(())
 }

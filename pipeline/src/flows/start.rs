@@ -96,98 +96,34 @@ async fn users(
         .into_iter()
         .filter(|k| o.contains_key(*k))
         .collect();
-    if given.len() != 1 {
-        return Err(invalid(
-            "user_id",
-            "give exactly one of user_id, user_ids or segment",
-        ));
-    }
-    let ids: Vec<String> = match given[0] {
-        "user_id" => match o.get("user_id") {
+    let ids = match given.as_slice() {
+        ["user_id"] => match o.get("user_id") {
             Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
             other => {
+                let shown = other.cloned().unwrap_or_default();
                 return Err(invalid(
                     "user_id",
-                    format!(
-                        "{} is not a user id (a non-empty string)",
-                        other.cloned().unwrap_or_default()
-                    ),
+                    format!("{shown} is not a user id (a non-empty string)"),
                 ));
             }
         },
-        "user_ids" => {
-            let Some(list) = o.get("user_ids").and_then(Value::as_array) else {
-                return Err(invalid("user_ids", "must be an array of user ids"));
-            };
-            if list.is_empty() || list.len() > MAX_USERS {
-                return Err(invalid(
-                    "user_ids",
-                    format!("holds {} ids; give 1 to {MAX_USERS}", list.len()),
-                ));
-            }
-            let mut ids = Vec::new();
-            let mut problems = Vec::new();
-            for (i, v) in list.iter().enumerate() {
-                match v.as_str() {
-                    Some(s) if !s.is_empty() => ids.push(s.to_string()),
-                    _ => problems.push(Problem::field(
-                        &format!("user_ids[{i}]"),
-                        format!("{v} is not a user id"),
-                    )),
-                }
-            }
-            if !problems.is_empty() {
-                return Err(WriteError::Invalid(problems));
-            }
-            ids.sort();
-            ids.dedup();
-            ids
-        }
+        ["user_ids"] => user_list(o.get("user_ids"))?,
+        ["segment"] => return members(store, environment, o.get("segment")).await,
         _ => {
-            let Some(seg) = o.get("segment").and_then(Value::as_str) else {
-                return Err(invalid("segment", "must be a segment id"));
-            };
-            crate::segments::store::Segments::new(store.clone())
-                .get(environment, seg)
-                .await
-                .map_err(|_| {
-                    invalid(
-                        "segment",
-                        format!("no segment '{seg}' in environment '{environment}'"),
-                    )
-                })?;
-            let mut ids = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let page =
-                    crate::segments::members(store, environment, seg, 10_000, cursor.as_deref())
-                        .await?;
-                ids.extend(
-                    page.members
-                        .iter()
-                        .filter_map(|m| m["user_id"].as_str().map(str::to_string)),
-                );
-                if ids.len() > MAX_SEGMENT_USERS {
-                    return Err(invalid(
-                        "segment",
-                        format!("'{seg}' has more than {MAX_SEGMENT_USERS} members"),
-                    ));
-                }
-                match page.next_cursor {
-                    Some(c) => cursor = Some(c),
-                    None => break,
-                }
-            }
-            return Ok(ids);
+            return Err(invalid(
+                "user_id",
+                "give exactly one of user_id, user_ids or segment",
+            ));
         }
     };
     let found = existing(store, environment, &ids).await?;
+    let field = given[0];
     let missing: Vec<Problem> = ids
         .iter()
         .filter(|u| !found.contains(*u))
         .map(|u| {
             Problem::field(
-                if given[0] == "user_id" {
+                if field == "user_id" {
                     "user_id"
                 } else {
                     "user_ids"
@@ -200,6 +136,77 @@ async fn users(
         return Err(WriteError::Invalid(missing));
     }
     Ok(ids)
+}
+
+/// `user_ids`: 1 to [`MAX_USERS`] non-empty strings, each once.
+fn user_list(v: Option<&Value>) -> std::result::Result<Vec<String>, WriteError> {
+    let Some(list) = v.and_then(Value::as_array) else {
+        return Err(invalid("user_ids", "must be an array of user ids"));
+    };
+    if list.is_empty() || list.len() > MAX_USERS {
+        return Err(invalid(
+            "user_ids",
+            format!("holds {} ids; give 1 to {MAX_USERS}", list.len()),
+        ));
+    }
+    let mut ids = Vec::new();
+    let mut problems = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        match v.as_str() {
+            Some(s) if !s.is_empty() => ids.push(s.to_string()),
+            _ => problems.push(Problem::field(
+                &format!("user_ids[{i}]"),
+                format!("{v} is not a user id"),
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(WriteError::Invalid(problems));
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// The members of the segment `v` names (after its last evaluation).
+async fn members(
+    store: &Store,
+    environment: &str,
+    v: Option<&Value>,
+) -> std::result::Result<Vec<String>, WriteError> {
+    let Some(seg) = v.and_then(Value::as_str) else {
+        return Err(invalid("segment", "must be a segment id"));
+    };
+    crate::segments::store::Segments::new(store.clone())
+        .get(environment, seg)
+        .await
+        .map_err(|_| {
+            invalid(
+                "segment",
+                format!("no segment '{seg}' in environment '{environment}'"),
+            )
+        })?;
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page =
+            crate::segments::members(store, environment, seg, 10_000, cursor.as_deref()).await?;
+        ids.extend(
+            page.members
+                .iter()
+                .filter_map(|m| m["user_id"].as_str().map(str::to_string)),
+        );
+        if ids.len() > MAX_SEGMENT_USERS {
+            return Err(invalid(
+                "segment",
+                format!("'{seg}' has more than {MAX_SEGMENT_USERS} members"),
+            ));
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(ids),
+        }
+    }
 }
 
 /// The variables as an answer shows them: value (masked when redacted) and source.
@@ -225,7 +232,7 @@ fn shown(spec: &Spec, r: &Resolved) -> Value {
     json!({"variables": vars, "ignored": ignored})
 }
 
-/// Starts runs of flow `id` from an API call (`via`: `api` or `console`).
+/// Starts runs of flow `id` from an API call (`via`: `api` or `cli`).
 pub async fn start(
     store: &Store,
     environment: &str,
@@ -237,6 +244,72 @@ pub async fn start(
     if !problems.is_empty() {
         return Err(WriteError::Invalid(problems));
     }
+    let (version, spec) = startable(store, environment, id).await?;
+    let key = match o.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.clone()),
+        Some(other) => {
+            let shown = exec_short(other);
+            let problem = format!("{shown} is not 1 to {MAX_KEY_BYTES} bytes of text");
+            return Err(invalid("idempotency_key", problem));
+        }
+    };
+    let fs = FlowStore::new(store, environment);
+    let key_hash = key
+        .as_ref()
+        .map(|k| hex::encode(&sha2::Sha256::digest(format!("{id}\0{k}").as_bytes())[..16]));
+    if let Some(h) = &key_hash
+        && let Some(record) = fs.key(h).await?
+    {
+        return replay(&fs, record).await;
+    }
+    let given = object(o, "variables", "an object of name: value")?;
+    let mut trigger = object(o, "trigger", "an object")?;
+    let resolved = resolve(&spec.variables, &given, Given::Api).map_err(WriteError::Invalid)?;
+    let users = users(store, environment, o).await?;
+    let now = Utc::now();
+    let nonce = uuid::Uuid::now_v7().simple().to_string();
+    let runs: Vec<(String, String)> = users
+        .into_iter()
+        .map(|u| {
+            let k = format!("{}\0{u}", key.as_deref().unwrap_or(&nonce));
+            (run_id(now.timestamp_millis(), id, &k), u)
+        })
+        .collect();
+    trigger.insert("type".into(), json!(via));
+    let start = Start {
+        flow: id.to_string(),
+        version,
+        at: now,
+        trigger: Value::Object(trigger),
+        variables: resolved.values.clone(),
+        runs,
+    };
+    let answer = answer(&spec, &resolved, &start, key.as_deref());
+    let inbox = format!("{:013}-{nonce}", now.timestamp_millis());
+    if let Some(h) = &key_hash {
+        let record = KeyRecord {
+            inbox: inbox.clone(),
+            start: start.clone(),
+            answer: answer.clone(),
+        };
+        if !fs.put_key(h, &record).await?
+            && let Some(r) = fs.key(h).await?
+        {
+            // another start with this key won the race: its answer is the answer
+            return replay(&fs, r).await;
+        }
+    }
+    fs.post(&inbox, &Command::Start(start)).await?;
+    Ok(answer)
+}
+
+/// The published version of flow `id`, if the flow takes API starts now.
+async fn startable(
+    store: &Store,
+    environment: &str,
+    id: &str,
+) -> std::result::Result<(u32, Spec), WriteError> {
     let flow = Flows::new(store.clone()).get(environment, id).await?;
     if flow.paused {
         return Err(WriteError::Other(Error::Conflict(format!(
@@ -251,73 +324,27 @@ pub async fn start(
             format!("flow '{id}' does not allow API starts (starts.api is false)"),
         ));
     }
-    let key = match o.get("idempotency_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.clone()),
-        Some(other) => {
-            return Err(invalid(
-                "idempotency_key",
-                format!(
-                    "{} is not 1 to {MAX_KEY_BYTES} bytes of text",
-                    exec_short(other)
-                ),
-            ));
-        }
-    };
-    let fs = FlowStore::new(store, environment);
-    let key_hash = key
-        .as_ref()
-        .map(|k| hex::encode(&sha2::Sha256::digest(format!("{id}\0{k}").as_bytes())[..16]));
-    if let Some(h) = &key_hash
-        && let Some(record) = fs.key(h).await?
-    {
-        return replay(&fs, record).await;
+    Ok((version, spec))
+}
+
+/// Field `key` of the start as an object (empty when absent).
+fn object(
+    o: &Map<String, Value>,
+    key: &str,
+    what: &str,
+) -> std::result::Result<Map<String, Value>, WriteError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(other) => Err(invalid(key, format!("{} is not {what}", exec_short(other)))),
     }
-    let given = match o.get("variables") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(other) => {
-            return Err(invalid(
-                "variables",
-                format!("{} is not an object of name: value", exec_short(other)),
-            ));
-        }
-    };
-    let trigger = match o.get("trigger") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(m)) => m.clone(),
-        Some(other) => {
-            return Err(invalid(
-                "trigger",
-                format!("{} is not an object", exec_short(other)),
-            ));
-        }
-    };
-    let resolved = resolve(&spec.variables, &given, Given::Api).map_err(WriteError::Invalid)?;
-    let users = users(store, environment, o).await?;
-    let now = Utc::now();
-    let now_ms = now.timestamp_millis();
-    let nonce = uuid::Uuid::now_v7().simple().to_string();
-    let runs: Vec<(String, String)> = users
-        .into_iter()
-        .map(|u| {
-            let k = format!("{}\0{u}", key.as_deref().unwrap_or(&nonce));
-            (run_id(now_ms, id, &k), u)
-        })
-        .collect();
-    let mut trig = trigger;
-    trig.insert("type".into(), json!(via));
-    let start = Start {
-        flow: id.to_string(),
-        version,
-        at: now,
-        trigger: Value::Object(trig),
-        variables: resolved.values.clone(),
-        runs,
-    };
-    let mut answer = shown(&spec, &resolved);
-    answer["flow_id"] = json!(id);
-    answer["version"] = json!(version);
+}
+
+/// A start's answer: its runs (the first [`MAX_USERS`]), the variables and what was ignored.
+fn answer(spec: &Spec, resolved: &Resolved, start: &Start, key: Option<&str>) -> Value {
+    let mut answer = shown(spec, resolved);
+    answer["flow_id"] = json!(start.flow);
+    answer["version"] = json!(start.version);
     answer["started"] = json!(start.runs.len());
     answer["runs"] = start
         .runs
@@ -327,22 +354,51 @@ pub async fn start(
         .collect();
     answer["idempotency_key"] = json!(key);
     answer["replayed"] = json!(false);
-    let inbox = format!("{now_ms:013}-{nonce}");
-    if let Some(h) = &key_hash {
-        let record = KeyRecord {
-            inbox: inbox.clone(),
-            start: start.clone(),
-            answer: answer.clone(),
-        };
-        if !fs.put_key(h, &record).await? {
-            // another start with this key won the race: its answer is the answer
-            if let Some(r) = fs.key(h).await? {
-                return replay(&fs, r).await;
+    answer
+}
+
+/// What one step would do for the user now: its rendered request, or its branch.
+async fn preview_step(
+    store: &Store,
+    environment: &str,
+    user: &str,
+    engine: &Engine,
+    ctx: &Value,
+    step: &super::model::Step,
+) -> Result<Value> {
+    let mut s = json!({"id": step.id, "type": step.kind.type_name()});
+    match &step.kind {
+        StepKind::Webhook { .. } => match exec::render(engine, &step.kind, ctx) {
+            Ok(r) => s["request"] = json!(r),
+            Err(e) => s["error"] = json!(e),
+        },
+        StepKind::Branch {
+            condition,
+            expression,
+            then,
+            otherwise,
+        } => {
+            let mut yes = true;
+            if let Some(c) = condition {
+                let m = exec::matches(store, environment, user, c).await?;
+                s["condition"] = json!(m);
+                yes &= m;
             }
+            if let Some(e) = expression {
+                match engine.truthy(e, ctx) {
+                    Ok(t) => {
+                        s["expression"] = json!(t);
+                        yes &= t;
+                    }
+                    Err(err) => s["error"] = json!(err.to_string()),
+                }
+            }
+            s["result"] = json!(yes);
+            s["next"] = json!(if yes { then } else { otherwise });
         }
+        _ => {}
     }
-    fs.post(&inbox, &Command::Start(start)).await?;
-    Ok(answer)
+    Ok(s)
 }
 
 fn exec_short(v: &Value) -> String {
@@ -425,39 +481,7 @@ pub async fn preview(
     let engine = Engine::new();
     let mut steps = Vec::new();
     for step in &spec.steps {
-        let mut s = json!({"id": step.id, "type": step.kind.type_name()});
-        match &step.kind {
-            StepKind::Webhook { .. } => match exec::render(&engine, &step.kind, &ctx) {
-                Ok(r) => s["request"] = json!(r),
-                Err(e) => s["error"] = json!(e),
-            },
-            StepKind::Branch {
-                condition,
-                expression,
-                then,
-                otherwise,
-            } => {
-                let mut yes = true;
-                if let Some(c) = condition {
-                    let m = exec::matches(store, environment, user, c).await?;
-                    s["condition"] = json!(m);
-                    yes &= m;
-                }
-                if let Some(e) = expression {
-                    match engine.truthy(e, &ctx) {
-                        Ok(t) => {
-                            s["expression"] = json!(t);
-                            yes &= t;
-                        }
-                        Err(err) => s["error"] = json!(err.to_string()),
-                    }
-                }
-                s["result"] = json!(yes);
-                s["next"] = json!(if yes { then } else { otherwise });
-            }
-            _ => {}
-        }
-        steps.push(s);
+        steps.push(preview_step(store, environment, user, &engine, &ctx, step).await?);
     }
     let mut answer = shown(spec, &resolved);
     answer["user_id"] = json!(user);

@@ -94,27 +94,7 @@ pub fn resolve(
     let mut problems = Vec::new();
     let mut out = Resolved::default();
     if from == Given::Api {
-        let size = serde_json::to_vec(given).map_or(usize::MAX, |b| b.len());
-        if size > MAX_VARIABLES_BYTES {
-            problems.push(Problem::field(
-                "variables",
-                format!("are {size} bytes of JSON; a start may give at most {MAX_VARIABLES_BYTES}"),
-            ));
-        }
-        for name in given.keys().filter(|k| !vars.contains_key(*k)) {
-            let declared: Vec<&str> = vars.keys().map(String::as_str).collect();
-            problems.push(Problem::field(
-                &format!("variables.{name}"),
-                format!(
-                    "unknown variable; the flow declares {}",
-                    if declared.is_empty() {
-                        "none".to_string()
-                    } else {
-                        declared.join(", ")
-                    }
-                ),
-            ));
-        }
+        problems.extend(api_problems(vars, given));
     }
     for (name, var) in vars {
         let path = format!("variables.{name}");
@@ -174,6 +154,34 @@ pub fn resolve(
     } else {
         Err(problems)
     }
+}
+
+/// What an API start may not give: more than [`MAX_VARIABLES_BYTES`], or a name the flow
+/// does not declare.
+fn api_problems(vars: &BTreeMap<String, Variable>, given: &Map<String, Value>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let size = serde_json::to_vec(given).map_or(usize::MAX, |b| b.len());
+    if size > MAX_VARIABLES_BYTES {
+        problems.push(Problem::field(
+            "variables",
+            format!("are {size} bytes of JSON; a start may give at most {MAX_VARIABLES_BYTES}"),
+        ));
+    }
+    for name in given.keys().filter(|k| !vars.contains_key(*k)) {
+        let declared: Vec<&str> = vars.keys().map(String::as_str).collect();
+        problems.push(Problem::field(
+            &format!("variables.{name}"),
+            format!(
+                "unknown variable; the flow declares {}",
+                if declared.is_empty() {
+                    "none".to_string()
+                } else {
+                    declared.join(", ")
+                }
+            ),
+        ));
+    }
+    problems
 }
 
 fn use_default(out: &mut Resolved, name: &str, var: &Variable, source: Source) {

@@ -22,11 +22,11 @@ async fn a_delay_survives_a_kill_and_waits_end_by_event_or_timeout() {
     )
     .await;
     let later = publish(&node, &admin, json!({"id": "later", "name": "Later",
-        "steps": [{"id": "wait", "type": "delay", "duration": "4s"},
+        "steps": [{"id": "wait", "type": "delay", "duration": "8s"},
                   {"id": "post", "type": "webhook", "url": format!("{}/ok/later/{{{{ profile.user_id }}}}", rx.base())}]})).await;
     let waiter = publish(&node, &admin, json!({"id": "waiter", "name": "Waiter",
         "steps": [
-            {"id": "w", "type": "wait_for_event", "event": "purchase", "timeout": "5s", "on_timeout": "nudge",
+            {"id": "w", "type": "wait_for_event", "event": "purchase", "timeout": "15s", "on_timeout": "nudge",
              "filter": "event.properties.amount > 10"},
             {"id": "thanks", "type": "webhook", "url": format!("{}/ok/thanks/{{{{ profile.user_id }}}}", rx.base()),
              "body": {"amount": "{{ steps.w.event.properties.amount }}"}, "next": "end"},

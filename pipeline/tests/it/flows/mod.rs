@@ -17,6 +17,7 @@ use crate::harness::{Backend, Node, TestStore, call};
 
 mod api;
 mod durable;
+mod entry;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
