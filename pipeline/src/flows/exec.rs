@@ -95,7 +95,7 @@ pub async fn profile(store: &Store, environment: &str, user_id: &str) -> Result<
 /// Whether `step` reads the profile (so it is read only when needed).
 fn reads_profile(step: &Step) -> bool {
     let text = serde_json::to_string(&step.kind).unwrap_or_default();
-    text.contains("profile")
+    reads_more_than_the_id(&text)
         || matches!(
             step.kind,
             StepKind::Branch {
@@ -103,6 +103,20 @@ fn reads_profile(step: &Step) -> bool {
                 ..
             }
         )
+}
+
+/// Whether template text reads the profile beyond `profile.user_id` (which the run knows).
+fn reads_more_than_the_id(text: &str) -> bool {
+    text.replace("profile.user_id", "").contains("profile")
+}
+
+/// The profile a step reads: the whole profile when its templates need more than the id.
+async fn profile_for(store: &Store, run: &Run, needed: bool) -> Result<Value> {
+    if needed {
+        profile(store, &run.environment, &run.user_id).await
+    } else {
+        Ok(json!({"user_id": run.user_id}))
+    }
 }
 
 /// Renders a webhook step's request against `ctx` (the run's context).
@@ -129,8 +143,7 @@ pub fn render(
         other => other.to_string(),
     };
     let url = engine
-        .render_leaf(url, &c, &mut budget)
-        .map(text)
+        .render_url(url, &c, &mut budget)
         .map_err(|e| format!("url: {e}"))?;
     let mut rendered = BTreeMap::new();
     for (k, v) in headers {
@@ -434,13 +447,9 @@ impl Exec<'_> {
         if run.due_at.is_some_and(|d| d > now) {
             return None;
         }
-        let profile = if reads_profile(step) {
-            match profile(self.store, &run.environment, &run.user_id).await {
-                Ok(p) => p,
-                Err(e) => return self.retry_soon(run, step, now, e.to_string()),
-            }
-        } else {
-            Value::Null
+        let profile = match profile_for(self.store, run, reads_profile(step)).await {
+            Ok(p) => p,
+            Err(e) => return self.retry_soon(run, step, now, e.to_string()),
         };
         let req = match render(self.engine, &step.kind, &run.context(profile)) {
             Ok(r) => r,
@@ -517,13 +526,9 @@ impl Exec<'_> {
         step: &Step,
         source: &str,
     ) -> std::result::Result<String, String> {
-        let profile = if source.contains("profile") {
-            profile(self.store, &run.environment, &run.user_id)
-                .await
-                .map_err(|e| e.to_string())?
-        } else {
-            Value::Null
-        };
+        let profile = profile_for(self.store, run, reads_more_than_the_id(source))
+            .await
+            .map_err(|e| e.to_string())?;
         let mut budget = MAX_RENDERED_BYTES;
         let v = self
             .engine
@@ -590,4 +595,34 @@ impl Exec<'_> {
 /// A variables map with redacted values masked (for events and logs).
 pub fn masked(spec: &Spec, values: &Map<String, Value>) -> Value {
     super::run::redacted(&Value::Object(values.clone()), &|k| spec.redacts(k), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_is_read_only_for_more_than_the_id() {
+        assert!(!reads_more_than_the_id("https://x/{{ profile.user_id }}"));
+        assert!(reads_more_than_the_id(
+            "{{ profile.user_id }} {{ profile.fields.plan }}"
+        ));
+        assert!(reads_more_than_the_id("{{ profile.tags }}"));
+        assert!(!reads_more_than_the_id("{{ variables.x }}"));
+    }
+
+    #[test]
+    fn a_request_renders_each_part() {
+        let kind: StepKind = serde_json::from_value(json!({"type": "webhook",
+            "url": "https://x.example/u/{{ profile.user_id }}?c={{ variables.c }}",
+            "headers": {"x-n": "{{ variables.n }}"},
+            "body": {"n": "{{ variables.n }}", "s": "n={{ variables.n }}"}}))
+        .unwrap();
+        let ctx = json!({"profile": {"user_id": "u 1"}, "variables": {"c": "A&B", "n": 3}});
+        let r = render(&Engine::new(), &kind, &ctx).unwrap();
+        assert_eq!(r.url, "https://x.example/u/u%201?c=A%26B");
+        assert_eq!(r.headers["x-n"], "3");
+        assert_eq!(r.body, Some(json!({"n": 3, "s": "n=3"})));
+        assert_eq!(r.method, "POST");
+    }
 }

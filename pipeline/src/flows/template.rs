@@ -64,7 +64,16 @@ fn explain(e: &minijinja::Error) -> TemplateError {
 #[derive(Clone)]
 pub struct Engine {
     env: Environment<'static>,
+    /// The same, writing every value percent-encoded (the path and query of a URL).
+    url: Environment<'static>,
 }
+
+/// What a URL's values are percent-encoded with: everything but the unreserved characters.
+const URL_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 impl Default for Engine {
     fn default() -> Self {
@@ -88,7 +97,48 @@ impl Engine {
         env.set_undefined_behavior(UndefinedBehavior::Chainable);
         // Text, not HTML: JSON bodies are built leaf by leaf, never by escaping.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        Engine { env }
+        let mut url = env.clone();
+        url.set_formatter(|out, _state, value| {
+            if value.is_undefined() || value.is_none() {
+                return Ok(());
+            }
+            let text = value.to_string();
+            let encoded = percent_encoding::utf8_percent_encode(&text, URL_VALUE).to_string();
+            out.write_str(&encoded).map_err(|_| {
+                minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "output cap")
+            })
+        });
+        Engine { env, url }
+    }
+
+    /// Renders a URL template: each value is percent-encoded, the rest stays as written.
+    pub fn render_url(
+        &self,
+        source: &str,
+        ctx: &minijinja::Value,
+        budget: &mut usize,
+    ) -> Result<String, TemplateError> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(TemplateError(format!(
+                "is {} bytes; a template holds at most {MAX_TEMPLATE_BYTES}",
+                source.len()
+            )));
+        }
+        let t = self
+            .url
+            .template_from_str(source)
+            .map_err(|e| explain(&e))?;
+        let mut out = Capped {
+            buf: Vec::new(),
+            left: *budget,
+        };
+        match t.render_captured_to(ctx.clone(), &mut out) {
+            Ok(_) => {}
+            Err(_) if out.left == 0 => return Err(too_large()),
+            Err(e) => return Err(explain(&e)),
+        }
+        *budget = out.left;
+        String::from_utf8(out.buf).map_err(|_| TemplateError("rendered text is not UTF-8".into()))
     }
 
     /// Checks that `source` compiles; returns the placeholders it reads
@@ -383,6 +433,16 @@ mod tests {
     fn templates_cannot_read_files() {
         let e = render(json!("{% include 'etc/passwd' %}")).unwrap_err().1;
         assert!(e.0.contains("template not found"), "{e}");
+    }
+
+    #[test]
+    fn values_in_a_url_are_percent_encoded() {
+        let mut budget = MAX_RENDERED_BYTES;
+        let c = context(&json!({"profile": {"user_id": "a b/c?d"}, "variables": {"q": "x&y=z"}}));
+        let url = Engine::new()
+            .render_url("https://h.example/u/{{ profile.user_id }}?q={{ variables.q }}&m={{ variables.none }}", &c, &mut budget)
+            .unwrap();
+        assert_eq!(url, "https://h.example/u/a%20b%2Fc%3Fd?q=x%26y%3Dz&m=");
     }
 
     #[test]
