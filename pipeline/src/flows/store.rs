@@ -339,18 +339,20 @@ impl FlowStore {
         let upto = minute(now);
         let mut out = Vec::new();
         for m in minutes.into_iter().filter(|m| *m <= upto) {
+            // A minute may hold a million entries: read only as many as are wanted.
             let dir = base.clone().join(m.as_str());
-            let names = self.names(&dir).await?;
-            if names.is_empty() {
-                continue;
-            }
-            for n in names {
-                if out.len() >= limit {
-                    return Ok(out);
-                }
-                if let Some((flow, run)) = n.split_once('.') {
+            let mut listing = self.os.list(Some(&dir));
+            while out.len() < limit {
+                let Some(meta) = listing.try_next().await? else {
+                    break;
+                };
+                if let Some((flow, run)) = meta.location.filename().and_then(|n| n.split_once('.'))
+                {
                     out.push((m.clone(), flow.to_string(), run.to_string()));
                 }
+            }
+            if out.len() >= limit {
+                break;
             }
         }
         Ok(out)
