@@ -160,6 +160,12 @@ pub fn run_id(at_ms: i64, flow: &str, key: &str) -> String {
     format!("run_{:012x}{digest}", at_ms.max(0))
 }
 
+/// Whether `id` has the shape of a run id (`run_` and 32 hex digits).
+pub fn valid_run_id(id: &str) -> bool {
+    id.strip_prefix("run_")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// The time a run id was made at (ms), for listing and retention.
 pub fn run_time(id: &str) -> Option<i64> {
     i64::from_str_radix(id.strip_prefix("run_")?.get(..12)?, 16).ok()
@@ -200,6 +206,9 @@ mod tests {
         assert!(a < run_id(1_765_000_000_001, "f", "evt_0"));
         assert_eq!(run_time(&a), Some(1_765_000_000_000));
         assert_eq!(a.len(), 4 + 12 + 20);
+        assert!(valid_run_id(&a));
+        assert!(!valid_run_id("run_../../etc"));
+        assert!(!valid_run_id(&"i".repeat(300)));
     }
 
     #[test]

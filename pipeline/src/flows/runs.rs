@@ -85,16 +85,18 @@ pub async fn list(
     Ok(out)
 }
 
-/// One run, or not found.
+/// One run, or not found (an id that cannot be a run's is not looked up).
 pub async fn get(store: &Store, environment: &str, flow: &str, run: &str) -> Result<Run> {
-    FlowStore::new(store, environment)
-        .run(flow, run)
-        .await?
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "no run '{run}' of flow '{flow}' in environment '{environment}'"
-            ))
-        })
+    let found = if super::run::valid_run_id(run) && super::def::valid_flow_id(flow) {
+        FlowStore::new(store, environment).run(flow, run).await?
+    } else {
+        None
+    };
+    found.ok_or_else(|| {
+        Error::NotFound(format!(
+            "no run '{run}' of flow '{flow}' in environment '{environment}'"
+        ))
+    })
 }
 
 /// Asks the worker to retry `runs` (failed ones start again at the step that failed).
