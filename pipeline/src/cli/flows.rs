@@ -179,7 +179,16 @@ async fn validation(
     env: &str,
 ) -> anyhow::Result<(Validation, crate::webhooks::Context)> {
     let hooks = crate::webhooks::Context::new(config, store)?;
-    Ok((Validation::load(store, env, hooks.clone()).await?, hooks))
+    Ok((
+        Validation::load(
+            store,
+            env,
+            hooks.clone(),
+            config.limits.max_properties_depth,
+        )
+        .await?,
+        hooks,
+    ))
 }
 
 pub fn run(file: Option<&Path>, cmd: FlowsCommand) -> anyhow::Result<ExitCode> {
@@ -331,7 +340,7 @@ async fn start_runs(
     idempotency_key: Option<String>,
     at: Target,
 ) -> anyhow::Result<()> {
-    let (_, store) = super::open_store(file, at.data)?;
+    let (config, store) = super::open_store(file, at.data)?;
     let mut input = json!({"variables": vars(&list)?, "idempotency_key": idempotency_key});
     match (who.user, who.users, who.segment) {
         (Some(u), _, _) => input["user_id"] = json!(u),
@@ -339,9 +348,16 @@ async fn start_runs(
         (_, _, Some(s)) => input["segment"] = json!(s),
         _ => anyhow::bail!("give --user, --users or --segment"),
     }
-    let out = start::start(&store, &at.env, &id, &input, "cli")
-        .await
-        .map_err(refused(Subject::Start, "start"))?;
+    let out = start::start(
+        &store,
+        &at.env,
+        &id,
+        &input,
+        "cli",
+        config.limits.max_properties_depth,
+    )
+    .await
+    .map_err(refused(Subject::Start, "start"))?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
@@ -364,9 +380,16 @@ async fn preview(
             .map_err(|p| anyhow::anyhow!("{}", Subject::Flow.listing(&p)))?
     };
     let input = json!({"user_id": user, "variables": vars(&list)?});
-    let out = start::preview(&store, &at.env, &f, &spec, &input)
-        .await
-        .map_err(refused(Subject::Start, "preview"))?;
+    let out = start::preview(
+        &store,
+        &at.env,
+        &f,
+        &spec,
+        &input,
+        config.limits.max_properties_depth,
+    )
+    .await
+    .map_err(refused(Subject::Start, "preview"))?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -47,6 +47,8 @@ pub struct Validation {
     pub fields: BTreeMap<String, FieldDef>,
     pub segments: BTreeSet<String>,
     pub hooks: crate::webhooks::Context,
+    /// The deepest a body or a default may nest (`limits.max_properties_depth`).
+    pub max_depth: usize,
 }
 
 impl Validation {
@@ -54,6 +56,7 @@ impl Validation {
         store: &Store,
         environment: &str,
         hooks: crate::webhooks::Context,
+        max_depth: usize,
     ) -> Result<Validation> {
         let fields = crate::users::fields::Registry::new(store.clone())
             .list(environment)
@@ -67,6 +70,7 @@ impl Validation {
             fields,
             segments,
             hooks,
+            max_depth,
         })
     }
 
@@ -78,6 +82,7 @@ impl Validation {
                 fields: &self.fields,
                 segments: &self.segments,
                 check_url: &guard,
+                max_depth: self.max_depth,
             },
         )
     }

@@ -35,6 +35,15 @@ pub const MAX_VARIABLES_BYTES: usize = 64 * 1024;
 /// The longest delay or wait a step may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(366 * 86_400);
 
+/// How deep a JSON value nests (a scalar is 0; serde_json's own limit bounds the walk).
+pub fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A variable's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

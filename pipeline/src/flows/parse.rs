@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::model::{
     Entry, MAX_FLOW_BYTES, MAX_STEPS, MAX_VARIABLES, MAX_WAIT, Spec, Starts, Step, StepKind,
-    Variable,
+    Variable, depth,
 };
 use super::template::{Engine, ROOTS};
 use super::vars::typed;
@@ -27,6 +27,8 @@ pub struct Checks<'a> {
     pub segments: &'a BTreeSet<String>,
     /// The address guard's verdict on a webhook URL.
     pub check_url: &'a (dyn Fn(&url::Url) -> Result<(), String> + Sync),
+    /// The deepest a webhook body or a variable's default may nest.
+    pub max_depth: usize,
 }
 
 const TOP: [&str; 7] = [
@@ -164,6 +166,17 @@ fn parse_variables(ctx: &mut Ctx, v: Option<&Value>) -> BTreeMap<String, Variabl
         {
             ctx.problem(&format!("{path}.default"), e);
         }
+        if var
+            .default
+            .as_ref()
+            .is_some_and(|d| depth(d) > ctx.checks.max_depth)
+        {
+            let max = ctx.checks.max_depth;
+            ctx.problem(
+                &format!("{path}.default"),
+                format!("nests deeper than {max} levels (limits.max_properties_depth)"),
+            );
+        }
         if var.required && var.default.is_some() {
             ctx.problem(
                 &format!("{path}.default"),
@@ -275,9 +288,20 @@ fn check_step(ctx: &mut Ctx, path: &str, kind: &StepKind) {
             url,
             method,
             on_status,
+            body,
             ..
         } => {
             check_url(ctx, &format!("{path}.url"), url);
+            if body
+                .as_ref()
+                .is_some_and(|b| depth(b) > ctx.checks.max_depth)
+            {
+                let max = ctx.checks.max_depth;
+                ctx.problem(
+                    &format!("{path}.body"),
+                    format!("nests deeper than {max} levels (limits.max_properties_depth)"),
+                );
+            }
             if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
                 ctx.problem(
                     &format!("{path}.method"),

@@ -17,6 +17,7 @@ fn lines(doc: Value) -> Vec<String> {
         fields: &fields,
         segments: &segments,
         check_url: &guard,
+        max_depth: 16,
     };
     match parse(&doc, &checks) {
         Ok(_) => Vec::new(),
@@ -58,6 +59,7 @@ fn a_good_flow_parses() {
             fields: &fields,
             segments: &segments,
             check_url: &|_| Ok(()),
+            max_depth: 16,
         },
     )
     .unwrap();

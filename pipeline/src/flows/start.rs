@@ -239,6 +239,7 @@ pub async fn start(
     id: &str,
     input: &Value,
     via: &str,
+    max_depth: usize,
 ) -> std::result::Result<Value, WriteError> {
     let (o, problems) = object_of(input, &FIELDS).map_err(WriteError::Invalid)?;
     if !problems.is_empty() {
@@ -265,7 +266,8 @@ pub async fn start(
     }
     let given = object(o, "variables", "an object of name: value")?;
     let mut trigger = object(o, "trigger", "an object")?;
-    let resolved = resolve(&spec.variables, &given, Given::Api).map_err(WriteError::Invalid)?;
+    let resolved =
+        resolve(&spec.variables, &given, Given::Api, max_depth).map_err(WriteError::Invalid)?;
     let users = users(store, environment, o).await?;
     let now = Utc::now();
     let nonce = uuid::Uuid::now_v7().simple().to_string();
@@ -430,6 +432,7 @@ pub async fn preview(
     flow: &Flow,
     spec: &Spec,
     input: &Value,
+    max_depth: usize,
 ) -> std::result::Result<Value, WriteError> {
     let (o, problems) =
         object_of(input, &["user_id", "variables", "trigger"]).map_err(WriteError::Invalid)?;
@@ -444,7 +447,8 @@ pub async fn preview(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let resolved = resolve(&spec.variables, &given, Given::Api).map_err(WriteError::Invalid)?;
+    let resolved =
+        resolve(&spec.variables, &given, Given::Api, max_depth).map_err(WriteError::Invalid)?;
     let profile = exec::profile(store, environment, user).await?;
     if profile.is_null() {
         return Err(invalid(

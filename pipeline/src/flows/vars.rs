@@ -90,6 +90,7 @@ pub fn resolve(
     vars: &BTreeMap<String, Variable>,
     given: &Map<String, Value>,
     from: Given,
+    max_depth: usize,
 ) -> Result<Resolved, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut out = Resolved::default();
@@ -101,6 +102,13 @@ pub fn resolve(
         let value = given.get(name).filter(|v| !v.is_null());
         if let Some(v) = value {
             let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+            if super::model::depth(v) > max_depth {
+                problems.push(Problem::field(
+                    &path,
+                    format!("nests deeper than {max_depth} levels (limits.max_properties_depth)"),
+                ));
+                continue;
+            }
             if size > MAX_VARIABLE_BYTES {
                 problems.push(Problem::field(
                     &path,
@@ -230,6 +238,7 @@ mod tests {
             &vars(),
             &given(json!({"coupon": "VIP", "amount": 99, "order": {"id": 1}})),
             Given::Api,
+            16,
         )
         .unwrap();
         assert_eq!(r.values["coupon"], json!("VIP"));
@@ -250,6 +259,7 @@ mod tests {
             &vars(),
             &given(json!({"at": "2026-12-08T10:00:00+01:00", "order": 1})),
             Given::Api,
+            16,
         )
         .unwrap();
         assert_eq!(r.values["at"], json!("2026-12-08T09:00:00+00:00"));
@@ -257,6 +267,7 @@ mod tests {
             &vars(),
             &given(json!({"coupon": 7, "order": 1})),
             Given::Api,
+            16,
         )
         .unwrap_err();
         assert_eq!(e.len(), 1);
@@ -269,6 +280,7 @@ mod tests {
             &vars(),
             &given(json!({"at": "tomorrow", "order": 1})),
             Given::Api,
+            16,
         )
         .unwrap_err();
         assert!(
@@ -279,7 +291,7 @@ mod tests {
 
     #[test]
     fn required_and_unknown_are_refused_together() {
-        let e = resolve(&vars(), &given(json!({"copon": "X"})), Given::Api).unwrap_err();
+        let e = resolve(&vars(), &given(json!({"copon": "X"})), Given::Api, 16).unwrap_err();
         let lines: Vec<String> = e.iter().map(Problem::line).collect();
         assert_eq!(
             lines,
@@ -296,11 +308,22 @@ mod tests {
             &vars(),
             &given(json!({"sku": "x", "coupon": 3, "order": [1]})),
             Given::Event,
+            16,
         )
         .unwrap();
         assert_eq!(r.values["coupon"], json!("WELCOME"));
         assert!(r.ignored["coupon"].reason.contains("not text"));
         assert!(!r.values.contains_key("sku"));
+    }
+
+    #[test]
+    fn deep_values_are_refused() {
+        let deep = json!({"order": [[[[1]]]]});
+        let e = resolve(&vars(), deep.as_object().unwrap(), Given::Api, 3).unwrap_err();
+        assert_eq!(
+            e[0].line(),
+            "variables.order: nests deeper than 3 levels (limits.max_properties_depth)"
+        );
     }
 
     #[test]
@@ -310,6 +333,7 @@ mod tests {
             &vars(),
             &given(json!({"coupon": big, "order": 1})),
             Given::Api,
+            16,
         )
         .unwrap_err();
         assert_eq!(e[0].field.as_deref(), Some("variables.coupon"));

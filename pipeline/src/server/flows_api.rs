@@ -47,7 +47,13 @@ fn flows(state: &AppState) -> Flows {
 }
 
 async fn validation(state: &AppState, env: &str) -> Result<Validation, ApiError> {
-    Ok(Validation::load(&state.store, env, state.webhooks.clone()).await?)
+    Ok(Validation::load(
+        &state.store,
+        env,
+        state.webhooks.clone(),
+        state.limits.max_properties_depth,
+    )
+    .await?)
 }
 
 impl Shown for Flow {
@@ -136,16 +142,8 @@ pub async fn start_runs(
     (_, Path((env, id))): OneFlow,
     JsonBody(input, _): JsonBody<Value, Action>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let via = if input.get("via").is_some() {
-        "console"
-    } else {
-        "api"
-    };
-    let mut input = input;
-    if let Some(o) = input.as_object_mut() {
-        o.remove("via");
-    }
-    let out = start::start(&state.store, &env, &id, &input, via)
+    let limit = state.limits.max_properties_depth;
+    let out = start::start(&state.store, &env, &id, &input, "api", limit)
         .await
         .map_err(rejected(Subject::Start))?;
     let code = if out["replayed"] == json!(true) {
@@ -176,9 +174,16 @@ pub async fn preview(
         }
     };
     Ok(Json(
-        start::preview(&state.store, &env, &f, &spec, &input)
-            .await
-            .map_err(rejected(Subject::Start))?,
+        start::preview(
+            &state.store,
+            &env,
+            &f,
+            &spec,
+            &input,
+            state.limits.max_properties_depth,
+        )
+        .await
+        .map_err(rejected(Subject::Start))?,
     ))
 }
 

@@ -80,6 +80,13 @@ fn template(method: &str, path: &str, input: Input) -> &'static str {
             r#"{"source":"events","interval":"1h","format":"csv","destination":"file:///tmp/x","options":@}"#
         }
         (_, "POST", "/v1/{env}/exports/{id}/backfill") => r#"{"from":@}"#,
+        (_, _, "/v1/{env}/flows" | "/v1/{env}/flows/{id}") => {
+            r#"{"name":"deep","steps":[{"id":"a","type":"webhook","url":"https://example.com/x","body":@}]}"#
+        }
+        (_, "POST", "/v1/{env}/flows/{id}/start" | "/v1/{env}/flows/{id}/preview") => {
+            r#"{"user_id":"u1","variables":{"v":@}}"#
+        }
+        (_, "POST", "/v1/{env}/flows/{id}/retry") => r#"{"since":@}"#,
         (input, method, path) => panic!(
             "no nesting template for {method} {path} ({input:?}): add one to nesting::template"
         ),

@@ -246,7 +246,12 @@ impl Worker {
                     continue;
                 }
                 let given = props.as_object().cloned().unwrap_or_default();
-                let (variables, error) = match resolve(&spec.variables, &given, Given::Event) {
+                let (variables, error) = match resolve(
+                    &spec.variables,
+                    &given,
+                    Given::Event,
+                    crate::config::ingest::MAX_PROPERTIES_DEPTH,
+                ) {
                     Ok(r) => (r.values, None),
                     Err(p) => (
                         Map::new(),
