@@ -26,16 +26,6 @@ use crate::{Result, query};
 /// Steps one run goes through in one pass at most (a loop of branches waits for the next).
 pub const MAX_STEPS_PER_PASS: usize = 64;
 
-/// A rendered webhook request.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Request {
-    pub method: String,
-    pub url: String,
-    pub headers: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<Value>,
-}
-
 /// What a run did in one advance, for `flow-*` events.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emit {
@@ -64,6 +54,8 @@ struct At<'s> {
     now: DateTime<Utc>,
     after: Option<String>,
 }
+
+pub use super::request::{Request, render};
 
 /// What running steps needs.
 pub struct Exec<'a> {
@@ -117,58 +109,6 @@ async fn profile_for(store: &Store, run: &Run, needed: bool) -> Result<Value> {
     } else {
         Ok(json!({"user_id": run.user_id}))
     }
-}
-
-/// Renders a webhook step's request against `ctx` (the run's context).
-pub fn render(
-    engine: &Engine,
-    kind: &StepKind,
-    ctx: &Value,
-) -> std::result::Result<Request, String> {
-    let StepKind::Webhook {
-        url,
-        method,
-        headers,
-        body,
-        ..
-    } = kind
-    else {
-        return Err("not a webhook step".into());
-    };
-    let c = context(ctx);
-    let mut budget = MAX_RENDERED_BYTES;
-    let text = |v: Value| match v {
-        Value::String(s) => s,
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let url = engine
-        .render_url(url, &c, &mut budget)
-        .map_err(|e| format!("url: {e}"))?;
-    let mut rendered = BTreeMap::new();
-    for (k, v) in headers {
-        let v = engine
-            .render_leaf(v, &c, &mut budget)
-            .map(text)
-            .map_err(|e| format!("headers.{k}: {e}"))?;
-        rendered.insert(k.clone(), v);
-    }
-    let body = match body {
-        None => None,
-        Some(b) => Some(engine.render_json(b, &c, &mut budget).map_err(|(p, e)| {
-            if p.is_empty() {
-                format!("body: {e}")
-            } else {
-                format!("body.{p}: {e}")
-            }
-        })?),
-    };
-    Ok(Request {
-        method: method.clone(),
-        url,
-        headers: rendered,
-        body,
-    })
 }
 
 /// Whether `user_id`'s live profile matches a branch condition (the segment language).
@@ -609,20 +549,5 @@ mod tests {
         ));
         assert!(reads_more_than_the_id("{{ profile.tags }}"));
         assert!(!reads_more_than_the_id("{{ variables.x }}"));
-    }
-
-    #[test]
-    fn a_request_renders_each_part() {
-        let kind: StepKind = serde_json::from_value(json!({"type": "webhook",
-            "url": "https://x.example/u/{{ profile.user_id }}?c={{ variables.c }}",
-            "headers": {"x-n": "{{ variables.n }}"},
-            "body": {"n": "{{ variables.n }}", "s": "n={{ variables.n }}"}}))
-        .unwrap();
-        let ctx = json!({"profile": {"user_id": "u 1"}, "variables": {"c": "A&B", "n": 3}});
-        let r = render(&Engine::new(), &kind, &ctx).unwrap();
-        assert_eq!(r.url, "https://x.example/u/u%201?c=A%26B");
-        assert_eq!(r.headers["x-n"], "3");
-        assert_eq!(r.body, Some(json!({"n": 3, "s": "n=3"})));
-        assert_eq!(r.method, "POST");
     }
 }

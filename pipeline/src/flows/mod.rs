@@ -3,6 +3,8 @@
 //!
 //! - [`model`]: what a flow is (variables, starts, entry rule, steps);
 //! - [`parse`]: validating a flow document, every problem at once with its path;
+//! - [`placeholders`]: which placeholder names can name something, checked on save;
+//! - [`request`]: a webhook step's request rendered from a run's context;
 //! - [`template`]: the sandboxed templates (minijinja with fuel), JSON rendered leaf by leaf;
 //! - [`vars`]: resolving variables once at start (trigger, default, refused override);
 //! - [`decide`]: the pure decisions: a webhook answer's effect, delay ends, entry rules;
@@ -24,6 +26,8 @@ pub mod exec;
 pub mod journal;
 pub mod model;
 pub mod parse;
+pub mod placeholders;
+pub mod request;
 pub mod run;
 pub mod runs;
 pub mod start;

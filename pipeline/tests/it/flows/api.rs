@@ -27,21 +27,8 @@ fn has(list: &[String], prefix: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_starts_send_personalised_signed_requests_and_leave_the_profile_alone() {
-    let rx = Receiver::start().await;
-    let ts = store(Backend::Local);
-    let node = serve(&ts);
-    let admin = node.admin_key.clone().unwrap();
+    let (rx, ts, node, admin) = setup(&["u1", "u2", "u3"]).await;
     let flows = node.url("/v1/default/flows");
-    seen(
-        &node,
-        &ts,
-        json!([
-            {"event_name": "app-opened", "user_id": "u1"},
-            {"event_name": "app-opened", "user_id": "u2"},
-            {"event_name": "app-opened", "user_id": "u3"},
-        ]),
-    )
-    .await;
 
     // Saving validates everything at once, each problem with its path.
     let bad = json!({"name": "Bad", "variables": {"coupon": {"type": "text"}},
@@ -321,20 +308,7 @@ async fn api_starts_send_personalised_signed_requests_and_leave_the_profile_alon
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_start_flows_and_failures_say_so_then_retry_in_bulk() {
-    let rx = Receiver::start().await;
-    let ts = store(Backend::Local);
-    let node = serve(&ts);
-    let admin = node.admin_key.clone().unwrap();
-    seen(
-        &node,
-        &ts,
-        json!([
-            {"event_name": "app-opened", "user_id": "u1"},
-            {"event_name": "app-opened", "user_id": "u2"},
-            {"event_name": "app-opened", "user_id": "u3"},
-        ]),
-    )
-    .await;
+    let (rx, ts, node, admin) = setup(&["u1", "u2", "u3"]).await;
 
     // An event filter starts a run per matching event, with its properties as variables.
     let secret = publish(&node, &admin, json!({"id": "trig", "name": "Checkout",

@@ -8,19 +8,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delay_survives_a_kill_and_waits_end_by_event_or_timeout() {
-    let rx = Receiver::start().await;
-    let ts = store(Backend::Local);
-    let node = serve(&ts);
-    let admin = node.admin_key.clone().unwrap();
-    seen(
-        &node,
-        &ts,
-        json!([
-            {"event_name": "app-opened", "user_id": "u1"},
-            {"event_name": "app-opened", "user_id": "u2"},
-        ]),
-    )
-    .await;
+    let (rx, ts, node, admin) = setup(&["u1", "u2"]).await;
     let later = publish(&node, &admin, json!({"id": "later", "name": "Later",
         "steps": [{"id": "wait", "type": "delay", "duration": "8s"},
                   {"id": "post", "type": "webhook", "url": format!("{}/ok/later/{{{{ profile.user_id }}}}", rx.base())}]})).await;
@@ -261,19 +249,7 @@ async fn a_segment_entry_starts_a_flow_and_two_nodes_send_each_step_once() {
 /// `flow-*` event once, and each webhook step sent under its one id.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_in_the_middle_of_a_pass_loses_nothing_and_counts_nothing_twice() {
-    let rx = Receiver::start().await;
-    let ts = store(Backend::Local);
-    let node = serve(&ts);
-    let admin = node.admin_key.clone().unwrap();
-    seen(
-        &node,
-        &ts,
-        json!([
-            {"event_name": "app-opened", "user_id": "u1"},
-            {"event_name": "app-opened", "user_id": "u2"},
-        ]),
-    )
-    .await;
+    let (rx, ts, node, admin) = setup(&["u1", "u2"]).await;
     let secret = publish(&node, &admin, json!({"id": "crash", "name": "Crash",
         "steps": [{"id": "post", "type": "webhook", "url": format!("{}/ok/crash/{{{{ profile.user_id }}}}", rx.base())}]})).await;
     node.kill();

@@ -4,20 +4,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn entry_rules_cap_starts_and_a_template_bomb_fails_only_its_step() {
-    let rx = Receiver::start().await;
-    let ts = store(Backend::Local);
-    let node = serve(&ts);
-    let admin = node.admin_key.clone().unwrap();
-    seen(
-        &node,
-        &ts,
-        json!([
-            {"event_name": "app-opened", "user_id": "u1"},
-            {"event_name": "app-opened", "user_id": "u2"},
-            {"event_name": "app-opened", "user_id": "u3"},
-        ]),
-    )
-    .await;
+    let (rx, ts, node, admin) = setup(&["u1", "u2", "u3"]).await;
 
     // One active run per user, at most 2 starts per hour: the refused starts are runs
     // that say why, and flow-capped events. (The run waits an hour: nothing here depends

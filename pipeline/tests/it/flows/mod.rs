@@ -198,6 +198,20 @@ pub async fn publish(node: &Node, admin: &str, flow: Value) -> String {
     secret
 }
 
+/// A receiver, a store and its serve, the admin key, and `users` seen (with profiles).
+pub async fn setup(users: &[&str]) -> (Receiver, TestStore, Node, String) {
+    let rx = Receiver::start().await;
+    let ts = store(Backend::Local);
+    let node = serve(&ts);
+    let admin = node.admin_key.clone().unwrap();
+    let events: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"event_name": "app-opened", "user_id": u}))
+        .collect();
+    seen(&node, &ts, Value::Array(events)).await;
+    (rx, ts, node, admin)
+}
+
 /// Sends events and waits until every named user has a profile.
 pub async fn seen(node: &Node, ts: &TestStore, events: Value) {
     crate::harness::ingest(node, "default", node.ingest_key(), events.clone()).await;
